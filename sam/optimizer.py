@@ -1,0 +1,449 @@
+"""Sharpness-Aware Minimization as a Keras 3 optimizer wrapper.
+
+SAM (Foret et al. 2020) minimizes the worst loss in a ρ-ball around the weights. Each step
+1. climbs to the local maximum  w + ε(w),  ε(w) = ρ · g / ‖g‖₂          (``first_step``)
+2. comes back to w and updates it with the gradient taken at w + ε(w)   (``second_step``)
+ASAM (Kwon et al. 2021) makes the ball adaptive to the weight scale:
+   ε(w) = ρ · T² g / ‖T g‖₂,  T = |w| + η for kernels, T = 1 for biases and normalization.
+
+The maths lives in two small pure functions (``sam_perturbation``, ``asam_perturbation``); the
+``SAM`` class wraps a base optimizer the way ``keras.optimizers.LossScaleOptimizer`` does, so that
+``compile``, learning-rate callbacks, saving and mixed precision see the real optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+from keras.saving import deserialize_keras_object, serialize_keras_object
+from keras.src.utils import tracking  # the decorator Keras's own wrapper optimizers use
+
+logger = logging.getLogger("sam")
+
+RHO = 0.05  # radius of the neighbourhood, the paper's default for CIFAR
+ETA = 0.01  # ASAM's offset in T = |w| + η, so that zero weights still move
+EPS = 1e-12  # keeps ρ/‖g‖ finite when the gradient vanishes
+
+# Arguments of keras.optimizers.Optimizer that belong to the base optimizer, with their defaults.
+_BASE_ONLY_ARGUMENTS = {
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+def _compute_dtype(tensors: Sequence[tf.Tensor]) -> tf.DType:
+    """float32 for the norm, or float64 when the model itself is float64."""
+    return tf.float64 if any(t.dtype == tf.float64 for t in tensors) else tf.float32
+
+
+def _dense(g):
+    return None if g is None else tf.convert_to_tensor(g)
+
+
+def all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
+    """True when no entry of any (non-None) tensor is NaN or infinite."""
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+def _scaled_perturbation(grads, trust, rho, eps):
+    """ε = ρ · T²g / (‖Tg‖₂ + eps), T per tensor (None: T = 1); ε = 0 if g is not finite."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return [None] * len(grads)
+    dtype = _compute_dtype(present)
+    finite = all_finite(present)
+    tg = []  # T·g in the compute dtype, zeroed when the gradient is not finite
+    for g, t in zip(grads, trust):
+        if g is None:
+            tg.append(None)
+            continue
+        g = tf.where(finite, tf.cast(g, dtype), tf.zeros_like(g, dtype=dtype))
+        tg.append(g if t is None else tf.cast(t, dtype) * g)
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(x)) for x in tg if x is not None]))
+    scale = tf.cast(rho, dtype) / (norm + tf.cast(eps, dtype))
+    out = []
+    for g, t, x in zip(grads, trust, tg):
+        if g is None:
+            out.append(None)
+            continue
+        e = scale * x if t is None else scale * tf.cast(t, dtype) * x
+        out.append(tf.cast(e, g.dtype))
+    return out
+
+
+def sam_perturbation(
+    grads: Sequence[tf.Tensor | None], *, rho: float = RHO, eps: float = EPS
+) -> list[tf.Tensor | None]:
+    """SAM's ε(w) = ρ · g / (‖g‖₂ + eps), with the global norm over all non-None gradients.
+
+    Args:
+        grads: Gradients at w, one per variable; None entries stay None.
+        rho: Radius of the ball. Defaults to 0.05.
+        eps: Added to the norm. Defaults to 1e-12.
+
+    Returns:
+        One ε per gradient (None for None). The norm is computed in float32 (float64 for a
+        float64 model). If any gradient entry is NaN or infinite, every ε is zero, so a bad
+        gradient never reaches the weights through the perturbation.
+    """
+    grads = [_dense(g) for g in grads]
+    return _scaled_perturbation(grads, [None] * len(grads), rho, eps)
+
+
+def asam_trust(weight: tf.Tensor, eta: float = ETA) -> tf.Tensor | None:
+    """ASAM's T for one tensor: |w| + η for kernels (ndim ≥ 2), None (T = 1) otherwise."""
+    return tf.abs(weight) + tf.cast(eta, weight.dtype) if len(weight.shape) >= 2 else None
+
+
+def asam_perturbation(
+    grads: Sequence[tf.Tensor | None],
+    weights: Sequence[tf.Tensor],
+    *,
+    rho: float = RHO,
+    eta: float = ETA,
+    eps: float = EPS,
+) -> list[tf.Tensor | None]:
+    """Adaptive SAM's ε(w) = ρ · T²g / (‖Tg‖₂ + eps), T = |w| + η for kernels, 1 otherwise.
+
+    This follows the ASAM reference implementation (Kwon et al. 2021), which applies T only to
+    weight matrices and convolution kernels. davda54/sam differs: it uses T = |w| (no η) for
+    every tensor, biases and normalization parameters included.
+
+    Args:
+        grads: Gradients at w, one per variable; None entries stay None.
+        weights: The current weights, aligned with ``grads``.
+        rho: Radius of the adaptive ball. Defaults to 0.05 (ASAM papers use larger values,
+            e.g. 0.5 or 2.0).
+        eta: Offset of T. Defaults to 0.01.
+        eps: Added to the norm. Defaults to 1e-12.
+
+    Returns:
+        One ε per gradient (None for None); all zero when a gradient is not finite.
+
+    References:
+        Kwon et al., ASAM, https://arxiv.org/abs/2102.11600
+    """
+    grads = [_dense(g) for g in grads]
+    if len(grads) != len(weights):
+        raise ValueError(
+            f"Got {len(grads)} gradients for {len(weights)} weights; they must be aligned."
+        )
+    trust = [
+        None if g is None else asam_trust(tf.convert_to_tensor(w), eta)
+        for g, w in zip(grads, weights)
+    ]
+    return _scaled_perturbation(grads, trust, rho, eps)
+
+
+def _check_number(name, value, *, minimum, strict=False):
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))
+    if not bad:
+        bad = value <= minimum if strict else value < minimum
+    if bad:
+        rule = f"> {minimum}" if strict else f">= {minimum}"
+        raise ValueError(f"Argument `{name}` must be a number {rule}. Received: {name}={value!r}.")
+
+
+@keras.saving.register_keras_serializable(package="sam")
+class SAM(keras.optimizers.Optimizer):
+    """Sharpness-Aware Minimization around any Keras optimizer.
+
+    ``SAM`` wraps a base optimizer like ``keras.optimizers.LossScaleOptimizer`` does:
+    ``learning_rate`` and ``iterations`` are the base optimizer's (so schedules, the
+    ``LearningRateScheduler`` and ``ReduceLROnPlateau`` callbacks act on the real rate), its state
+    is saved and restored with the model, and ``compile(optimizer=SAM(...))`` works.
+
+    Two ways to train with it:
+
+    * ``SAMModel`` / ``sam_train_step`` in ``fit``: the perturbed pass runs without touching the
+      weights (a stateless call at w + ε), so BatchNorm moving statistics are those of the clean
+      pass, dropout uses the clean pass's mask, and under ``tf.distribute`` every replica may
+      perturb with its own gradient. This is the recommended path.
+    * A custom loop with ``first_step`` / ``second_step``, as in the original TF2 code: the first
+      step moves the weights to w + ε(w) and remembers w in optimizer variables; the second step
+      restores w bit-exactly and applies the base optimizer to the gradient taken at w + ε(w).
+      The two steps may run in separate ``tf.function``s and under XLA.
+
+    Args:
+        base_optimizer: The ``keras.optimizers.Optimizer`` that makes the update (e.g. SGD).
+        rho: Radius of the neighbourhood. Defaults to 0.05.
+        adaptive: Use ASAM's scale-invariant neighbourhood. Defaults to False.
+        eta: ASAM's offset in T = |w| + η. Defaults to 0.01.
+        eps: Added to the gradient norm. Defaults to 1e-12.
+        sync_perturbations: Under ``tf.distribute`` in ``sam_train_step``, all-reduce the first
+            gradient so every replica uses the same ε: the step then equals single-device SAM on
+            the global batch. The default (False) lets each replica perturb with its own gradient,
+            as google-research/sam does and found to generalize better. Defaults to False.
+        num_batch_splits: m-sharpness on one device: ``sam_train_step`` splits each batch into
+            this many micro-batches, each with its own ε, and averages their second-pass
+            gradients (weighted by micro-batch size). Defaults to 1.
+        name: Name of the optimizer. Defaults to "sam".
+
+    Example:
+
+    ```python
+    model = SAMModel(inputs, outputs)
+    model.compile(optimizer=SAM(keras.optimizers.SGD(0.1, momentum=0.9), rho=0.05),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=10)
+    ```
+
+    References:
+        Foret et al., Sharpness-Aware Minimization, https://arxiv.org/abs/2010.01412
+        Kwon et al., ASAM, https://arxiv.org/abs/2102.11600
+    """
+
+    def __init__(
+        self,
+        base_optimizer,
+        rho=RHO,
+        adaptive=False,
+        eta=ETA,
+        eps=EPS,
+        sync_perturbations=False,
+        num_batch_splits=1,
+        name=None,
+        **kwargs,
+    ):
+        if isinstance(base_optimizer, (SAM, keras.optimizers.LossScaleOptimizer)):
+            raise ValueError(
+                "Argument `base_optimizer` must be a plain optimizer, not a "
+                f"{type(base_optimizer).__name__}: under mixed precision the "
+                "LossScaleOptimizer goes around SAM (compile does this for you). "
+                f"Received: base_optimizer={base_optimizer!r}."
+            )
+        if not isinstance(base_optimizer, keras.optimizers.Optimizer):
+            raise ValueError(
+                "Argument `base_optimizer` must be a keras.optimizers.Optimizer instance. "
+                f"Received: base_optimizer={base_optimizer!r}."
+            )
+        _check_number("rho", rho, minimum=0)
+        _check_number("eta", eta, minimum=0)
+        _check_number("eps", eps, minimum=0, strict=True)
+        if isinstance(num_batch_splits, bool) or not isinstance(num_batch_splits, int):
+            raise ValueError(
+                "Argument `num_batch_splits` must be an integer >= 1. "
+                f"Received: num_batch_splits={num_batch_splits!r}."
+            )
+        if num_batch_splits < 1:
+            raise ValueError(
+                "Argument `num_batch_splits` must be an integer >= 1. "
+                f"Received: num_batch_splits={num_batch_splits!r}."
+            )
+        for arg, default in _BASE_ONLY_ARGUMENTS.items():
+            if arg in kwargs and kwargs.pop(arg) != default:
+                raise ValueError(
+                    f"SAM does not take `{arg}`: set it on the base optimizer instead."
+                )
+        if kwargs:
+            raise ValueError(f"SAM got unexpected arguments: {sorted(kwargs)}.")
+        super().__init__(learning_rate=0.0, name=name or "sam")
+        self.base_optimizer = base_optimizer
+        self.rho = float(rho)
+        self.adaptive = bool(adaptive)
+        self.eta = float(eta)
+        self.eps = float(eps)
+        self.sync_perturbations = bool(sync_perturbations)
+        self.num_batch_splits = num_batch_splits
+        self._in_sam_update = False
+        self._warned_plain_apply = False
+
+    # -- state -------------------------------------------------------------------------------
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        """Create the base optimizer's state and SAM's own: a copy of w per variable, a flag."""
+        if not self.base_optimizer.built:
+            self.base_optimizer.build(var_list)
+        self._pending = self.add_variable(
+            shape=(), dtype="float32", aggregation="only_first_replica", name="sam_pending"
+        )
+        self._remembered = [self.add_variable_from_reference(v, name="sam_w") for v in var_list]
+        super().build(var_list)
+
+    @property
+    def variables(self):
+        return self._variables + self.base_optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self.base_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.base_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.base_optimizer.iterations
+
+    def scale_loss(self, loss):
+        return self.base_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.base_optimizer.finalize_variable_values(var_list)
+
+    # -- the algorithm -----------------------------------------------------------------------
+
+    def perturbation(self, gradients, weights):
+        """ε(w) for these gradients and weights, by this optimizer's settings (SAM or ASAM)."""
+        if self.adaptive:
+            return asam_perturbation(gradients, weights, rho=self.rho, eta=self.eta, eps=self.eps)
+        return sam_perturbation(gradients, rho=self.rho, eps=self.eps)
+
+    def _build_for(self, trainable_variables):
+        if not self.built:
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+
+    def _refuse_replica_context(self, method):
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            raise ValueError(
+                f"SAM.{method} assigns to the model's variables and cannot run inside "
+                "strategy.run with several replicas; train with SAMModel or sam_train_step, "
+                "which support tf.distribute (per-replica or synchronized perturbations)."
+            )
+
+    def first_step(self, gradients, trainable_variables):
+        """Climb to the local maximum: w ← w + ε(w), remembering w in optimizer variables.
+
+        Args:
+            gradients: Gradients of the loss at w, aligned with ``trainable_variables``;
+                None entries are skipped.
+            trainable_variables: The variables to perturb (usually
+                ``model.trainable_variables``).
+
+        Raises:
+            ValueError: (eagerly) when a previous ``first_step`` is still pending. In a
+                ``tf.function`` the pending perturbation is undone first, so weights stay sound.
+        """
+        grads, tvars = list(gradients), list(trainable_variables)
+        if len(grads) != len(tvars):
+            raise ValueError(
+                f"Got {len(grads)} gradients for {len(tvars)} variables; they must be aligned."
+            )
+        self._refuse_replica_context("first_step")
+        self._build_for(tvars)
+        if tf.executing_eagerly() and bool(self._pending.numpy() > 0.5):
+            raise ValueError(
+                "SAM.first_step was called twice without second_step in between; call "
+                "second_step (or restore()) to come back to w first."
+            )
+        self.restore(tvars)
+        e_w = self.perturbation(grads, [v.value for v in tvars])
+        for v, e in zip(tvars, e_w):
+            self._remembered[self._get_variable_index(v)].assign(v)  # remember w exactly
+            if e is not None:
+                v.assign_add(e)  # w + ε(w)
+        self._pending.assign(1.0)
+
+    def restore(self, trainable_variables):
+        """Come back from w + ε(w) to the remembered w, bit-exactly; no-op if nothing is pending."""
+        tvars = list(trainable_variables)
+        if not self.built:
+            return
+
+        def undo():
+            for v in tvars:
+                v.assign(self._remembered[self._get_variable_index(v)])
+            self._pending.assign(0.0)
+            return tf.constant(True)
+
+        if tf.executing_eagerly():
+            if bool(self._pending.numpy() > 0.5):
+                undo()
+            return
+        tf.cond(self._pending.value > 0.5, undo, lambda: tf.constant(False))
+
+    def second_step(self, gradients, trainable_variables):
+        """Come back to w and update it with the gradient taken at w + ε(w).
+
+        Args:
+            gradients: Gradients of the loss at w + ε(w), aligned with ``trainable_variables``.
+            trainable_variables: The variables given to ``first_step``.
+
+        Raises:
+            ValueError: (eagerly) when no ``first_step`` is pending. In a ``tf.function`` that
+                cannot be seen at trace time; there the restore is skipped when nothing is pending,
+                so the weights are never overwritten with stale values.
+        """
+        grads, tvars = list(gradients), list(trainable_variables)
+        self._refuse_replica_context("second_step")
+        if not self.built or (tf.executing_eagerly() and bool(self._pending.numpy() < 0.5)):
+            raise ValueError(
+                "SAM.second_step was called without a pending first_step; call "
+                "first_step(gradients, variables) first."
+            )
+        self.restore(tvars)
+        with self.sam_update():
+            self.apply(grads, tvars)
+
+    @contextlib.contextmanager
+    def sam_update(self):
+        """Marks ``apply`` calls as the update of a SAM step (second_step and the train step)."""
+        previous, self._in_sam_update = self._in_sam_update, True
+        try:
+            yield
+        finally:
+            self._in_sam_update = previous
+
+    def apply(self, grads, trainable_variables=None):
+        """Apply the base optimizer to ``grads`` (the gradient taken at w + ε(w)).
+
+        Called outside a SAM step (e.g. by the default ``Model.train_step``), this is a plain
+        base-optimizer step, and a warning says so: use ``SAMModel`` or ``sam_train_step``.
+        """
+        if trainable_variables is not None:
+            self._build_for(list(trainable_variables))
+        if not self._in_sam_update and not self._warned_plain_apply:
+            self._warned_plain_apply = True
+            logger.warning(
+                "SAM.apply was called outside a SAM step, so this is a plain %s step. SAM needs "
+                "two gradients per step: use SAMModel, sam_train_step in train_step, or "
+                "first_step/second_step.",
+                type(self.base_optimizer).__name__,
+            )
+        self.base_optimizer.apply(grads, trainable_variables)
+
+    def apply_gradients(self, grads_and_vars):
+        grads, tvars = zip(*grads_and_vars)
+        self.apply(list(grads), list(tvars))
+        return self.iterations
+
+    # -- serialization -----------------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        del config["learning_rate"]  # it is the base optimizer's
+        config.update(
+            {
+                "base_optimizer": serialize_keras_object(self.base_optimizer),
+                "rho": self.rho,
+                "adaptive": self.adaptive,
+                "eta": self.eta,
+                "eps": self.eps,
+                "sync_perturbations": self.sync_perturbations,
+                "num_batch_splits": self.num_batch_splits,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        base = deserialize_keras_object(config.pop("base_optimizer"), custom_objects=custom_objects)
+        return cls(base, **config)

@@ -1,0 +1,192 @@
+"""The SAM training step for ``model.fit``: ``sam_train_step(model, data)`` and ``SAMModel``.
+
+One step on a batch (Foret et al. 2020, Algorithm 1):
+1. clean pass at w: loss, metrics, BatchNorm statistics and the gradient g(w);
+2. ε(w) from g(w) (SAM or ASAM, see ``sam.optimizer``);
+3. perturbed pass at w + ε(w), run as a *stateless* call: the weights are never assigned, BatchNorm
+   statistics and RNG state are left as the clean pass made them, and the pass starts from the
+   same state (same dropout mask) as the clean one;
+4. the base optimizer updates w with g(w + ε(w)).
+
+Because nothing is assigned in step 3, each replica of a ``tf.distribute`` strategy can use its
+own ε (the default, as google-research/sam) or the all-reduced one (``sync_perturbations=True``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from sam.optimizer import RHO, SAM, all_finite, sam_perturbation
+
+
+def _split(optimizer):
+    """(the SAM inside ``optimizer`` or None, the LossScaleOptimizer around it or None)."""
+    scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+    inner = scaler.inner_optimizer if scaler is not None else optimizer
+    return (inner if isinstance(inner, SAM) else None), scaler, inner
+
+
+def _replica_count():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _unscale(grads, scaler, inner):
+    """The true gradients from loss-scaled ones (dynamic scale and a static loss_scale_factor)."""
+    factor = 1.0
+    if scaler is not None:
+        factor = scaler.dynamic_scale
+    base = inner.base_optimizer if isinstance(inner, SAM) else inner
+    if base.loss_scale_factor is not None:
+        factor = factor * base.loss_scale_factor
+    if isinstance(factor, float) and factor == 1.0:
+        return grads
+    return [None if g is None else g / tf.cast(factor, g.dtype) for g in grads]
+
+
+def _compute_loss(model, x, y, y_pred, sample_weight):
+    compute = getattr(model, "_compute_loss", model.compute_loss)  # tolerates old overrides
+    return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+
+
+def _perturbation(sam, grads, weights):
+    if sam is None:  # a plain optimizer: SAM with the default radius around it, as the seed did
+        return sam_perturbation(grads, rho=RHO)
+    return sam.perturbation(grads, weights)
+
+
+def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
+    """Clean pass (updates state and metrics) and stateless perturbed pass on one (micro-)batch.
+
+    Returns the loss-scaled gradients at w + ε(w), the clean predictions, and whether the clean
+    gradients were finite.
+    """
+    optimizer = model.optimizer
+    tvars = model.trainable_variables
+    # The state the clean pass starts from (BN statistics, RNG seeds): the perturbed pass reuses it.
+    state = [v.value for v in model.non_trainable_variables]
+
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = _compute_loss(model, x, y, y_pred, sample_weight)
+        tracker = getattr(model, "_loss_tracker", None)
+        if tracker is not None:
+            batch = tf.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
+            tracker.update_state(loss * _replica_count(), sample_weight=batch)
+        scaled = optimizer.scale_loss(loss)
+    grads = _unscale(tape.gradient(scaled, tvars), scaler, inner)
+
+    ctx = tf.distribute.get_replica_context()
+    if sam is not None and sam.sync_perturbations and ctx is not None and _replica_count() > 1:
+        # Each replica's loss is already divided by the replica count: the sum is the global mean.
+        present = [i for i, g in enumerate(grads) if g is not None]
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+        for i, g in zip(present, reduced):
+            grads[i] = g
+    finite = all_finite(grads)
+
+    weights = [v.value for v in tvars]
+    e_w = _perturbation(sam, grads, weights)
+    perturbed = [w if e is None else w + e for w, e in zip(weights, e_w)]  # w + ε(w)
+    mapping = list(zip(tvars, perturbed)) + list(zip(model.non_trainable_variables, state))
+    with tf.GradientTape() as tape:
+        tape.watch(perturbed)
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+            y_pred_adv = model(x, training=True)
+            loss_adv = _compute_loss(model, x, y, y_pred_adv, sample_weight)
+            scaled_adv = optimizer.scale_loss(loss_adv)
+    return tape.gradient(scaled_adv, perturbed), y_pred, finite
+
+
+def _slice(structure, lo, hi):
+    return keras.tree.map_structure(lambda t: t[lo:hi], structure)
+
+
+def sam_train_step(model, data):
+    """One SAM step for ``model.fit``: call it from ``train_step``.
+
+    Works when ``model.optimizer`` is a ``SAM``, a plain optimizer (then SAM with ρ = 0.05 around
+    it), or a ``LossScaleOptimizer`` around either (what ``compile`` makes under the
+    ``mixed_float16`` policy): first-pass gradients are unscaled before the norm, and an overflow
+    in either pass skips the step. Sample weights and ``model.losses`` (regularizers) count in
+    both passes; the returned loss and metrics are those of the clean pass.
+
+    Args:
+        model: A compiled ``keras.Model``.
+        data: The batch, as ``fit`` passes it: ``x``, ``(x, y)`` or ``(x, y, sample_weight)``.
+
+    Returns:
+        The metrics dict of the clean pass, as ``Model.train_step`` returns it.
+
+    Example:
+
+    ```python
+    class MyModel(keras.Model):
+        def train_step(self, data):
+            return sam_train_step(self, data)
+    ```
+    """
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    optimizer = model.optimizer
+    sam, scaler, inner = _split(optimizer)
+    tvars = model.trainable_variables
+    if not tvars:
+        warnings.warn("The model does not have any trainable weights.", stacklevel=2)
+        return model.compute_metrics(x, y, model(x, training=True), sample_weight=sample_weight)
+
+    splits = sam.num_batch_splits if sam is not None else 1
+    if splits == 1:
+        grads, y_pred, finite = _sam_gradients(model, x, y, sample_weight, sam, scaler, inner)
+        metrics = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    else:
+        # m-sharpness: each micro-batch gets its own ε; the second-pass gradients are averaged
+        # with weights n_i / n, which is exactly the gradient of the full batch's mean loss.
+        n = tf.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
+        grads, finite = None, tf.constant(True)
+        for i in range(splits):
+            lo, hi = (i * n) // splits, ((i + 1) * n) // splits
+            xi, yi, swi = _slice(x, lo, hi), _slice(y, lo, hi), _slice(sample_weight, lo, hi)
+            g, y_pred, f = _sam_gradients(model, xi, yi, swi, sam, scaler, inner)
+            share = tf.cast(hi - lo, tf.float32) / tf.cast(n, tf.float32)
+            nonempty = hi > lo  # a batch smaller than m leaves some micro-batches empty
+            g = [
+                None if gi is None else tf.where(nonempty, gi * tf.cast(share, gi.dtype), 0)
+                for gi in g
+            ]
+            finite = tf.logical_and(finite, tf.logical_or(f, tf.logical_not(nonempty)))
+            metrics = model.compute_metrics(xi, yi, y_pred, sample_weight=swi)
+            grads = g if grads is None else [a if b is None else a + b for a, b in zip(grads, g)]
+
+    if scaler is not None:
+        # A first-pass overflow must skip the step too: hand the loss scaler a non-finite gradient.
+        nan = float("nan")
+        grads = [None if g is None else tf.where(finite, g, tf.cast(nan, g.dtype)) for g in grads]
+    if sam is not None:
+        with sam.sam_update():
+            optimizer.apply(grads, tvars)
+    else:
+        optimizer.apply(grads, tvars)
+    return metrics
+
+
+@keras.saving.register_keras_serializable(package="sam")
+class SAMModel(keras.Model):
+    """A ``keras.Model`` whose ``fit`` trains with SAM (``train_step = sam_train_step``).
+
+    Build it like any functional or subclassed model and compile it with a ``SAM`` optimizer (a
+    plain optimizer gets SAM with ρ = 0.05 around it).
+
+    Example:
+
+    ```python
+    inputs = keras.Input((28, 28, 1))
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = SAMModel(inputs, outputs)
+    model.compile(optimizer=SAM(keras.optimizers.SGD(0.1)), loss="sparse_categorical_crossentropy")
+    ```
+    """
+
+    def train_step(self, data):
+        return sam_train_step(self, data)
