@@ -72,7 +72,7 @@ def _scaled_perturbation(grads, trust, rho, eps):
         g = tf.where(finite, tf.cast(g, dtype), tf.zeros_like(g, dtype=dtype))
         tg.append(g if t is None else tf.cast(t, dtype) * g)
     norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(x)) for x in tg if x is not None]))
-    scale = tf.cast(rho, dtype) / (norm + tf.cast(eps, dtype))
+    scale = tf.convert_to_tensor(rho, dtype) / (norm + tf.convert_to_tensor(eps, dtype))
     out = []
     for g, t, x in zip(grads, trust, tg):
         if g is None:
@@ -104,7 +104,11 @@ def sam_perturbation(
 
 def asam_trust(weight: tf.Tensor, eta: float = ETA) -> tf.Tensor | None:
     """ASAM's T for one tensor: |w| + η for kernels (ndim ≥ 2), None (T = 1) otherwise."""
-    return tf.abs(weight) + tf.cast(eta, weight.dtype) if len(weight.shape) >= 2 else None
+    return (
+        tf.abs(weight) + tf.convert_to_tensor(eta, dtype=weight.dtype)
+        if len(weight.shape) >= 2
+        else None
+    )
 
 
 def asam_perturbation(

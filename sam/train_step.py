@@ -66,7 +66,8 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     optimizer = model.optimizer
     tvars = model.trainable_variables
     # The state the clean pass starts from (BN statistics, RNG seeds): the perturbed pass reuses it.
-    state = [v.value for v in model.non_trainable_variables]
+    # tf.identity reads it now; `v.value` alone is the variable, read later, after the clean pass.
+    state = [tf.identity(v.value) for v in model.non_trainable_variables]
 
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True)
@@ -104,6 +105,30 @@ def _slice(structure, lo, hi):
     return keras.tree.map_structure(lambda t: t[lo:hi], structure)
 
 
+def _if_nonempty(nonempty, run, variables):
+    """``run()`` -> (gradients, finite) for a non-empty micro-batch, else zero gradients.
+
+    Eagerly an empty micro-batch gives ``(None, None)``; in a graph a ``tf.cond`` keeps the None
+    pattern of the gradients (unused variables stay untouched by the base optimizer).
+    """
+    if tf.executing_eagerly():
+        return run() if bool(nonempty) else (None, None)
+    pattern = []
+
+    def true_fn():
+        grads, finite = run()
+        pattern[:] = [g is None for g in grads]
+        return [tf.convert_to_tensor(g) for g in grads if g is not None], finite
+
+    def false_fn():
+        zeros = [tf.zeros(v.shape, v.dtype) for v, none in zip(variables, pattern) if not none]
+        return zeros, tf.constant(True)
+
+    present, finite = tf.cond(nonempty, true_fn, false_fn)
+    present = iter(present)
+    return [None if none else next(present) for none in pattern], finite
+
+
 def sam_train_step(model, data):
     """One SAM step for ``model.fit``: call it from ``train_step``.
 
@@ -132,6 +157,8 @@ def sam_train_step(model, data):
     optimizer = model.optimizer
     sam, scaler, inner = _split(optimizer)
     tvars = model.trainable_variables
+    if tvars and not optimizer.built:  # the loss scale and SAM's state must exist before use
+        optimizer.build(tvars)
     if not tvars:
         warnings.warn("The model does not have any trainable weights.", stacklevel=2)
         return model.compute_metrics(x, y, model(x, training=True), sample_weight=sample_weight)
@@ -147,17 +174,21 @@ def sam_train_step(model, data):
         grads, finite = None, tf.constant(True)
         for i in range(splits):
             lo, hi = (i * n) // splits, ((i + 1) * n) // splits
-            xi, yi, swi = _slice(x, lo, hi), _slice(y, lo, hi), _slice(sample_weight, lo, hi)
-            g, y_pred, f = _sam_gradients(model, xi, yi, swi, sam, scaler, inner)
-            share = tf.cast(hi - lo, tf.float32) / tf.cast(n, tf.float32)
-            nonempty = hi > lo  # a batch smaller than m leaves some micro-batches empty
-            g = [
-                None if gi is None else tf.where(nonempty, gi * tf.cast(share, gi.dtype), 0)
-                for gi in g
-            ]
-            finite = tf.logical_and(finite, tf.logical_or(f, tf.logical_not(nonempty)))
-            metrics = model.compute_metrics(xi, yi, y_pred, sample_weight=swi)
+
+            def micro_batch(lo=lo, hi=hi):
+                xi, yi, swi = _slice(x, lo, hi), _slice(y, lo, hi), _slice(sample_weight, lo, hi)
+                g, y_pred, f = _sam_gradients(model, xi, yi, swi, sam, scaler, inner)
+                model.compute_metrics(xi, yi, y_pred, sample_weight=swi)
+                share = tf.cast(hi - lo, tf.float32) / tf.cast(n, tf.float32)
+                return [None if gi is None else gi * tf.cast(share, gi.dtype) for gi in g], f
+
+            # A batch smaller than m (an epoch's last batch) leaves some micro-batches empty.
+            g, f = _if_nonempty(hi > lo, micro_batch, tvars)
+            if g is None:
+                continue
+            finite = tf.logical_and(finite, f)
             grads = g if grads is None else [a if b is None else a + b for a, b in zip(grads, g)]
+        metrics = model.get_metrics_result()
 
     if scaler is not None:
         # A first-pass overflow must skip the step too: hand the loss scaler a non-finite gradient.
