@@ -1,0 +1,228 @@
+"""Objective: model.evaluate at w0, closed forms away from it, one trace, weights untouched."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import landscape
+from landscape.directions import float_variables
+
+N, BATCH = 103, 16  # 6 full batches and a partial one of 7
+
+
+def _snapshot(model):
+    return [keras.ops.convert_to_numpy(v.value).copy() for v in model.variables]
+
+
+def _assert_bit_identical(model, snapshot):
+    for v, s in zip(model.variables, snapshot):
+        a = keras.ops.convert_to_numpy(v.value)
+        assert a.tobytes() == s.tobytes(), v.path
+
+
+@pytest.fixture(scope="module")
+def bn_problem():
+    """A conv net with BatchNorm and Dropout, trained one epoch so moving stats are non-trivial."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 4, N).astype("int32")
+    w = rng.uniform(0.2, 2.0, N)
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3)(inp)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dropout(0.5)(h)
+    out = keras.layers.Dense(4)(h)
+    model = keras.Model(inp, out)
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
+    return model, x, y, w
+
+
+def test_equals_model_evaluate_with_sample_weights_and_partial_batch(bn_problem):
+    model, x, y, w = bn_problem
+    before = _snapshot(model)
+    ref = model.evaluate(x, y, sample_weight=w, batch_size=BATCH, return_dict=True, verbose=0)
+    obj = landscape.Objective(model, (x, y, w), batch_size=BATCH)
+    got = obj.evaluate()
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    assert got["acc"] == pytest.approx(ref["accuracy"], rel=1e-6)
+    _assert_bit_identical(model, before)
+
+
+def test_inference_mode_matches_an_independent_forward_pass(bn_problem):
+    model, x, y, w = bn_problem
+    logits = model.predict(x, batch_size=64, verbose=0).astype(np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -logp[np.arange(N), y]
+    obj = landscape.Objective(model, (x, y, w), batch_size=BATCH)
+    got = obj.evaluate()
+    assert got["loss"] == pytest.approx(np.sum(w * nll) / N, rel=1e-5)
+    assert got["acc"] == pytest.approx(np.sum(w * (logits.argmax(-1) == y)) / w.sum(), rel=1e-12)
+    # Training mode (batch statistics, dropout) would give another value.
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    train_logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+    train_logits = keras.ops.convert_to_numpy(train_logits).astype(np.float64)
+    assert not np.allclose(train_logits, logits, atol=1e-3)
+    assert obj.evaluate() == got  # deterministic: no dropout
+
+
+def test_dataset_input_equals_arrays(bn_problem):
+    model, x, y, w = bn_problem
+    ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(10)
+    a = landscape.Objective(model, (x, y, w), batch_size=BATCH).evaluate()
+    b = landscape.Objective(model, ds).evaluate()
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    assert b["acc"] == pytest.approx(a["acc"], rel=1e-12)
+
+
+def test_one_trace_for_every_point_and_weights_untouched(bn_problem):
+    model, x, y, w = bn_problem
+    before = _snapshot(model)
+    obj = landscape.Objective(model, (x, y, w), batch_size=BATCH)
+    d1 = landscape.random_direction(model, seed=0)
+    d2 = landscape.random_direction(model, seed=1, include="all", ignore="none")
+    basis = obj.basis([d1, d2])
+    values = [obj.evaluate_at([a, -a], basis)["loss"] for a in (0.0, 0.1, 0.2, 0.3)]
+    values.append(obj.evaluate_at([0.4], [d1])["loss"])  # another number of directions
+    rng = np.random.default_rng(1)
+    offsets = [0.01 * rng.normal(size=tuple(v.shape)) for v in obj.variables]
+    values.append(obj.evaluate(offsets)["loss"])
+    values.append(obj.evaluate(d2)["loss"])
+    assert obj.trace_count == {"train": 1}
+    assert len(set(values)) == len(values)
+    assert values[0] == pytest.approx(obj.evaluate()["loss"], rel=1e-12)
+    assert values[-1] == obj.evaluate_at([1.0], [d2])["loss"]
+    _assert_bit_identical(model, before)
+
+
+def test_weights_restored_when_evaluation_raises(bn_problem):
+    model, x, y, w = bn_problem
+    before = _snapshot(model)
+
+    def finite_outputs(y_true, y_pred):
+        tf.debugging.assert_all_finite(y_pred, "non-finite output")
+        return tf.zeros(tf.shape(y_pred)[:1])
+
+    obj = landscape.Objective(model, (x, y, w), batch_size=BATCH, metrics=[finite_outputs])
+    bad = [np.full(tuple(v.shape), np.nan, np.float32) for v in obj.variables]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="non-finite output"):
+        obj.evaluate(bad)
+    _assert_bit_identical(model, before)
+    assert np.isfinite(obj.evaluate()["loss"])
+
+
+@pytest.fixture
+def float64():
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx("float32")
+
+
+def _linear_problem(n=37, p=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p))
+    y = rng.normal(size=(n, 1))
+    s = rng.uniform(0.5, 1.5, n)
+    inp = keras.Input((p,), dtype="float64")
+    model = keras.Model(inp, keras.layers.Dense(1, use_bias=False, dtype="float64")(inp))
+    model.layers[-1].kernel.assign(rng.normal(size=(p, 1)))
+    return model, x, y, s
+
+
+@pytest.mark.parametrize(
+    ("loss", "by_weight"),
+    [
+        (lambda: "mse", False),
+        (lambda: keras.losses.MeanSquaredError(), False),
+        (lambda: keras.losses.MeanSquaredError(reduction="mean_with_sample_weight"), True),
+        (lambda: lambda t, p: tf.reduce_mean(tf.square(t - p), axis=-1), False),
+    ],
+    ids=["name", "object", "mean_with_sample_weight", "callable"],
+)
+def test_quadratic_closed_form_and_gradient(float64, loss, by_weight):
+    """L(w0 + a d1 + b d2) = Σ s (X(w0 + a d1 + b d2) − y)² / D, a quadratic in (a, b)."""
+    model, x, y, s = _linear_problem()
+    w0 = keras.ops.convert_to_numpy(model.layers[-1].kernel.value)
+    d1 = landscape.random_direction(model, seed=0, norm="none")
+    d2 = landscape.random_direction(model, seed=1, norm="none")
+    k1, k2 = d1.arrays[model.layers[-1].kernel.path], d2.arrays[model.layers[-1].kernel.path]
+    # Loss objects are made here, after floatx became float64 (they take its dtype).
+    obj = landscape.Objective(model, (x, y, s), loss(), batch_size=10, metrics=())
+    den = s.sum() if by_weight else len(s)
+
+    def closed(wk):
+        r = (x @ wk - y)[:, 0]
+        return np.sum(s * r**2) / den, 2 * x.T @ (s * r)[:, None] / den
+
+    for a, b in [(0.0, 0.0), (0.5, -1.0), (-2.0, 0.25)]:
+        got = obj.evaluate_at([a, b], [d1, d2])["loss"]
+        assert got == pytest.approx(closed(w0 + a * k1 + b * k2)[0], rel=1e-12)
+    value, grads = obj.value_and_gradient(a * d1)
+    want_value, want_grad = closed(w0 + a * k1)
+    assert value["loss"] == pytest.approx(want_value, rel=1e-12)
+    np.testing.assert_allclose(grads[0].numpy(), want_grad, rtol=1e-10)
+    assert obj.trace_count == {"train": 1, "train/gradient": 1}
+
+
+@pytest.mark.parametrize("kind", ["sparse", "one_hot", "binary", "binary_logits"])
+def test_accuracy_modes_against_numpy(kind):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(50, 3)).astype("float32")
+    units = 1 if kind.startswith("binary") else 4
+    inp = keras.Input((3,))
+    act = "sigmoid" if kind == "binary" else None
+    model = keras.Model(inp, keras.layers.Dense(units, activation=act)(inp))
+    out = model.predict(x, verbose=0)
+    if kind == "sparse":
+        y = rng.integers(0, 4, 50)
+        loss, want = "sparse_categorical_crossentropy", out.argmax(-1) == y
+    elif kind == "one_hot":
+        labels = rng.integers(0, 4, 50)
+        y, loss = np.eye(4)[labels].astype("float32"), "categorical_crossentropy"
+        want = out.argmax(-1) == labels
+    elif kind == "binary":
+        y = rng.integers(0, 2, (50, 1)).astype("float32")
+        loss, want = "binary_crossentropy", (out > 0.5) == (y > 0.5)
+    else:
+        y = rng.integers(0, 2, (50, 1)).astype("float32")
+        loss, want = keras.losses.BinaryCrossentropy(from_logits=True), (out > 0) == (y > 0.5)
+    got = landscape.Objective(model, (x, y), loss, batch_size=16).evaluate()["acc"]
+    assert got == pytest.approx(np.mean(want), abs=1e-12)
+
+
+def test_compiled_loss_and_test_split(bn_problem):
+    model, x, y, w = bn_problem
+    obj = landscape.Objective(model, (x, y, w), test_data=(x[:40], y[:40]), batch_size=BATCH)
+    alone = landscape.Objective(model, (x[:40], y[:40]), batch_size=BATCH)
+    assert obj.splits == ("train", "test")
+    assert obj.evaluate(split="test") == pytest.approx(alone.evaluate(), rel=1e-12)
+
+
+def test_validation_errors(bn_problem):
+    model, x, y, w = bn_problem
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int. Received: 0"):
+        landscape.Objective(model, (x, y), batch_size=0)
+    with pytest.raises(ValueError, match="Unknown metric 'f1'"):
+        landscape.Objective(model, (x, y), metrics=["f1"])
+    with pytest.raises(ValueError, match="2 or 3 entries"):
+        landscape.Objective(model, (x,))
+    with pytest.raises(ValueError, match="x has 103 samples but y has 5"):
+        landscape.Objective(model, (x, y[:5]))
+    obj = landscape.Objective(model, (x, y), batch_size=BATCH)
+    with pytest.raises(ValueError, match="Unknown split 'valid'"):
+        obj.evaluate(split="valid")
+    with pytest.raises(ValueError, match="`offsets` has 1 entries"):
+        obj.evaluate([np.zeros(3)])
+    bare = keras.Model(model.inputs, model.outputs)
+    with pytest.raises(ValueError, match="not compiled with a loss"):
+        landscape.Objective(bare, (x, y))
+    assert len(float_variables(model, "all")) == len(obj.variables)
