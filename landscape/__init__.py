@@ -5,6 +5,31 @@ from sam._compat import require_tensorflow
 require_tensorflow()
 
 from landscape.data import load_dataset, load_embedded  # noqa: E402
+from landscape.directions import (  # noqa: E402
+    Direction,
+    PCAResult,
+    filter_axes,
+    interpolation_direction,
+    orthogonalize,
+    pca_directions,
+    random_direction,
+)
+from landscape.objective import Objective  # noqa: E402
+from landscape.surface import Surface, compute_surface, parse_grid  # noqa: E402
 
-__all__ = ["load_dataset", "load_embedded"]
+__all__ = [
+    "Direction",
+    "Objective",
+    "PCAResult",
+    "Surface",
+    "compute_surface",
+    "filter_axes",
+    "interpolation_direction",
+    "load_dataset",
+    "load_embedded",
+    "orthogonalize",
+    "parse_grid",
+    "pca_directions",
+    "random_direction",
+]
 __version__ = "0.1.0"

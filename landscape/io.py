@@ -1,0 +1,218 @@
+"""The HDF5 surface file: the one module that knows its layout (plain h5py can read it).
+
+Layout (compatible with tomgoldstein/loss-landscape's plotting scripts)::
+
+    /xcoordinates             float64 [nx]
+    /ycoordinates             float64 [ny]              (2D surfaces only)
+    /train_loss, /train_acc   float64 [ny, nx] or [nx]  NaN = not computed yet
+    /test_loss, /test_acc     (when the objective has test data)
+    /directions/x, /directions/y   one dataset per variable (v0000, ...) and attribute ``paths``
+    root attributes: format, format_version, package_version, created, model_fingerprint,
+    directions_fingerprint, data_fingerprint, norm, ignore, seeds, directions_metadata (JSON) ...
+
+Crash safety: the file at ``path`` is only ever replaced whole. Every write goes to
+``path + ".tmp"`` (a fresh file, or a byte copy of the current one patched with the new values),
+which is closed and then renamed over ``path`` with ``os.replace`` (atomic on POSIX). A process
+killed at any moment leaves either the previous or the next complete file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import h5py
+import numpy as np
+
+from landscape.directions import Direction
+
+FORMAT = "sam-landscape/surface"
+FORMAT_VERSION = 1
+DIRECTION_NAMES = ("x", "y")
+LOSS_LANDSCAPE_MISSING = -1.0  # loss-landscape's placeholder for a point not computed
+
+
+def _tmp(path: str) -> str:
+    return os.fspath(path) + ".tmp"
+
+
+def _attr(value: Any) -> Any:
+    if value is None:
+        return "None"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def _write_direction(group: h5py.Group, d: Direction) -> None:
+    group.attrs["paths"] = json.dumps(d.paths)
+    group.attrs["metadata"] = json.dumps(d.metadata, default=str)
+    for i, a in enumerate(d.arrays.values()):
+        group.create_dataset(f"v{i:04d}", data=a)
+
+
+def _read_direction(group: h5py.Group) -> Direction:
+    paths = json.loads(_decode(group.attrs["paths"]))
+    metadata = json.loads(_decode(group.attrs.get("metadata", "{}")))
+    return Direction({p: group[f"v{i:04d}"][()] for i, p in enumerate(paths)}, metadata)
+
+
+def save_directions(path: str, directions: Mapping[str, Direction]) -> None:
+    """Write ``{name: Direction}`` to groups ``directions/<name>`` of a new HDF5 file (atomic)."""
+    tmp = _tmp(path)
+    with h5py.File(tmp, "w") as f:
+        g = f.create_group("directions")
+        for name, d in directions.items():
+            _write_direction(g.create_group(name), d)
+    os.replace(tmp, path)
+
+
+def load_directions(path: str) -> dict[str, Direction]:
+    """Read every direction in the ``directions/`` group of ``path`` (in stored order)."""
+    with h5py.File(path, "r") as f:
+        if "directions" not in f:
+            return {}
+        g = f["directions"]
+        return {name: _read_direction(g[name]) for name in g}
+
+
+def create_surface_file(
+    path: str,
+    *,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    metrics: tuple[str, ...],
+    directions: tuple[Direction, ...],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write a complete surface file with every metric NaN (atomically)."""
+    shape = (len(x),) if y is None else (len(y), len(x))
+    tmp = _tmp(path)
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        for k, v in attrs.items():
+            f.attrs[k] = _attr(v)
+        f.create_dataset("xcoordinates", data=np.asarray(x, np.float64))
+        if y is not None:
+            f.create_dataset("ycoordinates", data=np.asarray(y, np.float64))
+        for name in metrics:
+            f.create_dataset(name, data=np.full(shape, np.nan))
+        g = f.create_group("directions")
+        for name, d in zip(DIRECTION_NAMES, directions):
+            _write_direction(g.create_group(name), d)
+    os.replace(tmp, path)
+
+
+def update_surface_file(path: str, values: Mapping[str, np.ndarray]) -> None:
+    """Replace the metric arrays of an existing surface file (copy, patch, rename)."""
+    tmp = _tmp(path)
+    shutil.copyfile(path, tmp)
+    with h5py.File(tmp, "r+") as f:
+        for name, arr in values.items():
+            f[name][...] = arr
+    os.replace(tmp, path)
+
+
+def read_surface_file(path: str) -> dict[str, Any]:
+    """Read a surface file written by this package or by tomgoldstein/loss-landscape.
+
+    Returns:
+        ``{"x", "y", "values", "attrs", "directions"}``. Arrays are ``[iy, ix]`` (1D: ``[ix]``).
+        For loss-landscape files (no ``format`` attribute) the −1 placeholders become NaN, the
+        values (stored in ``[iy, ix]`` order in an array shaped ``(nx, ny)``) are reshaped to
+        ``(ny, nx)``, and ``attrs["source"] == "loss-landscape"`` (their accuracy is in percent).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"Surface file {os.fspath(path)!r} does not exist.")
+    with h5py.File(path, "r") as f:
+        if "xcoordinates" not in f:
+            raise ValueError(f"{os.fspath(path)!r} is not a surface file (no xcoordinates).")
+        attrs = {k: _decode(v) for k, v in f.attrs.items()}
+        x = f["xcoordinates"][()].astype(np.float64)
+        y = f["ycoordinates"][()].astype(np.float64) if "ycoordinates" in f else None
+        ours = attrs.get("format") == FORMAT
+        values = {}
+        for name in f:
+            obj = f[name]
+            if name in ("xcoordinates", "ycoordinates") or not isinstance(obj, h5py.Dataset):
+                continue
+            if not np.issubdtype(obj.dtype, np.number) or obj.ndim not in (1, 2):
+                continue
+            arr = obj[()].astype(np.float64)
+            if not ours:
+                arr = np.where(arr == LOSS_LANDSCAPE_MISSING, np.nan, arr)
+                if y is not None and arr.size == len(x) * len(y):
+                    arr = arr.reshape(len(y), len(x))
+            values[name] = arr
+        if not ours:
+            attrs["source"] = "loss-landscape"
+        directions = ()
+        if "directions" in f:
+            g = f["directions"]
+            directions = tuple(_read_direction(g[n]) for n in DIRECTION_NAMES if n in g)
+    return {"x": x, "y": y, "values": values, "attrs": attrs, "directions": directions}
+
+
+def check_resumable(
+    path: str,
+    *,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    metrics: tuple[str, ...],
+    attrs: Mapping[str, Any],
+) -> dict[str, np.ndarray]:
+    """Check that ``path`` was written by the same computation and return its metric arrays.
+
+    Raises:
+        ValueError: naming every difference (format, grid, metrics, model weights, directions,
+            data); the file is left untouched.
+    """
+    stored = read_surface_file(path)
+    fa = stored["attrs"]
+    p = os.fspath(path)
+    if fa.get("format") != FORMAT:
+        raise ValueError(
+            f"Surface file {p!r} was not written by sam-landscape; refusing to resume into it."
+        )
+    diffs = []
+
+    def grid(name, a, b):
+        if (a is None) != (b is None):
+            diffs.append(f"the grid is {'1D' if b is None else '2D'} in the file")
+        elif a is not None and (a.shape != b.shape or not np.array_equal(a, b)):
+            diffs.append(
+                f"{name} differs (file {b.min():g}:{b.max():g}:{len(b)}, "
+                f"run {a.min():g}:{a.max():g}:{len(a)})"
+            )
+
+    grid("x", np.asarray(x, np.float64), stored["x"])
+    grid("y", None if y is None else np.asarray(y, np.float64), stored["y"])
+    if set(metrics) != set(stored["values"]):
+        diffs.append(f"metrics differ (file {sorted(stored['values'])}, run {sorted(metrics)})")
+    labels = {
+        "model_fingerprint": "model weights",
+        "directions_fingerprint": "directions",
+        "data_fingerprint": "data",
+    }
+    for key, label in labels.items():
+        a, b = _attr(attrs.get(key)), fa.get(key)
+        if a != b:
+            diffs.append(f"{label} differ (file {str(b)[:12]}, run {str(a)[:12]})")
+    if diffs:
+        raise ValueError(
+            f"Surface file {p!r} does not match this computation: {'; '.join(diffs)}. "
+            "Refusing to resume; the file was left untouched (pass another path or delete it)."
+        )
+    return stored["values"]
