@@ -136,7 +136,11 @@ def read_surface_file(path: str) -> dict[str, Any]:
     """
     if not os.path.isfile(path):
         raise ValueError(f"Surface file {os.fspath(path)!r} does not exist.")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"Surface file {os.fspath(path)!r} is not readable HDF5: {err}.") from None
+    with f:
         if "xcoordinates" not in f:
             raise ValueError(f"{os.fspath(path)!r} is not a surface file (no xcoordinates).")
         attrs = {k: _decode(v) for k, v in f.attrs.items()}

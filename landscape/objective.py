@@ -191,6 +191,9 @@ class Objective:
         test_data: An optional second data set in the same forms as ``data``, evaluated with
             ``split="test"``. Defaults to None.
 
+    The loss is the data term only: regularization penalties in ``model.losses`` are not
+    added (``model.evaluate`` does add them), so that surfaces show the loss itself.
+
     Example:
         >>> obj = Objective(model, (x, y), batch_size=256)
         >>> obj.evaluate()                          # at w0: {"loss": ..., "acc": ...}

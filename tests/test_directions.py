@@ -255,3 +255,24 @@ def test_pca_directions_recover_a_planar_trajectory():
     np.testing.assert_allclose(res.explained_variance_ratio, eig / eig.sum(), atol=1e-5)
     for d in res.directions:  # biases are not part of the PCA
         np.testing.assert_array_equal(d.arrays[variables[1].path], 0.0)
+
+
+def test_pca_from_models_and_get_weights_lists_agree():
+    final = _model("dense")
+    checkpoints = [_randomize(_model("dense"), seed=s) for s in (1, 2, 3)]
+    from_models = landscape.pca_directions(checkpoints, final)
+    from_lists = landscape.pca_directions([m.get_weights() for m in checkpoints], final)
+    np.testing.assert_allclose(from_models.coordinates, from_lists.coordinates, rtol=1e-10)
+    with pytest.raises(ValueError, match="at least 2 entries"):
+        landscape.pca_directions(checkpoints[:1], final)
+
+
+def test_rebind_to_a_rebuilt_model_with_other_names():
+    a, b = _model("conv2d"), _model("conv2d")
+    d = landscape.random_direction(a, seed=0)
+    assert d.paths != [v.path for v in b.trainable_variables]  # e.g. conv2d vs conv2d_1
+    with pytest.raises(ValueError, match="rebind"):
+        d.aligned(b.trainable_variables)
+    e = d.rebind(b)
+    assert e.paths == [v.path for v in b.trainable_variables]
+    assert e.fingerprint() == d.fingerprint()

@@ -242,3 +242,12 @@ def test_kill_minus_9_leaves_a_file_that_opens_and_resumes(tmp_path):
     for name in fresh.values:
         np.testing.assert_allclose(resumed[name], fresh[name], rtol=1e-6)
     assert keras.backend.backend() == "tensorflow"
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.h5"
+    path.write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="not readable HDF5"):
+        landscape.Surface.load(str(path))
+    with pytest.raises(ValueError, match="does not exist"):
+        landscape.Surface.load(str(tmp_path / "missing.h5"))
