@@ -161,7 +161,8 @@ def test_batch_splits_average_ragged_micro_batches(n):
         assert not np.allclose(weights_of(model)[0], whole[0], rtol=1e-6)
 
 
-def test_mixed_float16_fit_decreases_the_loss(mnist_small):
+@pytest.mark.parametrize("wrapped", [True, False], ids=["SAM", "plain SGD"])
+def test_mixed_float16_fit_decreases_the_loss(mnist_small, wrapped):
     (x, y), _ = mnist_small
     keras.mixed_precision.set_global_policy("mixed_float16")
     inputs = keras.Input((28, 28, 1))
@@ -170,8 +171,9 @@ def test_mixed_float16_fit_decreases_the_loss(mnist_small):
     h = keras.layers.Flatten()(h)
     outputs = keras.layers.Dense(10, activation="softmax", dtype="float32")(h)
     model = SAMModel(inputs, outputs)
+    base = keras.optimizers.SGD(0.05, momentum=0.9)
     model.compile(
-        optimizer=SAM(keras.optimizers.SGD(0.05, momentum=0.9)),
+        optimizer=SAM(base) if wrapped else base,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
