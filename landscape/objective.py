@@ -173,6 +173,17 @@ def _per_sample(values, n) -> tf.Tensor:
     return values
 
 
+def _compiled(python_function, signature):
+    """``tf.function`` with a fixed signature: one trace per Objective and split.
+
+    TensorFlow keys its "frequent retracing" warning by the code object, so several Objectives
+    (each tracing its own closure once) would trigger it wrongly; ``trace_count`` is the check.
+    """
+    fn = tf.function(python_function, input_signature=signature, autograph=False)
+    fn._omit_frequent_tracing_warning = True  # private TF flag; harmless if ignored
+    return fn
+
+
 class Objective:
     """The loss (and metrics) of a model over a data set, as a function of its weights.
 
@@ -335,7 +346,7 @@ class Objective:
                 totals = data.reduce(tf.zeros([n_terms], tf.float64), body)
             return self._finish(totals)
 
-        fn = tf.function(value, input_signature=self._signature(), autograph=False)
+        fn = _compiled(value, self._signature())
         self._value_fns[split] = fn
         return fn
 
@@ -377,7 +388,7 @@ class Objective:
                 tf.cast(g / den, self.variables[i].dtype) for g, i in zip(grads, trainable)
             ]
 
-        fn = tf.function(value_and_grad, input_signature=self._signature(), autograph=False)
+        fn = _compiled(value_and_grad, self._signature())
         self._grad_fns[split] = fn
         return fn
 
