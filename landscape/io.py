@@ -32,6 +32,7 @@ from landscape.directions import Direction
 FORMAT = "sam-landscape/surface"
 FORMAT_VERSION = 1
 DIRECTION_NAMES = ("x", "y")
+JSON_ATTRS = ("seeds", "directions_metadata")  # stored as JSON text, read back as lists
 LOSS_LANDSCAPE_MISSING = -1.0  # loss-landscape's placeholder for a point not computed
 
 
@@ -144,6 +145,10 @@ def read_surface_file(path: str) -> dict[str, Any]:
         if "xcoordinates" not in f:
             raise ValueError(f"{os.fspath(path)!r} is not a surface file (no xcoordinates).")
         attrs = {k: _decode(v) for k, v in f.attrs.items()}
+        for key in JSON_ATTRS:
+            if isinstance(attrs.get(key), str):
+                attrs[key] = json.loads(attrs[key])
+        attrs = {k: None if v == "None" else v for k, v in attrs.items()}
         x = f["xcoordinates"][()].astype(np.float64)
         y = f["ycoordinates"][()].astype(np.float64) if "ycoordinates" in f else None
         ours = attrs.get("format") == FORMAT
@@ -211,7 +216,7 @@ def check_resumable(
         "data_fingerprint": "data",
     }
     for key, label in labels.items():
-        a, b = _attr(attrs.get(key)), fa.get(key)
+        a, b = attrs.get(key), fa.get(key)  # None (e.g. no data fingerprint) on both sides
         if a != b:
             diffs.append(f"{label} differ (file {str(b)[:12]}, run {str(a)[:12]})")
     if diffs:

@@ -98,6 +98,8 @@ def test_file_layout_readable_with_plain_h5py(tmp_path, reference):
     assert loaded.shape == (5, 6) and loaded.complete
     np.testing.assert_array_equal(loaded["train_acc"], surf["train_acc"])
     assert [d.fingerprint() for d in loaded.directions] == [d.fingerprint() for d in dirs]
+    assert loaded.metadata["seeds"] == [0, 1]
+    assert loaded.metadata["directions_metadata"][1]["norm"] == "filter"
     assert not os.path.exists(path + ".tmp")
 
 
@@ -251,3 +253,23 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
         landscape.Surface.load(str(path))
     with pytest.raises(ValueError, match="does not exist"):
         landscape.Surface.load(str(tmp_path / "missing.h5"))
+
+
+def test_resume_with_dataset_data_and_no_data_fingerprint(tmp_path):
+    import tensorflow as tf
+
+    model, obj, dirs = problem(n=100)
+    x, y = (t.numpy() for t in (obj._splits["train"].x, obj._splits["train"].y))
+    ds_obj = landscape.Objective(
+        model, tf.data.Dataset.from_tensor_slices((x, y)).batch(32), obj._loss_fn
+    )
+    assert ds_obj.data_fingerprint() is None
+    path = str(tmp_path / "s.h5")
+    with pytest.raises(KeyboardInterrupt):
+        landscape.compute_surface(
+            _Interrupting(ds_obj, 2), dirs[:1], x="-1:1:4", path=path, verbose=0
+        )
+    counting = _Interrupting(ds_obj, 10**9)
+    surf = landscape.compute_surface(counting, dirs[:1], x="-1:1:4", path=path, verbose=0)
+    assert counting.calls == 2 and surf.complete
+    assert landscape.Surface.load(path).metadata["data_fingerprint"] is None

@@ -226,3 +226,36 @@ def test_validation_errors(bn_problem):
     with pytest.raises(ValueError, match="not compiled with a loss"):
         landscape.Objective(bare, (x, y))
     assert len(float_variables(model, "all")) == len(obj.variables)
+
+
+def test_interpolation_endpoints_are_the_two_models(bn_problem):
+    """α = 0 is model a and α = 1 is model b, BatchNorm statistics included."""
+    model_a, x, y, w = bn_problem
+    model_b = keras.models.clone_model(model_a)
+    model_b.compile(loss=model_a.loss)
+    rng = np.random.default_rng(4)
+    for va, vb in zip(model_a.variables, model_b.variables):
+        value = keras.ops.convert_to_numpy(va.value)
+        if np.issubdtype(value.dtype, np.floating):
+            value = value + 0.1 * np.abs(rng.normal(size=value.shape)).astype(value.dtype)
+        vb.assign(value)
+    d = landscape.interpolation_direction(model_a, model_b)
+    at_a = landscape.Objective(model_a, (x, y, w), batch_size=BATCH)
+    at_b = landscape.Objective(model_b, (x, y, w), batch_size=BATCH).evaluate()
+    assert at_a.evaluate_at([1.0], [d])["loss"] == pytest.approx(at_b["loss"], rel=1e-5)
+    assert at_a.evaluate_at([0.0], [d]) == at_a.evaluate()
+
+
+def test_mixed_precision_model(bn_problem):
+    _, x, y, _ = bn_problem
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    out = keras.layers.Dense(4, dtype="float32")(h)
+    model = keras.Model(inp, out)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ref = model.evaluate(x, y, batch_size=BATCH, verbose=0)
+    obj = landscape.Objective(model, (x, y), batch_size=BATCH)
+    assert obj.evaluate()["loss"] == pytest.approx(ref, rel=1e-3)
+    d = landscape.random_direction(model, seed=0)
+    assert np.isfinite(obj.evaluate_at([0.5], [d])["loss"])
