@@ -15,6 +15,12 @@ from landscape.directions import (  # noqa: E402
     random_direction,
 )
 from landscape.objective import Objective  # noqa: E402
+from landscape.plot import (  # noqa: E402
+    plot_comparison,
+    plot_spectrum,
+    plot_surface,
+    plot_trajectory,
+)
 from landscape.surface import Surface, compute_surface, parse_grid  # noqa: E402
 
 __all__ = [
@@ -30,6 +36,10 @@ __all__ = [
     "orthogonalize",
     "parse_grid",
     "pca_directions",
+    "plot_comparison",
+    "plot_spectrum",
+    "plot_surface",
+    "plot_trajectory",
     "random_direction",
 ]
 __version__ = "0.1.0"
