@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Literal
 
 import keras
@@ -16,6 +17,51 @@ logger = logging.getLogger("landscape")
 
 OptimizerName = Literal["sgd", "sam", "asam"]
 OPTIMIZERS = ("sgd", "sam", "asam")
+
+
+class CheckpointEvery(keras.callbacks.Callback):
+    """Saves the weights before training and every ``every`` epochs, for trajectory plots.
+
+    Files are ``{directory}/epoch_{epoch:04d}.weights.h5`` (epoch 0 = the initial weights);
+    ``checkpoint_paths(directory)`` lists them in order.
+    """
+
+    def __init__(self, directory: str, *, every: int = 1):
+        super().__init__()
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"Argument `every` must be a positive int. Received: every={every}.")
+        self.directory = directory
+        self.every = every
+
+    def _save(self, epoch: int) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        self.model.save_weights(os.path.join(self.directory, f"epoch_{epoch:04d}.weights.h5"))
+
+    def on_train_begin(self, logs=None):
+        self._save(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            self._save(epoch + 1)
+
+
+def checkpoint_paths(directory: str) -> list[str]:
+    """The checkpoint files ``CheckpointEvery`` wrote in ``directory``, in epoch order."""
+    names = sorted(n for n in os.listdir(directory) if n.endswith(".weights.h5"))
+    return [os.path.join(directory, n) for n in names]
+
+
+def _augmented(x, y, batch_size: int, seed: int):
+    """A shuffled tf.data pipeline with random shifts (and horizontal flips for colour images)."""
+    import tensorflow as tf
+
+    layers = [keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed)]
+    if x.shape[-1] == 3:
+        layers.insert(0, keras.layers.RandomFlip("horizontal", seed=seed))
+    augment = keras.Sequential(layers)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+    ds = ds.batch(batch_size).map(lambda a, b: (augment(a, training=True), b))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +116,7 @@ def train(
     seed: int = 0,
     model_kwargs: dict | None = None,
     callbacks: list | None = None,
+    augment: bool = False,
     verbose: int | str = "auto",
 ) -> TrainResult:
     """Train a zoo model on ``((x_train, y_train), (x_test, y_test))`` and evaluate it.
@@ -90,6 +137,9 @@ def train(
         seed: Seeds Python, NumPy and TensorFlow. Defaults to 0.
         model_kwargs: Extra arguments of the model builder (e.g. ``{"depth": 14}``).
         callbacks: Keras callbacks for ``fit``.
+        augment: Random shifts of the training images (and horizontal flips for colour
+            images), applied in the input pipeline so the saved model has no augmentation
+            layers. Defaults to False.
         verbose: ``fit``'s verbosity. Defaults to "auto".
 
     Returns:
@@ -118,14 +168,22 @@ def train(
         metrics=["accuracy"],
     )
     logger.info("training %s with %s for %d epochs", model, optimizer, epochs)
-    history = net.fit(
-        x_train,
-        y_train,
-        batch_size=batch_size,
-        epochs=epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    if augment:
+        history = net.fit(
+            _augmented(x_train, y_train, batch_size, seed),
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    else:
+        history = net.fit(
+            x_train,
+            y_train,
+            batch_size=batch_size,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     train_loss, train_acc = net.evaluate(x_train, y_train, batch_size=512, verbose=0)
     test_loss, test_acc = net.evaluate(x_test, y_test, batch_size=512, verbose=0)
     return TrainResult(

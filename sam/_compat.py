@@ -13,6 +13,9 @@ INSTALL_HINT = (
 def require_tensorflow() -> None:
     """Import TensorFlow and make sure Keras runs on it, or raise one ImportError sentence."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow's C++ start-up INFO/WARNING lines (CPU features, absl) are noise for our users;
+    # a value set beforehand wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow  # noqa: F401
     except ImportError:

@@ -1,4 +1,4 @@
-"""The console script."""
+"""The console script: train -> surface -> plot, user errors as exit code 2 with one sentence."""
 
 from __future__ import annotations
 
@@ -6,21 +6,113 @@ import pathlib
 import subprocess
 import sys
 
+import h5py
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from landscape import __version__
 from landscape.cli import main
 
 
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
 def test_version_and_help():
-    runner = CliRunner()
-    result = runner.invoke(main, ["--version"])
+    result = invoke("--version")
     assert result.exit_code == 0 and __version__ in result.output
-    result = runner.invoke(main, ["--help"])
-    assert result.exit_code == 0 and "Examples" in result.output
+    for command in ([], ["train"], ["surface"], ["plot"]):
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0 and "Examples" in result.output
 
 
-def test_console_script_runs():
+def test_console_script_runs_as_a_process():
     script = pathlib.Path(sys.executable).with_name("landscape")
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert __version__ in out.stdout
+    bad = subprocess.run([str(script), "plot", "nope.h5"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "Error: Surface file 'nope.h5' does not exist."
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An SGD and a SAM MLP trained briefly on part of the embedded data."""
+    d = tmp_path_factory.mktemp("cli")
+    for opt in ("sgd", "sam"):
+        out = d / f"{opt}.keras"
+        result = invoke("train", "--model", "mlp", "--optimizer", opt, "--epochs", 1,
+                        "--samples", 600, "--save-every", 1, "--out", out, "-q")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "test acc" in result.output
+    return d
+
+
+def test_train_saves_model_and_checkpoints(trained):
+    assert (trained / "sam.keras").is_file()
+    checkpoints = sorted((trained / "sam_checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["epoch_0000.weights.h5", "epoch_0001.weights.h5"]
+
+
+def test_surface_resume_and_plot(trained):
+    out = trained / "s.h5"
+    args = ["surface", trained / "sam.keras", "--x=-1:1:4", "--y=-0.5:0.5:3", "--samples", 300,
+            "--test-samples", 100, "--out", out, "-q"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as f:
+        z = f["train_loss"][()]
+        assert z.shape == (3, 4) and np.isfinite(z).all() and "test_acc" in f
+    before = out.read_bytes()
+    assert invoke(*args).exit_code == 0  # complete file: nothing recomputed
+    assert out.read_bytes() == before
+    result = invoke("plot", out, "--kind", "contourf", "--log", "--out", trained / "s.png", "-q")
+    assert result.exit_code == 0 and (trained / "s.png").stat().st_size > 1000
+
+
+def test_interpolation_surface(trained):
+    out = trained / "i.h5"
+    models = [trained / "sgd.keras", "--model2", trained / "sam.keras"]
+    result = invoke("surface", *models, "--x=0:1:3", "--samples", 300, "--test-samples", 0,
+                    "--out", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert invoke("plot", out, "-q").exit_code == 0 and out.with_suffix(".png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["surface", "missing.keras"], "Error: Model file 'missing.keras' does not exist."),
+        (["train", "--data", "imagenet"], "Error: Unknown data set 'imagenet'"),
+        (["train", "--data", "none.npz"], "Error: Data file 'none.npz' does not exist."),
+        (["train", "--out", "model.h5"], "Error: --out must end in .keras."),
+        (["plot", "missing.h5"], "Error: Surface file 'missing.h5' does not exist."),
+    ],
+)
+def test_user_errors_are_one_sentence_and_exit_2(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.output.startswith(message) and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_grid_and_mismatched_file(trained, tmp_path):
+    result = invoke("surface", trained / "sam.keras", "--x=1:0:3", "--out", tmp_path / "b.h5")
+    assert result.exit_code == 2 and "Argument `x`" in result.output
+    out = tmp_path / "m.h5"
+    base = ["surface", trained / "sam.keras", "--samples", 100, "--test-samples", 0, "-q"]
+    assert invoke(*base, "--x=-1:1:3", "--out", out).exit_code == 0
+    before = out.read_bytes()
+    result = invoke(*base, "--x=-1:1:5", "--out", out)
+    assert result.exit_code == 2 and "does not match" in result.output
+    assert out.read_bytes() == before
+
+
+def test_incompatible_data_shape(trained, tmp_path):
+    path = tmp_path / "rgb.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.random((4, 8, 8, 3)), y_train=np.arange(4),
+             x_test=rng.random((2, 8, 8, 3)), y_test=np.arange(2))  # fmt: skip
+    result = invoke("surface", trained / "sam.keras", "--data", path, "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "the model expects" in result.output
