@@ -21,14 +21,28 @@ from landscape.plot import (  # noqa: E402
     plot_surface,
     plot_trajectory,
 )
+from landscape.sharpness import (  # noqa: E402
+    AverageSharpness,
+    EpsilonSharpness,
+    WorstCaseSharpness,
+    average_sharpness,
+    epsilon_sharpness,
+    sharpness_report,
+    worst_case_sharpness,
+)
 from landscape.surface import Surface, compute_surface, parse_grid  # noqa: E402
 
 __all__ = [
+    "AverageSharpness",
     "Direction",
+    "EpsilonSharpness",
     "Objective",
     "PCAResult",
     "Surface",
+    "WorstCaseSharpness",
+    "average_sharpness",
     "compute_surface",
+    "epsilon_sharpness",
     "filter_axes",
     "interpolation_direction",
     "load_dataset",
@@ -41,5 +55,7 @@ __all__ = [
     "plot_surface",
     "plot_trajectory",
     "random_direction",
+    "sharpness_report",
+    "worst_case_sharpness",
 ]
 __version__ = "0.1.0"

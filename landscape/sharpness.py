@@ -1,0 +1,755 @@
+"""Sharpness of a minimum: Keskar ε-sharpness, worst-case and average-case sharpness.
+
+Every metric is a statement about the loss L of an ``Objective`` (full data set, inference mode)
+in a neighbourhood of the current weights w, and every loss and gradient comes from that one
+evaluator: the model's variables are never assigned, so they stay bit-identical.
+
+- ε-sharpness (Keskar et al. 2017), in percent, over a box around w in the span of A:
+
+      φ = 100 · (max_{y ∈ C_ε} L(w + A y) − L(w)) / (1 + L(w)),
+      C_ε = {y : |yᵢ| ≤ ε (|(A⁺w)ᵢ| + 1)},   A = I or a random n×p matrix.
+
+- worst-case sharpness (Andriushchenko et al. 2023), with c = |w| (adaptive) or c = 1:
+
+      S_max = max_{‖δ ⊘ c‖ₚ ≤ ρ} L(w + δ) − L(w),   p = 2 or ∞,
+
+  by projected gradient ascent in γ = δ ⊘ c, the coordinates in which the ball is round;
+  with ``batch_size=m`` the m-sharpness: the mean over batches of size m of the per-batch S_max.
+
+- average-case sharpness: S_avg = E_δ L(w + δ) − L(w), δ = ρ c ⊙ z with z ~ N(0, I) (ℓ2) or
+  z ~ U[−1, 1]ⁿ (ℓ∞).
+
+The adaptive variants are invariant to the rescalings of ReLU layers that leave the function
+unchanged (Dinh et al. 2017); the plain ones and ε-sharpness are not.
+
+All metrics perturb ``objective.trainable_variables`` (the variables the Objective differentiates
+with respect to); non-trainable state such as BatchNorm moving statistics stays at w0.
+
+References:
+    Keskar et al., On Large-Batch Training for Deep Learning: Generalization Gap and Sharp
+        Minima, https://arxiv.org/abs/1609.04836
+    Dinh et al., Sharp Minima Can Generalize For Deep Nets, https://arxiv.org/abs/1703.04933
+    Kwon et al., ASAM: Adaptive Sharpness-Aware Minimization, https://arxiv.org/abs/2102.11600
+    Andriushchenko et al., A Modern Look at the Relationship between Sharpness and
+        Generalization, https://arxiv.org/abs/2302.07011
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import keras
+import numpy as np
+import scipy.optimize
+import tensorflow as tf
+
+from landscape.objective import Objective, _Split
+
+logger = logging.getLogger("landscape")
+
+Norm = Literal["l2", "linf"]
+NORMS = ("l2", "linf")
+
+EPSILON = 1e-3  # Keskar et al.'s box size
+MAX_ITER = 10  # Keskar et al.'s L-BFGS-B iterations
+STEPS = 20  # ascent steps (Andriushchenko et al. use 20)
+SAMPLES = 20  # Monte Carlo samples of the average-case sharpness
+STEP_SIZE_FACTOR = 2.0  # default step = 2ρ, the reference's initial APGD step
+GRAD_EPS = 1e-12  # keeps g / ‖g‖ finite when the gradient vanishes
+
+# Radii of sharpness_report, one per metric: ρ means different things in different balls
+# (an ℓ∞ ball of radius ρ holds ℓ2 perturbations of norm ρ√n; adaptive radii are relative).
+REPORT_RHO: dict[str, float] = {
+    "worst_l2": 0.05,  # SAM's default radius
+    "worst_l2_adaptive": 0.5,  # ASAM's default radius
+    "worst_linf": 0.002,
+    "worst_linf_adaptive": 0.002,  # relative: every weight moves by at most 0.2 %
+    "average_l2": 0.01,  # per-weight standard deviation
+    "average_l2_adaptive": 0.1,  # relative per-weight standard deviation
+}
+
+
+# --------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class EpsilonSharpness:
+    """Keskar et al.'s ε-sharpness and how it was found.
+
+    Attributes:
+        value: φ in percent, 100 · (max_loss − loss) / (1 + loss).
+        loss: L(w).
+        max_loss: The largest loss found in the box (at least ``loss``: y = 0 is in it).
+        iterations: L-BFGS-B iterations.
+        evaluations: Loss-and-gradient evaluations (full passes over the data).
+        epsilon: The box size ε.
+        subspace_dim: p for a random subspace, or None for the full space.
+        message: L-BFGS-B's stopping message.
+    """
+
+    value: float
+    loss: float
+    max_loss: float
+    iterations: int
+    evaluations: int
+    epsilon: float
+    subspace_dim: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class WorstCaseSharpness:
+    """Worst-case (or m-) sharpness: the largest loss increase found in the ball.
+
+    Attributes:
+        value: max L(w + δ) − L(w), or for m-sharpness the mean of the per-batch values.
+        loss: L(w) (for m-sharpness the mean of the per-batch losses).
+        max_loss: ``loss + value``.
+        rho, norm, adaptive, steps, step_size: The settings used.
+        batch_size: m for m-sharpness, None for the whole data set.
+        batch_values: The per-batch values (one entry without ``batch_size``).
+        stderr: Standard error of the mean over batches (NaN with fewer than two).
+        n_gradients: Loss-and-gradient evaluations, all batches together.
+    """
+
+    value: float
+    loss: float
+    max_loss: float
+    rho: float
+    norm: str
+    adaptive: bool
+    steps: int
+    step_size: float
+    batch_size: int | None
+    batch_values: tuple[float, ...]
+    stderr: float
+    n_gradients: int
+
+
+@dataclass(frozen=True)
+class AverageSharpness:
+    """Average-case sharpness: a Monte Carlo mean of L(w + δ) − L(w) over random δ.
+
+    Attributes:
+        value: The sample mean.
+        stderr: Its standard error (sample standard deviation / √samples; NaN for one sample).
+        loss: L(w).
+        rho, norm, adaptive, samples: The settings used.
+    """
+
+    value: float
+    stderr: float
+    loss: float
+    rho: float
+    norm: str
+    adaptive: bool
+    samples: int
+
+
+# ------------------------------------------------------------------------------ validation
+def _resolve_norm(norm) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
+    return norm
+
+
+def _check_positive(name: str, value) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a positive finite number. Received: {name}={value!r}."
+        )
+    return float(value)
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(
+            f"Argument `{name}` must be an integer >= {minimum}. Received: {name}={value!r}."
+        )
+    return int(value)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"Argument `{name}` must be a bool. Received: {name}={value!r}.")
+    return bool(value)
+
+
+def _check_objective(objective) -> Objective:
+    if not isinstance(objective, Objective):
+        raise ValueError(
+            "Argument `objective` must be a landscape.Objective. "
+            f"Received: objective={type(objective).__name__}."
+        )
+    if not objective.trainable_variables:
+        raise ValueError("The objective's model has no trainable floating-point variables.")
+    return objective
+
+
+def _resolve_verbose(verbose) -> int:
+    if verbose == "auto":
+        return 1 if keras.config.is_interactive_logging_enabled() else 0
+    if verbose in (0, 1, 2, False, True):
+        return int(verbose)
+    raise ValueError(
+        f"Argument `verbose` must be 'auto', 0, 1 or 2. Received: verbose={verbose!r}."
+    )
+
+
+def _progbar(target: int | None, verbose: int, unit: str):
+    return keras.utils.Progbar(target, verbose=verbose, unit_name=unit) if verbose else None
+
+
+# ------------------------------------------------------------------------ the flat weights
+class _FlatWeights:
+    """The trainable variables of an Objective as one float64 vector w ∈ ℝⁿ.
+
+    ``loss(δ)`` and ``loss_and_gradient(δ)`` evaluate the Objective at w + δ, δ ∈ ℝⁿ; the
+    non-trainable variables get a zero offset.
+    """
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        trainable_ids = {id(v) for v in objective.trainable_variables}
+        self._slots = [i for i, v in enumerate(objective.variables) if id(v) in trainable_ids]
+        self._shapes = [tuple(objective.variables[i].shape) for i in self._slots]
+        sizes = [math.prod(s) for s in self._shapes]
+        self._splits = np.cumsum(sizes)[:-1]
+        self._zeros = [tf.zeros(v.shape, v.dtype) for v in objective.variables]
+        self.w = np.concatenate(
+            [
+                np.asarray(
+                    keras.ops.convert_to_numpy(objective.variables[i].value), np.float64
+                ).reshape(-1)
+                for i in self._slots
+            ]
+        )
+        self.n = self.w.size
+        self.n_gradients = 0
+
+    def offsets(self, delta: np.ndarray) -> list:
+        offsets = list(self._zeros)
+        for slot, shape, part in zip(self._slots, self._shapes, np.split(delta, self._splits)):
+            offsets[slot] = part.reshape(shape)
+        return offsets
+
+    def loss(self, delta: np.ndarray | None = None) -> float:
+        offsets = None if delta is None else self.offsets(delta)
+        return self.objective.evaluate(offsets)["loss"]
+
+    def loss_and_gradient(self, delta: np.ndarray) -> tuple[float, np.ndarray]:
+        values, grads = self.objective.value_and_gradient(self.offsets(delta))
+        self.n_gradients += 1
+        flat = np.concatenate(
+            [np.asarray(keras.ops.convert_to_numpy(g), np.float64).reshape(-1) for g in grads]
+        )
+        return values["loss"], flat
+
+
+# ---------------------------------------------------------------------------- ε-sharpness
+def epsilon_sharpness(
+    objective: Objective,
+    epsilon: float = EPSILON,
+    *,
+    subspace_dim: int | None = None,
+    projection: np.ndarray | None = None,
+    max_iter: int = MAX_ITER,
+    seed: int | None = None,
+    verbose: int | str = 0,
+) -> EpsilonSharpness:
+    """Keskar et al.'s ε-sharpness in percent.
+
+    φ = 100 · (max_{y ∈ C_ε} L(w + A y) − L(w)) / (1 + L(w)) with the box
+    C_ε = {y : |yᵢ| ≤ ε (|(A⁺w)ᵢ| + 1)}. The maximum is searched by SciPy's L-BFGS-B with bounds
+    on −L, with the exact full-data loss and gradient of the Objective, started from a uniformly
+    random point of the box (at an exact minimum the gradient vanishes and a start at y = 0 would
+    return φ = 0). The largest loss of any evaluated point (all lie in the box) is kept.
+
+    w is the vector of the trainable variables (``objective.trainable_variables``), the
+    variables the Objective differentiates; non-trainable state is not perturbed.
+
+    Args:
+        objective: The loss to analyse, at its current weights w.
+        epsilon: The box size ε. Defaults to 1e-3.
+        subspace_dim: p: search in the span of a random n×p matrix A with standard normal
+            entries (Keskar et al.'s "random subspace" variant; A⁺w by least squares). None
+            searches the full space, A = I. Defaults to None.
+        projection: A given n×p matrix A instead of a random one. Defaults to None.
+        max_iter: L-BFGS-B iterations (Keskar et al. use 10). Defaults to 10.
+        seed: Seed of the random start (and of a random A). Defaults to None.
+        verbose: 0 silent, 1 or 2 a progress bar over evaluations, "auto". Defaults to 0.
+
+    Returns:
+        An ``EpsilonSharpness``.
+
+    Raises:
+        ValueError: a non-positive ``epsilon`` or ``max_iter``, a bad ``subspace_dim`` or a
+            ``projection`` of the wrong shape.
+
+    Example:
+        >>> landscape.epsilon_sharpness(obj, epsilon=1e-3, seed=0).value   # percent
+
+    References:
+        Keskar et al. 2017, https://arxiv.org/abs/1609.04836 (metric 2.1)
+    """
+    objective = _check_objective(objective)
+    epsilon = _check_positive("epsilon", epsilon)
+    max_iter = _check_int("max_iter", max_iter)
+    verbose = _resolve_verbose(verbose)
+    flat = _FlatWeights(objective)
+    rng = np.random.default_rng(seed)
+
+    if projection is not None:
+        A = np.asarray(projection, np.float64)
+        if A.ndim != 2 or A.shape[0] != flat.n or A.shape[1] < 1:
+            raise ValueError(
+                f"Argument `projection` must be an n×p matrix with n={flat.n} (the number of "
+                f"trainable weights). Received shape {A.shape}."
+            )
+        if subspace_dim is not None and subspace_dim != A.shape[1]:
+            raise ValueError(
+                f"Argument `subspace_dim` ({subspace_dim!r}) does not match `projection`'s "
+                f"{A.shape[1]} columns."
+            )
+    elif subspace_dim is not None:
+        p = _check_int("subspace_dim", subspace_dim)
+        A = rng.standard_normal((flat.n, p))
+    else:
+        A = None
+
+    # The box C_ε around A⁺w (w itself for A = I).
+    center = flat.w if A is None else np.linalg.lstsq(A, flat.w, rcond=None)[0]
+    bound = epsilon * (np.abs(center) + 1.0)
+    y0 = rng.uniform(-bound, bound)
+
+    loss0 = flat.loss()
+    best = loss0
+    bar = _progbar(None, verbose, "evaluation")
+
+    def negative_loss(y):
+        nonlocal best
+        loss, grad = flat.loss_and_gradient(y if A is None else A @ y)
+        best = max(best, loss)
+        if bar is not None:
+            bar.add(1, [("max_loss", best)])
+        return -loss, -(grad if A is None else A.T @ grad)
+
+    result = scipy.optimize.minimize(
+        negative_loss,
+        y0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=scipy.optimize.Bounds(-bound, bound),
+        options={"maxiter": max_iter},
+    )
+    value = 100.0 * (best - loss0) / (1.0 + loss0)
+    logger.info(
+        "ε-sharpness (ε=%g, %s): %.6g %% after %d iterations, %d evaluations",
+        epsilon,
+        "full space" if A is None else f"subspace p={A.shape[1]}",
+        value,
+        result.nit,
+        flat.n_gradients,
+    )
+    return EpsilonSharpness(
+        value=float(value),
+        loss=float(loss0),
+        max_loss=float(best),
+        iterations=int(result.nit),
+        evaluations=flat.n_gradients,
+        epsilon=epsilon,
+        subspace_dim=None if A is None else int(A.shape[1]),
+        message=str(result.message),
+    )
+
+
+# ------------------------------------------------------------------- worst-case sharpness
+def _project(gamma: np.ndarray, rho: float, norm: str) -> np.ndarray:
+    """Projection onto the ball ‖γ‖ₚ ≤ ρ."""
+    if norm == "l2":
+        size = np.linalg.norm(gamma)
+        return gamma * (rho / size) if size > rho else gamma
+    return np.clip(gamma, -rho, rho)
+
+
+def _ascent_direction(grad: np.ndarray, norm: str) -> np.ndarray:
+    """Steepest ascent direction of unit ‖·‖ₚ: g / ‖g‖₂ (ℓ2) or sign(g) (ℓ∞)."""
+    if norm == "l2":
+        return grad / (np.linalg.norm(grad) + GRAD_EPS)
+    return np.sign(grad)
+
+
+def _random_start(rng: np.random.Generator, n: int, rho: float, norm: str) -> np.ndarray:
+    """The reference's random start: ρ·N(0, I) (ℓ2) or ρ·U[−1, 1] (ℓ∞), projected."""
+    z = rng.standard_normal(n) if norm == "l2" else rng.uniform(-1.0, 1.0, n)
+    return _project(rho * z, rho, norm)
+
+
+def _worst_case(
+    flat: _FlatWeights,
+    *,
+    rho: float,
+    norm: str,
+    adaptive: bool,
+    steps: int,
+    step_size: float,
+    rng: np.random.Generator | None,
+    bar,
+) -> tuple[float, float]:
+    """(L(w), the largest L(w + c⊙γ) seen) by projected gradient ascent in γ, ‖γ‖ₚ ≤ ρ."""
+    c = np.abs(flat.w) if adaptive else np.ones_like(flat.w)
+    loss0 = flat.loss()
+    best = loss0
+    gamma = np.zeros(flat.n) if rng is None else _random_start(rng, flat.n, rho, norm)
+    for _ in range(steps):
+        loss, grad = flat.loss_and_gradient(c * gamma)
+        best = max(best, loss)
+        # ∇_γ L(w + c⊙γ) = c ⊙ ∇L: climb in γ, then project back onto the round ball.
+        gamma = _project(gamma + step_size * _ascent_direction(c * grad, norm), rho, norm)
+        if bar is not None:
+            bar.add(1, [("max_increase", best - loss0)])
+    best = max(best, flat.loss(c * gamma))
+    return loss0, best
+
+
+def _batch_objectives(objective: Objective, batch_size: int, max_batches: int | None):
+    """Objectives on consecutive slices of size m of the training data (the same loss)."""
+    split = objective._split("train")
+    if split.dataset is not None:
+        batches = split.dataset.unbatch().batch(batch_size)
+    else:
+        parts = (split.x, split.y) if split.w is None else (split.x, split.y, split.w)
+
+        def slices():
+            for start in range(0, split.n, batch_size):
+                yield tuple(
+                    tf.nest.map_structure(lambda t, s=start: t[s : s + batch_size], p)
+                    for p in parts
+                )
+
+        batches = slices()
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            return
+        sub = copy.copy(objective)  # same model, loss, metrics and options; its own data
+        for name, value in vars(objective).items():
+            if name.endswith("_fns") and isinstance(value, dict):  # traced tf.function caches
+                setattr(sub, name, {})
+        sub.trace_count = {}
+        sub._splits = {"train": _Split(tuple(batch), batch_size)}
+        yield sub
+
+
+def worst_case_sharpness(
+    objective: Objective,
+    rho: float,
+    *,
+    norm: Norm = "l2",
+    adaptive: bool = False,
+    steps: int = STEPS,
+    step_size: float | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    random_start: bool = True,
+    seed: int | None = None,
+    verbose: int | str = 0,
+) -> WorstCaseSharpness:
+    """Worst-case sharpness max_{‖δ ⊘ c‖ₚ ≤ ρ} L(w + δ) − L(w), c = |w| or 1.
+
+    Projected gradient ascent in γ = δ ⊘ c, where the ball is ‖γ‖ₚ ≤ ρ (Andriushchenko et al.):
+    normalized-gradient steps γ ← γ + η ∇_γL / ‖∇_γL‖₂ for ℓ2, sign steps γ ← γ + η sign(∇_γL)
+    for ℓ∞, with ∇_γL = c ⊙ ∇L (so δ moves by η c²⊙g/‖c⊙g‖ resp. η c⊙sign(g), ASAM's step),
+    each followed by the projection onto the ball; the largest loss seen is kept. Unlike the
+    reference code, which projects adaptive ℓ2 steps onto the ellipsoid in δ-space, the whole
+    ascent runs in γ, which makes the adaptive value exactly invariant to Dinh et al.'s
+    reparametrizations. The reference's APGD momentum and step-size halving are left out.
+
+    The ascent starts, as in the reference, at a random point: ρ·N(0, I) projected onto the ball
+    (ℓ2) or ρ·U[−1, 1]ⁿ (ℓ∞). At an exact minimum the gradient is zero and a start at γ = 0
+    would not move.
+
+    Args:
+        objective: The loss to analyse, at its current weights w. Its trainable variables are
+            perturbed.
+        rho: Radius ρ of the ball (relative to |w| when ``adaptive``).
+        norm: ``"l2"`` or ``"linf"``. Defaults to "l2".
+        adaptive: c = |w| (adaptive sharpness) instead of c = 1. Defaults to False.
+        steps: Gradient-ascent steps. Defaults to 20.
+        step_size: Step η in γ. None takes 2ρ (the reference's initial step). Defaults to None.
+        batch_size: m for m-sharpness: the mean over consecutive batches of m training examples
+            of each batch's worst case (one ascent per batch, each with its own traced
+            functions). None uses the whole data set. Defaults to None.
+        max_batches: With ``batch_size``, use only the first this many batches (the reference
+            evaluates 1024 examples). Defaults to None (all).
+        random_start: Start the ascent at a random point of the ball, else at δ = 0.
+            Defaults to True.
+        seed: Seed of the random start. Defaults to None.
+        verbose: 0 silent, 1 or 2 a progress bar over gradient steps, "auto". Defaults to 0.
+
+    Returns:
+        A ``WorstCaseSharpness``.
+
+    Raises:
+        ValueError: an unknown ``norm`` or a non-positive ``rho``, ``steps``, ``step_size``,
+            ``batch_size`` or ``max_batches``.
+
+    Example:
+        >>> landscape.worst_case_sharpness(obj, rho=0.002, norm="linf", adaptive=True).value
+
+    References:
+        Andriushchenko et al. 2023, https://arxiv.org/abs/2302.07011 (section 3, appendix)
+        Foret et al. 2020 (m-sharpness), https://arxiv.org/abs/2010.01412
+    """
+    objective = _check_objective(objective)
+    rho = _check_positive("rho", rho)
+    norm = _resolve_norm(norm)
+    adaptive = _check_bool("adaptive", adaptive)
+    steps = _check_int("steps", steps)
+    step_size = (
+        STEP_SIZE_FACTOR * rho if step_size is None else _check_positive("step_size", step_size)
+    )
+    if batch_size is not None:
+        batch_size = _check_int("batch_size", batch_size)
+    if max_batches is not None:
+        max_batches = _check_int("max_batches", max_batches)
+    random_start = _check_bool("random_start", random_start)
+    verbose = _resolve_verbose(verbose)
+    rng = np.random.default_rng(seed) if random_start else None
+    options = dict(rho=rho, norm=norm, adaptive=adaptive, steps=steps, step_size=step_size)
+
+    objectives = (
+        [objective] if batch_size is None else _batch_objectives(objective, batch_size, max_batches)
+    )
+    losses, maxima, n_gradients = [], [], 0
+    bar = _progbar(None, verbose, "step")
+    for sub in objectives:
+        flat = _FlatWeights(sub)
+        loss, best = _worst_case(flat, rng=rng, bar=bar, **options)
+        losses.append(loss)
+        maxima.append(best)
+        n_gradients += flat.n_gradients
+    values = np.asarray(maxima) - np.asarray(losses)
+    stderr = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+    result = WorstCaseSharpness(
+        value=float(np.mean(values)),
+        loss=float(np.mean(losses)),
+        max_loss=float(np.mean(maxima)),
+        batch_size=batch_size,
+        batch_values=tuple(float(v) for v in values),
+        stderr=stderr,
+        n_gradients=n_gradients,
+        **options,
+    )
+    logger.info(
+        "worst-case sharpness (%s%s, ρ=%g%s): %.6g",
+        norm,
+        ", adaptive" if adaptive else "",
+        rho,
+        "" if batch_size is None else f", m={batch_size} over {values.size} batches",
+        result.value,
+    )
+    return result
+
+
+# ----------------------------------------------------------------- average-case sharpness
+def average_sharpness(
+    objective: Objective,
+    rho: float,
+    *,
+    norm: Norm = "l2",
+    adaptive: bool = False,
+    samples: int = SAMPLES,
+    seed: int | None = None,
+    verbose: int | str = 0,
+) -> AverageSharpness:
+    """Average-case sharpness E_δ L(w + δ) − L(w), δ = ρ c ⊙ z, c = |w| or 1.
+
+    z ~ N(0, I) for ``norm="l2"`` (δ ~ N(0, ρ² diag(c²))) and z ~ U[−1, 1]ⁿ for ``"linf"``
+    (δ uniform in the box [−ρc, ρc]), as in Andriushchenko et al.; the expectation is a Monte
+    Carlo mean over ``samples`` full-data evaluations, returned with its standard error.
+
+    Args:
+        objective: The loss to analyse, at its current weights w. Its trainable variables are
+            perturbed.
+        rho: Scale ρ of the noise (relative to |w| when ``adaptive``).
+        norm: ``"l2"`` (Gaussian) or ``"linf"`` (uniform). Defaults to "l2".
+        adaptive: c = |w| instead of c = 1. Defaults to False.
+        samples: Number of random perturbations. Defaults to 20.
+        seed: Seed of the perturbations. Defaults to None.
+        verbose: 0 silent, 1 or 2 a progress bar over samples, "auto". Defaults to 0.
+
+    Returns:
+        An ``AverageSharpness``.
+
+    Raises:
+        ValueError: an unknown ``norm`` or a non-positive ``rho`` or ``samples``.
+
+    References:
+        Andriushchenko et al. 2023, https://arxiv.org/abs/2302.07011
+    """
+    objective = _check_objective(objective)
+    rho = _check_positive("rho", rho)
+    norm = _resolve_norm(norm)
+    adaptive = _check_bool("adaptive", adaptive)
+    samples = _check_int("samples", samples)
+    verbose = _resolve_verbose(verbose)
+    flat = _FlatWeights(objective)
+    rng = np.random.default_rng(seed)
+    c = np.abs(flat.w) if adaptive else np.ones_like(flat.w)
+    loss0 = flat.loss()
+    bar = _progbar(samples, verbose, "sample")
+    increases = np.empty(samples)
+    for i in range(samples):
+        z = rng.standard_normal(flat.n) if norm == "l2" else rng.uniform(-1.0, 1.0, flat.n)
+        increases[i] = flat.loss(rho * c * z) - loss0
+        if bar is not None:
+            bar.update(i + 1, [("mean_increase", float(np.mean(increases[: i + 1])))])
+    stderr = float(np.std(increases, ddof=1) / math.sqrt(samples)) if samples > 1 else math.nan
+    result = AverageSharpness(
+        value=float(np.mean(increases)),
+        stderr=stderr,
+        loss=float(loss0),
+        rho=rho,
+        norm=norm,
+        adaptive=adaptive,
+        samples=samples,
+    )
+    logger.info(
+        "average sharpness (%s%s, ρ=%g): %.6g ± %.2g",
+        norm,
+        ", adaptive" if adaptive else "",
+        rho,
+        result.value,
+        result.stderr,
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------- report
+def _report_metric(name: str) -> tuple[str, str, bool]:
+    """'worst_linf_adaptive' → ('worst', 'linf', True)."""
+    kind, norm, *rest = name.split("_")
+    return kind, norm, rest == ["adaptive"]
+
+
+def sharpness_report(
+    objective: Objective,
+    *,
+    rho: Mapping[str, float] | None = None,
+    epsilon: float = EPSILON,
+    k: int = 5,
+    seed: int | None = 0,
+    steps: int = STEPS,
+    samples: int = SAMPLES,
+    include_hessian: bool = True,
+    verbose: int | str = 0,
+) -> dict[str, float]:
+    """Every sharpness measure of the current weights in one flat dict of floats.
+
+    Keys, in order:
+        ``loss``, ``acc`` (and the other metrics of ``objective.evaluate()``), ``test_loss``,
+        ``test_acc``… when the objective has a test split;
+        ``hessian_eigenvalue_1`` … ``hessian_eigenvalue_k`` (largest first),
+        ``hessian_trace``, ``hessian_trace_stderr`` (with ``include_hessian``);
+        ``epsilon_sharpness`` (percent);
+        ``worst_l2``, ``worst_l2_adaptive``, ``worst_linf``, ``worst_linf_adaptive``;
+        ``average_l2``, ``average_l2_stderr``, ``average_l2_adaptive``,
+        ``average_l2_adaptive_stderr``.
+    The radii of the worst- and average-case metrics are ``REPORT_RHO`` updated by ``rho``; a
+    metric can be left out by setting its radius to None. Average-case sharpness is reported for
+    Gaussian noise only (uniform ℓ∞ noise of the same variance measures the same thing).
+
+    Args:
+        objective: The loss to analyse, at its current weights.
+        rho: Radii per metric name (keys of ``REPORT_RHO``), overriding the defaults; None
+            drops a metric. Defaults to None (``REPORT_RHO``).
+        epsilon: Box size of the ε-sharpness. Defaults to 1e-3.
+        k: Number of top Hessian eigenvalues. Defaults to 5.
+        seed: Seed of every random start and sample. Defaults to 0.
+        steps: Ascent steps of the worst-case metrics. Defaults to 20.
+        samples: Samples of the average-case metrics. Defaults to 20.
+        include_hessian: Compute the top eigenvalues and the trace with ``landscape.hessian``.
+            Defaults to True.
+        verbose: Passed to every metric. Defaults to 0.
+
+    Returns:
+        ``{name: float}``, JSON-serializable.
+
+    Raises:
+        ValueError: an unknown metric name in ``rho`` or a bad radius.
+        ImportError: ``include_hessian=True`` without the ``landscape.hessian`` module.
+
+    Example:
+        >>> report = landscape.sharpness_report(obj, rho={"worst_linf": 0.001})
+        >>> json.dumps(report)
+    """
+    objective = _check_objective(objective)
+    k = _check_int("k", k)
+    include_hessian = _check_bool("include_hessian", include_hessian)
+    radii = dict(REPORT_RHO)
+    for name, value in (rho or {}).items():
+        if name not in REPORT_RHO:
+            raise ValueError(
+                f"Unknown sharpness metric {name!r} in `rho`; expected one of {tuple(REPORT_RHO)}."
+            )
+        radii[name] = None if value is None else _check_positive(f"rho[{name!r}]", value)
+    if include_hessian:
+        try:
+            from landscape.hessian import hessian_eigenvalues, hessian_trace
+        except ImportError as error:
+            raise ImportError(
+                "sharpness_report(include_hessian=True) needs landscape.hessian, which could not "
+                f"be imported ({error}); pass include_hessian=False."
+            ) from error
+
+    report: dict[str, float] = {}
+    for split in objective.splits:
+        prefix = "" if split == "train" else f"{split}_"
+        for name, value in objective.evaluate(split=split).items():
+            report[prefix + name] = float(value)
+    if include_hessian:
+        eig = hessian_eigenvalues(objective, k=k)
+        for i, value in enumerate(sorted(np.asarray(eig.values, np.float64).ravel(), reverse=True)):
+            report[f"hessian_eigenvalue_{i + 1}"] = float(value)
+        trace = hessian_trace(objective)
+        report["hessian_trace"] = float(trace.estimate)
+        report["hessian_trace_stderr"] = float(trace.stderr)
+    report["epsilon_sharpness"] = epsilon_sharpness(
+        objective, epsilon, seed=seed, verbose=verbose
+    ).value
+    for name, radius in radii.items():
+        if radius is None:
+            continue
+        kind, norm, adaptive = _report_metric(name)
+        if kind == "worst":
+            report[name] = worst_case_sharpness(
+                objective,
+                radius,
+                norm=norm,
+                adaptive=adaptive,
+                steps=steps,
+                seed=seed,
+                verbose=verbose,
+            ).value
+        else:
+            result = average_sharpness(
+                objective,
+                radius,
+                norm=norm,
+                adaptive=adaptive,
+                samples=samples,
+                seed=seed,
+                verbose=verbose,
+            )
+            report[name] = result.value
+            report[f"{name}_stderr"] = result.stderr
+    return report
