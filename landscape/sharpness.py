@@ -651,6 +651,7 @@ def sharpness_report(
     steps: int = STEPS,
     samples: int = SAMPLES,
     include_hessian: bool = True,
+    trace_tol: float | None = None,
     verbose: int | str = 0,
 ) -> dict[str, float]:
     """Every sharpness measure of the current weights in one flat dict of floats.
@@ -677,8 +678,11 @@ def sharpness_report(
         seed: Seed of every random start and sample. Defaults to 0.
         steps: Ascent steps of the worst-case metrics. Defaults to 20.
         samples: Samples of the average-case metrics. Defaults to 20.
-        include_hessian: Compute the top eigenvalues and the trace with ``landscape.hessian``.
-            Defaults to True.
+        include_hessian: Compute the top eigenvalues (``hessian_eigenvalues``, Lanczos) and
+            the trace (``hessian_trace``, Hutchinson) with ``landscape.hessian``. Defaults to
+            True.
+        trace_tol: Relative standard error at which the trace estimate stops; None keeps
+            ``hessian_trace``'s default. Defaults to None.
         verbose: Passed to every metric. Defaults to 0.
 
     Returns:
@@ -702,6 +706,7 @@ def sharpness_report(
                 f"Unknown sharpness metric {name!r} in `rho`; expected one of {tuple(REPORT_RHO)}."
             )
         radii[name] = None if value is None else _check_positive(f"rho[{name!r}]", value)
+    trace_options = {} if trace_tol is None else {"tol": _check_positive("trace_tol", trace_tol)}
     if include_hessian:
         try:
             from landscape.hessian import hessian_eigenvalues, hessian_trace
@@ -717,10 +722,10 @@ def sharpness_report(
         for name, value in objective.evaluate(split=split).items():
             report[prefix + name] = float(value)
     if include_hessian:
-        eig = hessian_eigenvalues(objective, k=k)
+        eig = hessian_eigenvalues(objective, k=k, seed=seed)
         for i, value in enumerate(sorted(np.asarray(eig.values, np.float64).ravel(), reverse=True)):
             report[f"hessian_eigenvalue_{i + 1}"] = float(value)
-        trace = hessian_trace(objective)
+        trace = hessian_trace(objective, seed=seed, **trace_options)
         report["hessian_trace"] = float(trace.estimate)
         report["hessian_trace_stderr"] = float(trace.stderr)
     report["epsilon_sharpness"] = epsilon_sharpness(

@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import sys
 
 import keras
 import numpy as np
@@ -441,3 +442,35 @@ def test_unknown_norm_is_refused(minimum):
 def test_bad_arguments_name_the_argument_and_value(minimum, call, match):
     with pytest.raises(ValueError, match=match):
         call(quadratic_objective(*minimum))
+
+
+def test_report_with_hessian_on_a_quadratic(minimum):
+    """The Hessian of ½(w − x)ᵀA(w − x) is A: top eigenvalues and trace in closed form."""
+    pytest.importorskip("landscape.hessian")
+    A, x = minimum
+    obj = quadratic_objective(A, x, c=0.25)
+    report = landscape.sharpness_report(obj, k=2, steps=20, samples=3, trace_tol=0.05)
+    assert json.loads(json.dumps(report)) == report
+    assert list(report)[:5] == [
+        "loss",
+        "hessian_eigenvalue_1",
+        "hessian_eigenvalue_2",
+        "hessian_trace",
+        "hessian_trace_stderr",
+    ]
+    assert report["loss"] == pytest.approx(0.25, rel=1e-12)
+    eigenvalues = np.linalg.eigvalsh(A)
+    assert report["hessian_eigenvalue_1"] == pytest.approx(eigenvalues[-1], rel=1e-6)
+    assert report["hessian_eigenvalue_2"] == pytest.approx(eigenvalues[-2], rel=1e-4)
+    assert abs(report["hessian_trace"] - np.trace(A)) < 4 * report["hessian_trace_stderr"]
+    # At the minimum the plain worst case is ½ρ²λ_max(A), the curvature the Hessian reports.
+    rho = sharpness.REPORT_RHO["worst_l2"]
+    assert report["worst_l2"] == pytest.approx(0.5 * rho**2 * eigenvalues[-1], rel=1e-3)
+
+
+def test_report_with_hessian_fails_clearly_without_the_hessian_module(minimum, monkeypatch):
+    monkeypatch.setitem(sys.modules, "landscape.hessian", None)  # import raises ImportError
+    obj = quadratic_objective(*minimum)
+    with pytest.raises(ImportError, match="pass include_hessian=False"):
+        landscape.sharpness_report(obj)
+    assert "worst_l2" in landscape.sharpness_report(obj, include_hessian=False, steps=1, samples=2)
