@@ -10,6 +10,10 @@ sums accumulated in float64 and the model in inference mode (BatchNorm moving st
 dropout). The offset is applied through ``keras.StatelessScope``: the model's variables are never
 assigned, so they stay bit-identical, also when evaluation raises.
 
+The Hessian-vector product ``H(w0 + δ) v`` of the same loss (``hessian_vector_product``) is
+computed exactly, by backward-over-backward (default) or forward-over-backward differentiation,
+in the same kind of batch loop.
+
 One ``tf.function`` per data split and entry point is traced once; every later point reuses the
 graph. The offset of a point is built on the device as δ = Σₖ αₖ dₖ from the coefficients α and a
 basis of directions that is converted to tensors once per surface.
@@ -31,6 +35,8 @@ from landscape.directions import Direction, fingerprint_arrays, float_variables
 logger = logging.getLogger("landscape")
 
 Split = Literal["train", "test"]
+HVPMode = Literal["forward_over_backward", "backward_over_backward"]
+HVP_MODES = ("forward_over_backward", "backward_over_backward")
 _ACCURACY_NAMES = ("accuracy", "acc")
 
 
@@ -202,8 +208,12 @@ class Objective:
         test_data: An optional second data set in the same forms as ``data``, evaluated with
             ``split="test"``. Defaults to None.
 
-    The loss is the data term only: regularization penalties in ``model.losses`` are not
-    added (``model.evaluate`` does add them), so that surfaces show the loss itself.
+        regularization: Add the weight-regularization penalties of the trainable variables
+            (the ``kernel_regularizer``/``bias_regularizer`` terms of ``model.losses``, e.g.
+            λ‖w‖² for an L2 regularizer, which adds 2λI to the Hessian) to the loss, at the
+            evaluated weights. Activity regularizers and other ``add_loss`` terms are never
+            included. Defaults to False: the loss is the data term only (``model.evaluate``
+            does add the penalties), so that surfaces and spectra show the loss itself.
 
     Example:
         >>> obj = Objective(model, (x, y), batch_size=256)
@@ -221,6 +231,7 @@ class Objective:
         batch_size: int = 256,
         metrics: Sequence[str | Callable] = ("accuracy",),
         test_data=None,
+        regularization: bool = False,
     ):
         if not model.built:
             raise ValueError("Argument `model` must be built (call it once or give it an input).")
@@ -229,6 +240,12 @@ class Objective:
                 f"Argument `batch_size` must be a positive int. Received: {batch_size}."
             )
         self.model = model
+        if not isinstance(regularization, bool):
+            raise ValueError(
+                "Argument `regularization` must be a bool. "
+                f"Received: regularization={regularization!r}."
+            )
+        self.regularization = regularization
         self.batch_size = int(batch_size)
         self.variables = float_variables(model, "all")
         trainable = {id(v) for v in model.trainable_variables}
@@ -250,6 +267,7 @@ class Objective:
             self._splits["test"] = _Split(test_data, self.batch_size)
         self._value_fns: dict[str, Any] = {}
         self._grad_fns: dict[str, Any] = {}
+        self._hvp_fns: dict[tuple[str, str], Any] = {}
         self.trace_count: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------- properties
@@ -307,9 +325,35 @@ class Objective:
             terms.append(tf.reduce_sum(s * _per_sample(fn(y, y_pred), n)))
         return tf.stack(terms)
 
-    def _finish(self, totals) -> dict[str, tf.Tensor]:
+    def _batch_loss(self, y, w, y_pred):
+        """Float64 [Σ sᵢℓᵢ, Σ sᵢ, n] for one batch (the loss terms of ``_batch_terms``)."""
+        n = tf.shape(y_pred)[0]
+        s = tf.ones([n], tf.float64) if w is None else tf.cast(w, tf.float64)
+        return tf.stack(
+            [
+                tf.reduce_sum(s * _per_sample(self._loss_fn(y, y_pred), n)),
+                tf.reduce_sum(s),
+                tf.cast(n, tf.float64),
+            ]
+        )
+
+    def _penalty(self, values) -> tf.Tensor:
+        """Float64 Σ regularizer(w) over trainable variables, at ``values`` (one per variable)."""
+        total = tf.constant(0.0, tf.float64)
+        if not self.regularization:
+            return total
+        trainable = {id(v) for v in self.trainable_variables}
+        for v, value in zip(self.variables, values):
+            regularizer = getattr(v, "regularizer", None)
+            if regularizer is not None and id(v) in trainable:
+                total += tf.cast(regularizer(value), tf.float64)
+        return total
+
+    def _finish(self, totals, penalty=None) -> dict[str, tf.Tensor]:
         loss_den = totals[1] if self._by_weight else totals[2]
         out = {"loss": totals[0] / loss_den}
+        if penalty is not None:
+            out["loss"] += penalty
         for i, name in enumerate(self._metric_fns):
             out[name] = totals[3 + i] / totals[1]
         return out
@@ -344,7 +388,8 @@ class Objective:
                     return totals + self._batch_terms(x, y, w, y_pred)
 
                 totals = data.reduce(tf.zeros([n_terms], tf.float64), body)
-            return self._finish(totals)
+            penalty = self._penalty([m for _, m in mapping]) if self.regularization else None
+            return self._finish(totals, penalty)
 
         fn = _compiled(value, self._signature())
         self._value_fns[split] = fn
@@ -382,14 +427,99 @@ class Objective:
                 return totals + terms, grads
 
             totals, grads = data.reduce((tf.zeros([n_terms], tf.float64), grads0), body)
-            out = self._finish(totals)
             den = totals[1] if self._by_weight else totals[2]
-            return out, [
-                tf.cast(g / den, self.variables[i].dtype) for g, i in zip(grads, trainable)
-            ]
+            grads = [g / den for g in grads]
+            penalty = None
+            if self.regularization:
+                values = [tf.identity(m) for _, m in mapping]
+                with tf.GradientTape() as tape:
+                    watched = [values[i] for i in trainable]
+                    tape.watch(watched)
+                    penalty = self._penalty(values)
+                extra = tape.gradient(penalty, watched, unconnected_gradients="zero")
+                grads = [g + tf.cast(e, tf.float64) for g, e in zip(grads, extra)]
+            out = self._finish(totals, penalty)
+            return out, [tf.cast(g, self.variables[i].dtype) for g, i in zip(grads, trainable)]
 
         fn = _compiled(value_and_grad, self._signature())
         self._grad_fns[split] = fn
+        return fn
+
+    def _hvp_fn(self, split: str, mode: str):
+        fn = self._hvp_fns.get((split, mode))
+        if fn is not None:
+            return fn
+        data = self._split(split)
+        trainable_ids = {id(v) for v in self.trainable_variables}
+        trainable = [i for i, v in enumerate(self.variables) if id(v) in trainable_ids]
+
+        def hvp_of(loss_of_values, values, vectors):
+            """H v for the scalar ``loss_of_values(values)``, w.r.t. the trainable entries."""
+            watched = [values[i] for i in trainable]
+            if mode == "forward_over_backward":
+                # The accumulator pushes v forward through the forward *and* the backward pass:
+                # the tangent of g = ∇L(w) along v is H v.
+                with tf.autodiff.ForwardAccumulator(watched, vectors) as acc:
+                    with tf.GradientTape() as tape:
+                        tape.watch(watched)
+                        loss, aux = loss_of_values(values)
+                    g = tape.gradient(loss, watched, unconnected_gradients="zero")
+                hv = acc.jvp(g, unconnected_gradients="zero")
+            else:
+                # H v = ∇(∇L(w) · v), the gradient of a scalar: two reverse passes.
+                with tf.GradientTape() as outer:
+                    outer.watch(watched)
+                    with tf.GradientTape() as inner:
+                        inner.watch(watched)
+                        loss, aux = loss_of_values(values)
+                    g = inner.gradient(loss, watched, unconnected_gradients="zero")
+                    g = [tf.convert_to_tensor(a) for a in g]  # IndexedSlices of embeddings
+                    gv = tf.add_n(
+                        [tf.reduce_sum(a * tf.cast(b, a.dtype)) for a, b in zip(g, vectors)]
+                    )
+                hv = outer.gradient(gv, watched, unconnected_gradients="zero")
+            return aux, [tf.cast(tf.convert_to_tensor(h), tf.float64) for h in hv]
+
+        def hvp(coefficients, basis, vectors):
+            key = f"{split}/hvp/{mode}"
+            self.trace_count[key] = self.trace_count.get(key, 0) + 1
+            mapping = self._mapping(coefficients, basis)
+            hv0 = tuple(tf.zeros(self.variables[i].shape, tf.float64) for i in trainable)
+
+            def body(state, x, y, w):
+                totals, acc_hv = state
+                # Identities inside the loop body, so that the tapes see the body's own tensors.
+                values = [tf.identity(m) for _, m in mapping]
+
+                def batch_loss(vals):
+                    scope_map = [(v, t) for (v, _), t in zip(mapping, vals)]
+                    with keras.StatelessScope(state_mapping=scope_map):
+                        y_pred = self.model(x, training=False)
+                    terms = self._batch_loss(y, w, y_pred)
+                    return terms[0], terms  # sliced inside the tape, so that it is recorded
+
+                terms, hv = hvp_of(batch_loss, values, list(vectors))
+                return totals + terms, tuple(a + b for a, b in zip(acc_hv, hv))
+
+            totals, hv = data.reduce((tf.zeros([3], tf.float64), hv0), body)
+            den = totals[1] if self._by_weight else totals[2]
+            hv = [h / den for h in hv]
+            if self.regularization:
+                values = [tf.identity(m) for _, m in mapping]
+
+                def penalty(vals):
+                    return self._penalty(vals), tf.zeros([])
+
+                _, extra = hvp_of(penalty, values, list(vectors))
+                hv = [a + b for a, b in zip(hv, extra)]
+            return hv
+
+        signature = [
+            *self._signature(),
+            [tf.TensorSpec(self.variables[i].shape, self.variables[i].dtype) for i in trainable],
+        ]
+        fn = _compiled(hvp, signature)
+        self._hvp_fns[(split, mode)] = fn
         return fn
 
     def _offset_args(self, offsets):
@@ -457,3 +587,57 @@ class Objective:
         """
         values, grads = self._grad_fn(split)(*self._offset_args(offsets))
         return self._to_float(values), grads
+
+    def hessian_vector_product(
+        self,
+        vector,
+        offsets=None,
+        *,
+        split: Split = "train",
+        mode: HVPMode = "backward_over_backward",
+    ) -> list[tf.Tensor]:
+        """The exact product ``H v`` of the loss's Hessian w.r.t. the trainable weights.
+
+        H is the Hessian of the same data-set-wide, sample-weighted loss that ``evaluate``
+        reports (inference mode: BatchNorm moving statistics held fixed, no dropout; plus the
+        weight penalties if ``regularization=True``), at ``w0 + offsets``. The per-batch
+        products are summed in float64 in one compiled batch loop, traced once per split and
+        mode.
+
+        Args:
+            vector: v, a ``Direction`` (its trainable entries are used; missing ones are zero)
+                or one array per entry of ``self.trainable_variables``.
+            offsets: Where to take the Hessian, as in ``evaluate``. Defaults to None (at w0).
+            split: ``"train"`` or ``"test"``. Defaults to ``"train"``.
+            mode: ``"backward_over_backward"`` differentiates the scalar ``∇L · v`` with a
+                second ``GradientTape`` around the first (the backward pass is recorded and
+                reversed once more). ``"forward_over_backward"`` pushes v through the gradient
+                computation with ``tf.autodiff.ForwardAccumulator`` around a ``GradientTape``:
+                the textbook choice (about twice a gradient in JAX), but TensorFlow computes
+                most forward-mode rules by the double-VJP trick, so here it is the slower one:
+                on the CNN with BatchNorm of ``benchmarks/hessian.py`` 2.3–2.5× a gradient
+                for backward-over-backward against 2.5–2.7× (interleaved medians). Both give
+                the same product to rounding. Defaults to ``"backward_over_backward"``, the
+                faster measured.
+
+        Returns:
+            ``H v`` as float64 tensors aligned with ``self.trainable_variables``.
+        """
+        if mode not in HVP_MODES:
+            raise ValueError(f"Unknown mode {mode!r}; expected one of {HVP_MODES}.")
+        if isinstance(vector, Direction):
+            by_id = dict(zip(map(id, self.variables), vector.aligned(self.variables)))
+            vector = [by_id[id(v)] for v in self.trainable_variables]
+        if len(vector) != len(self.trainable_variables):
+            raise ValueError(
+                f"Argument `vector` has {len(vector)} entries; the objective has "
+                f"{len(self.trainable_variables)} trainable variables."
+            )
+        vector = [tf.cast(a, v.dtype) for a, v in zip(vector, self.trainable_variables)]
+        for a, v in zip(vector, self.trainable_variables):
+            if tuple(a.shape) != tuple(v.shape):
+                raise ValueError(
+                    f"Argument `vector` has shape {tuple(a.shape)} for {v.path}; the variable "
+                    f"has shape {tuple(v.shape)}."
+                )
+        return self._hvp_fn(split, mode)(*self._offset_args(offsets), vector)

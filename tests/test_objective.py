@@ -259,3 +259,56 @@ def test_mixed_precision_model(bn_problem):
     assert obj.evaluate()["loss"] == pytest.approx(ref, rel=1e-3)
     d = landscape.random_direction(model, seed=0)
     assert np.isfinite(obj.evaluate_at([0.5], [d])["loss"])
+
+
+def test_regularization_option_adds_weight_penalties_to_loss_and_gradient(float64):
+    model, x, y, s = _linear_problem()
+    layer = model.layers[-1]
+    layer.kernel.regularizer = keras.regularizers.L2(0.3)
+    w0 = keras.ops.convert_to_numpy(layer.kernel.value)
+    plain = landscape.Objective(model, (x, y, s), "mse", batch_size=10, metrics=())
+    regular = landscape.Objective(
+        model, (x, y, s), "mse", batch_size=10, metrics=(), regularization=True
+    )
+    d = landscape.random_direction(model, seed=0, norm="none")
+    w = w0 + 0.5 * d.arrays[layer.kernel.path]
+    (p_value, p_grad), (r_value, r_grad) = (o.value_and_gradient(0.5 * d) for o in (plain, regular))
+    lam = float(np.float32(0.3))  # Keras applies the factor as a float32 constant
+    assert r_value["loss"] - p_value["loss"] == pytest.approx(lam * np.sum(w**2), rel=1e-10)
+    np.testing.assert_allclose(r_grad[0].numpy() - p_grad[0].numpy(), 2 * lam * w, rtol=1e-10)
+    assert regular.evaluate(0.5 * d)["loss"] == pytest.approx(r_value["loss"], rel=1e-12)
+    # The default is the data term only, as before the option existed.
+    r = (x @ w - y)[:, 0]
+    assert plain.evaluate(0.5 * d)["loss"] == pytest.approx(np.sum(s * r**2) / len(s), rel=1e-12)
+    with pytest.raises(ValueError, match="Received: regularization='yes'"):
+        landscape.Objective(model, (x, y), "mse", regularization="yes")
+
+
+@pytest.mark.parametrize("mode", ["forward_over_backward", "backward_over_backward"])
+def test_hessian_vector_product_one_trace_dataset_and_offsets(bn_problem, mode):
+    model, x, y, w = bn_problem
+    before = _snapshot(model)
+    obj = landscape.Objective(model, (x, y, w), batch_size=BATCH)
+    ds = landscape.Objective(model, tf.data.Dataset.from_tensor_slices((x, y, w)).batch(10))
+    rng = np.random.default_rng(5)
+    vs = [[rng.normal(size=tuple(v.shape)) for v in obj.trainable_variables] for _ in range(3)]
+    d = landscape.random_direction(model, seed=3)
+    products = [obj.hessian_vector_product(v, mode=mode) for v in vs]
+    products.append(obj.hessian_vector_product(d, mode=mode))
+    products.append(obj.hessian_vector_product(vs[0], 0.5 * d, mode=mode))  # at w0 + d/2
+    assert obj.trace_count == {f"train/hvp/{mode}": 1}
+    assert all(p[0].dtype == tf.float64 for p in products)
+    flat = [np.concatenate([t.numpy().ravel() for t in p]) for p in products]
+    # Linear in v, symmetric, and it changes away from w0 (cross-entropy is not quadratic).
+    np.testing.assert_allclose(
+        obj.hessian_vector_product([a + 2 * b for a, b in zip(vs[0], vs[1])], mode=mode)[0],
+        products[0][0] + 2 * products[1][0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    v0, v1 = (np.concatenate([a.ravel() for a in v]) for v in vs[:2])
+    assert v0 @ flat[1] == pytest.approx(v1 @ flat[0], rel=1e-4)
+    assert not np.allclose(flat[0], flat[4], rtol=1e-3)
+    got = np.concatenate([t.numpy().ravel() for t in ds.hessian_vector_product(vs[0], mode=mode)])
+    np.testing.assert_allclose(got, flat[0], rtol=1e-4, atol=1e-6)
+    _assert_bit_identical(model, before)
