@@ -14,6 +14,14 @@ from landscape.directions import (  # noqa: E402
     pca_directions,
     random_direction,
 )
+from landscape.hessian import (  # noqa: E402
+    EigenResult,
+    SpectrumResult,
+    TraceResult,
+    hessian_eigenvalues,
+    hessian_spectrum,
+    hessian_trace,
+)
 from landscape.objective import Objective  # noqa: E402
 from landscape.plot import (  # noqa: E402
     plot_comparison,
@@ -35,15 +43,21 @@ from landscape.surface import Surface, compute_surface, parse_grid  # noqa: E402
 __all__ = [
     "AverageSharpness",
     "Direction",
+    "EigenResult",
     "EpsilonSharpness",
     "Objective",
     "PCAResult",
+    "SpectrumResult",
     "Surface",
+    "TraceResult",
     "WorstCaseSharpness",
     "average_sharpness",
     "compute_surface",
     "epsilon_sharpness",
     "filter_axes",
+    "hessian_eigenvalues",
+    "hessian_spectrum",
+    "hessian_trace",
     "interpolation_direction",
     "load_dataset",
     "load_embedded",

@@ -1,0 +1,382 @@
+"""Hessian: products against a dense Hessian, eigenvalues/trace/density against closed forms."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import landscape
+from landscape import hessian
+
+# A spectrum with a close top pair (100/97), a third at 90, a bulk and two negative eigenvalues.
+TOP = np.array([100.0, 97.0, 90.0])
+NEGATIVE = np.array([-10.0, -25.0])
+DIM = 40
+
+
+def _snapshot(model):
+    return [keras.ops.convert_to_numpy(v.value).copy() for v in model.variables]
+
+
+def _assert_bit_identical(model, snapshot):
+    for v, s in zip(model.variables, snapshot):
+        assert keras.ops.convert_to_numpy(v.value).tobytes() == s.tobytes(), v.path
+
+
+@pytest.fixture
+def float64():
+    """Layers made in the test compute and store in float64 (conftest resets afterwards)."""
+    keras.config.set_floatx("float64")
+    keras.mixed_precision.set_global_policy("float64")
+    yield
+
+
+class Quadratic(keras.layers.Layer):
+    """Outputs ½ wᵀAw for every sample: with ``loss=_output`` the objective is ½ wᵀAw."""
+
+    def __init__(self, a, **kwargs):
+        super().__init__(dtype="float64", **kwargs)
+        self.a = np.asarray(a, np.float64)
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(self.a.shape[0],), initializer="random_normal")
+
+    def call(self, x):
+        value = 0.5 * tf.tensordot(self.w, tf.linalg.matvec(tf.constant(self.a), self.w), 1)
+        return tf.zeros_like(x[:, :1]) + value
+
+
+def _output(y_true, y_pred):
+    return y_pred[:, 0]
+
+
+def _quadratic_objective(a):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((1,), dtype="float64")
+    model = keras.Model(inp, Quadratic(a)(inp))
+    data = (np.zeros((5, 1)), np.zeros((5, 1)))
+    return model, landscape.Objective(model, data, _output, batch_size=2, metrics=())
+
+
+def _spectrum(seed=0):
+    rng = np.random.default_rng(seed)
+    bulk = rng.uniform(-5.0, 60.0, DIM - len(TOP) - len(NEGATIVE))
+    eig = np.concatenate([TOP, bulk, NEGATIVE])
+    q, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
+    return eig, (q * eig) @ q.T
+
+
+@pytest.fixture
+def quadratic(float64):
+    eig, a = _spectrum()
+    model, obj = _quadratic_objective(a)
+    return eig, model, obj
+
+
+# --------------------------------------------------------------------------- products
+def _tiny_mlp():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((3,))
+    h = keras.layers.Dense(4, activation="tanh")(inp)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Dropout(0.5)(h)
+    out = keras.layers.Dense(3)(h)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(1)
+    bn = model.layers[2]  # non-trivial moving statistics, as after training
+    bn.moving_mean.assign(rng.normal(size=4) * 0.3)
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 4))
+    bn.gamma.assign(rng.uniform(0.5, 1.5, 4))
+    return model
+
+
+def _dense_hessian(model, x, y, s):
+    """The Hessian of Σ s ℓ / n in inference mode, by tape.jacobian of the gradient."""
+    trainable = model.trainable_variables
+    shapes = [tuple(v.shape) for v in trainable]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    theta = tf.Variable(np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in trainable]))
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            parts = tf.split(theta, sizes)
+            weights = [tf.reshape(p, sh) for p, sh in zip(parts, shapes)]
+            logits, _ = model.stateless_call(weights, non_trainable, x, training=False)
+            loss = tf.reduce_sum(s * loss_fn(y, logits)) / len(y)
+        grad = inner.gradient(loss, theta)
+    return outer.jacobian(grad, theta).numpy(), sizes
+
+
+@pytest.mark.parametrize("mode", hessian.HVP_MODES)
+@pytest.mark.parametrize("eager", [False, True], ids=["graph", "eager"])
+def test_hvp_equals_dense_hessian_times_v_with_bn_and_dropout(float64, mode, eager):
+    model = _tiny_mlp()
+    rng = np.random.default_rng(2)
+    x, y, s = rng.normal(size=(23, 3)), rng.integers(0, 3, 23), rng.uniform(0.5, 2.0, 23)
+    before = _snapshot(model)
+    h, sizes = _dense_hessian(model, x, y, s)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    obj = landscape.Objective(model, (x, y, s), loss, batch_size=5, metrics=())
+    v = rng.normal(size=h.shape[0])
+    parts = [
+        p.reshape(tuple(t.shape))
+        for p, t in zip(np.split(v, np.cumsum(sizes)[:-1]), obj.trainable_variables)
+    ]
+    tf.config.run_functions_eagerly(eager)
+    try:
+        got = obj.hessian_vector_product(parts, mode=mode)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    got = np.concatenate([g.numpy().ravel() for g in got])
+    assert np.linalg.norm(h @ v) > 0.1
+    np.testing.assert_allclose(got, h @ v, rtol=1e-9, atol=1e-12)
+    _assert_bit_identical(model, before)
+
+
+# ----------------------------------------------------------------- linear regression
+def _regression(n_out, design, seed=0):
+    """y = X W with Keras MSE: H = kron((2 / (n · n_out)) XᵀSX, I_out) over the kernel."""
+    rng = np.random.default_rng(seed)
+    n, p = 41, 6
+    s = rng.uniform(0.5, 1.5, n)
+    if design == "orthogonal":  # XᵀSX diagonal, so every Rademacher probe gives the trace
+        q, _ = np.linalg.qr(rng.normal(size=(n, p)))
+        x = (q * np.linspace(1.0, 4.0, p)) / np.sqrt(s)[:, None]
+    else:
+        x = rng.normal(size=(n, p)) * np.linspace(0.5, 2.0, p)
+    y = rng.normal(size=(n, n_out))
+    inp = keras.Input((p,), dtype="float64")
+    model = keras.Model(inp, keras.layers.Dense(n_out, use_bias=False)(inp))
+    g = 2.0 / (n * n_out) * x.T @ (s[:, None] * x)
+    h = np.kron(g, np.eye(n_out))  # kernel (p, n_out) flattened row-major
+    obj = landscape.Objective(model, (x, y, s), "mse", batch_size=10, metrics=())
+    return model, obj, h
+
+
+@pytest.mark.parametrize("n_out", [1, 2])
+@pytest.mark.parametrize("design", ["generic", "orthogonal"])
+@pytest.mark.parametrize("method", ["lanczos", "arpack"])
+def test_linear_regression_eigenvalues_and_trace_closed_form(float64, n_out, design, method):
+    model, obj, h = _regression(n_out, design)
+    before = _snapshot(model)
+    want = np.linalg.eigh(h)[0]
+    k = 3 if n_out == 1 else 1  # eigenvalues are n_out-fold: one Krylov space sees one copy
+    eig = landscape.hessian_eigenvalues(obj, k=k, method=method, tol=1e-10, seed=0)
+    np.testing.assert_allclose(eig.values, want[::-1][:k], rtol=1e-8)
+    assert eig.converged and np.all(eig.residuals <= 1e-10)
+    low = landscape.hessian_eigenvalues(obj, which="smallest", method=method, tol=1e-10, seed=0)
+    np.testing.assert_allclose(low.values, want[:1], rtol=1e-8)
+    tr = landscape.hessian_trace(obj, samples=200, tol=1e-3, seed=0)
+    if design == "orthogonal":
+        assert tr.estimate == pytest.approx(want.sum(), rel=1e-8)
+        assert tr.samples == hessian.TRACE_MIN_SAMPLES and tr.converged
+    else:
+        assert abs(tr.estimate - want.sum()) <= 4 * tr.stderr
+    _assert_bit_identical(model, before)
+
+
+def test_l2_regularization_adds_two_lambda_identity(float64):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 1))
+    inp = keras.Input((4,), dtype="float64")
+    dense = keras.layers.Dense(1, kernel_regularizer=keras.regularizers.L2(0.5))
+    model = keras.Model(inp, dense(inp))
+    x1 = np.hstack([x, np.ones((30, 1))])  # kernel and bias
+    h = 2.0 / 30 * x1.T @ x1
+    plain = landscape.Objective(model, (x, y), "mse", metrics=())
+    regular = landscape.Objective(model, (x, y), "mse", metrics=(), regularization=True)
+    v = [rng.normal(size=(4, 1)), rng.normal(size=(1,))]
+    a, b = plain.hessian_vector_product(v), regular.hessian_vector_product(v)
+    hv = h @ np.concatenate([v[0][:, 0], v[1]])
+    np.testing.assert_allclose(a[0].numpy()[:, 0], hv[:4], rtol=1e-10)
+    np.testing.assert_allclose(a[1].numpy(), hv[4:], rtol=1e-10)
+    np.testing.assert_allclose(b[0].numpy() - a[0].numpy(), 2 * 0.5 * v[0], rtol=1e-10)
+    np.testing.assert_allclose(b[1].numpy(), a[1].numpy(), rtol=1e-12)  # bias: no regularizer
+    penalty = np.diag([2 * 0.5] * 4 + [0.0])  # 2λ on the kernel's entries only
+    for o, hh in ((plain, h), (regular, h + penalty)):
+        got = landscape.hessian_eigenvalues(o, k=2, tol=1e-10, seed=0).values
+        np.testing.assert_allclose(got, np.linalg.eigh(hh)[0][::-1][:2], rtol=1e-8)
+
+
+# ------------------------------------------------------------- chosen spectrum ½ wᵀAw
+def test_lanczos_top3_and_most_negative_with_certificates(quadratic):
+    eig, model, obj = quadratic
+    before = _snapshot(model)
+    tol = 1e-6
+    top = landscape.hessian_eigenvalues(obj, k=3, tol=tol, seed=0)
+    np.testing.assert_allclose(top.values, TOP, rtol=tol)
+    assert top.converged and np.all(top.residuals <= tol)
+    assert top.which == "largest" and top.method == "lanczos" and top.n_params == DIM
+    assert top.n_hvp < DIM  # fewer products than the dimension, including 3 for certificates
+    low = landscape.hessian_eigenvalues(obj, which="smallest", tol=tol, seed=0)
+    assert low.values[0] == pytest.approx(NEGATIVE.min(), rel=tol) and low.converged
+    mag = landscape.hessian_eigenvalues(obj, which="magnitude", tol=tol, seed=0)
+    assert mag.values[0] == pytest.approx(TOP[0], rel=tol)
+    _assert_bit_identical(model, before)
+
+
+def test_eigenvectors_are_directions_with_the_right_curvature(quadratic):
+    eig, model, obj = quadratic
+    top = landscape.hessian_eigenvalues(obj, k=2, tol=1e-8, seed=1)
+    v1, v2 = top.vectors
+    assert isinstance(v1, landscape.Direction)
+    assert v1.norm() == pytest.approx(1.0, rel=1e-10)
+    assert abs(v1.dot(v2)) < 1e-8
+    assert v1.metadata["eigenvalue"] == top.values[0]
+    # As a surface direction: the second difference of the loss along v1 is λ₁ (a quadratic).
+    a = 0.1
+    loss = [obj.evaluate_at([t], [v1])["loss"] for t in (-a, 0.0, a)]
+    assert (loss[0] - 2 * loss[1] + loss[2]) / a**2 == pytest.approx(TOP[0], rel=1e-6)
+
+
+def test_power_iteration_stopped_pyhessians_way_is_worse_at_equal_products(quadratic):
+    """Why Lanczos is the default: on a close top pair (100/97) the relative change of λ becomes
+    small long before λ is accurate, and with the same number of products power iteration is
+    still far off."""
+    eig, model, obj = quadratic
+    lanczos = landscape.hessian_eigenvalues(obj, tol=1e-4, seed=0)
+    power = landscape.hessian_eigenvalues(obj, method="power", tol=1e-3, seed=0)
+    equal = landscape.hessian_eigenvalues(
+        obj, method="power", tol=1e-12, max_iter=lanczos.n_hvp - 1, seed=0
+    )
+    assert equal.n_hvp == lanczos.n_hvp
+
+    def error(r):
+        return abs(r.values[0] - TOP[0]) / TOP[0]
+
+    assert lanczos.converged and error(lanczos) < 1e-7
+    # PyHessian's rule stops early, on 97 (3 % off) and does not know it: the residual does.
+    assert error(power) > 1e-2 and power.n_hvp < lanczos.n_hvp
+    assert not power.converged and power.residuals[0] > 1e-3
+    assert error(equal) > 1000 * error(lanczos) and not equal.converged
+
+
+def test_power_iteration_with_deflation_on_a_well_separated_spectrum(float64):
+    d = np.array([10.0, 5.0, 2.0, 1.0, 0.5, 0.25])
+    model, obj = _quadratic_objective(np.diag(d))
+    r = landscape.hessian_eigenvalues(obj, k=2, method="power", tol=1e-10, max_iter=500, seed=0)
+    np.testing.assert_allclose(r.values, d[:2], rtol=1e-8)
+    # λ has settled to 1e-10, the vectors only to about its square root: no certificate.
+    assert np.all(r.residuals < 1e-4) and not r.converged
+    assert abs(r.vectors[0].dot(r.vectors[1])) < 1e-4
+
+
+def test_one_trace_for_all_products(quadratic):
+    eig, model, obj = quadratic
+    r = landscape.hessian_eigenvalues(obj, k=3, tol=1e-6, seed=0)
+    landscape.hessian_trace(obj, samples=12, seed=0)
+    landscape.hessian_spectrum(obj, steps=5, runs=2, seed=0)
+    assert r.n_hvp > 10
+    assert obj.trace_count == {"train/hvp/backward_over_backward": 1}
+
+
+# --------------------------------------------------------------------- trace, spectrum
+def test_hutchinson_is_exact_on_a_diagonal_quadratic(float64):
+    d = np.random.default_rng(4).uniform(-2.0, 7.0, 25)
+    model, obj = _quadratic_objective(np.diag(d))
+    before = _snapshot(model)
+    tr = landscape.hessian_trace(obj, seed=0)
+    assert tr.estimate == pytest.approx(d.sum(), rel=1e-12)
+    assert tr.stderr == pytest.approx(0.0, abs=1e-10)
+    assert tr.converged and tr.samples == tr.n_hvp == hessian.TRACE_MIN_SAMPLES
+    assert tr.values.shape == (tr.samples,)
+    _assert_bit_identical(model, before)
+
+
+def test_hutchinson_stops_on_standard_error_not_running_mean(quadratic):
+    eig, model, obj = quadratic
+    tr = landscape.hessian_trace(obj, samples=2000, tol=0.05, seed=0)
+    assert tr.converged and tr.stderr <= 0.05 * abs(tr.estimate)
+    assert tr.stderr == pytest.approx(np.std(tr.values, ddof=1) / np.sqrt(tr.samples))
+    assert abs(tr.estimate - eig.sum()) <= 4 * tr.stderr
+    capped = landscape.hessian_trace(obj, samples=15, tol=1e-6, seed=0)
+    assert capped.samples == capped.n_hvp == 15 and not capped.converged
+
+
+def test_slq_density_integrates_to_one_and_its_mean_is_trace_over_n(quadratic):
+    eig, model, obj = quadratic
+    before = _snapshot(model)
+    spec = landscape.hessian_spectrum(obj, steps=12, runs=4, seed=7)
+    assert spec.nodes.shape == spec.weights.shape == (4, 12)
+    assert spec.n_params == DIM and spec.n_hvp == 48
+    np.testing.assert_allclose(spec.weights.sum(axis=1), 1.0, rtol=1e-12)
+    grid = spec.default_grid(20001)
+    assert np.trapezoid(spec.density(grid), grid) == pytest.approx(1.0, abs=1e-6)
+    wide = np.linspace(-200, 300, 50001)
+    assert np.trapezoid(spec.density(wide, sigma=3.0), wide) == pytest.approx(1.0, abs=1e-6)
+    # Same seed, same Rademacher probes: the measure's mean is Hutchinson's trace / n.
+    tr = landscape.hessian_trace(obj, samples=4, tol=1e-12, seed=7)
+    assert spec.mean() == pytest.approx(tr.estimate / DIM, rel=1e-10)
+    assert abs(spec.mean() - eig.mean()) <= 4 * tr.stderr / DIM
+    _assert_bit_identical(model, before)
+
+
+def test_slq_with_a_full_krylov_space_finds_every_eigenvalue(float64):
+    d = np.array([-3.0, 0.5, 1.0, 2.0, 8.0])
+    model, obj = _quadratic_objective(np.diag(d))
+    spec = landscape.hessian_spectrum(obj, steps=50, runs=2, seed=0)  # capped at n = 5
+    assert spec.nodes.shape == (2, 5)
+    np.testing.assert_allclose(np.sort(spec.nodes, axis=1), np.tile(d, (2, 1)), atol=1e-10)
+    assert spec.mean() == pytest.approx(d.mean(), rel=1e-12)  # diagonal: every probe is exact
+
+
+def test_slq_density_matches_a_smoothed_histogram_of_the_eigenvalues(quadratic):
+    eig, model, obj = quadratic
+    spec = landscape.hessian_spectrum(obj, steps=DIM, runs=3, seed=0)
+    grid = np.linspace(-40, 120, 801)
+    sigma = 4.0
+    want = np.mean(np.exp(-0.5 * ((grid[:, None] - eig) / sigma) ** 2), axis=1)
+    want /= sigma * np.sqrt(2 * np.pi)
+    got = spec.density(grid, sigma=sigma)
+    # A full Krylov space gives the exact eigenvalues with probe-dependent weights (mean 1/n).
+    assert np.abs(got - want).max() < 0.5 * want.max()
+    assert np.corrcoef(got, want)[0, 1] > 0.9
+
+
+# ------------------------------------------------------------------------ arguments
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda o: landscape.hessian_eigenvalues(o, k=0), "`k` must be an int >= 1. Received: k=0"),
+        (lambda o: landscape.hessian_eigenvalues(o, k=2.0), "Received: k=2.0"),
+        (lambda o: landscape.hessian_eigenvalues(o, k=41), "Received: k=41"),
+        (lambda o: landscape.hessian_eigenvalues(o, tol=0), "`tol` must be in \\(0, 1\\)"),
+        (lambda o: landscape.hessian_eigenvalues(o, tol=1.5), "Received: tol=1.5"),
+        (lambda o: landscape.hessian_eigenvalues(o, max_iter=0), "Received: max_iter=0"),
+        (
+            lambda o: landscape.hessian_eigenvalues(o, method="qr"),
+            "Unknown method 'qr'; expected one of \\('lanczos', 'arpack', 'power'\\)",
+        ),
+        (
+            lambda o: landscape.hessian_eigenvalues(o, which="top"),
+            "Unknown which 'top'; expected one of",
+        ),
+        (
+            lambda o: landscape.hessian_eigenvalues(o, method="power", which="smallest"),
+            "which='smallest'",
+        ),
+        (lambda o: landscape.hessian_eigenvalues(o, hvp_mode="fd"), "Unknown hvp_mode 'fd'"),
+        (lambda o: landscape.hessian_eigenvalues(o, split="test"), "Unknown split 'test'"),
+        (lambda o: landscape.hessian_trace(o, samples=0), "Received: samples=0"),
+        (lambda o: landscape.hessian_trace(o, tol=-1.0), "Received: tol=-1.0"),
+        (lambda o: landscape.hessian_spectrum(o, steps=0), "Received: steps=0"),
+        (lambda o: landscape.hessian_spectrum(o, runs=-2), "Received: runs=-2"),
+        (lambda o: landscape.hessian_eigenvalues(o.model), "must be a landscape.Objective"),
+        (lambda o: o.hessian_vector_product([np.zeros(40)], mode="jvp"), "Unknown mode 'jvp'"),
+        (lambda o: o.hessian_vector_product([]), "`vector` has 0 entries"),
+        (lambda o: o.hessian_vector_product([np.zeros(3)]), "`vector` has shape \\(3,\\)"),
+    ],
+)
+def test_bad_arguments_raise_value_errors_naming_them(quadratic, call, match):
+    eig, model, obj = quadratic
+    with pytest.raises(ValueError, match=match):
+        call(obj)
+    assert obj.trace_count == {}  # rejected before any work
+
+
+def test_density_rejects_bad_sigma(float64):
+    spec = hessian.SpectrumResult(np.zeros((1, 2)), np.array([[0.5, 0.5]]), 2, 2)
+    with pytest.raises(ValueError, match="Received: sigma=0.0"):
+        spec.density([0.0], sigma=0.0)
+    assert spec.default_sigma() == 1.0  # degenerate spectrum: a unit width, not zero
