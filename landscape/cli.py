@@ -257,5 +257,183 @@ def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, quiet):
     _say(quiet, f"wrote {out}")
 
 
+# -- hessian and sharpness ----------------------------------------------------------------------
+
+analysis_data = [
+    data_option,
+    click.option(
+        "--samples",
+        type=int,
+        default=2000,
+        show_default=True,
+        help="Use the first N training samples (0: all).",
+    ),  # fmt: skip
+    click.option("--batch-size", type=int, default=500, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True),
+]
+
+
+def _analysis_options(fn):
+    for option in reversed(analysis_data):
+        fn = option(fn)
+    return fn
+
+
+def _write_json_file(path: str, payload: dict) -> None:
+    import json
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)  # nothing half-written
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL.keras")
+@click.option("--k", type=int, default=5, show_default=True, help="Top eigenvalues to compute.")
+@click.option("--which", type=click.Choice(["largest", "magnitude", "smallest"]),
+              default="largest", show_default=True)  # fmt: skip
+@click.option("--tol", type=float, default=1e-4, show_default=True,
+              help="Relative residual |Hv - lv| / |l| to reach.")  # fmt: skip
+@click.option("--trace", "with_trace", is_flag=True, help="Also Hutchinson's trace estimate.")
+@click.option("--density", type=click.Path(dir_okay=False), default=None,
+              help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON.")  # fmt: skip
+@_analysis_options
+@quiet_option
+def hessian(model_path, k, which, tol, with_trace, density, json_path, data, samples, batch_size,
+            seed, quiet):  # fmt: skip
+    """Hessian eigenvalues (Lanczos, with residuals), trace and spectral density of a model.
+
+    \b
+    Examples:
+      landscape hessian sam.keras --k 5
+      landscape hessian sgd.keras --k 3 --trace --density sgd_spectrum.png --json sgd.json
+    """
+    verbose = _setup(quiet)
+    from landscape.hessian import hessian_eigenvalues, hessian_spectrum, hessian_trace
+
+    model = _load_model(model_path)
+    objective = _objective(model, data, samples, 0, batch_size)
+    eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, seed=seed, verbose=verbose)
+    out = {
+        "eigenvalues": [float(v) for v in eig.values],
+        "residuals": [float(r) for r in eig.residuals],
+        "converged": bool(eig.converged),
+        "n_hvp": int(eig.n_hvp),
+        "which": which,
+    }
+    click.echo(f"{'#':>3} {'eigenvalue':>14} {'residual':>10}")
+    for i, (v, r) in enumerate(zip(eig.values, eig.residuals), 1):
+        click.echo(f"{i:>3} {v:>14.6g} {r:>10.2e}")
+    click.echo(f"{eig.n_hvp} Hessian-vector products; converged: {eig.converged}")
+    if with_trace:
+        tr = hessian_trace(objective, seed=seed, verbose=verbose)
+        out["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "n_hvp": tr.n_hvp}
+        click.echo(f"trace {tr.estimate:.6g} ± {tr.stderr:.2g} ({tr.n_hvp} probes)")
+    if density:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from landscape.plot import plot_spectrum
+
+        spectrum = hessian_spectrum(objective, seed=seed, verbose=verbose)
+        ax = plot_spectrum(spectrum)
+        ax.figure.savefig(density, dpi=150, bbox_inches="tight")
+        out["density"] = {"path": density, "n_hvp": int(spectrum.n_hvp)}
+        _say(quiet, f"wrote {density}")
+    if json_path:
+        _write_json_file(json_path, out)
+        _say(quiet, f"wrote {json_path}")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL.keras")
+@click.option("--k", type=int, default=5, show_default=True, help="Top Hessian eigenvalues.")
+@click.option("--no-hessian", is_flag=True, help="Leave out the Hessian rows (faster).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as JSON.")  # fmt: skip
+@_analysis_options
+@quiet_option
+def sharpness(model_path, k, no_hessian, json_path, data, samples, batch_size, seed, quiet):
+    """Every sharpness measure of a model in one table (sharpness_report).
+
+    \b
+    Examples:
+      landscape sharpness sam.keras
+      landscape sharpness sgd.keras --k 3 --json sgd_sharpness.json
+    """
+    verbose = _setup(quiet)
+    from landscape.sharpness import sharpness_report
+
+    model = _load_model(model_path)
+    objective = _objective(model, data, samples, None, batch_size)
+    report = sharpness_report(
+        objective, k=k, seed=seed, include_hessian=not no_hessian, verbose=verbose
+    )
+    width = max(len(key) for key in report)
+    for key, value in report.items():
+        click.echo(
+            f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key}  {value}"
+        )
+    if json_path:
+        _write_json_file(json_path, report)
+        _say(quiet, f"wrote {json_path}")
+
+
+# -- figures -------------------------------------------------------------------------------------
+
+
+@main.command()
+@data_option
+@click.option("--out-dir", type=click.Path(file_okay=False), default="figures", show_default=True)
+@click.option("--quick", is_flag=True, help="A tiny preset (seconds; what the tests run).")
+@click.option("--epochs", type=int, default=None, help="Training epochs [6; quick 1].")
+@click.option("--depth", type=int, default=None, help="ResNet depth 6n+2 [8].")
+@click.option("--width", type=int, default=None, help="ResNet base width [8; quick 4].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (cosine decay) [0.05].")
+@click.option("--rho", type=float, default=None, help="SAM radius [0.05].")
+@click.option("--augment", is_flag=True, default=None, help="Random flips/shifts in training.")
+@click.option("--grid", default=None, help="Grid of both surface axes, min:max:num [-1:1:21].")
+@click.option("--samples", type=int, default=None,
+              help="Training images the surfaces and reports use [2000].")  # fmt: skip
+@click.option("--k", type=int, default=None, help="Hessian eigenvalues in the reports [3].")
+@click.option("--seed", type=int, default=None, help="Seed of initialization and directions [0].")
+@quiet_option
+def figures(data, out_dir, quick, epochs, depth, width, lr, rho, augment, grid, samples, k, seed,
+            quiet):  # fmt: skip
+    """Train SGD and SAM ResNets, then draw their landscapes and sharpness (the README figures).
+
+    Writes to OUT_DIR: sgd.keras, sam.keras, the surfaces (*.h5), no_sam.png, with_sam.png,
+    comparison.png, interpolation.png, summary.json and summary.md. Rerunning resumes: models,
+    surfaces and reports that match the configuration are reused.
+
+    \b
+    Examples:
+      landscape figures --quick --out-dir /tmp/figs
+      landscape figures --data ../shared/data/cifar10_10k.npz --width 16 --epochs 20 --augment
+    """
+    verbose = _setup(quiet)
+    import dataclasses
+
+    from landscape.figures import QUICK, FiguresConfig, make_figures
+
+    config = QUICK if quick else FiguresConfig()
+    overrides = {"data": data, "epochs": epochs, "depth": depth, "width": width,
+                 "learning_rate": lr, "rho": rho, "augment": augment, "grid": grid,
+                 "surface_samples": samples, "seed": seed}  # fmt: skip
+    config = dataclasses.replace(config, **{k_: v for k_, v in overrides.items() if v is not None})
+    if k is not None:
+        config = dataclasses.replace(config, report={**config.report, "k": k})
+    result = make_figures(out_dir, config, verbose=verbose)
+    for path in result["written"]:
+        _say(quiet, f"wrote {path}")
+    metrics = result["summary"]["metrics"]
+    for name in ("sgd", "sam"):
+        m = metrics[name]
+        click.echo(f"{name.upper()}: train acc {m['train_acc']:.4f}  test acc {m['test_acc']:.4f}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -86,7 +86,7 @@ class TrainResult:
 def make_optimizer(
     name: OptimizerName,
     *,
-    learning_rate: float = 0.01,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.01,
     momentum: float = 0.9,
     weight_decay: float | None = None,
     rho: float | None = None,
@@ -117,6 +117,7 @@ def train(
     model_kwargs: dict | None = None,
     callbacks: list | None = None,
     augment: bool = False,
+    schedule: Literal["constant", "cosine"] = "constant",
     verbose: int | str = "auto",
 ) -> TrainResult:
     """Train a zoo model on ``((x_train, y_train), (x_test, y_test))`` and evaluate it.
@@ -140,12 +141,20 @@ def train(
         augment: Random shifts of the training images (and horizontal flips for colour
             images), applied in the input pipeline so the saved model has no augmentation
             layers. Defaults to False.
+        schedule: ``"constant"`` learning rate or ``"cosine"`` decay to 0 over the run.
+            Defaults to "constant".
         verbose: ``fit``'s verbosity. Defaults to "auto".
 
     Returns:
         A ``TrainResult``.
     """
     (x_train, y_train), (x_test, y_test) = data
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"Unknown schedule {schedule!r}; expected one of ('constant', 'cosine').")
+    lr = learning_rate
+    if schedule == "cosine":
+        steps = epochs * -(-len(x_train) // batch_size)
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
     num_classes = int(max(np.max(y_train), np.max(y_test))) + 1
     keras.utils.set_random_seed(seed)
     # SGD gets a plain keras.Model: a SAMModel would wrap a plain optimizer in SAM(rho=0.05).
@@ -159,7 +168,7 @@ def train(
     net.compile(
         optimizer=make_optimizer(
             optimizer,
-            learning_rate=learning_rate,
+            learning_rate=lr,
             momentum=momentum,
             weight_decay=weight_decay,
             rho=rho,
