@@ -296,14 +296,18 @@ def _write_json_file(path: str, payload: dict) -> None:
 @click.option("--tol", type=float, default=1e-4, show_default=True,
               help="Relative residual |Hv - lv| / |l| to reach.")  # fmt: skip
 @click.option("--trace", "with_trace", is_flag=True, help="Also Hutchinson's trace estimate.")
+@click.option("--trace-tol", type=float, default=0.05, show_default=True,
+              help="Stop the trace at this relative standard error.")  # fmt: skip
 @click.option("--density", type=click.Path(dir_okay=False), default=None,
               help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
+@click.option("--steps", type=int, default=80, show_default=True, help="Lanczos steps per SLQ run.")
+@click.option("--runs", type=int, default=10, show_default=True, help="SLQ runs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON.")  # fmt: skip
 @_analysis_options
 @quiet_option
-def hessian(model_path, k, which, tol, with_trace, density, json_path, data, samples, batch_size,
-            seed, quiet):  # fmt: skip
+def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, runs, json_path,
+            data, samples, batch_size, seed, quiet):  # fmt: skip
     """Hessian eigenvalues (Lanczos, with residuals), trace and spectral density of a model.
 
     \b
@@ -329,7 +333,7 @@ def hessian(model_path, k, which, tol, with_trace, density, json_path, data, sam
         click.echo(f"{i:>3} {v:>14.6g} {r:>10.2e}")
     click.echo(f"{eig.n_hvp} Hessian-vector products; converged: {eig.converged}")
     if with_trace:
-        tr = hessian_trace(objective, seed=seed, verbose=verbose)
+        tr = hessian_trace(objective, tol=trace_tol, seed=seed, verbose=verbose)
         out["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "n_hvp": tr.n_hvp}
         click.echo(f"trace {tr.estimate:.6g} ± {tr.stderr:.2g} ({tr.n_hvp} probes)")
     if density:
@@ -338,7 +342,7 @@ def hessian(model_path, k, which, tol, with_trace, density, json_path, data, sam
         matplotlib.use("Agg")
         from landscape.plot import plot_spectrum
 
-        spectrum = hessian_spectrum(objective, seed=seed, verbose=verbose)
+        spectrum = hessian_spectrum(objective, steps=steps, runs=runs, seed=seed, verbose=verbose)
         ax = plot_spectrum(spectrum)
         ax.figure.savefig(density, dpi=150, bbox_inches="tight")
         out["density"] = {"path": density, "n_hvp": int(spectrum.n_hvp)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def invoke(*args):
 def test_version_and_help():
     result = invoke("--version")
     assert result.exit_code == 0 and __version__ in result.output
-    for command in ([], ["train"], ["surface"], ["plot"]):
+    for command in ([], ["train"], ["surface"], ["plot"], ["hessian"], ["sharpness"], ["figures"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Examples" in result.output
 
@@ -116,3 +117,25 @@ def test_incompatible_data_shape(trained, tmp_path):
              x_test=rng.random((2, 8, 8, 3)), y_test=np.arange(2))  # fmt: skip
     result = invoke("surface", trained / "sam.keras", "--data", path, "--out", tmp_path / "x.h5")
     assert result.exit_code == 2 and "the model expects" in result.output
+
+
+def test_hessian_command(trained, tmp_path):
+    out = tmp_path / "h.json"
+    result = invoke("hessian", trained / "sam.keras", "--k", 2, "--trace", "--trace-tol", 0.5,
+                    "--density", tmp_path / "spectrum.png", "--steps", 5, "--runs", 2,
+                    "--samples", 200, "--json", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert len(report["eigenvalues"]) == 2 and report["eigenvalues"][0] >= report["eigenvalues"][1]
+    assert report["trace"]["estimate"] > 0 and (tmp_path / "spectrum.png").is_file()
+    assert "Hessian-vector products" in result.output
+
+
+def test_sharpness_command(trained, tmp_path):
+    out = tmp_path / "s.json"
+    result = invoke("sharpness", trained / "sgd.keras", "--no-hessian", "--samples", 200,
+                    "--json", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert "worst_l2" in report and "epsilon_sharpness" in report and "test_acc" in report
+    assert "worst_l2" in result.output
