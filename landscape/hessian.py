@@ -382,7 +382,9 @@ def hessian_eigenvalues(
         verbose: 1 shows a ``keras.utils.Progbar``. Defaults to 0.
 
     Returns:
-        An ``EigenResult`` (``values``, ``vectors``, ``residuals``, ``n_hvp``, ``converged``).
+        An ``EigenResult`` (``values``, ``vectors``, ``residuals``, ``n_hvp``, ``converged``);
+        ``converged`` is True only when every recomputed residual is ≤ ``tol`` (for power
+        iteration, whose rule looks at λ only, it usually is not).
 
     Example:
         >>> eig = hessian_eigenvalues(obj, k=3, seed=0)
@@ -418,6 +420,12 @@ def hessian_eigenvalues(
         values, vectors = _arpack(op, v0, k, which, tol, max_iter)
     else:
         values, vectors = _power(op, v0, k, tol, max_iter, rng, bar)
+        if which == "largest" and np.any(values < 0):
+            logger.warning(
+                "Power iteration found a dominant negative eigenvalue (%s): it is the largest "
+                "|λ|, not the largest algebraic; use method='lanczos'.",
+                values.min(),
+            )
     residuals = _residuals(op, values, vectors)
     converged = bool(len(values) == k and np.all(residuals <= tol))
     logger.info(

@@ -380,3 +380,16 @@ def test_density_rejects_bad_sigma(float64):
     with pytest.raises(ValueError, match="Received: sigma=0.0"):
         spec.density([0.0], sigma=0.0)
     assert spec.default_sigma() == 1.0  # degenerate spectrum: a unit width, not zero
+
+
+def test_power_warns_on_a_dominant_negative_eigenvalue_and_progress_bars_run(float64, caplog):
+    d = np.array([-10.0, 3.0, 1.0, 0.5])
+    model, obj = _quadratic_objective(np.diag(d))
+    with caplog.at_level("WARNING", logger="landscape"):
+        r = landscape.hessian_eigenvalues(obj, method="power", tol=1e-8, max_iter=300, seed=0)
+    assert r.values[0] == pytest.approx(-10.0, rel=1e-6)
+    assert "largest |λ|, not the largest algebraic" in caplog.text
+    lanczos = landscape.hessian_eigenvalues(obj, tol=1e-8, seed=0, verbose=1)
+    assert lanczos.values[0] == pytest.approx(3.0, rel=1e-8)
+    landscape.hessian_trace(obj, samples=12, seed=0, verbose=1)
+    landscape.hessian_spectrum(obj, steps=3, runs=2, seed=0, verbose=1)
