@@ -23,8 +23,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The main job: train SGD and SAM ResNets on the embedded data, draw their landscapes and
+# sharpness into out/figures (rerunning resumes). The README's figures/ come from CIFAR-10.
 demo: $(STAMP)
-	$(BIN)/python -m landscape.demo
+	$(BIN)/landscape figures --out-dir out/figures
 
 clean:
 	rm -rf $(VENV) build *.egg-info
