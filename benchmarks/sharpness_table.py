@@ -4,7 +4,7 @@ Trains the same small CNN on the embedded MNIST subset twice with the same seed 
 weights and batch order; only the optimizer differs), computes ``landscape.sharpness_report``
 for both on the same training examples, and prints a table with one row per metric.
 
-    .venv/bin/python benchmarks/sharpness_table.py [--epochs 3] [--n-train 1000] [--seed 0]
+    .venv/bin/python benchmarks/sharpness_table.py [--epochs 8] [--n-train 1000] [--seed 0]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def cell(report: dict[str, float], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--n-train", type=int, default=1000, help="examples for the metrics")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=3, help="top Hessian eigenvalues")
