@@ -32,6 +32,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
+from landscape._progress import progbar
 from landscape.directions import Direction
 from landscape.objective import HVP_MODES, HVPMode, Objective, Split
 
@@ -237,10 +238,6 @@ def _order(values: np.ndarray, which: str) -> np.ndarray:
     return np.argsort(-np.abs(values), kind="stable")
 
 
-def _progbar(verbose: int, target: int | None):
-    return keras.utils.Progbar(target, verbose=verbose) if verbose else None
-
-
 def _residuals(op: _Hessian, values: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """‖H v − λ v‖ / |λ| with a fresh product for each pair (inf for λ = 0)."""
     out = []
@@ -413,7 +410,7 @@ def hessian_eigenvalues(
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(op.n)
     target = {"lanczos": max_iter, "arpack": None, "power": k * max_iter}[method]
-    bar = _progbar(verbose, target)
+    bar = progbar(target, verbose, "product")
     if method == "lanczos":
         values, vectors = _lanczos(op, v0, k, which, tol, max_iter, bar)
     elif method == "arpack":
@@ -489,7 +486,7 @@ def hessian_trace(
     tol = _check_tol(tol)
     op = _Hessian(objective, split, hvp_mode)
     rng = np.random.default_rng(seed)
-    bar = _progbar(verbose, samples)
+    bar = progbar(samples, verbose, "probe")
     values: list[float] = []
     estimate, stderr, converged = 0.0, np.inf, False
     for i in range(samples):
@@ -572,7 +569,7 @@ def hessian_spectrum(
         logger.info("hessian_spectrum: steps=%d capped at n_params=%d", steps, op.n)
         steps = op.n
     rng = np.random.default_rng(seed)
-    bar = _progbar(verbose, runs)
+    bar = progbar(runs, verbose, "run")
     nodes, weights = np.zeros((runs, steps)), np.zeros((runs, steps))
     for r in range(runs):
         v0 = rng.choice(np.array([-1.0, 1.0]), size=op.n)

@@ -49,6 +49,7 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
+from landscape._progress import progbar, resolve_verbose
 from landscape.objective import Objective, _Split
 
 logger = logging.getLogger("landscape")
@@ -195,20 +196,6 @@ def _check_objective(objective) -> Objective:
     return objective
 
 
-def _resolve_verbose(verbose) -> int:
-    if verbose == "auto":
-        return 1 if keras.config.is_interactive_logging_enabled() else 0
-    if verbose in (0, 1, 2, False, True):
-        return int(verbose)
-    raise ValueError(
-        f"Argument `verbose` must be 'auto', 0, 1 or 2. Received: verbose={verbose!r}."
-    )
-
-
-def _progbar(target: int | None, verbose: int, unit: str):
-    return keras.utils.Progbar(target, verbose=verbose, unit_name=unit) if verbose else None
-
-
 # ------------------------------------------------------------------------ the flat weights
 class _FlatWeights:
     """The trainable variables of an Objective as one float64 vector w ∈ ℝⁿ.
@@ -304,7 +291,7 @@ def epsilon_sharpness(
     objective = _check_objective(objective)
     epsilon = _check_positive("epsilon", epsilon)
     max_iter = _check_int("max_iter", max_iter)
-    verbose = _resolve_verbose(verbose)
+    verbose = resolve_verbose(verbose)
     flat = _FlatWeights(objective)
     rng = np.random.default_rng(seed)
 
@@ -333,7 +320,7 @@ def epsilon_sharpness(
 
     loss0 = flat.loss()
     best = loss0
-    bar = _progbar(None, verbose, "evaluation")
+    bar = progbar(None, verbose, "evaluation")
 
     def negative_loss(y):
         nonlocal best
@@ -522,7 +509,7 @@ def worst_case_sharpness(
     if max_batches is not None:
         max_batches = _check_int("max_batches", max_batches)
     random_start = _check_bool("random_start", random_start)
-    verbose = _resolve_verbose(verbose)
+    verbose = resolve_verbose(verbose)
     rng = np.random.default_rng(seed) if random_start else None
     options = dict(rho=rho, norm=norm, adaptive=adaptive, steps=steps, step_size=step_size)
 
@@ -530,7 +517,7 @@ def worst_case_sharpness(
         [objective] if batch_size is None else _batch_objectives(objective, batch_size, max_batches)
     )
     losses, maxima, n_gradients = [], [], 0
-    bar = _progbar(None, verbose, "step")
+    bar = progbar(None, verbose, "step")
     for sub in objectives:
         flat = _FlatWeights(sub)
         loss, best = _worst_case(flat, rng=rng, bar=bar, **options)
@@ -601,12 +588,12 @@ def average_sharpness(
     norm = _resolve_norm(norm)
     adaptive = _check_bool("adaptive", adaptive)
     samples = _check_int("samples", samples)
-    verbose = _resolve_verbose(verbose)
+    verbose = resolve_verbose(verbose)
     flat = _FlatWeights(objective)
     rng = np.random.default_rng(seed)
     c = np.abs(flat.w) if adaptive else np.ones_like(flat.w)
     loss0 = flat.loss()
-    bar = _progbar(samples, verbose, "sample")
+    bar = progbar(samples, verbose, "sample")
     increases = np.empty(samples)
     for i in range(samples):
         z = rng.standard_normal(flat.n) if norm == "l2" else rng.uniform(-1.0, 1.0, flat.n)

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from landscape import io
+from landscape._progress import resolve_verbose
 from landscape.directions import Direction
 from landscape.objective import Objective
 
@@ -109,16 +110,6 @@ def _directions_fingerprint(directions: Sequence[Direction]) -> str:
     return h.hexdigest()
 
 
-def _resolve_verbose(verbose) -> int:
-    if verbose == "auto":
-        return 1 if keras.config.is_interactive_logging_enabled() else 0
-    if verbose in (0, 1, 2, False, True):
-        return int(verbose)
-    raise ValueError(
-        f"Argument `verbose` must be 'auto', 0, 1 or 2. Received: verbose={verbose!r}."
-    )
-
-
 class _Writer:
     """Keeps the surface file at most ``flush_seconds`` behind the in-memory arrays."""
 
@@ -191,7 +182,7 @@ def compute_surface(
         )
     if not flush_seconds >= 0:
         raise ValueError(f"Argument `flush_seconds` must be >= 0. Received: {flush_seconds}.")
-    verbose = _resolve_verbose(verbose)
+    verbose = resolve_verbose(verbose)
     xs = parse_grid(x, name="x")
     ys = None if y is None else parse_grid(y, name="y")
     shape = (len(xs),) if ys is None else (len(ys), len(xs))
