@@ -402,11 +402,13 @@ def sharpness(model_path, k, no_hessian, json_path, data, samples, batch_size, s
 @click.option("--grid", default=None, help="Grid of both surface axes, min:max:num [-1:1:21].")
 @click.option("--samples", type=int, default=None,
               help="Training images the surfaces and reports use [2000].")  # fmt: skip
+@click.option("--test-samples", type=int, default=None,
+              help="Test images the surfaces and reports use [1000].")  # fmt: skip
 @click.option("--k", type=int, default=None, help="Hessian eigenvalues in the reports [3].")
 @click.option("--seed", type=int, default=None, help="Seed of initialization and directions [0].")
 @quiet_option
-def figures(data, out_dir, quick, epochs, depth, width, lr, rho, augment, grid, samples, k, seed,
-            quiet):  # fmt: skip
+def figures(data, out_dir, quick, epochs, depth, width, lr, rho, augment, grid, samples,
+            test_samples, k, seed, quiet):  # fmt: skip
     """Train SGD and SAM ResNets, then draw their landscapes and sharpness (the README figures).
 
     Writes to OUT_DIR: sgd.keras, sam.keras, the surfaces (*.h5), no_sam.png, with_sam.png,
@@ -426,7 +428,8 @@ def figures(data, out_dir, quick, epochs, depth, width, lr, rho, augment, grid, 
     config = QUICK if quick else FiguresConfig()
     overrides = {"data": data, "epochs": epochs, "depth": depth, "width": width,
                  "learning_rate": lr, "rho": rho, "augment": augment, "grid": grid,
-                 "surface_samples": samples, "seed": seed}  # fmt: skip
+                 "surface_samples": samples, "test_samples": test_samples,
+                 "seed": seed}  # fmt: skip
     config = dataclasses.replace(config, **{k_: v for k_, v in overrides.items() if v is not None})
     if k is not None:
         config = dataclasses.replace(config, report={**config.report, "k": k})
