@@ -267,7 +267,8 @@ def draw(surfaces: dict, out_dir: str) -> list[str]:
         [surfaces["sgd"], surfaces["sam"]], titles=["SGD", "SAM"], kind="contourf", log=True
     )
     save(axes[0].figure, "comparison.png")
-    ax = plot_surface(surfaces["interpolation"], kind="line")
+    # log scale: extrapolating BatchNorm statistics beyond either end can make the loss explode
+    ax = plot_surface(surfaces["interpolation"], kind="line", log=True)
     ax.set_title("from the SGD minimum (α = 0) to the SAM minimum (α = 1)", fontsize=9)
     save(ax.figure, "interpolation.png")
     return written

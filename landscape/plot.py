@@ -183,16 +183,16 @@ def plot_surface(
     xx, yy = np.meshgrid(surface.x, surface.y)  # "xy" indexing: Z is [iy, ix]
     norm = _norm(lo, hi, log)
     zm = _masked(z, log)
-    mappable = None
+    mappable, ticks = None, None
     if kind == "contour":
         kwargs.setdefault("cmap", CMAP)
         cs = ax.contour(xx, yy, zm, levels=_levels(levels, lo, hi, log), norm=norm, **kwargs)
         ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
     elif kind == "contourf":
         kwargs.setdefault("cmap", CMAP)
-        mappable = ax.contourf(
-            xx, yy, zm, levels=_levels(levels, lo, hi, log), norm=norm, extend="both", **kwargs
-        )
+        filled = _levels(levels, lo, hi, log)
+        mappable = ax.contourf(xx, yy, zm, levels=filled, norm=norm, extend="both", **kwargs)
+        ticks = filled[:: max(1, len(filled) // 6)]
     elif kind == "heatmap":
         kwargs.setdefault("cmap", CMAP)
         mappable = ax.pcolormesh(xx, yy, zm, norm=norm, shading="nearest", **kwargs)
@@ -206,7 +206,7 @@ def plot_surface(
         ax.set_zlim(norm3.vmin, norm3.vmax)
         ax.set_zlabel(("log10 " if log else "") + _label(metric))
     if mappable is not None and colorbar:
-        bar = ax.figure.colorbar(mappable, ax=ax, shrink=0.8)
+        bar = ax.figure.colorbar(mappable, ax=ax, shrink=0.8, ticks=ticks, format="%.3g")
         bar.set_label(_label(metric))
     ax.set_xlabel("α")
     ax.set_ylabel("β")
@@ -260,7 +260,7 @@ def plot_comparison(
         raise ValueError(f"Got {len(titles)} titles for {len(loaded)} surfaces.")
     if axes is None:
         three_d = kind == "surface"
-        fig = plt.figure(figsize=(5.2 * len(loaded), 4.4))
+        fig = plt.figure(figsize=(5.2 * len(loaded), 4.4), layout="constrained")
         axes = [
             fig.add_subplot(1, len(loaded), i + 1, projection="3d" if three_d else None)
             for i in range(len(loaded))
