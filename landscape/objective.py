@@ -21,6 +21,7 @@ basis of directions that is converted to tensors once per surface.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -294,6 +295,20 @@ class Objective:
             parts = [*tf.nest.flatten(split.x), split.y] + ([] if split.w is None else [split.w])
             arrays += [keras.ops.convert_to_numpy(t) for t in parts]
         return fingerprint_arrays(arrays)
+
+    def with_data(self, data, *, batch_size: int | None = None) -> Objective:
+        """The same model, loss, metrics and options on other (training) data.
+
+        The copy has its own compiled functions (traced on first use) and no test split; the
+        original is untouched. ``worst_case_sharpness`` uses it for per-batch m-sharpness.
+        """
+        sub = copy.copy(self)
+        for name, value in vars(self).items():
+            if name.endswith("_fns") and isinstance(value, dict):  # traced tf.function caches
+                setattr(sub, name, {})
+        sub.trace_count = {}
+        sub._splits = {"train": _Split(data, batch_size or self.batch_size)}
+        return sub
 
     def basis(self, directions: Sequence[Direction]) -> Basis:
         """Stack ``directions`` into device tensors aligned with ``self.variables`` (once)."""

@@ -36,7 +36,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import numbers
@@ -50,7 +49,7 @@ import scipy.optimize
 import tensorflow as tf
 
 from landscape._progress import progbar, resolve_verbose
-from landscape.objective import Objective, _Split
+from landscape.objective import Objective
 
 logger = logging.getLogger("landscape")
 
@@ -427,13 +426,7 @@ def _batch_objectives(objective: Objective, batch_size: int, max_batches: int | 
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             return
-        sub = copy.copy(objective)  # same model, loss, metrics and options; its own data
-        for name, value in vars(objective).items():
-            if name.endswith("_fns") and isinstance(value, dict):  # traced tf.function caches
-                setattr(sub, name, {})
-        sub.trace_count = {}
-        sub._splits = {"train": _Split(tuple(batch), batch_size)}
-        yield sub
+        yield objective.with_data(tuple(batch), batch_size=batch_size)
 
 
 def worst_case_sharpness(
