@@ -632,6 +632,7 @@ def sharpness_report(
     samples: int = SAMPLES,
     include_hessian: bool = True,
     trace_tol: float | None = None,
+    trace_samples: int | None = None,
     verbose: int | str = 0,
 ) -> dict[str, float]:
     """Every sharpness measure of the current weights in one flat dict of floats.
@@ -663,6 +664,8 @@ def sharpness_report(
             True.
         trace_tol: Relative standard error at which the trace estimate stops; None keeps
             ``hessian_trace``'s default. Defaults to None.
+        trace_samples: Most Hutchinson probes of the trace (its reported stderr says how
+            far it got); None keeps ``hessian_trace``'s default. Defaults to None.
         verbose: Passed to every metric. Defaults to 0.
 
     Returns:
@@ -687,6 +690,8 @@ def sharpness_report(
             )
         radii[name] = None if value is None else _check_positive(f"rho[{name!r}]", value)
     trace_options = {} if trace_tol is None else {"tol": _check_positive("trace_tol", trace_tol)}
+    if trace_samples is not None:
+        trace_options["samples"] = _check_int("trace_samples", trace_samples)
     if include_hessian:
         try:
             from landscape.hessian import hessian_eigenvalues, hessian_trace

@@ -468,6 +468,20 @@ def test_report_with_hessian_on_a_quadratic(minimum):
     assert report["worst_l2"] == pytest.approx(0.5 * rho**2 * eigenvalues[-1], rel=1e-3)
 
 
+def test_report_trace_samples_caps_the_hutchinson_probes(minimum):
+    """A tolerance never reached stops at ``trace_samples`` probes, as hessian_trace does."""
+    hessian = pytest.importorskip("landscape.hessian")
+    obj = quadratic_objective(*minimum)
+    rho = dict.fromkeys(sharpness.REPORT_RHO)  # only the Hessian rows
+    report = landscape.sharpness_report(obj, k=1, rho=rho, trace_tol=1e-12, trace_samples=12)
+    capped = hessian.hessian_trace(obj, samples=12, tol=1e-12, seed=0)
+    assert capped.n_hvp == 12
+    assert report["hessian_trace"] == capped.estimate
+    assert report["hessian_trace_stderr"] == capped.stderr > 0
+    with pytest.raises(ValueError, match="trace_samples=0"):
+        landscape.sharpness_report(obj, trace_samples=0)
+
+
 def test_report_with_hessian_fails_clearly_without_the_hessian_module(minimum, monkeypatch):
     monkeypatch.setitem(sys.modules, "landscape.hessian", None)  # import raises ImportError
     obj = quadratic_objective(*minimum)
