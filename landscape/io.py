@@ -6,6 +6,8 @@ Layout (compatible with tomgoldstein/loss-landscape's plotting scripts)::
     /ycoordinates             float64 [ny]              (2D surfaces only)
     /train_loss, /train_acc   float64 [ny, nx] or [nx]  NaN = not computed yet
     /test_loss, /test_acc     (when the objective has test data)
+    /computed                 uint8 [ny, nx] or [nx]    1 = evaluated (its values may be NaN:
+                              a diverged point, e.g. negative BatchNorm variances far out)
     /directions/x, /directions/y   one dataset per variable (v0000, ...) and attribute ``paths``
     root attributes: format, format_version, package_version, created, model_fingerprint,
     directions_fingerprint, data_fingerprint, norm, ignore, seeds, directions_metadata (JSON) ...
@@ -32,6 +34,7 @@ from landscape.directions import Direction
 FORMAT = "sam-landscape/surface"
 FORMAT_VERSION = 1
 DIRECTION_NAMES = ("x", "y")
+COMPUTED = "computed"  # mask of evaluated points; files without it: computed = no metric is NaN
 JSON_ATTRS = ("seeds", "directions_metadata")  # stored as JSON text, read back as lists
 LOSS_LANDSCAPE_MISSING = -1.0  # loss-landscape's placeholder for a point not computed
 
@@ -110,27 +113,46 @@ def create_surface_file(
             f.create_dataset("ycoordinates", data=np.asarray(y, np.float64))
         for name in metrics:
             f.create_dataset(name, data=np.full(shape, np.nan))
+        f.create_dataset(COMPUTED, data=np.zeros(shape, np.uint8))
         g = f.create_group("directions")
         for name, d in zip(DIRECTION_NAMES, directions):
             _write_direction(g.create_group(name), d)
     os.replace(tmp, path)
 
 
-def update_surface_file(path: str, values: Mapping[str, np.ndarray]) -> None:
-    """Replace the metric arrays of an existing surface file (copy, patch, rename)."""
+def update_surface_file(
+    path: str, values: Mapping[str, np.ndarray], computed: np.ndarray | None = None
+) -> None:
+    """Replace the metric arrays and ``computed`` mask of a surface file (copy, patch, rename)."""
     tmp = _tmp(path)
     shutil.copyfile(path, tmp)
     with h5py.File(tmp, "r+") as f:
         for name, arr in values.items():
             f[name][...] = arr
+        if computed is not None:
+            mask = np.asarray(computed, np.uint8)
+            if COMPUTED in f:
+                f[COMPUTED][...] = mask
+            else:  # a file written before the mask existed
+                f.create_dataset(COMPUTED, data=mask)
     os.replace(tmp, path)
+
+
+def computed_from_values(values: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The ``computed`` mask of a file that has none: points where no metric is NaN."""
+    mask = np.ones(shape, bool)
+    for arr in values.values():
+        if arr.shape == shape:
+            mask &= ~np.isnan(arr)
+    return mask
 
 
 def read_surface_file(path: str) -> dict[str, Any]:
     """Read a surface file written by this package or by tomgoldstein/loss-landscape.
 
     Returns:
-        ``{"x", "y", "values", "attrs", "directions"}``. Arrays are ``[iy, ix]`` (1D: ``[ix]``).
+        ``{"x", "y", "values", "computed", "attrs", "directions"}``. Arrays are ``[iy, ix]``
+        (1D: ``[ix]``); ``computed`` is a bool mask of the evaluated points.
         For loss-landscape files (no ``format`` attribute) the −1 placeholders become NaN, the
         values (stored in ``[iy, ix]`` order in an array shaped ``(nx, ny)``) are reshaped to
         ``(ny, nx)``, and ``attrs["source"] == "loss-landscape"`` (their accuracy is in percent).
@@ -155,7 +177,9 @@ def read_surface_file(path: str) -> dict[str, Any]:
         values = {}
         for name in f:
             obj = f[name]
-            if name in ("xcoordinates", "ycoordinates") or not isinstance(obj, h5py.Dataset):
+            if name in ("xcoordinates", "ycoordinates", COMPUTED) or not isinstance(
+                obj, h5py.Dataset
+            ):
                 continue
             if not np.issubdtype(obj.dtype, np.number) or obj.ndim not in (1, 2):
                 continue
@@ -165,13 +189,25 @@ def read_surface_file(path: str) -> dict[str, Any]:
                 if y is not None and arr.size == len(x) * len(y):
                     arr = arr.reshape(len(y), len(x))
             values[name] = arr
+        shape = (len(x),) if y is None else (len(y), len(x))
+        if ours and COMPUTED in f and f[COMPUTED].shape == shape:
+            computed = f[COMPUTED][()].astype(bool)
+        else:
+            computed = computed_from_values(values, shape)
         if not ours:
             attrs["source"] = "loss-landscape"
         directions = ()
         if "directions" in f:
             g = f["directions"]
             directions = tuple(_read_direction(g[n]) for n in DIRECTION_NAMES if n in g)
-    return {"x": x, "y": y, "values": values, "attrs": attrs, "directions": directions}
+    return {
+        "x": x,
+        "y": y,
+        "values": values,
+        "computed": computed,
+        "attrs": attrs,
+        "directions": directions,
+    }
 
 
 def check_resumable(
@@ -181,8 +217,11 @@ def check_resumable(
     y: np.ndarray | None,
     metrics: tuple[str, ...],
     attrs: Mapping[str, Any],
-) -> dict[str, np.ndarray]:
-    """Check that ``path`` was written by the same computation and return its metric arrays.
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Check that ``path`` was written by the same computation; return its arrays and mask.
+
+    Returns:
+        ``(values, computed)``: the metric arrays and the bool mask of evaluated points.
 
     Raises:
         ValueError: naming every difference (format, grid, metrics, model weights, directions,
@@ -224,4 +263,4 @@ def check_resumable(
             f"Surface file {p!r} does not match this computation: {'; '.join(diffs)}. "
             "Refusing to resume; the file was left untouched (pass another path or delete it)."
         )
-    return stored["values"]
+    return stored["values"], stored["computed"]

@@ -65,10 +65,12 @@ class Surface:
         x: Coordinates along the first direction, ``[nx]``.
         y: Coordinates along the second direction ``[ny]``, or None for a 1D surface.
         values: ``{"train_loss": Z, "train_acc": ..., "test_loss": ...}``; ``Z`` is ``[ny, nx]``
-            (``[nx]`` in 1D), NaN where not computed.
+            (``[nx]`` in 1D), NaN where not computed (or where the loss itself is NaN).
         metadata: Fingerprints, direction metadata, creation time, …
         directions: The directions the surface was computed along (when known).
         path: The HDF5 file it is stored in, if any.
+        computed: Bool mask (shape of ``Z``) of the points evaluated; a computed point can hold
+            NaN when the network diverges there. Defaults to the points where no value is NaN.
     """
 
     x: np.ndarray
@@ -77,6 +79,13 @@ class Surface:
     metadata: dict[str, Any] = field(default_factory=dict)
     directions: tuple[Direction, ...] = ()
     path: str | None = None
+    computed: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.computed is None:
+            self.computed = io.computed_from_values(self.values, self.shape)
+        else:
+            self.computed = np.asarray(self.computed, bool)
 
     @property
     def ndim(self) -> int:
@@ -88,8 +97,8 @@ class Surface:
 
     @property
     def complete(self) -> bool:
-        """True when no value is NaN."""
-        return all(not np.isnan(v).any() for v in self.values.values())
+        """True when every point has been evaluated."""
+        return bool(self.computed.all())
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.values[name]
@@ -99,7 +108,13 @@ class Surface:
         """Read a surface file written by ``compute_surface`` or by loss-landscape."""
         data = io.read_surface_file(path)
         return cls(
-            data["x"], data["y"], data["values"], data["attrs"], data["directions"], os.fspath(path)
+            data["x"],
+            data["y"],
+            data["values"],
+            data["attrs"],
+            data["directions"],
+            os.fspath(path),
+            data["computed"],
         )
 
 
@@ -113,8 +128,15 @@ def _directions_fingerprint(directions: Sequence[Direction]) -> str:
 class _Writer:
     """Keeps the surface file at most ``flush_seconds`` behind the in-memory arrays."""
 
-    def __init__(self, path: str | None, values: dict[str, np.ndarray], flush_seconds: float):
-        self.path, self.values, self.flush_seconds = path, values, flush_seconds
+    def __init__(
+        self,
+        path: str | None,
+        values: dict[str, np.ndarray],
+        computed: np.ndarray,
+        flush_seconds: float,
+    ):
+        self.path, self.values, self.computed = path, values, computed
+        self.flush_seconds = flush_seconds
         self.interval = flush_seconds
         self.last = time.monotonic()
         self.dirty = False
@@ -128,7 +150,7 @@ class _Writer:
         if self.path is None or not self.dirty:
             return
         start = time.monotonic()
-        io.update_surface_file(self.path, self.values)
+        io.update_surface_file(self.path, self.values, self.computed)
         took = time.monotonic() - start
         # Large direction groups make each copy slow: write less often, never more than ~5%.
         self.interval = max(self.flush_seconds, took / FLUSH_MAX_FRACTION)
@@ -155,7 +177,8 @@ def compute_surface(
         x: Grid of α, ``"min:max:num"`` or ``(min, max, num)``. Defaults to ``"-1:1:51"``.
         y: Grid of β for 2D surfaces. Defaults to None.
         path: HDF5 file to write as points complete (NaN = not computed). If it exists and
-            matches this computation, only its NaN points are computed; if it does not match,
+            matches this computation, only its points not yet evaluated are computed (a point
+            whose loss came out NaN is not retried); if it does not match,
             a ``ValueError`` says what differs and the file is left untouched. Defaults to None.
         verbose: 0 silent, 1 or 2 a ``keras.utils.Progbar`` over points, ``"auto"`` 1 unless
             Keras's interactive logging is off. Defaults to ``"auto"``.
@@ -203,10 +226,11 @@ def compute_surface(
     if path is not None:
         path = os.fspath(path)
     if path is not None and os.path.exists(path):
-        values = io.check_resumable(path, x=xs, y=ys, metrics=names, attrs=attrs)
-        logger.info("Resuming %s: %d points left.", path, int(np.isnan(values[names[0]]).sum()))
+        values, computed = io.check_resumable(path, x=xs, y=ys, metrics=names, attrs=attrs)
+        logger.info("Resuming %s: %d points left.", path, int((~computed).sum()))
     else:
         values = {n: np.full(shape, np.nan) for n in names}
+        computed = np.zeros(shape, bool)
         if path is not None:
             from landscape import __version__
 
@@ -220,11 +244,11 @@ def compute_surface(
                 attrs={**attrs, "created": created, "package_version": __version__},
             )
 
-    todo = [idx for idx in np.ndindex(*shape) if any(np.isnan(values[n][idx]) for n in names)]
+    todo = [idx for idx in np.ndindex(*shape) if not computed[idx]]
     progbar = (
         keras.utils.Progbar(len(todo), verbose=verbose, unit_name="point") if verbose else None
     )
-    writer = _Writer(path, values, flush_seconds)
+    writer = _Writer(path, values, computed, flush_seconds)
     start = time.monotonic()
     try:
         for count, idx in enumerate(todo, 1):
@@ -233,10 +257,11 @@ def compute_surface(
                 result = objective.evaluate_at(coef, basis, split=split)
                 for m, v in result.items():
                     values[f"{split}_{m}"][idx] = v
+            computed[idx] = True
             writer.point_done()
             if progbar is not None:
                 progbar.update(count, [(n, values[n][idx]) for n in names])
     finally:
         writer.flush()
     logger.info("Computed %d points in %.1fs.", len(todo), time.monotonic() - start)
-    return Surface(xs, ys, values, attrs, tuple(directions), path)
+    return Surface(xs, ys, values, attrs, tuple(directions), path, computed)

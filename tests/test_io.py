@@ -273,3 +273,27 @@ def test_resume_with_dataset_data_and_no_data_fingerprint(tmp_path):
     surf = landscape.compute_surface(counting, dirs[:1], x="-1:1:4", path=path, verbose=0)
     assert counting.calls == 2 and surf.complete
     assert landscape.Surface.load(path).metadata["data_fingerprint"] is None
+
+
+def test_points_whose_loss_is_nan_count_as_computed(tmp_path):
+    """A diverged point (here sqrt of a negative weight) is evaluated once, not on every resume."""
+    model = keras.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")]
+    )
+    data = (np.ones((8, 1), "float32"), np.zeros((8, 1), "float32"))
+    obj = landscape.Objective(model, data, lambda y, p: keras.ops.sqrt(p[:, 0]) + 0 * y[:, 0])
+    d = landscape.random_direction(model, seed=0)  # filter-normalized: d = ±1, w0 = 1
+    counting = _Interrupting(obj, 10**9)
+    path = str(tmp_path / "s.h5")
+    surf = landscape.compute_surface(counting, [d], x="-3:3:7", path=path, verbose=0)
+    loss = surf["train_loss"]
+    assert np.isnan(loss).sum() == 2 and surf.complete and surf.computed.all()
+    np.testing.assert_allclose(loss[~np.isnan(loss)], np.sqrt([0, 1, 2, 3, 4]), atol=1e-6)
+    loaded = landscape.Surface.load(path)
+    assert loaded.complete and np.array_equal(loaded["train_loss"], loss, equal_nan=True)
+    with h5py.File(path, "r") as f:
+        assert f["computed"][()].tolist() == [1] * 7
+    again = landscape.compute_surface(counting, [d], x="-3:3:7", path=path, verbose=0)
+    assert counting.calls == 7 and again.complete  # nothing recomputed
+    # Without the mask (files of loss-landscape or older versions) NaN means "not computed".
+    assert not landscape.Surface(surf.x, None, surf.values).complete
