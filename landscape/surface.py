@@ -8,13 +8,14 @@ computed. A file from another grid, model, data set or pair of directions is ref
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -160,7 +161,7 @@ class _Writer:
 
 
 def compute_surface(
-    objective: Objective,
+    objective: Objective | Callable[[], Objective],
     directions: Sequence[Direction],
     x: GridSpec = "-1:1:51",
     y: GridSpec | None = None,
@@ -168,11 +169,16 @@ def compute_surface(
     path: str | os.PathLike | None = None,
     verbose: Literal["auto", 0, 1, 2] = "auto",
     flush_seconds: float = FLUSH_SECONDS,
+    executor: concurrent.futures.Executor | None = None,
+    chunk_size: int | None = None,
 ) -> Surface:
     """Evaluate the objective at ``w0 + α d1`` (1D) or ``w0 + α d1 + β d2`` (2D) on a grid.
 
     Args:
-        objective: The ``Objective`` (model, data, loss); every split it has is evaluated.
+        objective: The ``Objective`` (model, data, loss); every split it has is evaluated. With
+            an ``executor``, a recipe workers can rebuild it from instead: an
+            ``ObjectiveRecipe`` or any picklable function returning an ``Objective`` (called
+            once here for the fingerprints, and once in each worker).
         directions: One direction (1D, needs ``y=None``) or two (2D, needs ``y``).
         x: Grid of α, ``"min:max:num"`` or ``(min, max, num)``. Defaults to ``"-1:1:51"``.
         y: Grid of β for 2D surfaces. Defaults to None.
@@ -183,6 +189,15 @@ def compute_surface(
         verbose: 0 silent, 1 or 2 a ``keras.utils.Progbar`` over points, ``"auto"`` 1 unless
             Keras's interactive logging is off. Defaults to ``"auto"``.
         flush_seconds: Longest time between file writes. Defaults to 2.0.
+        executor: Where the points are evaluated: None in this process, or a
+            ``concurrent.futures.Executor``-style backend (``landscape.process_pool``,
+            ``landscape.dask_executor``, ``landscape.mpi_executor``, or your own) to which
+            chunks of points are submitted; results are written here as they arrive and chunks
+            lost with a worker are resubmitted. The values equal the serial run's up to float32
+            reduction order (bit-identical when workers use the same thread count). Defaults
+            to None.
+        chunk_size: Points per submitted chunk; None picks about 8 chunks per worker (at most
+            64 points). Defaults to None.
 
     Returns:
         A ``Surface`` with ``values["train_loss"]``, ``values["train_acc"]`` (and ``test_*``).
@@ -192,6 +207,24 @@ def compute_surface(
         >>> surf.values["train_loss"].shape
         (51, 51)
     """
+    recipe = None
+    if not isinstance(objective, Objective) and not hasattr(objective, "evaluate_at"):
+        if not callable(objective):
+            raise ValueError(
+                "Argument `objective` must be an Objective or a function (recipe) returning "
+                f"one. Received: {type(objective).__name__}."
+            )
+        recipe, objective = objective, objective()
+        if not hasattr(objective, "evaluate_at"):
+            raise ValueError(
+                f"The recipe {recipe!r} returned {type(objective).__name__}, not an Objective."
+            )
+    if executor is not None and recipe is None:
+        raise ValueError(
+            "An executor needs an objective its workers can rebuild: pass "
+            "landscape.ObjectiveRecipe(model_path, data=...) or a picklable function returning "
+            "the Objective instead of the Objective itself."
+        )
     directions = list(directions)
     if not all(isinstance(d, Direction) for d in directions):
         raise ValueError("Argument `directions` must be a list of Direction objects.")
@@ -249,19 +282,43 @@ def compute_surface(
         keras.utils.Progbar(len(todo), verbose=verbose, unit_name="point") if verbose else None
     )
     writer = _Writer(path, values, computed, flush_seconds)
+    done = 0
+
+    def coefficients(idx):
+        return [xs[idx[-1]]] if ys is None else [xs[idx[1]], ys[idx[0]]]
+
+    def store(idx, row):
+        nonlocal done
+        for n, v in zip(names, row):
+            values[n][idx] = v
+        computed[idx] = True
+        writer.point_done()
+        done += 1
+        if progbar is not None:
+            progbar.update(done, [(n, values[n][idx]) for n in names])
+
+    splits = objective.splits
     start = time.monotonic()
     try:
-        for count, idx in enumerate(todo, 1):
-            coef = [xs[idx[-1]]] if ys is None else [xs[idx[1]], ys[idx[0]]]
-            for split in objective.splits:
-                result = objective.evaluate_at(coef, basis, split=split)
-                for m, v in result.items():
-                    values[f"{split}_{m}"][idx] = v
-            computed[idx] = True
-            writer.point_done()
-            if progbar is not None:
-                progbar.update(count, [(n, values[n][idx]) for n in names])
+        if executor is None:
+            for idx in todo:
+                results = [objective.evaluate_at(coefficients(idx), basis, split=s) for s in splits]
+                store(idx, [v for r in results for v in r.values()])
+        elif todo:
+            from landscape import distributed
+
+            job = distributed._Job(
+                recipe,
+                path if path is not None else tuple(directions),
+                attrs["model_fingerprint"],
+                attrs["directions_fingerprint"],
+                getattr(executor, "threads_per_worker", None),
+            )
+            workers = distributed._worker_count(executor)
+            chunks = distributed.chunk_points(todo, workers, chunk_size)
+            logger.info("%d points in %d chunks on %d workers.", len(todo), len(chunks), workers)
+            distributed.run_chunks(executor, job, chunks, coefficients, store)
     finally:
         writer.flush()
-    logger.info("Computed %d points in %.1fs.", len(todo), time.monotonic() - start)
+    logger.info("Computed %d points in %.1fs.", done, time.monotonic() - start)
     return Surface(xs, ys, values, attrs, tuple(directions), path, computed)

@@ -1,0 +1,490 @@
+"""Grid points on other processes and machines: process pools, Dask, MPI.
+
+``compute_surface(..., executor=ex)`` cuts the points still to compute into chunks and submits
+them to any ``concurrent.futures.Executor``-style backend. Each worker rebuilds the objective from
+an ``ObjectiveRecipe`` (a picklable description: model file, data, batch size) and the directions
+once per run, caches them, and returns plain float64 arrays; only the calling process writes the
+HDF5 file, so resume and crash safety are those of the serial path.
+
+Backends (each a context manager yielding an executor):
+
+- ``process_pool(n)``: a local pool of ``n`` spawned processes (TensorFlow hangs after ``fork``),
+  each pinned to its share of the CPU threads; it restarts itself when a worker dies.
+- ``dask_executor(scheduler=None, workers=n)``: a Dask cluster (``pip install
+  'sam-landscape[dask]'``): an existing scheduler (``"tcp://host:8786"``, e.g. started by
+  dask-jobqueue on SLURM) or a ``LocalCluster`` of ``n`` one-thread worker processes on loopback.
+- ``mpi_executor()``: ``mpi4py.futures.MPIPoolExecutor`` (``'sam-landscape[mpi]'``); run as
+  ``mpiexec -n K python -m mpi4py.futures script.py`` or let it spawn workers.
+
+Workers must see the model file (and the data file) under the same path: local processes always
+do, cluster nodes through a shared file system.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("landscape")
+
+CHUNKS_PER_WORKER = 8  # chunks per worker: small enough for progress and for losing little work
+MAX_CHUNK = 64
+MAX_RETRIES = 3  # resubmissions of a chunk whose worker died
+
+
+# --------------------------------------------------------------------------------- recipes
+@dataclasses.dataclass(frozen=True)
+class ObjectiveRecipe:
+    """How to build an ``Objective`` in another process: model file, data and batch size.
+
+    Calling it (``recipe()``) loads the model (``keras.models.load_model``, SAM registered) and
+    the data (``landscape.load_dataset``) and returns the ``Objective``. It pickles as a few
+    strings, so workers of any backend can rebuild the same objective.
+
+    Attributes:
+        model: Path of a ``.keras`` model file (made absolute).
+        data: ``"embedded"``, a ``keras.datasets`` name or an ``.npz`` path (made absolute).
+        samples: Use the first ``samples`` training examples; 0 for all.
+        test_samples: Use the first ``test_samples`` test examples; None for all, 0 for no
+            test split.
+        batch_size: Evaluation batch size.
+
+    Example:
+        >>> recipe = landscape.ObjectiveRecipe("sam.keras", data="cifar10_10k.npz", samples=2000)
+        >>> with landscape.process_pool(2) as ex:
+        ...     surf = landscape.compute_surface(recipe, dirs, x="-1:1:21", y="-1:1:21",
+        ...                                      path="sam.h5", executor=ex)
+    """
+
+    model: str
+    data: str = "embedded"
+    samples: int = 0
+    test_samples: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self):
+        from landscape.data import EMBEDDED, KERAS_DATASETS
+
+        if not isinstance(self.model, str | os.PathLike):
+            raise ValueError(f"Argument `model` must be a file path. Received: {self.model!r}.")
+        object.__setattr__(self, "model", os.path.abspath(os.fspath(self.model)))
+        data = os.fspath(self.data)
+        if data != EMBEDDED and data not in KERAS_DATASETS:
+            data = os.path.abspath(data)
+        object.__setattr__(self, "data", data)
+        for name, minimum in (("samples", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"Argument `{name}` must be an integer >= {minimum}. Received: {value!r}."
+                )
+        t = self.test_samples
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(
+                f"Argument `test_samples` must be None or an integer >= 0. Received: {t!r}."
+            )
+
+    def load_model(self):
+        """The Keras model of ``self.model``."""
+        import keras
+
+        import sam  # noqa: F401  (registers SAM and SAMModel for deserialization)
+
+        if not os.path.isfile(self.model):
+            raise ValueError(f"Model file {self.model!r} does not exist.")
+        return keras.models.load_model(self.model)
+
+    def build(self, model=None):
+        """The ``Objective`` (of ``model`` if given, else of the loaded model file)."""
+        from landscape.data import load_dataset
+        from landscape.objective import Objective
+
+        model = self.load_model() if model is None else model
+        (x, y), (xt, yt) = load_dataset(self.data)
+        if tuple(x.shape[1:]) != tuple(model.input_shape[1:]):
+            raise ValueError(
+                f"The data ({self.data}) has inputs of shape {x.shape[1:]}; the model expects "
+                f"{tuple(model.input_shape[1:])}."
+            )
+        train = (x[: self.samples], y[: self.samples]) if self.samples else (x, y)
+        test = None
+        if self.test_samples != 0:
+            test = (xt[: self.test_samples], yt[: self.test_samples])
+        return Objective(model, train, batch_size=self.batch_size, test_data=test)
+
+    def __call__(self):
+        return self.build()
+
+
+# ---------------------------------------------------------------------------------- workers
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What a worker needs for one surface: recipe, directions (inline or a file), checks."""
+
+    recipe: Callable[[], Any]
+    directions: tuple | str  # Directions, or the surface file that holds them
+    model_fingerprint: str
+    directions_fingerprint: str
+    threads: int | None
+
+    @property
+    def token(self) -> str:
+        key = f"{self.recipe!r}|{self.model_fingerprint}|{self.directions_fingerprint}"
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+_CACHE: dict[str, tuple[Any, Any]] = {}
+_CACHE_LOCK = threading.Lock()
+_PINNED = False
+
+
+def pin_threads(threads: int | None) -> None:
+    """Limit this process's TensorFlow (and BLAS) to ``threads`` threads, if not yet running."""
+    global _PINNED
+    if threads is None or _PINNED:
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already initialized in this process: keep its pools
+        logger.debug("TensorFlow already running; thread counts left unchanged.")
+    _PINNED = True
+
+
+def _worker_init(threads: int | None) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    pin_threads(threads)
+
+
+def _load_job(job: _Job):
+    """The worker's (objective, basis) for ``job``: built on the first chunk, then cached."""
+    with _CACHE_LOCK:
+        state = _CACHE.get(job.token)
+        if state is not None:
+            return state
+        pin_threads(job.threads)
+        from landscape import io
+        from landscape.surface import _directions_fingerprint
+
+        objective = job.recipe()
+        if objective.weights_fingerprint() != job.model_fingerprint:
+            raise ValueError(
+                f"The worker's model ({job.recipe!r}) has other weights than the coordinator's; "
+                "was the model file changed during the run?"
+            )
+        if isinstance(job.directions, str):
+            stored = io.load_directions(job.directions)
+            directions = [stored[n] for n in io.DIRECTION_NAMES if n in stored]
+        else:
+            directions = list(job.directions)
+        if _directions_fingerprint(directions) != job.directions_fingerprint:
+            raise ValueError("The worker read other directions than the coordinator's.")
+        state = (objective, objective.basis(directions))
+        _CACHE.clear()  # one surface at a time per worker: free the previous model
+        _CACHE[job.token] = state
+        return state
+
+
+def evaluate_chunk(job: _Job, coefficients: np.ndarray) -> np.ndarray:
+    """Every split and metric at each row of ``coefficients``: ``[n_points, n_values]``."""
+    objective, basis = _load_job(job)
+    rows = []
+    for coef in np.asarray(coefficients, np.float64):
+        row = []
+        for split in objective.splits:
+            row.extend(objective.evaluate_at(list(coef), basis, split=split).values())
+        rows.append(row)
+    return np.asarray(rows, np.float64)
+
+
+def value_names(objective) -> tuple[str, ...]:
+    """Names of ``evaluate_chunk``'s columns, in order."""
+    return tuple(f"{s}_{m}" for s in objective.splits for m in objective.metric_names)
+
+
+# --------------------------------------------------------------------------------- backends
+def _lost_worker_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [cf.process.BrokenProcessPool, EOFError, ConnectionError]
+    try:
+        from distributed import KilledWorker
+        from distributed.comm import CommClosedError
+
+        errors += [KilledWorker, CommClosedError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class ProcessPool(cf.Executor):
+    """A local pool of spawned worker processes that restarts itself when a worker dies.
+
+    Args:
+        workers: Number of processes. Defaults to ``os.cpu_count()``.
+        threads_per_worker: TensorFlow threads of each; None shares the CPUs evenly
+            (at least 1). Defaults to None.
+    """
+
+    def __init__(self, workers: int | None = None, threads_per_worker: int | None = None):
+        cpus = os.cpu_count() or 1
+        workers = cpus if workers is None else workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"Argument `workers` must be an integer >= 1. Received: {workers!r}.")
+        if threads_per_worker is None:
+            threads_per_worker = max(1, cpus // workers)
+        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise ValueError(
+                "Argument `threads_per_worker` must be an integer >= 1. "
+                f"Received: {threads_per_worker!r}."
+            )
+        self.workers, self.threads_per_worker = workers, threads_per_worker
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self.threads_per_worker,),
+        )
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def restart(self) -> None:
+        """Replace a broken pool (a worker died) by a fresh one."""
+        logger.warning("A worker process died; restarting the pool of %d.", self.workers)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes (after the first submission)."""
+        return [p.pid for p in (self._pool._processes or {}).values()]
+
+
+@contextlib.contextmanager
+def process_pool(workers: int | None = None, threads_per_worker: int | None = None):
+    """A ``ProcessPool`` that is shut down on exit (see ``ProcessPool``)."""
+    pool = ProcessPool(workers, threads_per_worker)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ValueError(
+            f"This backend needs {module}, which is not installed: "
+            f"pip install 'sam-landscape[{extra}]'."
+        ) from None
+
+
+@contextlib.contextmanager
+def dask_executor(
+    scheduler: str | None = None, *, workers: int | None = None, threads_per_worker: int = 1
+):
+    """A Dask executor: on the cluster at ``scheduler``, or on a new local one of ``workers``.
+
+    Args:
+        scheduler: Address of a running scheduler (``"tcp://host:8786"``, from ``dask
+            scheduler``, dask-jobqueue's ``SLURMCluster`` …). None starts a ``LocalCluster``
+            on 127.0.0.1. Defaults to None.
+        workers: Worker processes of the local cluster. Defaults to ``os.cpu_count()``.
+        threads_per_worker: Threads of each local worker (and of its TensorFlow). Defaults to 1.
+
+    Yields:
+        ``client.get_executor(pure=False)``, a ``concurrent.futures.Executor``.
+    """
+    _require("distributed", "dask")
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        workers = os.cpu_count() or 1 if workers is None else workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"Argument `workers` must be an integer >= 1. Received: {workers!r}.")
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        client = Client(cluster)
+    try:
+        executor = client.get_executor(pure=False)
+        executor.threads_per_worker = None if scheduler is not None else threads_per_worker
+        executor.workers = sum(client.nthreads().values()) or 1
+        yield executor
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextlib.contextmanager
+def mpi_executor(workers: int | None = None):
+    """``mpi4py.futures.MPIPoolExecutor`` (under ``mpiexec -n K python -m mpi4py.futures`` it
+    uses the K−1 processes started by mpiexec; otherwise it spawns ``workers`` processes)."""
+    _require("mpi4py", "mpi")
+    from mpi4py.futures import MPIPoolExecutor
+
+    # Spawning workers from a singleton process starts MPI's process manager (mpiexec); a
+    # pip-installed MPI (the mpich wheel) puts it next to this Python, maybe not on PATH.
+    here = os.path.dirname(sys.executable)
+    if shutil.which("mpiexec") is None and os.path.exists(os.path.join(here, "mpiexec")):
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+
+    kwargs = {} if workers is None else {"max_workers": workers}
+    executor = MPIPoolExecutor(**kwargs)
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def make_executor(
+    workers: int | None = None, scheduler: str | None = None, backend: str = "auto"
+) -> Iterator[cf.Executor | None]:
+    """The executor the CLI asks for: None (in-process), a process pool, Dask or MPI.
+
+    ``backend="auto"``: Dask when ``scheduler`` is given or when it is installed, else the
+    process pool; no ``workers`` and no ``scheduler`` means in-process.
+    """
+    if backend not in ("auto", "process", "dask", "mpi"):
+        raise ValueError(
+            f"Unknown backend {backend!r}; expected 'auto', 'process', 'dask' or 'mpi'."
+        )
+    if scheduler is not None and backend not in ("auto", "dask"):
+        raise ValueError(f"A scheduler address needs the Dask backend, not {backend!r}.")
+    if backend == "auto":
+        if scheduler is None and workers is None:
+            yield None
+            return
+        try:
+            import distributed  # noqa: F401
+
+            backend = "dask"
+        except ImportError:
+            if scheduler is not None:
+                _require("distributed", "dask")
+            backend = "process"
+    logger.info("Backend: %s%s", backend, f" at {scheduler}" if scheduler else "")
+    if backend == "process":
+        with process_pool(workers) as ex:
+            yield ex
+    elif backend == "dask":
+        with dask_executor(scheduler, workers=workers) as ex:
+            yield ex
+    else:
+        with mpi_executor(workers) as ex:
+            yield ex
+
+
+# ------------------------------------------------------------------------------ the driver
+def _worker_count(executor) -> int:
+    for attr in ("workers", "_max_workers", "num_workers"):
+        n = getattr(executor, attr, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return os.cpu_count() or 1
+
+
+def chunk_points(todo: Sequence[tuple[int, ...]], workers: int, chunk_size: int | None):
+    """Split the points into chunks of consecutive grid indices."""
+    if chunk_size is None:
+        chunk_size = max(1, min(MAX_CHUNK, math.ceil(len(todo) / (CHUNKS_PER_WORKER * workers))))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(
+            f"Argument `chunk_size` must be an integer >= 1. Received: {chunk_size!r}."
+        )
+    return [list(todo[i : i + chunk_size]) for i in range(0, len(todo), chunk_size)]
+
+
+def run_chunks(
+    executor,
+    job: _Job,
+    chunks: list[list[tuple[int, ...]]],
+    coefficients: Callable[[tuple[int, ...]], list[float]],
+    on_result: Callable[[tuple[int, ...], np.ndarray], None],
+    *,
+    max_retries: int = MAX_RETRIES,
+) -> None:
+    """Submit every chunk, hand each point's values to ``on_result`` as chunks finish.
+
+    A chunk whose worker died (a broken process pool, Dask's ``KilledWorker``, a closed
+    connection) is resubmitted up to ``max_retries`` times; a process pool is restarted first.
+    Any other exception (the objective failing) cancels the rest and propagates.
+    """
+    lost_errors = _lost_worker_errors()
+    retries = [0] * len(chunks)
+    pending: dict[cf.Future, int] = {}
+
+    def submit(i: int) -> None:
+        coefs = np.asarray([coefficients(idx) for idx in chunks[i]], np.float64)
+        pending[executor.submit(evaluate_chunk, job, coefs)] = i
+
+    try:
+        for i in range(len(chunks)):
+            submit(i)
+        while pending:
+            done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            lost = []
+            for future in done:
+                i = pending.pop(future)
+                try:
+                    values = future.result()
+                except lost_errors as err:
+                    retries[i] += 1
+                    if retries[i] > max_retries:
+                        raise RuntimeError(
+                            f"A chunk of {len(chunks[i])} points was lost {retries[i]} times "
+                            f"(last: {type(err).__name__}: {err}); giving up."
+                        ) from err
+                    lost.append(i)
+                    continue
+                for idx, row in zip(chunks[i], values):
+                    on_result(idx, row)
+            if lost:
+                if any(isinstance(f.exception(), cf.process.BrokenProcessPool) for f in done):
+                    # Every future of a broken pool fails: restart once, resubmit all of them.
+                    if not hasattr(executor, "restart"):
+                        raise RuntimeError(
+                            "A worker of the process pool died and the pool cannot restart; "
+                            "use landscape.process_pool, which does."
+                        )
+                    for future in list(pending):
+                        lost.append(pending.pop(future))
+                    executor.restart()
+                logger.warning("Resubmitting %d chunk(s) lost with their worker.", len(lost))
+                for i in lost:
+                    submit(i)
+    finally:
+        for future in pending:
+            future.cancel()
