@@ -39,6 +39,7 @@ class _Group(click.Group):
 def _setup(quiet: bool) -> int:
     """Logging and Keras verbosity for a command; returns the Keras ``verbose`` value."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask's cluster chatter
     return 0 if quiet else 1
 
 
@@ -94,16 +95,36 @@ def main() -> None:
 @click.option("--save-every", type=int, default=0,
               help="Save weights every N epochs (and at start) for trajectory plots.")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), default="model.keras", show_default=True)
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multi-worker"]),
+              default="default", show_default=True,
+              help="default: one device; mirrored: all local GPUs (else CPUs); multi-worker: "
+                   "the cluster in TF_CONFIG. --batch-size is the global batch.")  # fmt: skip
+@click.option("--sync-perturbations", is_flag=True,
+              help="SAM/ASAM under mirrored or multi-worker: every replica uses the "
+                   "all-reduced perturbation (single-device SAM on the global batch), not its "
+                   "own.")  # fmt: skip
 @quiet_option
 def train(model_name, depth, width, data, optimizer, rho, lr, momentum, weight_decay, epochs,
-          batch_size, seed, samples, augment, save_every, out, quiet):  # fmt: skip
+          batch_size, seed, samples, augment, save_every, out, strategy, sync_perturbations,
+          quiet):  # fmt: skip
     """Train a model with SGD, SAM or ASAM and save it as a .keras file.
+
+    With --strategy multi-worker, start the same command on every worker, each with TF_CONFIG
+    naming the cluster and its own task index; worker 0 (or the "chief" task) writes --out and
+    the checkpoints, every worker reads --data itself.
 
     \b
     Examples:
       landscape train --optimizer sgd --out sgd.keras
       landscape train --model resnet --data cifar10 --optimizer sam --rho 0.05 --epochs 20
       landscape train --optimizer sam --save-every 1 --out runs/sam.keras
+      landscape train --strategy mirrored --sync-perturbations --batch-size 256
+
+    \b
+    Two workers (on host2 the same command with "index": 1):
+      TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]},
+                  "task": {"type": "worker", "index": 0}}' \\
+        landscape train --strategy multi-worker --batch-size 256 --out sam.keras
     """
     verbose = _setup(quiet)
     from landscape.data import load_dataset
@@ -124,11 +145,13 @@ def train(model_name, depth, width, data, optimizer, rho, lr, momentum, weight_d
         dataset, model=model_name, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         learning_rate=lr, momentum=momentum, weight_decay=weight_decay, rho=rho, seed=seed,
         model_kwargs=model_kwargs, callbacks=callbacks, augment=augment,
-        verbose=2 if verbose else 0,
+        verbose=2 if verbose else 0, strategy=strategy, sync_perturbations=sync_perturbations,
     )  # fmt: skip
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result.model.save(out)
-    _say(quiet, f"saved {out}" + (f" (checkpoints in {checkpoint_dir})" if checkpoint_dir else ""))
+    if result.save(out):
+        where = f" (checkpoints in {checkpoint_dir})" if checkpoint_dir else ""
+        _say(quiet, f"saved {out}{where}")
+    else:
+        _say(quiet, f"trained; the chief worker saves {out}")
     click.echo(
         f"train loss {result.train_loss:.4f}  train acc {result.train_acc:.4f}  "
         f"test loss {result.test_loss:.4f}  test acc {result.test_acc:.4f}"
@@ -148,21 +171,14 @@ def _load_model(path):
     return keras.models.load_model(path)
 
 
-def _objective(model, data, samples, test_samples, batch_size):
-    from landscape.data import load_dataset
-    from landscape.objective import Objective
+def _objective(model_path, model, data, samples, test_samples, batch_size):
+    """The Objective of a loaded model (data as ``ObjectiveRecipe`` reads it; None = all)."""
+    from landscape.distributed import ObjectiveRecipe
 
-    (x, y), (xt, yt) = load_dataset(data)
-    if tuple(x.shape[1:]) != tuple(model.input_shape[1:]):
-        raise UserError(
-            f"The data ({data}) has inputs of shape {x.shape[1:]}; the model expects "
-            f"{tuple(model.input_shape[1:])}."
-        )
-    train_part = (x[:samples], y[:samples]) if samples else (x, y)
-    test_part = None
-    if test_samples != 0:
-        test_part = (xt[:test_samples], yt[:test_samples]) if test_samples else (xt, yt)
-    return Objective(model, train_part, batch_size=batch_size, test_data=test_part)
+    recipe = ObjectiveRecipe(
+        model_path, data=data, samples=samples, test_samples=test_samples, batch_size=batch_size
+    )
+    return recipe.build(model)
 
 
 @main.command()
@@ -182,24 +198,48 @@ def _objective(model, data, samples, test_samples, batch_size):
               help="Use the first N test samples; 0 skips the test set [all].")  # fmt: skip
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="surface.h5", show_default=True)
+@click.option("--workers", type=int, default=None,
+              help="Evaluate on N local worker processes (a Dask LocalCluster if Dask is "
+                   "installed, else a process pool) [in-process].")  # fmt: skip
+@click.option("--scheduler", default=None,
+              help="Address of a running Dask scheduler, e.g. tcp://host:8786.")  # fmt: skip
+@click.option("--backend", type=click.Choice(["auto", "process", "dask", "mpi"]), default="auto",
+              show_default=True, help="Executor of --workers/--scheduler.")  # fmt: skip
 @quiet_option
 def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, samples, test_samples,
-            batch_size, out, quiet):  # fmt: skip
+            batch_size, out, workers, scheduler, backend, quiet):  # fmt: skip
     """Compute a 1D or 2D loss surface into an HDF5 file (resumes an existing one).
+
+    With --workers or --scheduler, chunks of grid points are evaluated by worker processes
+    (which must see MODEL and the data under the same paths); only this process writes --out.
 
     \b
     Examples:
       landscape surface sam.keras --x=-1:1:51 --y=-1:1:51 --out sam.h5
       landscape surface sgd.keras --model2 sam.keras --x=-0.5:1.5:41 --out sgd_to_sam.h5
+      landscape surface sam.keras --x=-1:1:51 --y=-1:1:51 --workers 2 --out sam.h5
+      landscape surface sam.keras --x=-1:1:101 --y=-1:1:101 --scheduler tcp://head:8786
     """
     verbose = _setup(quiet)
     from landscape.directions import interpolation_direction, random_direction
+    from landscape.distributed import ObjectiveRecipe, make_executor
     from landscape.surface import compute_surface
 
-    model = _load_model(model_path)
-    objective = _objective(
-        model, data, samples, None if test_samples < 0 else test_samples, batch_size
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1 (received {workers}).")
+    if backend == "mpi" and scheduler is None and workers is None:
+        workers = os.cpu_count() or 1
+    if not os.path.isfile(model_path):
+        raise UserError(f"Model file {model_path!r} does not exist.")
+    recipe = ObjectiveRecipe(
+        model_path,
+        data=data,
+        samples=samples,
+        test_samples=None if test_samples < 0 else test_samples,
+        batch_size=batch_size,
     )
+    model = _load_model(model_path)
+    objective = recipe.build(model)
     if model2:
         first = interpolation_direction(model, _load_model(model2))
         x_spec = x_spec or "-0.5:1.5:41"
@@ -211,7 +251,16 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, sample
         directions.append(
             random_direction(model, norm=norm, ignore=ignore, seed=seed + 1, orthogonal_to=None)
         )
-    surf = compute_surface(objective, directions, x=x_spec, y=y_spec, path=out, verbose=verbose)
+    with make_executor(workers, scheduler, backend) as executor:
+        surf = compute_surface(
+            objective if executor is None else recipe,
+            directions,
+            x=x_spec,
+            y=y_spec,
+            path=out,
+            verbose=verbose,
+            executor=executor,
+        )
     _say(quiet, f"wrote {out}: {surf.ndim}D surface of shape {surf.shape}")
     for name, values in surf.values.items():
         click.echo(f"{name}: min {float(values.min()):.4f}  max {float(values.max()):.4f}")
@@ -319,7 +368,7 @@ def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, ru
     from landscape.hessian import hessian_eigenvalues, hessian_spectrum, hessian_trace
 
     model = _load_model(model_path)
-    objective = _objective(model, data, samples, 0, batch_size)
+    objective = _objective(model_path, model, data, samples, 0, batch_size)
     eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, seed=seed, verbose=verbose)
     out = {
         "eigenvalues": [float(v) for v in eig.values],
@@ -372,7 +421,7 @@ def sharpness(model_path, k, no_hessian, json_path, data, samples, batch_size, s
     from landscape.sharpness import sharpness_report
 
     model = _load_model(model_path)
-    objective = _objective(model, data, samples, None, batch_size)
+    objective = _objective(model_path, model, data, samples, None, batch_size)
     report = sharpness_report(
         objective, k=k, seed=seed, include_hessian=not no_hessian, verbose=verbose
     )
@@ -399,11 +448,11 @@ def sharpness(model_path, k, no_hessian, json_path, data, samples, batch_size, s
 @click.option("--lr", type=float, default=None, help="Peak learning rate (cosine decay) [0.05].")
 @click.option("--rho", type=float, default=None, help="SAM radius [0.05].")
 @click.option("--augment", is_flag=True, default=None, help="Random flips/shifts in training.")
-@click.option("--grid", default=None, help="Grid of both surface axes, min:max:num [-1:1:21].")
+@click.option("--grid", default=None, help="Grid of both surface axes, min:max:num [-1:1:15].")
 @click.option("--samples", type=int, default=None,
-              help="Training images the surfaces and reports use [2000].")  # fmt: skip
+              help="Training images the surfaces and reports use [1000].")  # fmt: skip
 @click.option("--test-samples", type=int, default=None,
-              help="Test images the surfaces and reports use [1000].")  # fmt: skip
+              help="Test images the surfaces and reports use [500].")  # fmt: skip
 @click.option("--k", type=int, default=None, help="Hessian eigenvalues in the reports [3].")
 @click.option("--seed", type=int, default=None, help="Seed of initialization and directions [0].")
 @quiet_option
