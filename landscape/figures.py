@@ -42,10 +42,10 @@ class FiguresConfig:
     augment: bool = False
     train_samples: int = 0  # 0: all
     seed: int = 0
-    grid: str = "-1:1:21"
+    grid: str = "-1:1:15"
     interpolation: str = "-0.5:1.5:31"
-    surface_samples: int = 2000
-    test_samples: int = 1000
+    surface_samples: int = 1000
+    test_samples: int = 500
     # sharpness_report keyword arguments: 3 eigenvalues; the trace to 10 % relative standard
     # error or 30 Hutchinson probes, whichever comes first (its stderr is in the table)
     report: dict = dataclasses.field(
