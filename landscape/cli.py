@@ -199,8 +199,8 @@ def _objective(model_path, model, data, samples, test_samples, batch_size):
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="surface.h5", show_default=True)
 @click.option("--workers", type=int, default=None,
-              help="Evaluate on N local worker processes (a Dask LocalCluster if Dask is "
-                   "installed, else a process pool) [in-process].")  # fmt: skip
+              help="Evaluate on N local worker processes (a process pool; --backend dask "
+                   "starts a Dask LocalCluster) [in-process].")  # fmt: skip
 @click.option("--scheduler", default=None,
               help="Address of a running Dask scheduler, e.g. tcp://host:8786.")  # fmt: skip
 @click.option("--backend", type=click.Choice(["auto", "process", "dask", "mpi"]), default="auto",

@@ -375,8 +375,9 @@ def make_executor(
 ) -> Iterator[cf.Executor | None]:
     """The executor the CLI asks for: None (in-process), a process pool, Dask or MPI.
 
-    ``backend="auto"``: Dask when ``scheduler`` is given or when it is installed, else the
-    process pool; no ``workers`` and no ``scheduler`` means in-process.
+    ``backend="auto"``: Dask when ``scheduler`` is given, else the process pool for ``workers``
+    (it measured faster than a Dask ``LocalCluster`` on one machine, see
+    ``benchmarks/scale_out.py``); no ``workers`` and no ``scheduler`` means in-process.
     """
     if backend not in ("auto", "process", "dask", "mpi"):
         raise ValueError(
@@ -388,14 +389,7 @@ def make_executor(
         if scheduler is None and workers is None:
             yield None
             return
-        try:
-            import distributed  # noqa: F401
-
-            backend = "dask"
-        except ImportError:
-            if scheduler is not None:
-                _require("distributed", "dask")
-            backend = "process"
+        backend = "process" if scheduler is None else "dask"
     logger.info("Backend: %s%s", backend, f" at {scheduler}" if scheduler else "")
     if backend == "process":
         with process_pool(workers) as ex:

@@ -2,8 +2,10 @@
 
 ``compute_surface`` walks the grid row by row (``[iy, ix]``), evaluates every split of the
 ``Objective`` at each point, and — given ``path`` — keeps an HDF5 file up to date as it goes
-(see ``landscape.io``). Calling it again with the same arguments resumes: only NaN points are
-computed. A file from another grid, model, data set or pair of directions is refused.
+(see ``landscape.io``). Calling it again with the same arguments resumes: only the points not
+yet evaluated are computed. With an ``executor``, chunks of points run in worker processes
+(``landscape.distributed``) and this process alone writes the file. A file from another grid,
+model, data set or pair of directions is refused.
 """
 
 from __future__ import annotations
@@ -309,7 +311,7 @@ def compute_surface(
 
             job = distributed._Job(
                 recipe,
-                path if path is not None else tuple(directions),
+                os.path.abspath(path) if path is not None else tuple(directions),
                 attrs["model_fingerprint"],
                 attrs["directions_fingerprint"],
                 getattr(executor, "threads_per_worker", None),

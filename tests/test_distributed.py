@@ -264,11 +264,17 @@ def test_cli_surface_with_workers_equals_serial(tmp_path, files):
     serial_path, pool_path = str(tmp_path / "serial.h5"), str(tmp_path / "pool.h5")
     result = runner.invoke(main, ["surface", *common, "--out", serial_path])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(
-        main, ["surface", *common, "--out", pool_path, "--workers", "2", "--backend", "process"]
-    )
+    result = runner.invoke(main, ["surface", *common, "--out", pool_path, "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert_same_surface(landscape.Surface.load(serial_path), landscape.Surface.load(pool_path))
     result = runner.invoke(main, ["surface", *common, "--workers", "0", "--out", pool_path])
     assert result.exit_code == 2 and "workers" in result.output
     assert "Traceback" not in result.output
+
+
+def test_make_executor_picks_in_process_or_the_process_pool():
+    with distributed.make_executor() as executor:
+        assert executor is None
+    with distributed.make_executor(2) as executor:
+        assert isinstance(executor, landscape.ProcessPool) and executor.workers == 2
+        assert executor.threads_per_worker == max(1, (os.cpu_count() or 1) // 2)
