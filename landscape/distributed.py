@@ -325,7 +325,7 @@ def dask_executor(
         client = Client(scheduler)
         cluster = None
     else:
-        workers = os.cpu_count() or 1 if workers is None else workers
+        workers = (os.cpu_count() or 1) if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"Argument `workers` must be an integer >= 1. Received: {workers!r}.")
         cluster = LocalCluster(

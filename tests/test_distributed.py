@@ -214,10 +214,14 @@ def test_workers_refuse_a_model_that_changed(recipe, directions):
 
 
 @pytest.mark.slow
-def test_dask_local_cluster_surface_equals_serial(tmp_path, recipe, directions, serial):
+def test_dask_local_cluster_surface_equals_serial(
+    tmp_path, recipe, directions, serial, monkeypatch
+):
     pytest.importorskip("distributed")
     path = str(tmp_path / "s.h5")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # `workers` wins over the CPU count
     with landscape.dask_executor(workers=2) as executor:
+        assert executor.workers == 2
         surf = landscape.compute_surface(
             recipe, directions, **GRID, path=path, executor=executor, verbose=0
         )
