@@ -215,11 +215,6 @@ def evaluate_chunk(job: _Job, coefficients: np.ndarray) -> np.ndarray:
     return np.asarray(rows, np.float64)
 
 
-def value_names(objective) -> tuple[str, ...]:
-    """Names of ``evaluate_chunk``'s columns, in order."""
-    return tuple(f"{s}_{m}" for s in objective.splits for m in objective.metric_names)
-
-
 # --------------------------------------------------------------------------------- backends
 def _lost_worker_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [cf.process.BrokenProcessPool, EOFError, ConnectionError]
