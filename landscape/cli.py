@@ -162,13 +162,9 @@ def train(model_name, depth, width, data, optimizer, rho, lr, momentum, weight_d
 
 
 def _load_model(path):
-    import keras
+    from landscape.distributed import load_model
 
-    import sam  # noqa: F401  (registers SAM and SAMModel for deserialization)
-
-    if not os.path.isfile(path):
-        raise UserError(f"Model file {path!r} does not exist.")
-    return keras.models.load_model(path)
+    return load_model(path)
 
 
 def _objective(model_path, model, data, samples, test_samples, batch_size):
@@ -229,8 +225,7 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, sample
         raise UserError(f"--workers must be at least 1 (received {workers}).")
     if backend == "mpi" and scheduler is None and workers is None:
         workers = os.cpu_count() or 1
-    if not os.path.isfile(model_path):
-        raise UserError(f"Model file {model_path!r} does not exist.")
+    model = _load_model(model_path)
     recipe = ObjectiveRecipe(
         model_path,
         data=data,
@@ -238,7 +233,6 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, sample
         test_samples=None if test_samples < 0 else test_samples,
         batch_size=batch_size,
     )
-    model = _load_model(model_path)
     objective = recipe.build(model)
     if model2:
         first = interpolation_direction(model, _load_model(model2))

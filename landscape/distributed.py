@@ -46,6 +46,17 @@ MAX_RETRIES = 3  # resubmissions of a chunk whose worker died
 
 
 # --------------------------------------------------------------------------------- recipes
+def load_model(path: str):
+    """``keras.models.load_model`` with SAM registered; a missing file is a ValueError."""
+    import keras
+
+    import sam  # noqa: F401  (registers SAM and SAMModel for deserialization)
+
+    if not os.path.isfile(path):
+        raise ValueError(f"Model file {os.fspath(path)!r} does not exist.")
+    return keras.models.load_model(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectiveRecipe:
     """How to build an ``Objective`` in another process: model file, data and batch size.
@@ -99,13 +110,7 @@ class ObjectiveRecipe:
 
     def load_model(self):
         """The Keras model of ``self.model``."""
-        import keras
-
-        import sam  # noqa: F401  (registers SAM and SAMModel for deserialization)
-
-        if not os.path.isfile(self.model):
-            raise ValueError(f"Model file {self.model!r} does not exist.")
-        return keras.models.load_model(self.model)
+        return load_model(self.model)
 
     def build(self, model=None):
         """The ``Objective`` (of ``model`` if given, else of the loaded model file)."""

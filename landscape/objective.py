@@ -303,9 +303,7 @@ class Objective:
         original is untouched. ``worst_case_sharpness`` uses it for per-batch m-sharpness.
         """
         sub = copy.copy(self)
-        for name, value in vars(self).items():
-            if name.endswith("_fns") and isinstance(value, dict):  # traced tf.function caches
-                setattr(sub, name, {})
+        sub._value_fns, sub._grad_fns, sub._hvp_fns = {}, {}, {}  # traced per split: not shared
         sub.trace_count = {}
         sub._splits = {"train": _Split(data, batch_size or self.batch_size)}
         return sub

@@ -21,10 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import keras
 import numpy as np
 
-from landscape import io
+from landscape import _progress, io
 from landscape._progress import resolve_verbose
 from landscape.directions import Direction
 from landscape.objective import Objective
@@ -280,9 +279,7 @@ def compute_surface(
             )
 
     todo = [idx for idx in np.ndindex(*shape) if not computed[idx]]
-    progbar = (
-        keras.utils.Progbar(len(todo), verbose=verbose, unit_name="point") if verbose else None
-    )
+    progbar = _progress.progbar(len(todo), verbose, "point")
     writer = _Writer(path, values, computed, flush_seconds)
     done = 0
 
