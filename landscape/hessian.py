@@ -27,7 +27,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-import keras
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
@@ -180,33 +179,24 @@ class _Hessian:
             )
         if mode not in HVP_MODES:
             raise ValueError(f"Unknown hvp_mode {mode!r}; expected one of {HVP_MODES}.")
-        objective._split(split)  # validates the split name
+        if split not in objective.splits:
+            raise ValueError(f"Unknown split {split!r}; expected one of {objective.splits}.")
         self.objective, self.split, self.mode = objective, split, mode
-        self.variables = objective.trainable_variables
-        if not self.variables:
+        self.flat = objective.flat
+        if not self.flat.n:
             raise ValueError("The objective's model has no trainable floating-point variables.")
-        self.shapes = [tuple(v.shape) for v in self.variables]
-        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
-        self.n = int(sum(self.sizes))
+        self.n = self.flat.n
         self.n_hvp = 0
-
-    def split_flat(self, x: np.ndarray) -> list[np.ndarray]:
-        parts = np.split(np.asarray(x, np.float64), np.cumsum(self.sizes)[:-1])
-        return [p.reshape(s) for p, s in zip(parts, self.shapes)]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.n_hvp += 1
         hv = self.objective.hessian_vector_product(
-            self.split_flat(x), split=self.split, mode=self.mode
+            self.flat.split(x), split=self.split, mode=self.mode
         )
-        return np.concatenate([np.asarray(h, np.float64).reshape(-1) for h in hv])
+        return self.flat.concat(hv)
 
     def direction(self, x: np.ndarray, metadata: dict) -> Direction:
-        arrays = {
-            v.path: a.astype(keras.backend.standardize_dtype(v.dtype))
-            for v, a in zip(self.variables, self.split_flat(x))
-        }
-        return Direction(arrays, metadata)
+        return self.flat.direction(x, metadata)
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -43,10 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import keras
 import numpy as np
 import scipy.optimize
-import tensorflow as tf
 
 from landscape._progress import progbar, resolve_verbose
 from landscape.objective import Objective
@@ -197,36 +195,21 @@ def _check_objective(objective) -> Objective:
 
 # ------------------------------------------------------------------------ the flat weights
 class _FlatWeights:
-    """The trainable variables of an Objective as one float64 vector w ∈ ℝⁿ.
+    """``loss(δ)`` and ``loss_and_gradient(δ)``: the Objective at w + δ for a flat δ ∈ ℝⁿ.
 
-    ``loss(δ)`` and ``loss_and_gradient(δ)`` evaluate the Objective at w + δ, δ ∈ ℝⁿ; the
-    non-trainable variables get a zero offset.
+    δ is laid out as ``objective.flat`` (the trainable variables); the non-trainable variables
+    get a zero offset.
     """
 
     def __init__(self, objective: Objective):
         self.objective = objective
-        trainable_ids = {id(v) for v in objective.trainable_variables}
-        self._slots = [i for i, v in enumerate(objective.variables) if id(v) in trainable_ids]
-        self._shapes = [tuple(objective.variables[i].shape) for i in self._slots]
-        sizes = [math.prod(s) for s in self._shapes]
-        self._splits = np.cumsum(sizes)[:-1]
-        self._zeros = [tf.zeros(v.shape, v.dtype) for v in objective.variables]
-        self.w = np.concatenate(
-            [
-                np.asarray(
-                    keras.ops.convert_to_numpy(objective.variables[i].value), np.float64
-                ).reshape(-1)
-                for i in self._slots
-            ]
-        )
-        self.n = self.w.size
+        self.view = objective.flat
+        self.w = self.view.w0
+        self.n = self.view.n
         self.n_gradients = 0
 
     def offsets(self, delta: np.ndarray) -> list:
-        offsets = list(self._zeros)
-        for slot, shape, part in zip(self._slots, self._shapes, np.split(delta, self._splits)):
-            offsets[slot] = part.reshape(shape)
-        return offsets
+        return self.view.offsets(delta)
 
     def loss(self, delta: np.ndarray | None = None) -> float:
         offsets = None if delta is None else self.offsets(delta)
@@ -235,9 +218,7 @@ class _FlatWeights:
     def loss_and_gradient(self, delta: np.ndarray) -> tuple[float, np.ndarray]:
         values, grads = self.objective.value_and_gradient(self.offsets(delta))
         self.n_gradients += 1
-        flat = np.concatenate(
-            [np.asarray(keras.ops.convert_to_numpy(g), np.float64).reshape(-1) for g in grads]
-        )
+        flat = self.view.concat(grads)
         return values["loss"], flat
 
 
@@ -407,28 +388,6 @@ def _worst_case(
     return loss0, best
 
 
-def _batch_objectives(objective: Objective, batch_size: int, max_batches: int | None):
-    """Objectives on consecutive slices of size m of the training data (the same loss)."""
-    split = objective._split("train")
-    if split.dataset is not None:
-        batches = split.dataset.unbatch().batch(batch_size)
-    else:
-        parts = (split.x, split.y) if split.w is None else (split.x, split.y, split.w)
-
-        def slices():
-            for start in range(0, split.n, batch_size):
-                yield tuple(
-                    tf.nest.map_structure(lambda t, s=start: t[s : s + batch_size], p)
-                    for p in parts
-                )
-
-        batches = slices()
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            return
-        yield objective.with_data(tuple(batch), batch_size=batch_size)
-
-
 def worst_case_sharpness(
     objective: Objective,
     rho: float,
@@ -507,7 +466,9 @@ def worst_case_sharpness(
     options = dict(rho=rho, norm=norm, adaptive=adaptive, steps=steps, step_size=step_size)
 
     objectives = (
-        [objective] if batch_size is None else _batch_objectives(objective, batch_size, max_batches)
+        [objective]
+        if batch_size is None
+        else objective.batches(batch_size, max_batches=max_batches)
     )
     losses, maxima, n_gradients = [], [], 0
     bar = progbar(None, verbose, "step")

@@ -268,7 +268,7 @@ def test_one_trace_for_all_products(quadratic):
     landscape.hessian_trace(obj, samples=12, seed=0)
     landscape.hessian_spectrum(obj, steps=5, runs=2, seed=0)
     assert r.n_hvp > 10
-    assert obj.trace_count == {"train/hvp/backward_over_backward": 1}
+    assert obj.trace_count == {"train": 1, "train/hvp/backward_over_backward": 1}
 
 
 # --------------------------------------------------------------------- trace, spectrum

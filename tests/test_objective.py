@@ -65,7 +65,8 @@ def test_inference_mode_matches_an_independent_forward_pass(bn_problem):
     obj = landscape.Objective(model, (x, y, w), batch_size=BATCH)
     got = obj.evaluate()
     assert got["loss"] == pytest.approx(np.sum(w * nll) / N, rel=1e-5)
-    assert got["acc"] == pytest.approx(np.sum(w * (logits.argmax(-1) == y)) / w.sum(), rel=1e-12)
+    # the compiled weighted accuracy: Keras keeps its metric state in float32
+    assert got["acc"] == pytest.approx(np.sum(w * (logits.argmax(-1) == y)) / w.sum(), rel=1e-6)
     # Training mode (batch statistics, dropout) would give another value.
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
@@ -209,13 +210,15 @@ def test_compiled_loss_and_test_split(bn_problem):
 
 def test_validation_errors(bn_problem):
     model, x, y, w = bn_problem
-    with pytest.raises(ValueError, match="`batch_size` must be a positive int. Received: 0"):
+    with pytest.raises(
+        ValueError, match="`batch_size` must be a positive int. Received: batch_size=0"
+    ):
         landscape.Objective(model, (x, y), batch_size=0)
     with pytest.raises(ValueError, match="Unknown metric 'f1'"):
         landscape.Objective(model, (x, y), metrics=["f1"])
     with pytest.raises(ValueError, match="2 or 3 entries"):
         landscape.Objective(model, (x,))
-    with pytest.raises(ValueError, match="x has 103 samples but y has 5"):
+    with pytest.raises(ValueError, match="x has 103 samples but y has shape \\(5,\\)"):
         landscape.Objective(model, (x, y[:5]))
     obj = landscape.Objective(model, (x, y), batch_size=BATCH)
     with pytest.raises(ValueError, match="Unknown split 'valid'"):
@@ -296,7 +299,8 @@ def test_hessian_vector_product_one_trace_dataset_and_offsets(bn_problem, mode):
     products = [obj.hessian_vector_product(v, mode=mode) for v in vs]
     products.append(obj.hessian_vector_product(d, mode=mode))
     products.append(obj.hessian_vector_product(vs[0], 0.5 * d, mode=mode))  # at w0 + d/2
-    assert obj.trace_count == {f"train/hvp/{mode}": 1}
+    # one trace for every product; the loss's normalizer is taken once from the value loop
+    assert obj.trace_count == {"train": 1, f"train/hvp/{mode}": 1}
     assert all(p[0].dtype == tf.float64 for p in products)
     flat = [np.concatenate([t.numpy().ravel() for t in p]) for p in products]
     # Linear in v, symmetric, and it changes away from w0 (cross-entropy is not quadratic).
