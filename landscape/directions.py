@@ -1,13 +1,64 @@
 """Directions in weight space: random filter-normalized, interpolation and PCA (trajectory) ones.
 
-A ``Direction`` holds one array per model variable, keyed by ``variable.path``. Random directions
-follow Li et al. 2018: draw d ~ N(0, I), then rescale every *filter* of d to the Frobenius norm of
-the same filter of the weights w, so that a step α·d means the same relative change in every layer.
+A ``Direction`` holds one array per model variable, keyed by ``variable.path`` (made unique when
+two variables of a model share a path, see ``variable_keys``). Random directions follow Li et al.
+2018: draw d ~ N(0, I), then rescale every *filter* of d to the Frobenius norm of the same filter
+of the weights w, so that a step α·d means the same relative change in every layer.
 
-Keras stores kernels as ``(..., in, out)``, so a filter (output unit) is indexed by the **last**
-axis of Dense and ConvND kernels, by axis −2 of ConvNDTranspose kernels, by the last two axes
-(input channel × multiplier) of depthwise kernels and by the first axis (a row) of an Embedding.
-Porting PyTorch's "dim 0" rule would mix filters; ``filter_axes`` keeps that knowledge in one place.
+Filter rules by layer semantics
+-------------------------------
+A tensor's *role* and its *filter axes* (the axes that index one filter, i.e. one output unit)
+come from the layer that owns it and from which attribute of that layer it is (the variable
+object is compared with ``is`` against the layer's attributes), never from its shape alone.
+Keras kernels are ``(..., in, out)``; porting PyTorch's "dim 0" rule would mix filters.
+
+==============================================  =====================================  ==========
+layer (and subclasses)                          attribute                              filters
+==============================================  =====================================  ==========
+Dense                                           kernel ``(in, out)``                   last axis
+EinsumDense (MultiHeadAttention,                kernel                                 kernel
+GroupedQueryAttention projections)                                                     axes that
+                                                                                       appear in
+                                                                                       the output
+Conv1D/2D/3D                                    kernel ``(k..., in, out)``             last axis
+Conv1D/2D/3DTranspose                           kernel ``(k..., out, in)``             axis −2
+DepthwiseConv1D/2D                              kernel ``(k..., in, multiplier)``      last two
+SeparableConv1D/2D                              depthwise_kernel / pointwise_kernel    last two /
+                                                                                       last axis
+Embedding                                       embeddings ``(vocab, dim)``            axis 0
+ReversibleEmbedding                             reverse_embeddings ``(dim, vocab)``    last axis
+LSTMCell/GRUCell/SimpleRNNCell/ConvLSTMCell     kernel, recurrent_kernel               last axis
+(LSTM, GRU, SimpleRNN, ConvLSTMnD,
+Bidirectional, RNN, StackedRNNCells)
+STFTSpectrogram                                 real_kernel, imag_kernel               last axis
+Dense/EinsumDense/ConvND/Embedding with LoRA    lora_*_a / lora_*_b                    as the host
+                                                                                       kernel /
+                                                                                       last axis
+==============================================  =====================================  ==========
+
+* EinsumDense: the kernel's axes whose letter appears in the output of ``layer.equation`` are
+  not summed over, so they index output units: for MultiHeadAttention's query/key/value
+  (``"abc,cde->abde"``, kernel ``(d_model, heads, key_dim)``) that is (head, unit) = axes
+  (1, 2); for its output projection (``"abcd,cde->abe"``, kernel ``(heads, key_dim,
+  d_model)``) the last axis. Ellipsis forms (``"...b,bc->...c"``) are handled. A kernel with
+  every axis summed is one filter.
+* RNN cells hold the gates side by side: kernel ``(in, units·gates)`` and recurrent kernel
+  ``(units, units·gates)``; each column is one unit of one gate, so a filter is one column
+  (last axis).
+* The **biasbn class** (roles ``"bias"``, ``"normalization"``, ``"scale"``, ``"state"``) is
+  zeroed under ``ignore="biasbn"`` and otherwise normalized as a single filter (the whole tensor,
+  as loss-landscape does for its ndim ≤ 1 tensors). It holds every bias of any rank (the 2-D
+  ``(heads, key_dim)`` biases of attention projections, GRU's ``(2, 3·units)`` bias with
+  ``reset_after=True``), the parameters and statistics of BatchNormalization,
+  LayerNormalization, GroupNormalization, RMSNormalization and the preprocessing Normalization
+  layer (``"normalization"``), PReLU's alpha and the Attention/AdditiveAttention scales
+  (``"scale"``), and bookkeeping state (SpectralNormalization's ``vector_u``, quantization
+  scales and float8 histories: ``"state"``).
+* **Fallback** for a layer class the rules do not know (a custom layer using ``add_weight``), an
+  attribute a known layer class does not have in the rules, or a variable no layer owns: a
+  tensor with ndim ≤ 1 is a bias (biasbn class), otherwise its filters are along the last axis.
+  A ``FilterRuleWarning`` names the layer class once per class (once per class and attribute
+  for a known class); ``filter_rules(model)`` shows which rule each variable got.
 
 References:
     Li et al., Visualizing the Loss Landscape of Neural Nets, https://arxiv.org/abs/1712.09913
@@ -17,7 +68,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+import weakref
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,19 +83,18 @@ logger = logging.getLogger("landscape")
 Norm = Literal["filter", "layer", "weight", "none"]
 Ignore = Literal["biasbn", "none"]
 Include = Literal["trainable", "all"]
+Role = Literal["kernel", "embedding", "bias", "normalization", "scale", "state"]
 
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 INCLUDES = ("trainable", "all")
+ROLES = ("kernel", "embedding", "bias", "normalization", "scale", "state")
+BIASBN_ROLES = frozenset({"bias", "normalization", "scale", "state"})
 NORM_EPS = 1e-10  # loss-landscape's guard against a zero-norm random filter
 
-_TRANSPOSE = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+
+class FilterRuleWarning(UserWarning):
+    """A variable's filters were guessed from its shape (the fallback rule)."""
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -62,60 +115,464 @@ def fingerprint_arrays(arrays: Iterable[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def float_variables(model: keras.Model, include: Include = "all") -> list:
-    """The model's floating-point variables (``"trainable"`` or ``"all"``), in model order.
+# --- Private Keras API (checked with Keras 3.15.1); a later refactor moves it to a compat module.
 
-    Integer state such as a dropout layer's seed is never part of a direction.
-    """
-    include = _check_choice("include", include, INCLUDES)
-    variables = model.trainable_variables if include == "trainable" else model.variables
-    return [v for v in variables if np.dtype(keras.backend.standardize_dtype(v.dtype)).kind == "f"]
+
+def _direct_sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers ``layer`` tracks directly (one level down)."""
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)  # public
+    # Private Keras API: a non-Model Layer (MultiHeadAttention, RNN, Bidirectional, a user's
+    # composite layer) has no public list of its sub-layers; ``Layer.variables`` walks the same
+    # ``_layers`` that ``_flatten_layers`` returns. Checked with Keras 3.15.1.
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _private_layer_classes() -> dict[str, type]:
+    """Built-in layer classes that ``keras.layers`` does not export (ConvLSTMCell)."""
+    try:  # Private Keras API: keras.src.layers.rnn.conv_lstm. Checked with Keras 3.15.1.
+        from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
+    except ImportError:  # pragma: no cover - moved in a later Keras; falls back with a warning
+        return {}
+    return {"ConvLSTMCell": ConvLSTMCell}
+
+
+# --- Which layer owns which variable, and the variables' keys.
+
+
+def _layer_tree(model: keras.Model) -> list[tuple[keras.layers.Layer, tuple[str, ...]]]:
+    """Every layer reachable from ``model`` once, post-order (sub-layers before their parent),
+    each with the names of the layers leading to it from ``model`` (its scope)."""
+    out: list[tuple[keras.layers.Layer, tuple[str, ...]]] = []
+    seen: set[int] = set()
+
+    def visit(layer, scope):
+        seen.add(id(layer))
+        for sub in _direct_sublayers(layer):
+            if id(sub) not in seen:
+                visit(sub, (*scope, sub.name))
+        out.append((layer, scope))
+
+    visit(model, ())
+    return out
 
 
 def variable_owners(model: keras.Model) -> dict[int, keras.layers.Layer]:
-    """Map ``id(variable)`` to the innermost layer that owns it."""
+    """Map ``id(variable)`` to the innermost layer that owns it, for every variable of ``model``.
+
+    A layer shared by several parents (or used twice) owns its variables itself.
+    """
     owners: dict[int, keras.layers.Layer] = {}
-    # _flatten_layers lists every layer before its sub-layers, so the innermost owner wins.
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for v in layer.weights:
-            owners[id(v)] = layer
+    for layer, _ in _layer_tree(model):  # innermost first: the first owner found wins
+        for v in layer.variables:
+            owners.setdefault(id(v), layer)
     return owners
+
+
+def variable_keys(model: keras.Model) -> dict[int, str]:
+    """Map ``id(variable)`` to the key of each of ``model``'s variables in a ``Direction``.
+
+    The key is ``variable.path`` whenever that is unique in the model. Keras 3 builds a path from
+    the name scopes active when the variable was created, so it can collide: two sub-models made
+    by one factory function with fixed layer names (both ``"proj/kernel"``), or two sub-layers of
+    a subclassed model given the same name. Colliding variables are keyed instead by the names
+    of the layers leading to their owner plus the variable's name (``"tower_a/proj/kernel"``),
+    and by ``"#1"``, ``"#2"``, … in model order if that is still ambiguous.
+
+    Args:
+        model: A built Keras model (or layer).
+
+    Returns:
+        ``{id(variable): key}`` over ``model.variables``; the keys are unique.
+    """
+    variables = model.variables
+    counts = Counter(v.path for v in variables)
+    keys = {id(v): v.path for v in variables if counts[v.path] == 1}
+    if len(keys) == len(variables):
+        return keys
+    scopes: dict[int, tuple[str, ...]] = {}
+    for layer, scope in _layer_tree(model):
+        for v in layer.variables:
+            scopes.setdefault(id(v), scope)
+    candidates: dict[str, list] = defaultdict(list)
+    for v in variables:
+        if id(v) not in keys:
+            candidates["/".join((*scopes.get(id(v), ()), v.name))].append(v)
+    taken = set(keys.values())
+    for candidate, group in candidates.items():
+        if len(group) == 1 and candidate not in taken:
+            keys[id(group[0])] = candidate
+            taken.add(candidate)
+            continue
+        for i, v in enumerate(group, start=1):
+            key, n = f"{candidate}#{i}", i
+            while key in taken:  # only if a real path already looks like "...#i"
+                n += len(group)
+                key = f"{candidate}#{n}"
+            keys[id(v)] = key
+            taken.add(key)
+    return keys
+
+
+class ModelVariables(list):
+    """A list of a model's variables that also carries their ``Direction`` keys in ``paths``.
+
+    Returned by ``float_variables``; ``Direction.aligned`` uses ``paths`` so that variables whose
+    ``variable.path`` collides still align correctly. A slice is a plain list.
+    """
+
+    def __init__(self, variables: Iterable = (), paths: Iterable[str] = ()):
+        super().__init__(variables)
+        self.paths: list[str] = list(paths)
+
+
+def _keys_of(variables: Sequence) -> list[str]:
+    """The ``Direction`` keys of ``variables``: ``ModelVariables.paths`` or the unique paths."""
+    if isinstance(variables, ModelVariables) and len(variables.paths) == len(variables):
+        return variables.paths
+    keys = [v.path for v in variables]
+    duplicated = [p for p, n in Counter(keys).items() if n > 1]
+    if duplicated:
+        raise ValueError(
+            f"Several variables have the path {duplicated[0]!r}; get them with "
+            "landscape.directions.float_variables(model), whose keys are unique "
+            "(see variable_keys)."
+        )
+    return keys
+
+
+def float_variables(model: keras.Model, include: Include = "all") -> ModelVariables:
+    """The model's floating-point variables (``"trainable"`` or ``"all"``), in model order.
+
+    Integer state such as a dropout layer's seed is never part of a direction. The result is a
+    list whose ``paths`` attribute holds each variable's key (see ``variable_keys``).
+    """
+    include = _check_choice("include", include, INCLUDES)
+    variables = model.trainable_variables if include == "trainable" else model.variables
+    variables = [
+        v for v in variables if np.dtype(keras.backend.standardize_dtype(v.dtype)).kind == "f"
+    ]
+    keys = variable_keys(model)
+    return ModelVariables(variables, [keys.get(id(v), v.path) for v in variables])
+
+
+# --- Filter rules.
+
+AxesRule = Callable[[keras.layers.Layer, int], "tuple[int, ...] | None"]
+
+
+def _last(layer, ndim: int) -> tuple[int, ...]:
+    return (ndim - 1,)
+
+
+def _second_last(layer, ndim: int) -> tuple[int, ...]:
+    return (ndim - 2,)
+
+
+def _last_two(layer, ndim: int) -> tuple[int, ...]:
+    return (ndim - 2, ndim - 1)
+
+
+def _first(layer, ndim: int) -> tuple[int, ...]:
+    return (0,)
+
+
+def einsum_filter_axes(equation: str, ndim: int) -> tuple[int, ...] | None:
+    """Filter axes of an ``EinsumDense`` kernel: its axes whose letter appears in the output.
+
+    Args:
+        equation: The layer's equation, e.g. ``"abc,cde->abde"`` or ``"...b,bc->...c"``.
+        ndim: The kernel's rank.
+
+    Returns:
+        The kernel axes that are not summed over (e.g. ``(1, 2)`` for ``"abc,cde->abde"``), or
+        None when every axis is summed (the kernel is one filter).
+
+    Raises:
+        ValueError: if the equation is not ``"<input>,<kernel>-><output>"`` with a kernel of
+            ``ndim`` letters.
+    """
+    spec = equation.replace(" ", "")
+    lhs, arrow, output = spec.partition("->")
+    operands = lhs.split(",")
+    if not arrow or len(operands) != 2:
+        raise ValueError(f"Cannot parse the EinsumDense equation {equation!r}.")
+    kernel = operands[1]
+    if "." in kernel or len(kernel) != ndim or not kernel.isalpha():
+        raise ValueError(
+            f"The kernel spec {kernel!r} of equation {equation!r} does not name {ndim} axes."
+        )
+    kept = tuple(i for i, letter in enumerate(kernel) if letter in output)
+    return kept or None
+
+
+def _einsum(layer, ndim: int) -> tuple[int, ...] | None:
+    return einsum_filter_axes(layer.equation, ndim)
+
+
+_BIAS: tuple[Role, None] = ("bias", None)
+_NORMALIZATION: tuple[Role, None] = ("normalization", None)
+_SCALE: tuple[Role, None] = ("scale", None)
+_STATE: tuple[Role, None] = ("state", None)
+_QUANTIZATION_STATE = dict.fromkeys(  # int8/int4/GPTQ/AWQ scales, float8 bookkeeping (Keras 3.15)
+    (
+        "kernel_scale",
+        "kernel_zero",
+        "g_idx",
+        "awq_scales",
+        "inputs_scale",
+        "inputs_amax_history",
+        "kernel_amax_history",
+        "outputs_grad_scale",
+        "outputs_grad_amax_history",
+        "embeddings_scale",
+        "embeddings_zero",
+        "reverse_embeddings_scale",
+        "reverse_embeddings_zero",
+    ),
+    _STATE,
+)
+
+
+def _kernel_rules(kernel: AxesRule, **extra) -> dict[str, tuple[Role, AxesRule | None]]:
+    """kernel + bias + LoRA factors (a follows the kernel's rule; b is ``(rank, out)``)."""
+    return {
+        "kernel": ("kernel", kernel),
+        "bias": _BIAS,
+        "lora_kernel_a": ("kernel", kernel),
+        "lora_kernel_b": ("kernel", _last),
+        **extra,
+    }
+
+
+def _classes(*names: str) -> tuple[type, ...]:
+    """The ``keras.layers`` classes of these names that this Keras version has."""
+    return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n))
+
+
+def _rule_table() -> list[tuple[tuple[type, ...], dict[str, tuple[Role, AxesRule | None]]]]:
+    """(layer classes, {attribute: (role, axes rule)}); the first matching class wins."""
+    rnn_cells = (
+        *_classes("LSTMCell", "GRUCell", "SimpleRNNCell"),
+        *_private_layer_classes().values(),
+    )
+    embedding = {
+        "embeddings": ("embedding", _first),
+        "lora_embeddings_a": ("embedding", _first),
+        "lora_embeddings_b": ("kernel", _last),
+        **_QUANTIZATION_STATE,
+    }
+    normalization_parameters = (
+        "gamma",
+        "beta",
+        "scale",  # RMSNormalization (Keras >= 3.9)
+        "moving_mean",
+        "moving_variance",
+        "moving_stddev",
+        "renorm_mean",
+        "renorm_stddev",
+    )
+    table = [
+        (_classes("Dense"), _kernel_rules(_last, **_QUANTIZATION_STATE)),
+        (_classes("EinsumDense"), _kernel_rules(_einsum, **_QUANTIZATION_STATE)),
+        (_classes("Conv1D", "Conv2D", "Conv3D"), _kernel_rules(_last)),
+        (
+            _classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
+            _kernel_rules(_second_last),
+        ),
+        (_classes("DepthwiseConv1D", "DepthwiseConv2D"), _kernel_rules(_last_two)),
+        (
+            _classes("SeparableConv1D", "SeparableConv2D"),
+            {
+                "depthwise_kernel": ("kernel", _last_two),
+                "pointwise_kernel": ("kernel", _last),
+                "bias": _BIAS,
+            },
+        ),
+        # ReversibleEmbedding subclasses Embedding, so it comes first.
+        (_classes("ReversibleEmbedding"), {**embedding, "reverse_embeddings": ("kernel", _last)}),
+        (_classes("Embedding"), embedding),
+        (
+            rnn_cells,
+            {"kernel": ("kernel", _last), "recurrent_kernel": ("kernel", _last), "bias": _BIAS},
+        ),
+        (
+            _classes(
+                "BatchNormalization",
+                "LayerNormalization",
+                "GroupNormalization",
+                "RMSNormalization",
+            ),
+            dict.fromkeys(normalization_parameters, _NORMALIZATION),
+        ),
+        (
+            _classes("Normalization"),
+            dict.fromkeys(("adapt_mean", "adapt_variance"), _NORMALIZATION),
+        ),
+        (_classes("SpectralNormalization"), {"vector_u": _STATE}),
+        (_classes("PReLU"), {"alpha": _SCALE}),
+        # AdditiveAttention subclasses Attention.
+        (_classes("Attention"), dict.fromkeys(("scale", "concat_score_weight"), _SCALE)),
+        (
+            _classes("STFTSpectrogram"),
+            dict.fromkeys(("real_kernel", "imag_kernel"), ("kernel", _last)),
+        ),
+    ]
+    return [(classes, rules) for classes, rules in table if classes]
+
+
+_RULES = _rule_table()
+_WARNED: weakref.WeakKeyDictionary[type, set[str]] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """How one variable is normalized: its role and the axes that index its filters.
+
+    Attributes:
+        role: One of ``ROLES``: ``"kernel"`` and ``"embedding"`` are filter-normalized along
+            ``axes``; ``"bias"``, ``"normalization"``, ``"scale"`` and ``"state"`` form the
+            biasbn class (``biasbn`` is True).
+        axes: Non-negative axes indexing one filter, or None: the whole tensor is one filter
+            (always None for the biasbn class).
+        source: Where the rule came from, e.g. ``"EinsumDense.kernel"`` or
+            ``"fallback: MyLayer.w"``.
+        fallback: True if the rule was guessed from the shape (see the module docstring).
+    """
+
+    role: Role
+    axes: tuple[int, ...] | None
+    source: str
+    fallback: bool = False
+
+    @property
+    def biasbn(self) -> bool:
+        """Whether ``ignore="biasbn"`` zeroes this variable."""
+        return self.role in BIASBN_ROLES
+
+
+def _attribute_of(layer: keras.layers.Layer, variable) -> str | None:
+    """The attribute of ``layer`` that *is* ``variable`` (leading underscores dropped)."""
+    for name, value in vars(layer).items():
+        if value is variable:
+            return name.lstrip("_")
+    return None
+
+
+def _warn_once(cls: type, attribute: str, message: str) -> None:
+    warned = _WARNED.setdefault(cls, set())
+    if attribute not in warned:
+        warned.add(attribute)
+        warnings.warn(message, FilterRuleWarning, stacklevel=4)
+
+
+def _fallback_rule(variable, source: str) -> FilterRule:
+    ndim = len(variable.shape)
+    if ndim <= 1:
+        return FilterRule("bias", None, f"fallback: {source}", fallback=True)
+    return FilterRule("kernel", (ndim - 1,), f"fallback: {source}", fallback=True)
+
+
+_FALLBACK_TEXT = (
+    "tensors with ndim <= 1 are treated as biases (zeroed under ignore='biasbn'), others have "
+    "their filters along the last axis. Check landscape.directions.filter_rules(model)."
+)
+
+
+def filter_rule(layer: keras.layers.Layer | None, variable) -> FilterRule:
+    """The ``FilterRule`` of ``variable``, owned by ``layer`` (see the module docstring's table).
+
+    Args:
+        layer: The innermost layer that owns the variable (``variable_owners``), or None.
+        variable: A Keras variable.
+
+    Returns:
+        The role and filter axes from the layer's class and the attribute that is the variable;
+        the fallback shape rule (ndim ≤ 1 → bias, else the last axis) for an unknown layer class
+        or attribute (with a ``FilterRuleWarning`` once per class, or class and attribute) and
+        for a variable without an owner.
+    """
+    ndim = len(variable.shape)
+    if layer is None:
+        logger.debug("Variable %s has no owning layer: fallback filter rule.", variable.path)
+        return _fallback_rule(variable, variable.path)
+    cls = type(layer)
+    attributes = next((rules for classes, rules in _RULES if isinstance(layer, classes)), None)
+    if attributes is None:
+        _warn_once(
+            cls,
+            "",
+            f"Layer class {cls.__module__}.{cls.__qualname__} (layer {layer.name!r}) has no "
+            f"filter rule; its variables use the fallback rule: {_FALLBACK_TEXT}",
+        )
+        return _fallback_rule(variable, f"{cls.__name__}.{variable.name}")
+    attribute = _attribute_of(layer, variable)
+    entry = attributes.get(attribute) if attribute is not None else None
+    if entry is None:
+        name = attribute or variable.name
+        _warn_once(
+            cls,
+            name,
+            f"Variable {variable.path!r} ({cls.__name__}.{name}) has no filter rule; it uses "
+            f"the fallback rule: {_FALLBACK_TEXT}",
+        )
+        return _fallback_rule(variable, f"{cls.__name__}.{name}")
+    role, axes_rule = entry
+    source = f"{cls.__name__}.{attribute}"
+    if role in BIASBN_ROLES:
+        return FilterRule(role, None, source)
+    try:
+        axes = axes_rule(layer, ndim)
+    except ValueError as err:
+        _warn_once(cls, attribute, f"{err} Variable {variable.path!r}: {_FALLBACK_TEXT}")
+        return _fallback_rule(variable, source)
+    return FilterRule(role, None if axes is None else tuple(sorted(axes)), source)
 
 
 def filter_axes(layer: keras.layers.Layer | None, variable) -> tuple[int, ...] | None:
     """The axes of ``variable`` that index its filters (output units), or None for one filter.
 
+    The rule comes from the layer's class and which of its attributes the variable is (see the
+    module docstring's table); a layer class or attribute the rules do not know, or a variable
+    without an owner, falls back to the shape: ndim ≤ 1 → None (a bias), otherwise the last
+    axis, with a ``FilterRuleWarning`` naming the layer class once.
+
     Args:
-        layer: The layer that owns the variable (None if unknown).
-        variable: A Keras variable (or anything with ``.shape`` and ``.name``).
+        layer: The layer that owns the variable (None if unknown); see ``variable_owners``.
+        variable: A Keras variable.
 
     Returns:
-        Non-negative axes: ``(ndim-1,)`` for Dense/ConvND kernels and unknown layers,
-        ``(ndim-2,)`` for ConvNDTranspose kernels, ``(ndim-2, ndim-1)`` for depthwise kernels
-        (input channel × depth multiplier), ``(0,)`` for Embedding tables; None for tensors with
-        ndim ≤ 1 (biases, normalization parameters, moving statistics).
+        Non-negative axes: ``(ndim-1,)`` for Dense/ConvND kernels and RNN kernels and recurrent
+        kernels (one column per unit of one gate), ``(ndim-2,)`` for ConvNDTranspose kernels,
+        ``(ndim-2, ndim-1)`` for depthwise kernels (input channel × depth multiplier), the
+        kernel axes that appear in the output of an EinsumDense equation (``(1, 2)``, i.e.
+        (head, unit), for MultiHeadAttention's query/key/value), ``(0,)`` for Embedding tables;
+        None for the biasbn class (biases of any rank, normalization parameters, moving
+        statistics), normalized as one filter.
     """
-    ndim = len(variable.shape)
-    if ndim <= 1:
-        return None
-    name = variable.name.split("/")[-1]
-    if isinstance(layer, _TRANSPOSE) and name == "kernel":
-        return (ndim - 2,)
-    if (isinstance(layer, _DEPTHWISE) and name == "kernel") or (
-        isinstance(layer, _SEPARABLE) and name == "depthwise_kernel"
-    ):
-        return (ndim - 2, ndim - 1)
-    if isinstance(layer, keras.layers.Embedding) and name == "embeddings":
-        return (0,)
-    if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense, *_SEPARABLE)) and not (
-        isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D)
-    ):
-        logger.debug(
-            "Variable %s of layer %s: filters assumed along the last axis.",
-            variable.path,
-            type(layer).__name__,
-        )
-    return (ndim - 1,)
+    return filter_rule(layer, variable).axes
+
+
+def filter_rules(model: keras.Model, *, include: Include = "all") -> dict[str, FilterRule]:
+    """The filter rule of each of ``model``'s floating-point variables.
+
+    Args:
+        model: A built Keras model.
+        include: ``"all"`` or ``"trainable"`` variables. Defaults to ``"all"``.
+
+    Returns:
+        ``{key: FilterRule}`` in model order, keyed as ``Direction`` keys its arrays (see
+        ``variable_keys``).
+
+    Example:
+        >>> for key, rule in filter_rules(model).items():
+        ...     print(key, rule.role, rule.axes, rule.source)
+        multi_head_attention/query/kernel kernel (1, 2) EinsumDense.kernel
+        multi_head_attention/query/bias bias None EinsumDense.bias
+    """
+    variables = float_variables(model, include)
+    owners = variable_owners(model)
+    return {k: filter_rule(owners.get(id(v)), v) for k, v in zip(variables.paths, variables)}
 
 
 def _group_norms(a: np.ndarray, keep: tuple[int, ...] | None) -> np.ndarray:
@@ -133,7 +590,18 @@ def normalize_array(
     norm: Norm,
     keep: tuple[int, ...] | None,
 ) -> np.ndarray:
-    """Rescale one direction tensor ``d`` against its weight tensor ``w`` (float64 maths)."""
+    """Rescale one direction tensor ``d`` against its weight tensor ``w`` (float64 maths).
+
+    Args:
+        d: The direction tensor.
+        w: The weight tensor of the same shape.
+        norm: ``"filter"``, ``"layer"``, ``"weight"`` or ``"none"`` (see ``random_direction``).
+        keep: The filter axes (``filter_axes``); None makes the whole tensor one filter.
+
+    Raises:
+        ValueError: for an unknown ``norm``.
+    """
+    norm = _check_choice("norm", norm, NORMS)
     d = np.asarray(d, np.float64)
     w = np.asarray(w, np.float64)
     if norm == "filter":
@@ -149,12 +617,16 @@ def normalize_array(
 class Direction:
     """A direction in weight space: one array per variable, keyed by ``variable.path``.
 
+    Keys are the variables' paths, made unique where two variables of a model share a path
+    (``variable_keys``); ``float_variables(model).paths`` lists them.
+
     Supports ``d1 + d2``, ``d1 - d2``, ``a * d``, ``d / a``, ``-d``, ``d1.dot(d2)`` and
     ``d.norm()`` (both in float64). Variables of the model that a direction does not name are
     treated as zero (e.g. BatchNorm moving statistics of an ``include="trainable"`` direction).
 
     Attributes:
-        arrays: ``{variable.path: array}`` in model order.
+        arrays: ``{key: array}`` in model order (the key is ``variable.path`` unless it
+            collides, see ``variable_keys``).
         metadata: How it was made (``kind``, ``norm``, ``ignore``, ``seed``, ``include``).
     """
 
@@ -208,28 +680,33 @@ class Direction:
         return fingerprint_arrays(self.arrays.values())
 
     def aligned(self, variables: Sequence) -> list[np.ndarray]:
-        """Arrays aligned to ``variables`` by ``variable.path`` (zeros where not named).
+        """Arrays aligned to ``variables`` by key (zeros where not named).
+
+        Args:
+            variables: Variables as returned by ``float_variables`` (whose ``paths`` are their
+                keys), or any sequence of variables with distinct paths.
 
         Raises:
-            ValueError: if the direction names a path that is not among ``variables``, or a
-                shape differs.
+            ValueError: if the direction names a key that is not among ``variables``, a shape
+                differs, or ``variables`` is a plain list in which two variables share a path.
         """
-        by_path = {v.path: v for v in variables}
-        unknown = [p for p in self.arrays if p not in by_path]
+        keys = _keys_of(variables)
+        known = set(keys)
+        unknown = [p for p in self.arrays if p not in known]
         if unknown:
             raise ValueError(
                 f"Direction names variables the model does not have: {unknown[:3]}; "
                 "use Direction.rebind(model) for a rebuilt model with other layer names."
             )
         out = []
-        for v in variables:
-            a = self.arrays.get(v.path)
+        for key, v in zip(keys, variables):
+            a = self.arrays.get(key)
             if a is None:
                 out.append(np.zeros(tuple(v.shape), keras.backend.standardize_dtype(v.dtype)))
                 continue
             if tuple(a.shape) != tuple(v.shape):
                 raise ValueError(
-                    f"Direction array for {v.path} has shape {a.shape}; the variable has "
+                    f"Direction array for {key} has shape {a.shape}; the variable has "
                     f"shape {tuple(v.shape)}."
                 )
             out.append(a)
@@ -240,13 +717,10 @@ class Direction:
 
         Useful when the model was rebuilt with different layer names (e.g. ``dense_1``).
         """
-        variables = [v for v in float_variables(model, "all")]
         shapes = [tuple(a.shape) for a in self.arrays.values()]
-        for start in (variables, float_variables(model, "trainable")):
+        for start in (float_variables(model, "all"), float_variables(model, "trainable")):
             if [tuple(v.shape) for v in start] == shapes:
-                return Direction(
-                    {v.path: a for v, a in zip(start, self.arrays.values())}, dict(self.metadata)
-                )
+                return Direction(dict(zip(start.paths, self.arrays.values())), dict(self.metadata))
         raise ValueError("Direction and model variables differ in number or shapes.")
 
     def save(self, path: str, *, name: str = "direction") -> None:
@@ -296,9 +770,9 @@ def random_direction(
         norm: ``"filter"`` (each filter of d gets the norm of that filter of w), ``"layer"``
             (each tensor of d gets the norm of its tensor of w), ``"weight"`` (d ← d ⊙ w) or
             ``"none"``. Defaults to ``"filter"``.
-        ignore: ``"biasbn"`` zeroes tensors with ndim ≤ 1 (biases, BatchNorm/LayerNorm γ and β,
-            moving statistics); ``"none"`` (or None) normalizes each such tensor as a single
-            filter. Defaults to ``"biasbn"``.
+        ignore: ``"biasbn"`` zeroes the biasbn class, by layer semantics (biases of any rank,
+            normalization γ, β and moving statistics; see ``filter_rules``); ``"none"`` (or
+            None) normalizes each such tensor as a single filter. Defaults to ``"biasbn"``.
         seed: Seed of ``numpy.random.default_rng``; equal seeds give identical directions.
             Defaults to None (fresh entropy).
         include: ``"trainable"`` moves trainable variables only; ``"all"`` also moves
@@ -323,13 +797,14 @@ def random_direction(
     owners = variable_owners(model)
     rng = np.random.default_rng(seed)
     arrays = {}
-    for v, w in zip(variables, _weights(variables)):
-        d = rng.standard_normal(w.shape)
-        if ignore == "biasbn" and w.ndim <= 1:
+    for key, v, w in zip(variables.paths, variables, _weights(variables)):
+        rule = filter_rule(owners.get(id(v)), v)
+        d = rng.standard_normal(w.shape)  # drawn for every variable: seeds stay comparable
+        if ignore == "biasbn" and rule.biasbn:
             d = np.zeros_like(d)
         else:
-            d = normalize_array(d, w, norm=norm, keep=filter_axes(owners.get(id(v)), v))
-        arrays[v.path] = d.astype(w.dtype)
+            d = normalize_array(d, w, norm=norm, keep=rule.axes)
+        arrays[key] = d.astype(w.dtype)
     out = Direction(
         arrays,
         {"kind": "random", "norm": norm, "ignore": ignore, "seed": seed, "include": include},
@@ -361,8 +836,8 @@ def interpolation_direction(
     if [tuple(v.shape) for v in va] != [tuple(v.shape) for v in vb]:
         raise ValueError("Arguments `model_a` and `model_b` differ in variables or shapes.")
     arrays = {
-        v.path: (b.astype(np.float64) - a.astype(np.float64)).astype(a.dtype)
-        for v, a, b in zip(va, _weights(va), _weights(vb))
+        key: (b.astype(np.float64) - a.astype(np.float64)).astype(a.dtype)
+        for key, a, b in zip(va.paths, _weights(va), _weights(vb))
     }
     return Direction(arrays, {"kind": "interpolation", "include": include})
 
@@ -396,7 +871,7 @@ def _checkpoint_arrays(
     elif isinstance(checkpoint, Direction):
         arrays = checkpoint.aligned(variables)
     elif isinstance(checkpoint, Mapping):
-        arrays = [np.asarray(checkpoint[v.path]) for v in variables]
+        arrays = [np.asarray(checkpoint[key]) for key in _keys_of(variables)]
     else:  # a list as returned by final.get_weights(), aligned with final.weights
         ids = {id(v): a for v, a in zip(final.weights, checkpoint)}
         arrays = [np.asarray(ids[id(v)]) for v in variables]
@@ -421,7 +896,8 @@ def pca_directions(
             ``{variable.path: array}``, or lists as returned by ``final.get_weights()``.
         final: The final model; the plane passes through its weights.
         include: Variables to use (``"trainable"`` or ``"all"``). Defaults to ``"trainable"``.
-        ignore: ``"biasbn"`` leaves tensors with ndim ≤ 1 out of the PCA (zero in the
+        ignore: ``"biasbn"`` leaves the biasbn class (biases, normalization parameters and
+            statistics, by layer semantics; see ``filter_rules``) out of the PCA (zero in the
             directions). Defaults to ``"biasbn"``.
         center: Subtract the mean of the differences before the SVD, as sklearn's PCA (used by
             loss-landscape) does. Defaults to True.
@@ -437,7 +913,10 @@ def pca_directions(
             f"Argument `checkpoints` needs at least 2 entries. Received: {len(checkpoints)}."
         )
     variables = float_variables(final, include)
-    used = [not (ignore == "biasbn" and len(v.shape) <= 1) for v in variables]
+    owners = variable_owners(final)
+    used = [
+        not (ignore == "biasbn" and filter_rule(owners.get(id(v)), v).biasbn) for v in variables
+    ]
     w_final = _weights(variables)
 
     def flat(arrays):
@@ -459,12 +938,12 @@ def pca_directions(
     for i in range(2):
         comp = vt[i] if i < vt.shape[0] else np.zeros(m.shape[1])
         arrays, offset = {}, 0
-        for v, w, u in zip(variables, w_final, used):
+        for key, w, u in zip(variables.paths, w_final, used):
             if u:
-                arrays[v.path] = comp[offset : offset + w.size].reshape(w.shape).astype(w.dtype)
+                arrays[key] = comp[offset : offset + w.size].reshape(w.shape).astype(w.dtype)
                 offset += w.size
             else:
-                arrays[v.path] = np.zeros_like(w)
+                arrays[key] = np.zeros_like(w)
         dirs.append(
             Direction(arrays, {"kind": "pca", "component": i, "include": include, "ignore": ignore})
         )
