@@ -7,8 +7,10 @@ require_tensorflow()
 from landscape.data import load_dataset, load_embedded  # noqa: E402
 from landscape.directions import (  # noqa: E402
     Direction,
+    FilterRule,
     PCAResult,
     filter_axes,
+    filter_rules,
     interpolation_direction,
     orthogonalize,
     pca_directions,
@@ -52,6 +54,7 @@ __all__ = [
     "Direction",
     "EigenResult",
     "EpsilonSharpness",
+    "FilterRule",
     "Objective",
     "ObjectiveRecipe",
     "PCAResult",
@@ -65,6 +68,7 @@ __all__ = [
     "dask_executor",
     "epsilon_sharpness",
     "filter_axes",
+    "filter_rules",
     "hessian_eigenvalues",
     "hessian_spectrum",
     "hessian_trace",

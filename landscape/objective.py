@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from landscape import _compat
-from landscape.directions import Direction, fingerprint_arrays, float_variables
+from landscape.directions import Direction, ModelVariables, fingerprint_arrays, float_variables
 
 logger = logging.getLogger("landscape")
 
@@ -585,9 +585,10 @@ class FlatView:
 
     def direction(self, flat: np.ndarray, metadata: dict | None = None) -> Direction:
         """A flat vector as a ``Direction`` keyed by the trainable variables' paths."""
+        variables = self.objective.trainable_variables
         arrays = {
-            v.path: a.astype(keras.backend.standardize_dtype(v.dtype))
-            for v, a in zip(self.objective.trainable_variables, self.split(flat))
+            key: a.astype(keras.backend.standardize_dtype(v.dtype))
+            for v, key, a in zip(variables, variables.paths, self.split(flat))
         }
         return Direction(arrays, dict(metadata or {}))
 
@@ -679,7 +680,8 @@ class Objective:
         self.steps = steps
         self.variables = float_variables(model, "all")
         trainable = {id(v) for v in model.trainable_variables}
-        self.trainable_variables = [v for v in self.variables if id(v) in trainable]
+        pairs = [(v, k) for v, k in zip(self.variables, self.variables.paths) if id(v) in trainable]
+        self.trainable_variables = ModelVariables([v for v, _ in pairs], [k for _, k in pairs])
         self._splits: dict[str, _Split] = {"train": _Split(data, self.batch_size, steps, "data")}
         if test_data is not None:
             self._splits["test"] = _Split(test_data, self.batch_size, steps, "test_data")

@@ -586,7 +586,7 @@ def sharpness_report(
     objective: Objective,
     *,
     rho: Mapping[str, float] | None = None,
-    epsilon: float = EPSILON,
+    epsilon: float | None = EPSILON,
     k: int = 5,
     seed: int | None = 0,
     steps: int = STEPS,
@@ -615,7 +615,8 @@ def sharpness_report(
         objective: The loss to analyse, at its current weights.
         rho: Radii per metric name (keys of ``REPORT_RHO``), overriding the defaults; None
             drops a metric. Defaults to None (``REPORT_RHO``).
-        epsilon: Box size of the ε-sharpness. Defaults to 1e-3.
+        epsilon: Box size of the ε-sharpness; None drops it (its L-BFGS-B search costs
+            about ten gradients plus SciPy's work on n-vectors). Defaults to 1e-3.
         k: Number of top Hessian eigenvalues. Defaults to 5.
         seed: Seed of every random start and sample. Defaults to 0.
         steps: Ascent steps of the worst-case metrics. Defaults to 20.
@@ -674,9 +675,10 @@ def sharpness_report(
         trace = hessian_trace(objective, seed=seed, **trace_options)
         report["hessian_trace"] = float(trace.estimate)
         report["hessian_trace_stderr"] = float(trace.stderr)
-    report["epsilon_sharpness"] = epsilon_sharpness(
-        objective, epsilon, seed=seed, verbose=verbose
-    ).value
+    if epsilon is not None:
+        report["epsilon_sharpness"] = epsilon_sharpness(
+            objective, epsilon, seed=seed, verbose=verbose
+        ).value
     for name, radius in radii.items():
         if radius is None:
             continue
