@@ -316,3 +316,193 @@ def test_hessian_vector_product_one_trace_dataset_and_offsets(bn_problem, mode):
     got = np.concatenate([t.numpy().ravel() for t in ds.hessian_vector_product(vs[0], mode=mode)])
     np.testing.assert_allclose(got, flat[0], rtol=1e-4, atol=1e-6)
     _assert_bit_identical(model, before)
+
+
+# ------------------------------------------------------------------ the model's own loss
+def _log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_ignore_class_leaves_void_labels_out_of_loss_and_accuracy():
+    """Regression: the ignored positions were counted in the denominator (0.8664 = 4/6 × 1.2996)."""
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, keras.layers.Dense(4)(inp))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    model.compile(loss=loss, metrics=["accuracy"])
+    x = np.random.default_rng(2).normal(size=(6, 5)).astype("float32")
+    y = np.array([1, 255, 2, 255, 3, 0])
+    logp = _log_softmax(model.predict(x, verbose=0))
+    keep = y != 255
+    want = -np.mean(logp[keep, y[keep]])
+    got = landscape.Objective(model, (x, y)).evaluate()
+    assert got["loss"] == pytest.approx(want, rel=1e-6)
+    assert got["loss"] == pytest.approx(model.evaluate(x, y, verbose=0)[0], rel=1e-6)
+    own = landscape.Objective(model, (x, y), metrics=["accuracy"]).evaluate()["acc"]
+    assert own == pytest.approx(np.mean(logp[keep].argmax(-1) == y[keep]), abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def padded_sequences():
+    """Token ids padded with 0 (Embedding(mask_zero=True)) and a per-token classifier."""
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    n, t = 40, 7
+    tokens = rng.integers(1, 20, (n, t))
+    lengths = rng.integers(1, t + 1, n)
+    tokens[np.arange(t) >= lengths[:, None]] = 0
+    targets = rng.integers(0, 5, (n, t))
+    inp = keras.Input((t,), dtype="int32")
+    h = keras.layers.Embedding(20, 6, mask_zero=True)(inp)
+    h = keras.layers.LSTM(6, return_sequences=True)(h)
+    model = keras.Model(inp, keras.layers.Dense(5)(h))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    return model, tokens, targets
+
+
+def test_propagated_mask_is_honoured_over_the_whole_data_set(padded_sequences):
+    """Regression: padded positions entered loss (4.263 vs 2.804) and accuracy (0.206 vs 0.330)."""
+    model, tokens, targets = padded_sequences
+    logp = _log_softmax(model.predict(tokens, verbose=0))
+    mask = tokens != 0
+    nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    want = np.sum(nll * mask) / mask.sum()  # the data-set-wide masked mean
+    got = landscape.Objective(model, (tokens, targets), batch_size=16).evaluate()
+    assert got["loss"] == pytest.approx(want, rel=1e-6)
+    acc = np.sum((logp.argmax(-1) == targets) * mask) / mask.sum()
+    assert got["acc"] == pytest.approx(acc, rel=1e-6)
+    one_batch = model.evaluate(tokens, targets, batch_size=40, verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(one_batch["loss"], rel=1e-5)
+
+
+def test_gradient_and_hvp_use_the_data_set_wide_normalizer(padded_sequences):
+    """Batches with different numbers of unmasked tokens give the one-batch derivatives."""
+    model, tokens, targets = padded_sequences
+    whole = landscape.Objective(model, (tokens, targets), batch_size=40)
+    batched = landscape.Objective(model, (tokens, targets), batch_size=6)
+    assert batched.evaluate()["loss"] == pytest.approx(whole.evaluate()["loss"], rel=1e-9)
+    flat = whole.flat
+    g_whole = flat.concat(whole.value_and_gradient()[1])
+    g_batched = flat.concat(batched.value_and_gradient()[1])
+    np.testing.assert_allclose(g_batched, g_whole, rtol=1e-4, atol=1e-7)
+    v = flat.split(np.random.default_rng(4).normal(size=flat.n))
+    hv_whole = flat.concat(whole.hessian_vector_product(v))
+    hv_batched = flat.concat(batched.hessian_vector_product(v))
+    np.testing.assert_allclose(hv_batched, hv_whole, rtol=1e-4, atol=1e-6)
+
+
+def _two_heads(cls=keras.Model, as_list=False):
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6,), name="features")
+    h = keras.layers.Dense(8, activation="relu")(inp)
+    cls_out = keras.layers.Dense(3, name="cls")(h)
+    reg_out = keras.layers.Dense(1, name="reg")(h)
+    return cls(inp, [cls_out, reg_out] if as_list else {"cls": cls_out, "reg": reg_out})
+
+
+@pytest.mark.parametrize("as_list", [False, True], ids=["dict", "list"])
+def test_several_outputs_with_loss_weights(as_list):
+    """Regression: two-head models were refused (dict) or failed with a shape error (list)."""
+    model = _two_heads(as_list=as_list)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if as_list:
+        model.compile(loss=[ce, "mse"], loss_weights=[1.0, 0.3])
+    else:
+        model.compile(loss={"cls": ce, "reg": "mse"}, loss_weights={"cls": 1.0, "reg": 0.3})
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(30, 6)).astype("float32")
+    labels, values = rng.integers(0, 3, 30), rng.normal(size=(30, 1)).astype("float32")
+    y = [labels, values] if as_list else {"cls": labels, "reg": values}
+    logits, pred = model.predict(x, verbose=0) if as_list else model.predict(x, verbose=0).values()
+    ce_want = -np.mean(_log_softmax(logits)[np.arange(30), labels])
+    mse_want = np.mean((pred.astype(np.float64) - values) ** 2)
+    got = landscape.Objective(model, (x, y), batch_size=7).evaluate()
+    assert got["loss"] == pytest.approx(ce_want + 0.3 * mse_want, rel=1e-6)
+    assert got["cls_loss"] == pytest.approx(ce_want, rel=1e-6)
+    assert got["reg_loss"] == pytest.approx(mse_want, rel=1e-6)
+    # `loss=` overrides with the same structures as compile takes
+    only_mse = landscape.Objective(model, (x, y), loss=[None, "mse"] if as_list else {"reg": "mse"})
+    assert only_mse.evaluate()["loss"] == pytest.approx(mse_want, rel=1e-6)
+
+
+def test_sample_weights_with_mean_with_sample_weight_reduction():
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inp))
+    model.compile(loss=keras.losses.MeanSquaredError(reduction="mean_with_sample_weight"))
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(23, 3)).astype("float32"), rng.normal(size=(23, 1))
+    s = rng.uniform(0.1, 3.0, 23)
+    err = (model.predict(x, verbose=0).astype(np.float64) - y)[:, 0] ** 2
+    got = landscape.Objective(model, (x, y, s), batch_size=5).evaluate()["loss"]
+    assert got == pytest.approx(np.sum(s * err) / np.sum(s), rel=1e-6)
+
+
+def test_sum_reduction_is_refused_with_one_sentence():
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inp))
+    model.compile(loss=keras.losses.MeanSquaredError(reduction="sum"))
+    with pytest.raises(ValueError, match="reduction 'sum'"):
+        landscape.Objective(model, (np.zeros((4, 3)), np.zeros((4, 1))))
+
+
+def test_compute_loss_override_is_the_loss():
+    class Scaled(keras.Model):
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            return 3.0 * keras.ops.mean(keras.ops.square(y_pred - y))
+
+    inp = keras.Input((2,))
+    model = Scaled(inp, keras.layers.Dense(1)(inp))
+    model.compile(loss="mse")
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(12, 2)).astype("float32"), rng.normal(size=(12, 1)).astype("float32")
+    want = 3.0 * np.mean((model.predict(x, verbose=0).astype(np.float64) - y) ** 2)
+    assert landscape.Objective(model, (x, y), batch_size=4).evaluate()["loss"] == pytest.approx(
+        want, rel=1e-6
+    )
+
+
+def test_dict_inputs_and_a_structure_mismatch_named():
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model({"a": a, "b": b}, out)
+    model.compile(loss="mse")
+    rng = np.random.default_rng(9)
+    x = {"a": rng.normal(size=(10, 3)), "b": rng.normal(size=(10, 2))}
+    y = rng.normal(size=(10, 2))
+    got = landscape.Objective(model, (x, y), batch_size=4).evaluate()["loss"]
+    want = model.evaluate(x, y, batch_size=10, verbose=0)
+    assert got == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match=r"x is \{'a': \(4, 3\)\} but the model's inputs are"):
+        landscape.Objective(model, ({"a": x["a"]}, y), batch_size=4)
+    with pytest.raises(ValueError, match=r"does not fit the loss: y is \(4, 5\)"):
+        landscape.Objective(model, (x, rng.normal(size=(10, 5))), batch_size=4)
+
+
+def test_repeated_dataset_is_refused_unless_steps_given(bn_problem):
+    """Regression: a dataset ending in .repeat() made evaluate run forever."""
+    model, x, y, w = bn_problem
+    ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(BATCH)
+    with pytest.raises(ValueError, match=r"infinite tf.data.Dataset .*\.repeat\(\)"):
+        landscape.Objective(model, ds.repeat())
+    finite = landscape.Objective(model, ds.take(3)).evaluate()
+    assert landscape.Objective(model, ds.repeat(), steps=3).evaluate() == pytest.approx(finite)
+
+
+def test_py_dataset_equals_arrays(bn_problem):
+    model, x, y, w = bn_problem
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-N // BATCH)
+
+        def __getitem__(self, i):
+            s = slice(i * BATCH, (i + 1) * BATCH)
+            return x[s], y[s], w[s]
+
+    arrays = landscape.Objective(model, (x, y, w), batch_size=BATCH).evaluate()
+    assert landscape.Objective(model, Batches()).evaluate() == pytest.approx(arrays, rel=1e-9)
