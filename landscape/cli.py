@@ -1,8 +1,13 @@
 """The ``landscape`` command line: a thin click layer over the library.
 
 Every command parses its options, calls the library, writes files and reports. A user error
-(missing file, bad grid, unknown data set, incompatible surface file, failed download) ends with
-exit code 2 and one sentence on stderr, without a traceback.
+(missing file, bad grid, unknown data set, incompatible surface file, failed download, a model
+file that cannot be loaded, a module given to --import that fails, data that do not fit the
+model) ends with exit code 2 and one sentence on stderr, without a traceback.
+
+The user's own model and data: ``--data FILE.npz`` uses the arrays as stored (only uint8 x is
+scaled to [0, 1], or x divided by ``--scale``), and ``--import MODULE`` imports the module that
+defines the model's custom classes, here and in every worker process.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 import sys
 
 import click
@@ -25,15 +31,48 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_sentence(err: Exception) -> str:
+    """The line of an error message that says what went wrong."""
+    lines = [_ANSI.sub("", line).strip() for line in str(err).strip().splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return repr(err)
+    if _is_tf_input_error(err):
+        # "Graph execution error:", the stack of the op, then the reason, then "[[{{node ...}}]]"
+        reasons = [
+            line for line in lines
+            if not line.startswith(("[[", "File ", "Detected at node", "Graph execution error"))
+            and not line.endswith(":")
+        ]  # fmt: skip
+        reason = (reasons or lines)[-1].split("[[")[0].strip()
+        return f"The model cannot be evaluated on this data: {reason}"
+    if lines[0].startswith("Exception encountered when calling") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"  # Keras puts the reason on the next line
+    return lines[0]
+
+
+def _is_tf_input_error(err: Exception) -> bool:
+    """TensorFlow's InvalidArgumentError: data that does not fit the model (shapes, labels)."""
+    cls = type(err)
+    return cls.__name__ == "InvalidArgumentError" and cls.__module__.startswith("tensorflow")
+
+
 class _Group(click.Group):
-    """Turns the library's ValueErrors and file errors into ``UserError``s."""
+    """Turns the library's ValueErrors, file errors and TensorFlow's complaints about the data
+    (InvalidArgumentError) into ``UserError``s."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (ValueError, OSError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise UserError(message) from None
+            raise UserError(_one_sentence(err)) from None
+        except Exception as err:
+            if _is_tf_input_error(err):
+                raise UserError(_one_sentence(err)) from None
+            raise
 
 
 def _setup(quiet: bool) -> int:
@@ -53,7 +92,24 @@ data_option = click.option(
     "--data",
     default="embedded",
     show_default=True,
-    help="'embedded', mnist, fashion_mnist, cifar10, cifar100 or an .npz file.",
+    help="'embedded', mnist, fashion_mnist, cifar10, cifar100 or an .npz file with x_train, "
+    "y_train, x_test, y_test [and sample_weight_train, sample_weight_test], used as stored "
+    "(uint8 x is scaled to [0, 1]).",
+)
+scale_option = click.option(
+    "--scale",
+    type=float,
+    default=None,
+    help="Divide x of the --data .npz by this number, e.g. 255 for float images in [0, 255] "
+    "[only uint8 x, by 255].",
+)
+import_option = click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Import this module (a name importable from the current directory, or a .py file) "
+    "before loading the model, for the model's custom classes; repeatable.",
 )
 
 
@@ -81,6 +137,7 @@ def main() -> None:
 @click.option("--depth", type=int, default=8, show_default=True, help="ResNet depth (6n+2).")
 @click.option("--width", type=int, default=16, show_default=True, help="ResNet base width.")
 @data_option
+@scale_option
 @click.option("--optimizer", type=click.Choice(["sgd", "sam", "asam"]), default="sam",
               show_default=True)  # fmt: skip
 @click.option("--rho", type=float, default=None, help="SAM radius [0.05; ASAM 0.5].")
@@ -104,7 +161,7 @@ def main() -> None:
                    "all-reduced perturbation (single-device SAM on the global batch), not its "
                    "own.")  # fmt: skip
 @quiet_option
-def train(model_name, depth, width, data, optimizer, rho, lr, momentum, weight_decay, epochs,
+def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, weight_decay, epochs,
           batch_size, seed, samples, augment, save_every, out, strategy, sync_perturbations,
           quiet):  # fmt: skip
     """Train a model with SGD, SAM or ASAM and save it as a .keras file.
@@ -127,13 +184,19 @@ def train(model_name, depth, width, data, optimizer, rho, lr, momentum, weight_d
         landscape train --strategy multi-worker --batch-size 256 --out sam.keras
     """
     verbose = _setup(quiet)
-    from landscape.data import load_dataset
+    from landscape.data import read_dataset
     from landscape.train import CheckpointEvery
     from landscape.train import train as train_model
 
     if not str(out).endswith(".keras"):
         raise UserError(f"--out must end in .keras. Received: {out}.")
-    (x, y), test = load_dataset(data)
+    # The zoo's models are image classifiers: images with a channel axis, integer labels.
+    loaded = read_dataset(data, scale=scale, images=True)
+    for note in loaded.notes:
+        if note.startswith("sample weights"):
+            note = f"{note}: not used by train (surface, hessian and sharpness use them)"
+        _say(quiet, note)
+    (x, y), test = loaded.train[:2], loaded.test[:2]
     dataset = ((x[:samples], y[:samples]) if samples else (x, y)), test
     model_kwargs = {"depth": depth, "width": width} if model_name == "resnet" else {}
     callbacks = []
@@ -161,20 +224,20 @@ def train(model_name, depth, width, data, optimizer, rho, lr, momentum, weight_d
 # -- surface -------------------------------------------------------------------------------------
 
 
-def _load_model(path):
+def _load_model(path, imports=()):
     from landscape.distributed import load_model
 
-    return load_model(path)
+    return load_model(path, imports=imports)
 
 
-def _objective(model_path, model, data, samples, test_samples, batch_size):
-    """The Objective of a loaded model (data as ``ObjectiveRecipe`` reads it; None = all)."""
+def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports):
+    """The ``ObjectiveRecipe`` of the command's options (test_samples None = all)."""
     from landscape.distributed import ObjectiveRecipe
 
-    recipe = ObjectiveRecipe(
-        model_path, data=data, samples=samples, test_samples=test_samples, batch_size=batch_size
-    )
-    return recipe.build(model)
+    return ObjectiveRecipe(
+        model_path, data=data, samples=samples, test_samples=test_samples,
+        batch_size=batch_size, scale=scale, imports=tuple(imports),
+    )  # fmt: skip
 
 
 @main.command()
@@ -189,6 +252,8 @@ def _objective(model_path, model, data, samples, test_samples, batch_size):
               show_default=True)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random directions.")
 @data_option
+@scale_option
+@import_option
 @click.option("--samples", type=int, default=0, help="Use the first N training samples [all].")
 @click.option("--test-samples", type=int, default=-1,
               help="Use the first N test samples; 0 skips the test set [all].")  # fmt: skip
@@ -202,8 +267,8 @@ def _objective(model_path, model, data, samples, test_samples, batch_size):
 @click.option("--backend", type=click.Choice(["auto", "process", "dask", "mpi"]), default="auto",
               show_default=True, help="Executor of --workers/--scheduler.")  # fmt: skip
 @quiet_option
-def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, samples, test_samples,
-            batch_size, out, workers, scheduler, backend, quiet):  # fmt: skip
+def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale, imports, samples,
+            test_samples, batch_size, out, workers, scheduler, backend, quiet):  # fmt: skip
     """Compute a 1D or 2D loss surface into an HDF5 file (resumes an existing one).
 
     With --workers or --scheduler, chunks of grid points are evaluated by worker processes
@@ -215,27 +280,23 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, sample
       landscape surface sgd.keras --model2 sam.keras --x=-0.5:1.5:41 --out sgd_to_sam.h5
       landscape surface sam.keras --x=-1:1:51 --y=-1:1:51 --workers 2 --out sam.h5
       landscape surface sam.keras --x=-1:1:101 --y=-1:1:101 --scheduler tcp://head:8786
+      landscape surface mine.keras --import my_models.py --data mine.npz --x=-1:1:21
     """
     verbose = _setup(quiet)
     from landscape.directions import interpolation_direction, random_direction
-    from landscape.distributed import ObjectiveRecipe, make_executor
+    from landscape.distributed import make_executor
     from landscape.surface import compute_surface
 
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1 (received {workers}).")
     if backend == "mpi" and scheduler is None and workers is None:
         workers = os.cpu_count() or 1
-    model = _load_model(model_path)
-    recipe = ObjectiveRecipe(
-        model_path,
-        data=data,
-        samples=samples,
-        test_samples=None if test_samples < 0 else test_samples,
-        batch_size=batch_size,
-    )
-    objective = recipe.build(model)
+    model = _load_model(model_path, imports)
+    test_samples = None if test_samples < 0 else test_samples
+    recipe = _recipe(model_path, data, samples, test_samples, batch_size, scale, imports)
+    objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
     if model2:
-        first = interpolation_direction(model, _load_model(model2))
+        first = interpolation_direction(model, _load_model(model2, imports))
         x_spec = x_spec or "-0.5:1.5:41"
     else:
         first = random_direction(model, norm=norm, ignore=ignore, seed=seed)
@@ -304,6 +365,8 @@ def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, quiet):
 
 analysis_data = [
     data_option,
+    scale_option,
+    import_option,
     click.option(
         "--samples",
         type=int,
@@ -350,7 +413,7 @@ def _write_json_file(path: str, payload: dict) -> None:
 @_analysis_options
 @quiet_option
 def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, runs, json_path,
-            data, samples, batch_size, seed, quiet):  # fmt: skip
+            data, scale, imports, samples, batch_size, seed, quiet):  # fmt: skip
     """Hessian eigenvalues (Lanczos, with residuals), trace and spectral density of a model.
 
     \b
@@ -361,8 +424,9 @@ def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, ru
     verbose = _setup(quiet)
     from landscape.hessian import hessian_eigenvalues, hessian_spectrum, hessian_trace
 
-    model = _load_model(model_path)
-    objective = _objective(model_path, model, data, samples, 0, batch_size)
+    model = _load_model(model_path, imports)
+    recipe = _recipe(model_path, data, samples, 0, batch_size, scale, imports)
+    objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
     eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, seed=seed, verbose=verbose)
     out = {
         "eigenvalues": [float(v) for v in eig.values],
@@ -403,7 +467,8 @@ def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, ru
               help="Write the report as JSON.")  # fmt: skip
 @_analysis_options
 @quiet_option
-def sharpness(model_path, k, no_hessian, json_path, data, samples, batch_size, seed, quiet):
+def sharpness(model_path, k, no_hessian, json_path, data, scale, imports, samples, batch_size,
+              seed, quiet):  # fmt: skip
     """Every sharpness measure of a model in one table (sharpness_report).
 
     \b
@@ -414,8 +479,9 @@ def sharpness(model_path, k, no_hessian, json_path, data, samples, batch_size, s
     verbose = _setup(quiet)
     from landscape.sharpness import sharpness_report
 
-    model = _load_model(model_path)
-    objective = _objective(model_path, model, data, samples, None, batch_size)
+    model = _load_model(model_path, imports)
+    recipe = _recipe(model_path, data, samples, None, batch_size, scale, imports)
+    objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
     report = sharpness_report(
         objective, k=k, seed=seed, include_hessian=not no_hessian, verbose=verbose
     )

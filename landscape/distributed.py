@@ -22,17 +22,22 @@ do, cluster nodes through a shared file system.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
 import hashlib
+import importlib
+import importlib.util
 import logging
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import threading
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -46,24 +51,174 @@ MAX_RETRIES = 3  # resubmissions of a chunk whose worker died
 
 
 # --------------------------------------------------------------------------------- recipes
-def load_model(path: str):
-    """``keras.models.load_model`` with SAM registered; a missing file is a ValueError."""
+_IMPORTED: dict[str, Any] = {}  # --import specification -> module, so each runs once per process
+
+
+def _module_from_file(path: str):
+    """Import the ``.py`` file at ``path`` as a module named after it (its folder importable)."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # so that it can import the modules beside it
+    if not name.isidentifier() or name in sys.modules:
+        name = f"_landscape_import_{hashlib.sha256(path.encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"not a Python file: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def import_modules(imports: Sequence[str] = ()) -> dict[str, Any]:
+    """Import the modules that define (and register) a model's custom classes.
+
+    Args:
+        imports: Module names (importable from the current directory or ``sys.path``) or paths
+            of ``.py`` files. Each is imported once per process. Defaults to ().
+
+    Returns:
+        The custom objects they define: every class and function whose ``__module__`` is one
+        of them, by name, for ``keras.models.load_model(custom_objects=...)`` (so that classes
+        not decorated with ``@keras.saving.register_keras_serializable()`` load too).
+
+    Raises:
+        ValueError: a module failed to import; the message names it and the exception.
+    """
+    if isinstance(imports, str):
+        imports = (imports,)
+    objects: dict[str, Any] = {}
+    for spec in imports:
+        spec = os.fspath(spec)
+        is_file = spec.endswith(".py")
+        key = os.path.abspath(spec) if is_file else spec
+        module = _IMPORTED.get(key)
+        if module is None:
+            try:
+                if is_file:
+                    if not os.path.isfile(spec):
+                        raise FileNotFoundError(f"{spec} does not exist")
+                    module = _module_from_file(key)
+                else:
+                    if os.getcwd() not in sys.path and "" not in sys.path:
+                        sys.path.insert(0, os.getcwd())
+                    module = importlib.import_module(spec)
+            except Exception as err:
+                text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                hint = ""
+                if isinstance(err, ModuleNotFoundError) and err.name == spec.split(".")[0]:
+                    hint = " (give a module importable from the current directory or a .py path)"
+                raise ValueError(
+                    f"Could not import {spec!r} (--import): {type(err).__name__}"
+                    f"{': ' + text if text else ''}{hint}."
+                ) from err
+            _IMPORTED[key] = module
+        for key, value in vars(module).items():
+            if (
+                not key.startswith("_")
+                and callable(value)
+                and getattr(value, "__module__", None) == module.__name__
+            ):
+                objects[key] = value
+    return objects
+
+
+def _load_failure(path: str, err: Exception) -> ValueError:
+    """One sentence for a model file Keras could not load."""
+    text = str(err)
+    missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
+    if missing:
+        kind, name = missing.groups()
+        module = re.search(r"'module': '([\w.]+)', 'class_name': '" + re.escape(name), text)
+        where = module.group(1) if module and module.group(1) != "__main__" else None
+        target = where or "the module (or .py file) that defines it"
+        return ValueError(
+            f"Could not locate {kind} {name!r} of model file {path!r}; pass --import {target} "
+            f"(imports=[...] in Python), with the {kind} decorated with "
+            "@keras.saving.register_keras_serializable()."
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return ValueError(f"Could not load the model file {path!r}: {first.rstrip('.')}.")
+
+
+@contextlib.contextmanager
+def _fresh_layer_names():
+    """Layers that Keras names automatically get the same names whatever was built before.
+
+    A subclassed model that creates ``Dense(4)`` in ``__init__`` is named anew on loading
+    (``dense``, ``dense_1``, ... from a per-process counter); a worker process, or a second
+    model, would otherwise get other names and so other variable paths than the coordinator's
+    directions, which are aligned by path. The counters are Keras's private
+    ``global_state`` attribute ``object_name_uids`` (checked with Keras 3.15); without it,
+    loading is unchanged. Afterwards every counter is at least as high as before.
+    """
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # pragma: no cover - another Keras layout
+        yield
+        return
+    key = "object_name_uids"
+    before = global_state.get_global_attribute(key) or {}
+    global_state.set_global_attribute(key, collections.defaultdict(int))
+    try:
+        yield
+    finally:
+        used = global_state.get_global_attribute(key) or {}
+        merged = collections.defaultdict(int, before)
+        for name, count in used.items():
+            merged[name] = max(merged[name], count)
+        global_state.set_global_attribute(key, merged)
+
+
+def load_model(path: str, *, imports: Sequence[str] = ()):
+    """``keras.models.load_model`` with SAM registered and the user's modules imported.
+
+    Args:
+        path: A ``.keras`` (or legacy ``.h5``) model file.
+        imports: Modules (names or ``.py`` paths) that define the model's custom classes; see
+            ``import_modules``. Defaults to ().
+
+    Raises:
+        ValueError: one sentence for every failure: a missing file, a file that is not a
+            Keras model, a class Keras cannot locate, a module that fails to import.
+    """
     import keras
 
     import sam  # noqa: F401  (registers SAM and SAMModel for deserialization)
 
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"Model file {os.fspath(path)!r} does not exist.")
-    return keras.models.load_model(path)
+        raise ValueError(f"Model file {path!r} does not exist.")
+    custom_objects = import_modules(imports)
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"Model file {path!r} is not a Keras model file (a .keras zip archive).")
+    if path.endswith((".h5", ".hdf5")):
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"Model file {path!r} is not a Keras model file (an HDF5 file).")
+    elif not path.endswith(".keras"):
+        raise ValueError(f"Model file {path!r} is not a .keras (or legacy .h5) model file.")
+    try:
+        with _fresh_layer_names():
+            return keras.models.load_model(path, custom_objects=custom_objects or None)
+    except Exception as err:  # Keras raises TypeError, ValueError, KeyError, OSError, ...
+        raise _load_failure(path, err) from err
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveRecipe:
     """How to build an ``Objective`` in another process: model file, data and batch size.
 
-    Calling it (``recipe()``) loads the model (``keras.models.load_model``, SAM registered) and
-    the data (``landscape.load_dataset``) and returns the ``Objective``. It pickles as a few
-    strings, so workers of any backend can rebuild the same objective.
+    Calling it (``recipe()``) loads the model (``load_model``: SAM registered, ``imports``
+    imported) and the data (``landscape.data.read_dataset``, fitted to the model by
+    ``landscape.data.match_model``) and returns the ``Objective``. It pickles as a few strings,
+    so workers of any backend rebuild the same objective from the same arrays.
 
     Attributes:
         model: Path of a ``.keras`` model file (made absolute).
@@ -72,6 +227,9 @@ class ObjectiveRecipe:
         test_samples: Use the first ``test_samples`` test examples; None for all, 0 for no
             test split.
         batch_size: Evaluation batch size.
+        scale: Divide x by this number (None: only uint8 x, by 255).
+        imports: Modules defining the model's custom classes: names (importable from the
+            current directory of each worker) or ``.py`` paths (made absolute).
 
     Example:
         >>> recipe = landscape.ObjectiveRecipe("sam.keras", data="cifar10_10k.npz", samples=2000)
@@ -85,15 +243,17 @@ class ObjectiveRecipe:
     samples: int = 0
     test_samples: int | None = None
     batch_size: int = 256
+    scale: float | None = None
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self):
-        from landscape.data import EMBEDDED, KERAS_DATASETS
+        from landscape.data import _check_scale, is_file_name
 
         if not isinstance(self.model, str | os.PathLike):
             raise ValueError(f"Argument `model` must be a file path. Received: {self.model!r}.")
         object.__setattr__(self, "model", os.path.abspath(os.fspath(self.model)))
         data = os.fspath(self.data)
-        if data != EMBEDDED and data not in KERAS_DATASETS:
+        if is_file_name(data):
             data = os.path.abspath(data)
         object.__setattr__(self, "data", data)
         for name, minimum in (("samples", 0), ("batch_size", 1)):
@@ -107,27 +267,38 @@ class ObjectiveRecipe:
             raise ValueError(
                 f"Argument `test_samples` must be None or an integer >= 0. Received: {t!r}."
             )
+        object.__setattr__(self, "scale", _check_scale(self.scale))
+        imports = (self.imports,) if isinstance(self.imports, str) else tuple(self.imports)
+        imports = tuple(
+            os.path.abspath(os.fspath(m)) if os.fspath(m).endswith(".py") else os.fspath(m)
+            for m in imports
+        )
+        object.__setattr__(self, "imports", imports)
 
     def load_model(self):
         """The Keras model of ``self.model``."""
-        return load_model(self.model)
+        return load_model(self.model, imports=self.imports)
 
-    def build(self, model=None):
-        """The ``Objective`` (of ``model`` if given, else of the loaded model file)."""
-        from landscape.data import load_dataset
+    def build(self, model=None, *, on_note: Callable[[str], None] | None = None):
+        """The ``Objective`` (of ``model`` if given, else of the loaded model file).
+
+        Args:
+            model: The loaded model; None loads ``self.model``. Defaults to None.
+            on_note: Called with each line that says what loading changed in the data
+                (scaling, an added axis). Defaults to None (logged at debug level).
+        """
+        from landscape.data import match_model, read_dataset
         from landscape.objective import Objective
 
         model = self.load_model() if model is None else model
-        (x, y), (xt, yt) = load_dataset(self.data)
-        if tuple(x.shape[1:]) != tuple(model.input_shape[1:]):
-            raise ValueError(
-                f"The data ({self.data}) has inputs of shape {x.shape[1:]}; the model expects "
-                f"{tuple(model.input_shape[1:])}."
-            )
-        train = (x[: self.samples], y[: self.samples]) if self.samples else (x, y)
-        test = None
+        dataset = match_model(read_dataset(self.data, scale=self.scale), model)
+        for note in dataset.notes:
+            (on_note or logger.debug)(note)
+        train, test = dataset.train, None
+        if self.samples:
+            train = tuple(a[: self.samples] for a in train)
         if self.test_samples != 0:
-            test = (xt[: self.test_samples], yt[: self.test_samples])
+            test = tuple(a[: self.test_samples] for a in dataset.test)
         return Objective(model, train, batch_size=self.batch_size, test_data=test)
 
     def __call__(self):

@@ -26,6 +26,9 @@ def test_version_and_help():
     for command in ([], ["train"], ["surface"], ["plot"], ["hessian"], ["sharpness"], ["figures"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Examples" in result.output
+    for command in ("surface", "hessian", "sharpness"):  # every command that reads a model file
+        help_text = invoke(command, "--help").output
+        assert "--import MODULE" in help_text and "--scale" in help_text
 
 
 def test_console_script_runs_as_a_process():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape.data import embedded_path, load_dataset
+from landscape.data import embedded_path, load_dataset, read_dataset
 from sam import _compat
 
 
@@ -45,14 +45,133 @@ def test_npz_round_trip_and_errors(tmp_path):
         y_test=np.arange(2, dtype=np.uint8),
     )
     (x, y), (xt, yt) = load_dataset(str(path))
-    assert x.shape == (5, 4, 4, 3) and x.max() <= 1.0 and y.tolist() == [0, 1, 2, 3, 4]
-    np.savez(tmp_path / "bad.npz", x_train=np.zeros(3))
-    with pytest.raises(ValueError, match="lacks the arrays"):
+    assert x.shape == (5, 4, 4, 3) and x.dtype == np.float32 and x.max() <= 1.0
+    assert y.shape == (5, 1) and y.dtype == np.uint8  # as stored: Keras's sparse losses take it
+    (x, y), _ = load_dataset(str(path), images=True)  # the zoo's convention: a label vector
+    assert y.dtype == np.int32 and y.tolist() == [0, 1, 2, 3, 4]
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros(3), X_test=np.zeros(3))
+    with pytest.raises(ValueError, match=r"lacks the arrays .*it has \['X_test', 'x_train'\]"):
         load_dataset(str(tmp_path / "bad.npz"))
     with pytest.raises(ValueError, match="does not exist"):
         load_dataset(str(tmp_path / "missing.npz"))
     with pytest.raises(ValueError, match="Unknown data set 'imagenet'"):
         load_dataset("imagenet")
+
+
+def _npz(path, **arrays):
+    n, m = len(arrays["x_train"]), len(arrays["x_test"])
+    arrays.setdefault("y_train", np.zeros(n, np.int64))
+    arrays.setdefault("y_test", np.zeros(m, np.int64))
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_arrays_are_used_as_stored(tmp_path, rng):
+    """Standardized features, float and multi-target y, token ids: nothing rescaled or cast."""
+    x = rng.normal(size=(6, 3)) * 300.0  # max far above 1: once divided by 255
+    y = rng.normal(size=(6, 2))
+    path = _npz(tmp_path / "r.npz", x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
+    data = read_dataset(path)
+    (xs, ys), (xt, yt) = data.arrays()
+    np.testing.assert_allclose(xs, x.astype(np.float32))  # float64 -> float32, as Keras does
+    assert xs.dtype == np.float32 and ys.dtype == np.float32 and ys.shape == (6, 2)
+    np.testing.assert_allclose(ys, y.astype(np.float32))
+    assert data.notes == ()
+    tokens = rng.integers(0, 5000, size=(6, 7))
+    labels = rng.integers(0, 3, size=(6, 1))
+    path = _npz(tmp_path / "t.npz", x_train=tokens, y_train=labels, x_test=tokens, y_test=labels)
+    (xs, ys), _ = load_dataset(path)
+    assert xs.dtype == tokens.dtype and (xs == tokens).all()
+    assert ys.shape == (6, 1) and (ys == labels).all()
+    seq = rng.normal(size=(6, 5, 3)).astype(np.float32)  # (n, timesteps, features): no axis added
+    path = _npz(tmp_path / "s.npz", x_train=seq, x_test=seq)
+    assert load_dataset(path)[0][0].shape == (6, 5, 3)
+
+
+def test_uint8_images_and_scale_are_said(tmp_path, rng):
+    images = rng.integers(0, 256, size=(4, 5, 5), dtype=np.uint8)
+    path = _npz(tmp_path / "u.npz", x_train=images, x_test=images)
+    data = read_dataset(path)
+    assert data.notes == ("x: uint8 images scaled to [0, 1]",)
+    np.testing.assert_allclose(data.train[0], images / 255.0, rtol=1e-6)
+    assert data.train[0].shape == (4, 5, 5)  # the model decides about a channel axis
+    floats = images.astype(np.float32)
+    path = _npz(tmp_path / "f.npz", x_train=floats, x_test=floats)
+    assert read_dataset(path).train[0].max() == floats.max()  # never guessed
+    data = read_dataset(path, scale=255)
+    assert data.notes == ("x: divided by 255",)
+    np.testing.assert_allclose(data.train[0], floats / 255.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="Argument `scale` must be a positive number"):
+        read_dataset(path, scale=0)
+    # the named sets keep the image convention, silently
+    (x, y), _ = read_dataset("embedded").arrays()
+    assert x.shape[1:] == (28, 28, 1) and y.ndim == 1 and read_dataset("embedded").notes == ()
+
+
+def test_sample_weights(tmp_path, rng):
+    x = rng.normal(size=(4, 2))
+    w = np.array([1.0, 0.0, 2.0, 0.5])
+    path = _npz(tmp_path / "w.npz", x_train=x, x_test=x, sample_weight_train=w)
+    data = read_dataset(path)
+    assert len(data.train) == 3 and len(data.test) == 2
+    np.testing.assert_allclose(data.train[2], w)
+    assert data.notes == ("sample weights: sample_weight_train",)
+    path = _npz(tmp_path / "bad.npz", x_train=x, x_test=x[:2], sample_weight_test=w)
+    with pytest.raises(ValueError, match="sample_weight_test must hold one number per sample"):
+        read_dataset(path)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda f: f.write(b"a,b\n1,2\n"), "is not an .npz archive"),
+        (lambda f: np.save(f, np.zeros(3)), "holds one array"),
+        (
+            lambda f: np.savez(
+                f,
+                x_train=np.zeros((3, 2)),
+                y_train=np.zeros(2),
+                x_test=np.zeros((1, 2)),
+                y_test=np.zeros(1),
+            ),
+            "x_train has 3 samples but y_train has 2",
+        ),  # fmt: skip
+        (
+            lambda f: np.savez(
+                f,
+                x_train=np.array([{}], dtype=object),
+                y_train=np.zeros(1),
+                x_test=np.zeros(1),
+                y_test=np.zeros(1),
+            ),
+            "holds Python objects",
+        ),  # fmt: skip
+    ],
+)
+def test_malformed_files_are_one_sentence(tmp_path, write, message):
+    path = tmp_path / "data.npz"
+    with open(path, "wb") as f:
+        write(f)
+    with pytest.raises(ValueError, match=message):
+        read_dataset(str(path))
+
+
+def test_match_model_adds_a_stated_channel_axis_or_names_both_shapes(rng):
+    import keras
+
+    images = rng.random((3, 6, 6)).astype(np.float32)
+    data = landscape.data.Dataset((images, np.zeros(3)), (images, np.zeros(3)), (), "d.npz")
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten()])
+    fitted = landscape.data.match_model(data, model)
+    assert fitted.train[0].shape == fitted.test[0].shape == (3, 6, 6, 1)
+    assert fitted.notes == (
+        "x: samples of shape (6, 6) given a trailing axis to match the model's input (6, 6, 1)",
+    )
+    rnn = keras.Sequential([keras.Input((None, 6)), keras.layers.SimpleRNN(2)])
+    assert landscape.data.match_model(data, rnn) is data  # None matches any number of steps
+    dense = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"inputs of shape \(6, 6\); the model expects \(5,\)"):
+        landscape.data.match_model(data, dense)
 
 
 def test_missing_tensorflow_is_one_sentence(monkeypatch):
