@@ -2,15 +2,18 @@
 
 Keras 3 has no public way to reach the loss and metrics a model was compiled with, nor the mask
 a layer attaches to its output tensor. ``Objective`` needs all three to measure exactly what
-``model.evaluate`` reports. Checked with Keras 3.15; ``tests/test_compat.py`` fails if a name
-moves, instead of a silent fallback.
+``model.evaluate`` reports. Loading a model in a worker process needs Keras's counters of
+automatic layer names, so that its variable paths are the coordinator's. Checked with Keras
+3.15; ``tests/test_compat.py`` fails if a name moves, instead of a silent fallback.
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Any, NamedTuple
 
 import keras
+from keras.src.backend.common import global_state
 from keras.src.backend.common.masking import get_keras_mask
 from keras.src.trainers.compile_utils import CompileLoss
 
@@ -66,3 +69,16 @@ def build_structures(compile_loss: CompileLoss) -> tuple[Any, Any]:
 def keras_mask(tensor):
     """The Keras mask attached to ``tensor`` by a masking layer (or ``ignore_class``), or None."""
     return get_keras_mask(tensor)
+
+
+_NAME_UIDS = "object_name_uids"
+
+
+def layer_name_counters() -> dict[str, int]:
+    """Keras's per-process counters behind automatic layer names (``dense``, ``dense_1``)."""
+    return dict(global_state.get_global_attribute(_NAME_UIDS) or {})
+
+
+def set_layer_name_counters(counters: dict[str, int]) -> None:
+    """Replace the counters (a ``defaultdict(int)``, as Keras keeps them)."""
+    global_state.set_global_attribute(_NAME_UIDS, collections.defaultdict(int, counters))

@@ -22,7 +22,6 @@ do, cluster nodes through a shared file system.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
@@ -42,6 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from landscape import _compat
 
 logger = logging.getLogger("landscape")
 
@@ -153,26 +154,18 @@ def _fresh_layer_names():
     A subclassed model that creates ``Dense(4)`` in ``__init__`` is named anew on loading
     (``dense``, ``dense_1``, ... from a per-process counter); a worker process, or a second
     model, would otherwise get other names and so other variable paths than the coordinator's
-    directions, which are aligned by path. The counters are Keras's private
-    ``global_state`` attribute ``object_name_uids`` (checked with Keras 3.15); without it,
-    loading is unchanged. Afterwards every counter is at least as high as before.
+    directions, which are aligned by path. The counters are private Keras state (see
+    ``landscape._compat``). Afterwards every counter is at least as high as before.
     """
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # pragma: no cover - another Keras layout
-        yield
-        return
-    key = "object_name_uids"
-    before = global_state.get_global_attribute(key) or {}
-    global_state.set_global_attribute(key, collections.defaultdict(int))
+    before = _compat.layer_name_counters()
+    _compat.set_layer_name_counters({})
     try:
         yield
     finally:
-        used = global_state.get_global_attribute(key) or {}
-        merged = collections.defaultdict(int, before)
-        for name, count in used.items():
-            merged[name] = max(merged[name], count)
-        global_state.set_global_attribute(key, merged)
+        merged = dict(before)
+        for name, count in _compat.layer_name_counters().items():
+            merged[name] = max(merged.get(name, 0), count)
+        _compat.set_layer_name_counters(merged)
 
 
 def load_model(path: str, *, imports: Sequence[str] = ()):

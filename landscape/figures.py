@@ -101,7 +101,7 @@ def train_models(config: FiguresConfig, out_dir: str, *, verbose: int = 1) -> di
     os.makedirs(out_dir, exist_ok=True)
     record_path = os.path.join(out_dir, "training.json")
     record = _read_json(record_path) or {}
-    (x, y), test = load_dataset(config.data)
+    (x, y), test = load_dataset(config.data, images=True)
     if config.train_samples:
         x, y = x[: config.train_samples], y[: config.train_samples]
     out: dict[str, Any] = {"metrics": {}}
@@ -147,7 +147,7 @@ def _objective(model, config: FiguresConfig):
     from landscape.data import load_dataset
     from landscape.objective import Objective
 
-    (x, y), (xt, yt) = load_dataset(config.data)
+    (x, y), (xt, yt) = load_dataset(config.data, images=True)
     n, m = config.surface_samples, config.test_samples
     return Objective(model, (x[:n], y[:n]), batch_size=500, test_data=(xt[:m], yt[:m]))
 

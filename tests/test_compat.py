@@ -1,0 +1,66 @@
+"""landscape._compat: every private Keras attribute landscape reads still means what it did."""
+
+import keras
+import numpy as np
+import pytest
+
+from landscape import _compat
+
+
+def _model():
+    inp = keras.Input((3,))
+    out = {"a": keras.layers.Dense(2, name="a")(inp), "b": keras.layers.Dense(1, name="b")(inp)}
+    model = keras.Model(inp, out)
+    model.compile(loss={"a": "mse", "b": "mae"}, loss_weights={"a": 1.0, "b": 0.5}, metrics=["mae"])
+    return model
+
+
+def test_compiled_loss_resolves_to_per_output_losses():
+    model = _model()
+    x = np.ones((4, 3), "float32")
+    y = {"a": np.zeros((4, 2), "float32"), "b": np.zeros((4, 1), "float32")}
+    compile_loss = _compat.compiled_loss(model)
+    value = compile_loss(y, model(x), None)
+    flat = _compat.flat_losses(compile_loss)
+    assert [(t.path, t.weight) for t in flat] == [(("a",), 1.0), (("b",), 0.5)]
+    assert all(isinstance(t.loss, keras.losses.Loss) for t in flat)
+    y_pred = model(x)
+    parts = [t.loss(y[t.path[0]], y_pred[t.path[0]]) for t in flat]
+    assert float(value) == pytest.approx(float(parts[0]) + 0.5 * float(parts[1]), rel=1e-6)
+    true_struct, pred_struct = _compat.build_structures(compile_loss)
+    assert set(true_struct) == set(pred_struct) == {"a", "b"}
+
+
+def test_compiled_metrics_and_a_fresh_compile_loss():
+    model = _model()
+    assert isinstance(_compat.compiled_metrics(model), keras.metrics.Metric)
+    bare = keras.Model(model.inputs, model.outputs)
+    assert _compat.compiled_loss(bare) is None and _compat.compiled_metrics(bare) is None
+    made = _compat.make_compile_loss("mse", ["a"])
+    assert float(made(np.zeros((2, 1)), np.ones((2, 1)))) == pytest.approx(1.0)
+
+
+def test_keras_mask_of_a_masked_output_and_of_ignore_class():
+    tokens = np.array([[3, 4, 0], [5, 0, 0]])
+    out = keras.layers.Embedding(6, 2, mask_zero=True)(tokens)
+    np.testing.assert_array_equal(np.asarray(_compat.keras_mask(out)), tokens != 0)
+    loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=9)
+    values = loss.call(np.array([1, 9]), np.full((2, 3), 1 / 3, "float32"))
+    np.testing.assert_array_equal(np.asarray(_compat.keras_mask(values)), [True, False])
+    assert _compat.keras_mask(np.zeros(3)) is None
+
+
+def test_layer_name_counters_drive_automatic_names():
+    saved = _compat.layer_name_counters()
+    try:
+        _compat.set_layer_name_counters({})
+        assert keras.layers.Dense(1).name == "dense"
+        assert _compat.layer_name_counters()["dense"] == 1
+        assert keras.layers.Dense(1).name == "dense_1"
+    finally:
+        _compat.set_layer_name_counters(saved)
+
+
+def test_a_renamed_attribute_fails_loudly():
+    with pytest.raises(RuntimeError, match="has no `object._compile_loss`"):
+        _compat.compiled_loss(object())
