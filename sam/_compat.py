@@ -27,3 +27,136 @@ def require_tensorflow() -> None:
             f"sam-landscape runs on the TensorFlow backend of Keras, but KERAS_BACKEND is "
             f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow before importing keras."
         )
+
+
+# -- private Keras touchpoints (checked with Keras 3.15.1 on TensorFlow 2.21) -------------------
+
+
+def no_automatic_dependency_tracking(method):
+    """Keras's decorator that stops attribute assignments from being tracked as dependencies.
+
+    The wrapper optimizers of Keras (``LossScaleOptimizer``) put it on ``build``.
+    """
+    from keras.src.utils import tracking
+
+    return tracking.no_automatic_dependency_tracking(method)
+
+
+def unbuilt_layers(model) -> list:
+    """The layers of ``model`` (itself included, nested ones too) that are not built yet."""
+    flatten = getattr(model, "_flatten_layers", None)  # keras.src.layers.layer.Layer
+    layers = flatten() if flatten is not None else [model, *getattr(model, "layers", [])]
+    return [layer for layer in layers if not layer.built]
+
+
+def symbolic_build(model, x) -> None:
+    """Build every layer of ``model`` by a symbolic call on ``x``'s shapes and dtypes.
+
+    This is what ``Model.fit`` does before its first step under a distribution strategy
+    (``Trainer._symbolic_build``): ``keras.src.backend.compute_output_spec`` calls the model on
+    placeholders in a scratch graph inside a ``StatelessScope`` (the variables it makes are
+    initialized when the scope closes), so it neither runs the model on data nor changes any
+    state (BatchNorm statistics, RNG seeds). Called in the first trace of ``fit``'s step, it
+    makes the model's variables there, where ``tf.function`` allows new variables.
+    """
+    import keras
+    from keras.src.backend import compute_output_spec
+
+    def spec(t):
+        if t is None:
+            return None
+        return keras.KerasTensor(t.shape, keras.backend.standardize_dtype(t.dtype))
+
+    compute_output_spec(model, keras.tree.map_structure(spec, x), training=False)
+
+
+def plain_error(error: Exception) -> Exception:
+    """``error`` marked so that Keras re-raises it as it is, one sentence.
+
+    Keras rewrites an exception raised inside an operation's call (``keras.ops.cond`` in
+    ``LossScaleOptimizer.apply``) into "Exception encountered when calling Cond.call() ..." with
+    the arguments appended, unless ``keras.src.utils.traceback_utils`` finds this marker.
+    """
+    error._keras_call_info_injected = True
+    return error
+
+
+def forget_traced_train_step(optimizer) -> None:
+    """Make the Keras model training with ``optimizer`` trace its train step anew next time.
+
+    Called when ``optimizer`` refuses a step while ``fit`` traces it. A ``tf.function`` whose
+    first trace created variables (a subclassed model built there, a ``LossScaleOptimizer``
+    built by its first ``apply``) and then raised is left broken by TensorFlow: later calls run
+    nothing and return None, so a second ``train_on_batch`` would silently do nothing and a
+    second ``fit`` would fail with an unrelated error. Clearing ``model.train_function`` (what
+    ``compile`` does) makes the next call trace again and raise the same clear error. The model
+    is the ``self`` of a calling frame (``Model.train_step``) whose optimizer is, or wraps,
+    ``optimizer``; if none is found, nothing changes.
+    """
+    import sys
+
+    import keras
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.Model):
+            used = getattr(owner, "optimizer", None)
+            if used is optimizer or getattr(used, "inner_optimizer", None) is optimizer:
+                owner.train_function = None
+                return
+        frame = frame.f_back
+
+
+_FUNCTIONAL_VARIANTS: dict = {}
+
+
+def is_functional_call(args, kwargs) -> bool:
+    """Whether ``Model(*args, **kwargs)`` asks for a functional model (inputs and outputs)."""
+    from keras.src.models.model import functional_init_arguments
+
+    return functional_init_arguments(args, kwargs)
+
+
+def _reduce_as(cls, variant):
+    """``__reduce__`` for ``variant`` that pickles by ``cls``, which can be imported by name."""
+
+    def __reduce__(self):
+        unpickle, *rest = super(variant, self).__reduce__()
+        if getattr(unpickle, "__self__", None) is variant:  # Keras: (cls._unpickle_model, ...)
+            unpickle = getattr(cls, unpickle.__name__)
+        return (unpickle, *rest)
+
+    return __reduce__
+
+
+def init_as_functional(model, *args, **kwargs) -> None:
+    """Initialize an instance of a ``keras.Model`` subclass as a functional model.
+
+    ``keras.Model.__init__`` does this by rewriting ``__bases__`` of every class between the
+    instance's class and ``keras.Model`` so that they derive from ``Functional``, for good: after
+    one ``SAMModel(inputs, outputs)``, every later ``class MyModel(SAMModel)`` built the subclassed
+    way would be a ``Functional`` without inputs and fail. Instead this instance alone gets a class
+    of its own, ``(its class, Functional)``, with the same name and registered name (so it saves,
+    loads and pickles as its class), and is initialized as ``keras.Model.__init__`` would.
+    """
+    from keras.src.models.functional import Functional
+    from keras.src.models.model import Trainer  # the backend's trainer, as Model.__init__ uses
+    from keras.src.saving.object_registration import GLOBAL_CUSTOM_NAMES, get_registered_name
+
+    cls = type(model)
+    if not issubclass(cls, Functional):
+        variant = _FUNCTIONAL_VARIANTS.get(cls)
+        if variant is None:
+            namespace = {
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+            }
+            variant = type(cls.__name__, (cls, Functional), namespace)
+            variant.__reduce__ = _reduce_as(cls, variant)
+            GLOBAL_CUSTOM_NAMES[variant] = get_registered_name(cls)
+            _FUNCTIONAL_VARIANTS[cls] = variant
+        object.__setattr__(model, "__class__", variant)
+    Trainer.__init__(model)
+    Functional.__init__(model, *args, **kwargs)

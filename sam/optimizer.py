@@ -15,18 +15,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 from keras.saving import deserialize_keras_object, serialize_keras_object
-from keras.src.utils import tracking  # the decorator Keras's own wrapper optimizers use
+
+from sam._compat import forget_traced_train_step, no_automatic_dependency_tracking, plain_error
 
 logger = logging.getLogger("sam")
 
 RHO = 0.05  # radius of the neighbourhood, the paper's default for CIFAR
 ETA = 0.01  # ASAM's offset in T = |w| + η, so that zero weights still move
 EPS = 1e-12  # keeps ρ/‖g‖ finite when the gradient vanishes
+
+# What SAM.apply says when it is called outside a SAM step (Keras's own train_step, a custom loop
+# calling apply/apply_gradients): one gradient per step would make it plain base-optimizer descent.
+NOT_A_SAM_STEP = (
+    "SAM needs two gradient evaluations on the same batch (at w and at w + ε(w)), but "
+    "SAM.apply was called with one gradient, as keras.Model.train_step and a custom loop's "
+    "apply/apply_gradients do: use sam.SAMModel, call sam.sam_train_step(self, data) in your "
+    "model's train_step, or call first_step and second_step in a custom loop."
+)
+
+# SAM steps in progress (tf.distribute traces one replica per thread): see SAM.sam_update.
+_UPDATE_LOCK = threading.Lock()
 
 # Arguments of keras.optimizers.Optimizer that belong to the base optimizer, with their defaults.
 _BASE_ONLY_ARGUMENTS = {
@@ -169,6 +183,15 @@ class SAM(keras.optimizers.Optimizer):
     ``LearningRateScheduler`` and ``ReduceLROnPlateau`` callbacks act on the real rate), its state
     is saved and restored with the model, and ``compile(optimizer=SAM(...))`` works.
 
+    A SAM step needs two gradients of the same batch, so SAM trains only through the two ways
+    below. The default ``keras.Model.train_step`` (``compile(optimizer=SAM(...))`` on a plain
+    ``keras.Model``) and a custom loop calling ``apply``/``apply_gradients`` make one gradient per
+    step: there ``apply`` raises a ``ValueError`` saying what to use, at the first step and at
+    every later one, before the base optimizer changes any weight, rather than silently training
+    with the base optimizer alone. (A compiled ``fit`` step is refused while it is traced, so
+    nothing of it runs; with ``run_eagerly=True`` its forward pass has run, updating BatchNorm
+    statistics.)
+
     Two ways to train with it:
 
     * ``SAMModel`` / ``sam_train_step`` in ``fit``: the perturbed pass runs without touching the
@@ -178,7 +201,8 @@ class SAM(keras.optimizers.Optimizer):
     * A custom loop with ``first_step`` / ``second_step``, as in the original TF2 code: the first
       step moves the weights to w + ε(w) and remembers w in optimizer variables; the second step
       restores w bit-exactly and applies the base optimizer to the gradient taken at w + ε(w).
-      The two steps may run in separate ``tf.function``s and under XLA.
+      The two steps may run in separate ``tf.function``s and under XLA. The copy of w is made
+      by the first ``first_step`` (none is made, or saved, when only ``SAMModel`` is used).
 
     Args:
         base_optimizer: The ``keras.optimizers.Optimizer`` that makes the update (e.g. SGD).
@@ -261,21 +285,48 @@ class SAM(keras.optimizers.Optimizer):
         self.eps = float(eps)
         self.sync_perturbations = bool(sync_perturbations)
         self.num_batch_splits = num_batch_splits
-        self._in_sam_update = False
-        self._warned_plain_apply = False
+        self._sam_updates = 0  # SAM steps in progress, see sam_update
+        self._remembered = None  # the copy of w, made by the first manual step (first_step)
 
     # -- state -------------------------------------------------------------------------------
 
-    @tracking.no_automatic_dependency_tracking
+    @no_automatic_dependency_tracking
     def build(self, var_list):
-        """Create the base optimizer's state and SAM's own: a copy of w per variable, a flag."""
+        """Create the base optimizer's state and SAM's own: the flag of a pending first_step.
+
+        The copy of w that ``first_step`` remembers is made only when ``first_step`` (or
+        ``second_step``/``restore``) is first used: ``SAMModel`` and ``sam_train_step`` never
+        assign to the weights and do not need it.
+        """
         if not self.base_optimizer.built:
             self.base_optimizer.build(var_list)
         self._pending = self.add_variable(
             shape=(), dtype="float32", aggregation="only_first_replica", name="sam_pending"
         )
-        self._remembered = [self.add_variable_from_reference(v, name="sam_w") for v in var_list]
+        self._remembered = None
         super().build(var_list)
+
+    @no_automatic_dependency_tracking
+    def _weight_copy(self):
+        """The optimizer variables that remember w, one per built variable, made on first use.
+
+        Like any optimizer state, they are made by the first use: eagerly, or in the first trace
+        of a ``tf.function`` (``tf.function`` refuses new variables in later traces). That is
+        where the first ``first_step`` builds SAM anyway; after ``fit`` has built SAM without
+        them, a custom loop's first trace makes them.
+        """
+        if self._remembered is None:
+            with keras.name_scope(self.name, caller=self):
+                self._remembered = [
+                    self.add_variable_from_reference(v, name="sam_w")
+                    for v in self._trainable_variables
+                ]
+        return self._remembered
+
+    def _core_variables(self):
+        """SAM's own variables but the copy of w (iterations, learning rate, the pending flag)."""
+        copy = {id(v) for v in self._remembered or ()}
+        return [v for v in self._variables if id(v) not in copy]
 
     @property
     def variables(self):
@@ -325,6 +376,9 @@ class SAM(keras.optimizers.Optimizer):
     def first_step(self, gradients, trainable_variables):
         """Climb to the local maximum: w ← w + ε(w), remembering w in optimizer variables.
 
+        The first call creates the copy of w (one optimizer variable per model variable, saved
+        with the model only while a step is pending); later calls reuse it.
+
         Args:
             gradients: Gradients of the loss at w, aligned with ``trainable_variables``;
                 None entries are skipped.
@@ -348,9 +402,10 @@ class SAM(keras.optimizers.Optimizer):
                 "second_step (or restore()) to come back to w first."
             )
         self.restore(tvars)
+        remembered = self._weight_copy()
         e_w = self.perturbation(grads, [v.value for v in tvars])
         for v, e in zip(tvars, e_w):
-            self._remembered[self._get_variable_index(v)].assign(v)  # remember w exactly
+            remembered[self._get_variable_index(v)].assign(v)  # remember w exactly
             if e is not None:
                 v.assign_add(e)  # w + ε(w)
         self._pending.assign(1.0)
@@ -360,18 +415,19 @@ class SAM(keras.optimizers.Optimizer):
         tvars = list(trainable_variables)
         if not self.built:
             return
-
-        def undo():
-            for v in tvars:
-                v.assign(self._remembered[self._get_variable_index(v)])
-            self._pending.assign(0.0)
-            return tf.constant(True)
-
         if tf.executing_eagerly():
-            if bool(self._pending.numpy() > 0.5):
-                undo()
+            if self._remembered is not None and bool(self._pending.numpy() > 0.5):
+                self._undo(tvars)
             return
-        tf.cond(self._pending.value > 0.5, undo, lambda: tf.constant(False))
+        # A graph may run after a first_step of another function: it must hold the restore op.
+        self._weight_copy()
+        tf.cond(self._pending.value > 0.5, lambda: self._undo(tvars), lambda: tf.constant(False))
+
+    def _undo(self, tvars):
+        for v in tvars:
+            v.assign(self._remembered[self._get_variable_index(v)])
+        self._pending.assign(0.0)
+        return tf.constant(True)
 
     def second_step(self, gradients, trainable_variables):
         """Come back to w and update it with the gradient taken at w + ε(w).
@@ -398,35 +454,87 @@ class SAM(keras.optimizers.Optimizer):
 
     @contextlib.contextmanager
     def sam_update(self):
-        """Marks ``apply`` calls as the update of a SAM step (second_step and the train step)."""
-        previous, self._in_sam_update = self._in_sam_update, True
+        """Marks ``apply`` calls as the update of a SAM step (``second_step``, the train step).
+
+        A count, not a flag: under ``tf.distribute`` the replicas' steps are traced in threads
+        whose ``with`` blocks interleave, and the merged update may run in yet another thread.
+        """
+        with _UPDATE_LOCK:
+            self._sam_updates += 1
         try:
             yield
         finally:
-            self._in_sam_update = previous
+            with _UPDATE_LOCK:
+                self._sam_updates -= 1
 
     def apply(self, grads, trainable_variables=None):
-        """Apply the base optimizer to ``grads`` (the gradient taken at w + ε(w)).
+        """Apply the base optimizer to ``grads``, the gradient taken at w + ε(w).
 
-        Called outside a SAM step (e.g. by the default ``Model.train_step``), this is a plain
-        base-optimizer step, and a warning says so: use ``SAMModel`` or ``sam_train_step``.
+        Only the update of a SAM step may call it (``second_step``, ``sam_train_step``): one
+        gradient per step would make it the base optimizer alone, so any other call (by the
+        default ``keras.Model.train_step``, or ``apply``/``apply_gradients`` in a custom loop,
+        also through a ``LossScaleOptimizer``) raises before anything is updated.
+
+        Raises:
+            ValueError: When called outside a SAM step.
         """
+        if not self._sam_updates:
+            if not tf.executing_eagerly():
+                forget_traced_train_step(self)  # so that the next call raises this too
+            raise plain_error(ValueError(NOT_A_SAM_STEP))
         if trainable_variables is not None:
             self._build_for(list(trainable_variables))
-        if not self._in_sam_update and not self._warned_plain_apply:
-            self._warned_plain_apply = True
-            logger.warning(
-                "SAM.apply was called outside a SAM step, so this is a plain %s step. SAM needs "
-                "two gradients per step: use SAMModel, sam_train_step in train_step, or "
-                "first_step/second_step.",
-                type(self.base_optimizer).__name__,
-            )
         self.base_optimizer.apply(grads, trainable_variables)
 
     def apply_gradients(self, grads_and_vars):
+        """``apply`` on ``(gradient, variable)`` pairs; raises outside a SAM step, as ``apply``."""
         grads, tvars = zip(*grads_and_vars)
         self.apply(list(grads), list(tvars))
         return self.iterations
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def save_own_variables(self, store):
+        """Save SAM's own state: its counters, the pending flag, and w while a step is pending.
+
+        The base optimizer's state is saved by the base optimizer (Keras walks into it), and the
+        copy of w only matters between ``first_step`` and ``second_step``, so a file of a model
+        trained with SAM is as large as one trained with its base optimizer.
+        """
+        own = self._core_variables()
+        if self._remembered is not None and float(self._pending.numpy()) > 0.5:
+            own += self._remembered
+        for i, variable in enumerate(own):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store):
+        """Load what ``save_own_variables`` saved (and files that saved the copy of w always)."""
+        core = self._core_variables()
+        if not self.built or len(store.keys()) < len(core):
+            logger.warning(
+                "Skipping variable loading for optimizer %r: it has %d variables of its own "
+                "whereas the saved optimizer has %d%s.",
+                self.name,
+                len(core),
+                len(store.keys()),
+                "" if self.built else " (it has not been built yet)",
+            )
+            return
+        for i, variable in enumerate(core):
+            variable.assign(store[str(i)])
+        if float(self._pending.numpy()) < 0.5:
+            return  # nothing pending: a saved copy of w (older files) is stale
+        n = len(core)
+        if len(store.keys()) < n + len(self._trainable_variables):
+            logger.warning(
+                "The saved optimizer %r has a pending first_step but not the weights to come "
+                "back to; the step is dropped.",
+                self.name,
+            )
+            self._pending.assign(0.0)
+            return
+        for i, variable in enumerate(self._weight_copy()):
+            variable.assign(store[str(n + i)])
 
     # -- serialization -----------------------------------------------------------------------
 

@@ -19,7 +19,34 @@ import warnings
 import keras
 import tensorflow as tf
 
+from sam._compat import init_as_functional, is_functional_call, symbolic_build, unbuilt_layers
 from sam.optimizer import RHO, SAM, all_finite, sam_perturbation
+
+
+def _build(model, x, optimizer):
+    """Build the model, then the optimizer, before the step reads any variable.
+
+    ``fit`` traces its step as a ``tf.function``, which may create variables in its first trace
+    only. A subclassed model is usually built by its first call, i.e. inside the step; read
+    before that call, ``model.trainable_variables`` is empty, so the optimizer state would be made
+    in a later trace and fail ("tf.function only supports singleton tf.Variables created on the
+    first call"). A symbolic call builds the model as ``fit`` does under a distribution strategy,
+    without running it on data or touching its state.
+    """
+    if unbuilt_layers(model):
+        try:
+            symbolic_build(model, x)
+        except Exception as e:
+            if isinstance(e, ValueError):
+                raise
+            raise RuntimeError(
+                "Unable to build the model before its first SAM step; build it yourself first "
+                f"(call it on a batch of data). Exception encountered: {e!r}"
+            ) from e
+    tvars = model.trainable_variables
+    if tvars and not optimizer.built:  # the loss scale and SAM's state must exist before use
+        optimizer.build(tvars)
+    return tvars
 
 
 def _split(optimizer):
@@ -156,9 +183,7 @@ def sam_train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     optimizer = model.optimizer
     sam, scaler, inner = _split(optimizer)
-    tvars = model.trainable_variables
-    if tvars and not optimizer.built:  # the loss scale and SAM's state must exist before use
-        optimizer.build(tvars)
+    tvars = _build(model, x, optimizer)
     if not tvars:
         warnings.warn("The model does not have any trainable weights.", stacklevel=2)
         return model.compute_metrics(x, y, model(x, training=True), sample_weight=sample_weight)
@@ -207,7 +232,8 @@ class SAMModel(keras.Model):
     """A ``keras.Model`` whose ``fit`` trains with SAM (``train_step = sam_train_step``).
 
     Build it like any functional or subclassed model and compile it with a ``SAM`` optimizer (a
-    plain optimizer gets SAM with ρ = 0.05 around it).
+    plain optimizer gets SAM with ρ = 0.05 around it). Subclassed models may be built by their
+    first call, inside ``fit``'s first step.
 
     Example:
 
@@ -216,8 +242,24 @@ class SAMModel(keras.Model):
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
     model = SAMModel(inputs, outputs)
     model.compile(optimizer=SAM(keras.optimizers.SGD(0.1)), loss="sparse_categorical_crossentropy")
+
+    class MyModel(SAMModel):  # or subclassed: layers in __init__, built on first call
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.dense(x)
     ```
     """
+
+    def __init__(self, *args, **kwargs):
+        if is_functional_call(args, kwargs):
+            # Not keras.Model.__init__: it would make SAMModel itself derive from Functional, and
+            # with it every subclassed SAMModel made afterwards.
+            init_as_functional(self, *args, **kwargs)
+        else:
+            super().__init__(*args, **kwargs)
 
     def train_step(self, data):
         return sam_train_step(self, data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -290,12 +292,212 @@ def test_save_load_restores_state_and_resumes_identically(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_plain_apply_warns_that_it_is_not_a_sam_step(caplog):
-    x, y, _ = make_data(n=8)
-    model = compile_mlp(make_mlp(), SAM(keras.optimizers.SGD(0.1)))  # a plain keras.Model
-    with caplog.at_level("WARNING", logger="sam"):
+# -- one gradient per step is refused: never silently the base optimizer ------------------------
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.d1 = keras.layers.Dense(5, activation="relu")
+        self.d2 = keras.layers.Dense(3, dtype="float32")
+
+    def call(self, x):
+        return self.d2(self.d1(x))
+
+
+def float32_model(kind="functional"):
+    if kind == "subclassed":  # built inside the first traced step
+        return Subclassed()
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(h))
+
+
+def assert_one_sentence_saying_what_to_do(message):
+    assert message.endswith(".") and not re.search(r"[.:;]\s+[A-Z]", message)
+    for way in ("sam.SAMModel", "sam.sam_train_step(self, data)", "first_step and second_step"):
+        assert way in message
+
+
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+@pytest.mark.parametrize("mode", ["graph", "xla", "eager", "mixed_float16"])
+def test_plain_keras_model_refuses_sam_at_the_first_step(mode, kind):
+    """``compile(optimizer=SAM(...))`` on a keras.Model whose train_step is Keras's own.
+
+    Every later call raises too: TensorFlow leaves a function whose first trace made variables
+    and then raised returning None, silently, on later calls.
+    """
+    if mode == "mixed_float16":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    x, y, _ = make_data(n=8, dtype="float32")
+    model = float32_model(kind)
+    model.compile(
+        optimizer=SAM(keras.optimizers.SGD(0.1)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=mode == "xla",
+        run_eagerly=mode == "eager",
+    )
+    if mode == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    if kind == "subclassed" and mode == "eager":
+        model(x)  # eagerly, the forward pass runs before the refusal: build it to compare
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="two gradient evaluations on the same batch") as info:
         model.fit(x, y, epochs=1, verbose=0)
-    assert "outside a SAM step" in caplog.text
+    assert_one_sentence_saying_what_to_do(str(info.value))
+    for call in (lambda: model.fit(x, y, verbose=0), lambda: model.train_on_batch(x, y)) * 2:
+        with pytest.raises(ValueError, match="two gradient evaluations on the same batch"):
+            call()
+    after = model.get_weights()
+    assert len(after) == len(before) or not before  # a subclassed model may be built by now
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations) == 0
+    model.evaluate(x, y, verbose=0)  # evaluation and prediction make no update: they work
+
+
+@pytest.mark.parametrize("call", ["apply", "apply_gradients"])
+@pytest.mark.parametrize("scaled", [False, True], ids=["SAM", "LossScaleOptimizer(SAM)"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_custom_loop_apply_without_first_step_is_refused(call, scaled, graph):
+    model = make_mlp()
+    opt = SAM(keras.optimizers.SGD(0.1))
+    if scaled:
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    w0 = weights_of(model)
+    g = [tf.ones_like(v) for v in model.trainable_variables]
+
+    def step():
+        if call == "apply":
+            opt.apply(g, model.trainable_variables)
+        else:
+            opt.apply_gradients(zip(g, model.trainable_variables))
+
+    with pytest.raises(ValueError, match="two gradient evaluations on the same batch"):
+        tf.function(step)() if graph else step()
+    for a, b in zip(weights_of(model), w0):
+        np.testing.assert_array_equal(a, b)
+    assert int(opt.iterations) == 0
+
+
+def test_plain_model_compiled_with_sam_loads_and_still_refuses_to_fit(tmp_path):
+    x, y, _ = make_data(n=8, dtype="float32")
+    model = float32_model()
+    model.compile(
+        optimizer=SAM(keras.optimizers.SGD(0.1), rho=0.2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.save(tmp_path / "plain.keras")
+    loaded = keras.saving.load_model(tmp_path / "plain.keras")
+    assert isinstance(loaded.optimizer, SAM) and loaded.optimizer.rho == 0.2
+    with pytest.raises(ValueError, match="two gradient evaluations"):
+        loaded.fit(x, y, verbose=0)
+
+
+# -- the copy of w: made by first_step only -------------------------------------------------------
+
+
+def test_fit_makes_no_weight_copy_and_the_file_is_as_small_as_sgd(tmp_path):
+    x, y = np.random.default_rng(0).normal(size=(32, 64)), np.arange(32) % 10
+    sizes = {}
+    for name, cls, opt in [
+        ("sgd", keras.Model, keras.optimizers.SGD(0.1, momentum=0.9)),
+        ("sam", SAMModel, SAM(keras.optimizers.SGD(0.1, momentum=0.9))),
+    ]:
+        inputs = keras.Input((64,))
+        outputs = keras.layers.Dense(10)(keras.layers.Dense(256, activation="relu")(inputs))
+        model = cls(inputs, outputs)
+        model.compile(
+            optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        model.fit(x, y, verbose=0)
+        model.save(tmp_path / f"{name}.keras")
+        sizes[name] = (tmp_path / f"{name}.keras").stat().st_size
+    assert not any("sam_w" in v.path for v in opt.variables)
+    assert sizes["sam"] < 1.1 * sizes["sgd"]  # it was 1.9x with the copy and base state twice
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_first_step_after_fit_makes_the_copy_in_a_functions_first_trace(jit):
+    """fit builds SAM without the copy of w; a custom loop's tf.function makes it when traced."""
+    x, y, sw = make_data()
+    model = compile_mlp(make_mlp(model_cls=SAMModel), SAM(keras.optimizers.SGD(0.1)))
+    w = weights_of(model)
+    model.fit(x, y, sample_weight=sw, batch_size=12, epochs=1, shuffle=False, verbose=0)
+    opt = model.optimizer
+    assert opt.built and opt._remembered is None
+    step = tf.function(manual_step, jit_compile=jit)
+    for _ in range(2):
+        step(model, opt, x, y, sw)
+    for _ in range(3):
+        w = reference_step(w, x, y, sw, lr=0.1)
+    for a, b in zip(weights_of(model), w):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    assert len(opt._remembered) == len(model.trainable_variables)
+
+
+def test_second_step_traced_before_any_first_step_still_restores():
+    model = make_mlp()
+    w0 = weights_of(model)
+    opt = SAM(keras.optimizers.SGD(0.1), rho=0.3)
+    opt.build(model.trainable_variables)  # built without the copy (as fit or load_model do)
+    g = [np.ones_like(w) for w in w0]
+    second = tf.function(lambda: opt.second_step(g, model.trainable_variables))
+    second()  # nothing pending: a base step only, as in a graph it cannot know
+    opt.first_step(g, model.trainable_variables)
+    second()  # the same concrete function: it must come back from w + ε first
+    for a, b in zip(weights_of(model), w0):
+        np.testing.assert_allclose(a, b - 0.2, rtol=1e-12)
+
+
+def test_saved_state_holds_w_only_while_a_step_is_pending():
+    model = make_mlp()
+    opt = SAM(keras.optimizers.SGD(0.1, momentum=0.9))
+    g = [np.ones_like(w) for w in weights_of(model)]
+    store = {}
+    opt.first_step(g, model.trainable_variables)
+    opt.second_step(g, model.trainable_variables)
+    opt.save_own_variables(store)
+    assert len(store) == 3  # iterations, learning rate and the pending flag of the wrapper
+    opt.first_step(g, model.trainable_variables)
+    store = {}
+    opt.save_own_variables(store)
+    assert len(store) == 3 + len(model.trainable_variables) and store["2"] == 1.0
+
+
+def test_save_load_while_a_first_step_is_pending_resumes_identically(tmp_path):
+    x, y, sw = make_data(n=12)
+    model = compile_mlp(make_mlp(model_cls=SAMModel), SAM(keras.optimizers.SGD(0.1), rho=0.2))
+    opt = model.optimizer
+    g = grad(weights_of(model), x, y, sw)
+    opt.first_step(g, model.trainable_variables)
+    model.save(tmp_path / "pending.keras")  # the weights are at w + ε(w)
+    loaded = keras.saving.load_model(tmp_path / "pending.keras")
+    g2 = grad(weights_of(model), x, y, sw)
+    for m in (model, loaded):
+        m.optimizer.second_step(g2, m.trainable_variables)
+        m.fit(x, y, sample_weight=sw, batch_size=6, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(weights_of(model), weights_of(loaded)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("pending", [0.0, 1.0])
+def test_files_that_saved_the_copy_always_still_load(pending, caplog):
+    """Earlier files: SAM's vars were iterations, learning rate, pending flag, copy of w, base."""
+    model = make_mlp()
+    opt = SAM(keras.optimizers.SGD(0.1))
+    opt.build(model.trainable_variables)
+    w = weights_of(model)
+    old = [np.int64(7), np.float32(0.0), np.float32(pending), *[a + 1 for a in w]]
+    old += [np.array(v) for v in opt.base_optimizer.variables]
+    with caplog.at_level("WARNING", logger="sam"):
+        opt.load_own_variables({str(i): v for i, v in enumerate(old)})
+    assert not caplog.text
+    assert int(opt._iterations.numpy()) == 7 and float(opt._pending.numpy()) == pending
+    if pending:
+        opt.restore(model.trainable_variables)
+        for a, b in zip(weights_of(model), w):
+            np.testing.assert_array_equal(a, b + 1)
 
 
 # -- the seed's snippets, as written with Keras 3 imports ----------------------------------------
