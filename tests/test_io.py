@@ -261,7 +261,9 @@ def test_resume_with_dataset_data_and_no_data_fingerprint(tmp_path):
     model, obj, dirs = problem(n=100)
     x, y = (t.numpy() for t in (obj._splits["train"].x, obj._splits["train"].y))
     ds_obj = landscape.Objective(
-        model, tf.data.Dataset.from_tensor_slices((x, y)).batch(32), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model,
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(32),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     assert ds_obj.data_fingerprint() is None
     path = str(tmp_path / "s.h5")
