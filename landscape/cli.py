@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import sys
+import warnings
 
 import click
 
@@ -75,9 +76,14 @@ class _Group(click.Group):
             raise
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
 def _setup(quiet: bool) -> int:
     """Logging and Keras verbosity for a command; returns the Keras ``verbose`` value."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    warnings.showwarning = _warn  # one line, without the source line of the library
     logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask's cluster chatter
     return 0 if quiet else 1
 
@@ -102,6 +108,12 @@ scale_option = click.option(
     default=None,
     help="Divide x of the --data .npz by this number, e.g. 255 for float images in [0, 255] "
     "[only uint8 x, by 255].",
+)
+regularization_option = click.option(
+    "--regularization",
+    is_flag=True,
+    help="Add the model's weight penalties (kernel/bias regularizers) to the loss, as "
+    "model.evaluate does [the data loss alone].",
 )
 import_option = click.option(
     "--import",
@@ -230,13 +242,14 @@ def _load_model(path, imports=()):
     return load_model(path, imports=imports)
 
 
-def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports):
+def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports, regularization):
     """The ``ObjectiveRecipe`` of the command's options (test_samples None = all)."""
     from landscape.distributed import ObjectiveRecipe
 
     return ObjectiveRecipe(
         model_path, data=data, samples=samples, test_samples=test_samples,
         batch_size=batch_size, scale=scale, imports=tuple(imports),
+        regularization=regularization,
     )  # fmt: skip
 
 
@@ -254,6 +267,7 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports)
 @data_option
 @scale_option
 @import_option
+@regularization_option
 @click.option("--samples", type=int, default=0, help="Use the first N training samples [all].")
 @click.option("--test-samples", type=int, default=-1,
               help="Use the first N test samples; 0 skips the test set [all].")  # fmt: skip
@@ -267,8 +281,9 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports)
 @click.option("--backend", type=click.Choice(["auto", "process", "dask", "mpi"]), default="auto",
               show_default=True, help="Executor of --workers/--scheduler.")  # fmt: skip
 @quiet_option
-def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale, imports, samples,
-            test_samples, batch_size, out, workers, scheduler, backend, quiet):  # fmt: skip
+def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale, imports,
+            regularization, samples, test_samples, batch_size, out, workers, scheduler, backend,
+            quiet):  # fmt: skip
     """Compute a 1D or 2D loss surface into an HDF5 file (resumes an existing one).
 
     With --workers or --scheduler, chunks of grid points are evaluated by worker processes
@@ -293,7 +308,9 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
         workers = os.cpu_count() or 1
     model = _load_model(model_path, imports)
     test_samples = None if test_samples < 0 else test_samples
-    recipe = _recipe(model_path, data, samples, test_samples, batch_size, scale, imports)
+    recipe = _recipe(
+        model_path, data, samples, test_samples, batch_size, scale, imports, regularization
+    )
     objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
     if model2:
         first = interpolation_direction(model, _load_model(model2, imports))
@@ -367,6 +384,7 @@ analysis_data = [
     data_option,
     scale_option,
     import_option,
+    regularization_option,
     click.option(
         "--samples",
         type=int,
@@ -413,7 +431,7 @@ def _write_json_file(path: str, payload: dict) -> None:
 @_analysis_options
 @quiet_option
 def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, runs, json_path,
-            data, scale, imports, samples, batch_size, seed, quiet):  # fmt: skip
+            data, scale, imports, regularization, samples, batch_size, seed, quiet):  # fmt: skip
     """Hessian eigenvalues (Lanczos, with residuals), trace and spectral density of a model.
 
     \b
@@ -425,7 +443,7 @@ def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, ru
     from landscape.hessian import hessian_eigenvalues, hessian_spectrum, hessian_trace
 
     model = _load_model(model_path, imports)
-    recipe = _recipe(model_path, data, samples, 0, batch_size, scale, imports)
+    recipe = _recipe(model_path, data, samples, 0, batch_size, scale, imports, regularization)
     objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
     eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, seed=seed, verbose=verbose)
     out = {
@@ -467,8 +485,8 @@ def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, ru
               help="Write the report as JSON.")  # fmt: skip
 @_analysis_options
 @quiet_option
-def sharpness(model_path, k, no_hessian, json_path, data, scale, imports, samples, batch_size,
-              seed, quiet):  # fmt: skip
+def sharpness(model_path, k, no_hessian, json_path, data, scale, imports, regularization, samples,
+              batch_size, seed, quiet):  # fmt: skip
     """Every sharpness measure of a model in one table (sharpness_report).
 
     \b
@@ -480,7 +498,7 @@ def sharpness(model_path, k, no_hessian, json_path, data, scale, imports, sample
     from landscape.sharpness import sharpness_report
 
     model = _load_model(model_path, imports)
-    recipe = _recipe(model_path, data, samples, None, batch_size, scale, imports)
+    recipe = _recipe(model_path, data, samples, None, batch_size, scale, imports, regularization)
     objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
     report = sharpness_report(
         objective, k=k, seed=seed, include_hessian=not no_hessian, verbose=verbose

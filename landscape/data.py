@@ -304,6 +304,14 @@ def model_input_shape(model) -> tuple | None:
     return None
 
 
+def _model_input_dtype(model) -> str | None:
+    """The dtype of the model's single input, or None when it has several or none known."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return None
+    return str(getattr(inputs[0].dtype, "name", inputs[0].dtype))
+
+
 def _fits(shape: Sequence[int], expected: Sequence[int | None]) -> bool:
     return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
 
@@ -315,14 +323,22 @@ def _shape_text(shape: Sequence[int | None]) -> str:
 def match_model(dataset: Dataset, model) -> Dataset:
     """``dataset`` with x fitted to ``model``'s input, or a ValueError naming both shapes.
 
-    x must have the model's input shape per example (``None`` matches any size). The one
-    change made: x one axis short of an input whose last size is 1 (``(n, 28, 28)`` for an input
+    x must have the model's input shape per example (``None`` matches any size), and uint8 x
+    (scaled as images) is refused for a model with an integer input. The one change made: x
+    one axis short of an input whose last size is 1 (``(n, 28, 28)`` for an input
     ``(28, 28, 1)``) gets that trailing axis, with a note. Models with several inputs, or whose
     input is unknown (subclassed), are left to Keras.
     """
     expected = model_input_shape(model)
     if expected is None:
         return dataset
+    dtype = _model_input_dtype(model)
+    if UINT8_NOTE in dataset.notes and dtype is not None and dtype.startswith(("int", "uint")):
+        raise ValueError(
+            f"The data ({dataset.name}) has uint8 x, which is read as 8-bit images and scaled "
+            f"to [0, 1], but the model's input is {dtype} (token ids?); store x as int32 or "
+            "int64 to keep it as integers."
+        )
     notes = list(dataset.notes)
     splits = []
     for split in (dataset.train, dataset.test):

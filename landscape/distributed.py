@@ -223,6 +223,7 @@ class ObjectiveRecipe:
         scale: Divide x by this number (None: only uint8 x, by 255).
         imports: Modules defining the model's custom classes: names (importable from the
             current directory of each worker) or ``.py`` paths (made absolute).
+        regularization: Add the weight penalties to the loss (``Objective(regularization=)``).
 
     Example:
         >>> recipe = landscape.ObjectiveRecipe("sam.keras", data="cifar10_10k.npz", samples=2000)
@@ -238,6 +239,7 @@ class ObjectiveRecipe:
     batch_size: int = 256
     scale: float | None = None
     imports: tuple[str, ...] = ()
+    regularization: bool = False
 
     def __post_init__(self):
         from landscape.data import _check_scale, is_file_name
@@ -292,7 +294,19 @@ class ObjectiveRecipe:
             train = tuple(a[: self.samples] for a in train)
         if self.test_samples != 0:
             test = tuple(a[: self.test_samples] for a in dataset.test)
-        return Objective(model, train, batch_size=self.batch_size, test_data=test)
+        penalized = any(getattr(v, "regularizer", None) for v in model.trainable_variables)
+        if penalized and not self.regularization:
+            (on_note or logger.debug)(
+                "loss: the model's weight penalties are not included (model.evaluate adds "
+                "them); --regularization includes them"
+            )
+        return Objective(
+            model,
+            train,
+            batch_size=self.batch_size,
+            test_data=test,
+            regularization=self.regularization,
+        )
 
     def __call__(self):
         return self.build()

@@ -104,7 +104,10 @@ def _to_tensor(t):
 
 
 def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Dataset:
-    """A finite tf.data view of a ``keras.utils.PyDataset`` (batches in index order)."""
+    """A finite tf.data view of a ``keras.utils.PyDataset`` (batches in index order).
+
+    Every axis is left free, so batches may differ in length and in padding.
+    """
     count = data.num_batches
     if count is None:
         if steps is None:
@@ -116,7 +119,7 @@ def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Datas
     count = count if steps is None else min(count, steps)
     first = data[0]
     spec = tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None, *np.shape(t)[1:]], tf.as_dtype(np.asarray(t).dtype)),
+        lambda t: tf.TensorSpec([None] * np.ndim(t), tf.as_dtype(np.asarray(t).dtype)),
         tuple(first),
     )
 
@@ -173,6 +176,13 @@ class _Split:
         self.n = n
         self.batch_size = batch_size
         self.n_batches = -(-n // batch_size)
+
+    @property
+    def single_batch(self) -> bool:
+        """Whether the split is one batch (so a per-batch loss value is the data set's)."""
+        if self.dataset is not None:
+            return int(self.dataset.cardinality()) == 1
+        return self.n_batches == 1
 
     def first_batch(self, size: int):
         """(x, y, w) of the first ``size`` samples (or the dataset's first batch), eagerly."""
@@ -260,12 +270,28 @@ def _same_rank(a, b):
     return a, b
 
 
+def _per_sample(weight, values):
+    """``weight`` with unit axes appended up to the rank of ``values``.
+
+    Per-sample weights on per-entry values (a sequence output) weight every entry of their sample.
+    Keras broadcasts them against the last axis instead, which fails, or silently mixes samples
+    when that axis happens to have the batch's length; the check against Keras's own loss on the
+    first batch then refuses the data rather than report either number.
+    """
+    while 0 < weight.shape.rank < values.shape.rank:
+        weight = weight[..., None]
+    return weight
+
+
 def _size(t) -> tf.Tensor:
     return tf.cast(tf.size(t), tf.float64)
 
 
 def _loss_pair(loss: keras.losses.Loss, y_true, y_pred, sample_weight) -> tuple:
-    """Float64 (N, D) of one batch: Keras's reduced loss ``loss(y_true, y_pred, s)`` is N / D.
+    """Float64 (N, D, per_batch) of one batch: Keras's reduced ``loss(y_true, y_pred, s)`` is N / D.
+
+    ``per_batch`` is True when ``loss.call`` returns one value for the batch rather than one per
+    sample: then N / D is that value (weighted by the batch size), exact only in one batch.
 
     Follows ``keras.losses.Loss.__call__``: the mask of ``y_pred`` and the one the loss sets on
     its values (``ignore_class``) are merged into the sample weights; the "sum_over_batch_size"
@@ -284,9 +310,10 @@ def _loss_pair(loss: keras.losses.Loss, y_true, y_pred, sample_weight) -> tuple:
     else:
         mask = in_mask if in_mask is not None else out_mask
     values = tf.cast(values, tf.float64)
-    if values.shape.rank == 0 and mask is None and sample_weight is None:
+    if values.shape.rank == 0 and sample_weight is None and mask is None:
         n = tf.cast(tf.shape(tf.nest.flatten(y_pred)[0])[0], tf.float64)
-        return values * n, n  # a batch mean
+        return values * n, n, True  # one value per batch: exact only with one batch
+    per_batch = values.shape.rank == 0
     weight, scale = None, None
     if mask is not None:
         weight = tf.cast(mask, tf.float64)
@@ -297,16 +324,28 @@ def _loss_pair(loss: keras.losses.Loss, y_true, y_pred, sample_weight) -> tuple:
             weight = s
         else:
             weight, s = _same_rank(weight, s)
-            weight = weight * s
+            weight = weight * _per_sample(s, weight)
     if weight is not None:
         values, weight = _same_rank(values, weight)
-        values = values * weight
+        values = values * _per_sample(weight, values)
     numerator = tf.reduce_sum(values)
     if loss.reduction == "mean_with_sample_weight" and weight is not None:
-        return numerator, tf.reduce_sum(weight)
+        return numerator, tf.reduce_sum(weight), per_batch
     if scale is not None:
-        return numerator, scale * _size(values)
-    return numerator, _size(values)
+        return numerator, scale * _size(values), per_batch
+    return numerator, _size(values), per_batch
+
+
+class _Refusal(ValueError):
+    """A loss the Objective cannot measure exactly: raised as it is, never reworded."""
+
+
+def _per_batch_refusal(name: str) -> _Refusal:
+    return _Refusal(
+        f"The loss {name!r} returns one value per batch, not one per sample, so its value over "
+        "the data set depends on how the data are batched; return per-sample values (reduce "
+        "over the trailing axes only), or put every sample in one batch (`batch_size`)."
+    )
 
 
 def _is_custom_compute_loss(model: keras.Model) -> bool:
@@ -319,6 +358,12 @@ def _loss_name(loss) -> str:
     return getattr(loss, "name", None) or getattr(loss, "__name__", type(loss).__name__)
 
 
+def _at(path: tuple, structure):
+    for key in path:
+        structure = structure[key]
+    return structure
+
+
 class _CompiledLoss:
     """Σₖ λₖ Nₖ/Dₖ over the per-output losses of a Keras ``CompileLoss``."""
 
@@ -328,6 +373,7 @@ class _CompiledLoss:
         self.name = name
         self.flat: list[_compat.FlatLoss] = []
         self.n_pairs = 0
+        self.per_batch: set[str] = set()  # losses that return one value per batch
 
     def build(self, y, y_pred, w) -> float:
         """Builds Keras's loss on one batch; returns its value there (eagerly).
@@ -346,51 +392,64 @@ class _CompiledLoss:
         self.flat = _compat.flat_losses(self.compile_loss)
         for term in self.flat:
             if term.loss.reduction not in _MEAN_REDUCTIONS:
-                raise ValueError(
+                raise _Refusal(
                     f"The loss {term.name!r} has reduction {term.loss.reduction!r}; the Objective "
-                    f"measures mean losses ({', '.join(_MEAN_REDUCTIONS)}): with 'sum' the value "
-                    "depends on the batch size. Pass `loss=` with a mean reduction."
+                    f"measures mean losses ({', '.join(_MEAN_REDUCTIONS)}): a sum depends on the "
+                    "batch size and 'none' is not one number. Pass `loss=` with a mean reduction."
                 )
         self.n_pairs = len(self.flat)
         return float(value)
 
-    def _align(self, y_true, y_pred):
-        """y_true and y_pred in the structures the built loss resolves its paths in."""
+    def _targets(self, y_true, y_pred) -> tuple[list, list]:
+        """(y_true, y_pred) of each term, resolved as Keras's ``CompileLoss.call`` does."""
         tree = keras.tree
-        if tree.is_nested(y_true) or tree.is_nested(y_pred):
-            try:
-                tree.assert_same_structure(y_pred, y_true)
-            except (ValueError, TypeError):
-                if not tree.is_nested(y_true) and len(y_pred) == 1:
-                    y_true = [y_true]
-                elif isinstance(y_pred, list | tuple) and isinstance(y_true, dict):
-                    names = self.compile_loss.output_names or []
-                    if set(names) == set(y_true):
-                        y_true = [y_true[name] for name in names]
-                y_true = tree.pack_sequence_as(y_pred, tree.flatten(y_true))
         true_struct, pred_struct = _compat.build_structures(self.compile_loss)
         try:
             tree.assert_same_structure(pred_struct, y_pred)
         except (ValueError, TypeError):
             y_pred = tree.pack_sequence_as(pred_struct, tree.flatten(y_pred))
+        preds = [_at(term.path, y_pred) for term in self.flat]
+        try:
+            return [_at(t.path, self._align_true(y_true, true_struct)) for t in self.flat], preds
+        except (ValueError, TypeError, KeyError, IndexError):
+            pass
+        # Targets given only for the outputs that have a loss: by key, else in order.
+        try:
+            return [_at(term.path, y_true) for term in self.flat], preds
+        except (ValueError, TypeError, KeyError, IndexError):
+            leaves = tree.flatten(y_true)
+            if len(leaves) != len(self.flat):
+                raise
+            return leaves, preds
+
+    def _align_true(self, y_true, true_struct):
+        tree = keras.tree
         try:
             tree.assert_same_structure(true_struct, y_true)
+            return y_true
         except (ValueError, TypeError):
-            y_true = tree.pack_sequence_as(true_struct, tree.flatten(y_true))
-        return y_true, y_pred
+            pass
+        if isinstance(true_struct, dict) and isinstance(y_true, list | tuple):
+            names = self.compile_loss.output_names or []
+            if len(names) == len(y_true):
+                y_true = dict(zip(names, y_true))
+        elif isinstance(true_struct, list | tuple) and isinstance(y_true, dict):
+            names = self.compile_loss.output_names or []
+            if set(names) == set(y_true):
+                y_true = [y_true[name] for name in names]
+        elif not tree.is_nested(y_true):
+            y_true = [y_true]
+        return tree.pack_sequence_as(true_struct, tree.flatten(y_true))
 
     def pairs(self, x, y, w, y_pred) -> list:
-        y, y_pred = self._align(y, y_pred)
-
-        def at(path, structure):
-            for key in path:
-                structure = structure[key]
-            return structure
-
+        trues, preds = self._targets(y, y_pred)
         out = []
-        for term in self.flat:
-            sw = at(term.path, w) if w is not None and keras.tree.is_nested(w) else w
-            out.extend(_loss_pair(term.loss, at(term.path, y), at(term.path, y_pred), sw))
+        for term, y_t, y_p in zip(self.flat, trues, preds):
+            sw = _at(term.path, w) if w is not None and keras.tree.is_nested(w) else w
+            numerator, denominator, per_batch = _loss_pair(term.loss, y_t, y_p, sw)
+            if per_batch:
+                self.per_batch.add(term.loss.name)
+            out += [numerator, denominator]
         return out
 
     def combine(self, sums) -> dict[str, tf.Tensor]:
@@ -412,6 +471,7 @@ class _ModelComputeLoss:
     """
 
     n_pairs = 1
+    per_batch: frozenset[str] = frozenset()
 
     def __init__(self, model: keras.Model):
         self.model = model
@@ -715,21 +775,25 @@ class Objective:
             pairs = self._loss.pairs(x, y, w, y_pred)
             ours = self._loss.combine(tf.stack([tf.cast(t, tf.float64) for t in pairs]))
         except (ValueError, TypeError, KeyError, tf.errors.InvalidArgumentError) as error:
-            if isinstance(error, ValueError) and "reduction" in str(error):
+            if isinstance(error, _Refusal):
                 raise
+            weights = "" if w is None else f" and sample_weight is {_structure(w)}"
             raise ValueError(
-                f"Argument `data` does not fit the loss: y is {_structure(y)} but the model's "
-                f"outputs are {_structure(y_pred)} ({type(error).__name__}: "
+                f"Argument `data` does not fit the loss: y is {_structure(y)}{weights} but the "
+                f"model's outputs are {_structure(y_pred)} ({type(error).__name__}: "
                 f"{str(error).splitlines()[0] if str(error) else ''})."
             ) from error
         ours = float(ours["loss"])
+        if self._loss.per_batch and any(not s.single_batch for s in self._splits.values()):
+            raise _per_batch_refusal(sorted(self._loss.per_batch)[0])
         if np.isfinite(keras_value) and not np.isclose(
             ours, keras_value, rtol=LOSS_CHECK_RTOL, atol=1e-7
         ):
             raise ValueError(
                 f"The Objective could not reproduce the model's compiled loss on the first "
-                f"batch (Keras: {keras_value:.8g}, Objective: {ours:.8g}); pass `loss=` "
-                "explicitly."
+                f"batch (Keras: {keras_value:.8g}, Objective: {ours:.8g}); if the sample weights "
+                "are per sample on a per-entry output, give one weight per entry; otherwise pass "
+                "`loss=` explicitly."
             )
         self._setup_metrics(metrics, loss, y, y_pred, w)
 

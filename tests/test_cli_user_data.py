@@ -98,6 +98,35 @@ def test_token_ids_are_not_rescaled(tmp_path, rng):
     assert loss == pytest.approx(model.evaluate(x, y, verbose=0), rel=REL)
 
 
+def test_uint8_token_ids_are_refused_not_scaled(tmp_path, rng):
+    """uint8 x reads as images: for a model with an integer input that is refused, not /255."""
+    x = rng.integers(1, 9, size=(16, 6)).astype(np.uint8)
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(9, 4),
+                              keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(3)])  # fmt: skip
+    path = save(model, tmp_path / "u8.keras", "sparse_categorical_crossentropy", x)
+    result = invoke("surface", path, "--data", save_npz(tmp_path / "u8.npz", x, x[:, 0] % 3))
+    assert_one_sentence(result, "The data")
+    assert "uint8 x" in result.output and "int32" in result.output
+
+
+def test_regularization_flag_adds_the_weight_penalties(tmp_path, rng):
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.normal(size=(32, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.5)),
+                              keras.layers.Dense(1)])  # fmt: skip
+    path = save(model, tmp_path / "l2.keras", "mse", x)
+    data = save_npz(tmp_path / "l2.npz", x, y)
+    plain, output = centre_loss(tmp_path, path, data)
+    assert "weight penalties are not included" in output
+    mse = np.mean((model.predict(x, verbose=0).astype(np.float64) - y) ** 2)
+    assert plain == pytest.approx(mse, rel=REL)
+    with_penalty, _ = centre_loss(tmp_path, path, data, "--regularization", out="r.h5")
+    assert with_penalty == pytest.approx(model.evaluate(x, y, verbose=0), rel=REL)
+    assert with_penalty > plain
+
+
 def test_lstm_on_timesteps_and_features(tmp_path, rng):
     """A 3-D x (n, timesteps, features) gets no channel axis; None matches any length."""
     x = rng.normal(size=(32, 5, 3)).astype(np.float32)

@@ -506,3 +506,82 @@ def test_py_dataset_equals_arrays(bn_problem):
 
     arrays = landscape.Objective(model, (x, y, w), batch_size=BATCH).evaluate()
     assert landscape.Objective(model, Batches()).evaluate() == pytest.approx(arrays, rel=1e-9)
+
+
+def test_a_loss_of_one_value_per_batch_is_exact_only_in_one_batch():
+    """Found by trying to break it: a batch max depends on the batching; it was averaged."""
+
+    def max_loss(y_true, y_pred):
+        return tf.reduce_max(tf.square(y_pred - y_true))
+
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inp))
+    model.compile(loss=max_loss)
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(20, 4)).astype("float32"), rng.normal(size=(20, 1)).astype("float32")
+    with pytest.raises(ValueError, match="'max_loss' returns one value per batch"):
+        landscape.Objective(model, (x, y), batch_size=8)
+    whole = landscape.Objective(model, (x, y), batch_size=20).evaluate()["loss"]
+    assert whole == pytest.approx(model.evaluate(x, y, batch_size=20, verbose=0), rel=1e-6)
+
+
+def test_targets_only_for_the_outputs_that_have_a_loss():
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((4,))
+    outs = {name: keras.layers.Dense(3, name=name)(inp) for name in "abc"}
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(12, 4)).astype("float32")
+    ya, yc = rng.integers(0, 3, 12), rng.integers(0, 3, 12)
+    as_dict = keras.Model(inp, outs)
+    as_dict.compile(loss={"a": ce, "c": ce}, loss_weights={"a": 1.0, "c": 2.0})
+    as_list = keras.Model(inp, [outs[k] for k in "abc"])
+    as_list.compile(loss=[ce, None, ce], loss_weights=[1.0, 0.0, 2.0])
+    for model, y in ((as_dict, {"a": ya, "c": yc}), (as_list, [ya, yc])):
+        want = model.evaluate(x, y, batch_size=12, verbose=0, return_dict=True)["loss"]
+        assert landscape.Objective(model, (x, y), batch_size=5).evaluate()["loss"] == (
+            pytest.approx(want, rel=1e-6)
+        )
+
+
+def test_py_dataset_batches_of_different_padded_lengths():
+    keras.utils.set_random_seed(14)
+    inp = keras.Input((None,), dtype="int32")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(9, 3, mask_zero=True)(inp))
+    model = keras.Model(inp, keras.layers.Dense(2)(h))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(14)
+    batches = [(rng.integers(0, 9, (4, t)), rng.integers(0, 2, 4)) for t in (7, 8, 5)]
+
+    class Padded(keras.utils.PyDataset):
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, i):
+            return batches[i]
+
+    got = landscape.Objective(model, Padded()).evaluate()["loss"]
+    want = model.evaluate(Padded(), verbose=0)  # equal batch sizes and no masked loss
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_per_sample_weights_on_a_sequence_output_weight_every_step():
+    """Keras broadcasts (n,) weights against the time axis: it fails, or (n == T) mixes samples."""
+    keras.utils.set_random_seed(15)
+    inp = keras.Input((5, 2))
+    model = keras.Model(
+        inp, keras.layers.Dense(3)(keras.layers.SimpleRNN(4, return_sequences=True)(inp))
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(15)
+    x, y = rng.normal(size=(10, 5, 2)).astype("float32"), rng.integers(0, 3, (10, 5))
+    w = rng.uniform(0.5, 2.0, 10).astype("float32")
+    per_step = np.repeat(w[:, None], 5, 1)
+    want = model.evaluate(x, y, sample_weight=per_step, batch_size=10, verbose=0)
+    got = landscape.Objective(model, (x, y, per_step), batch_size=4).evaluate()["loss"]
+    assert got == pytest.approx(want, rel=1e-6)
+    # (n,) weights: Keras cannot evaluate them (or, with n == T, mixes samples): refused
+    for batch_size in (4, 5):
+        with pytest.raises(ValueError, match="sample_weight|per sample on a per-entry output"):
+            landscape.Objective(model, (x, y, w), batch_size=batch_size)
