@@ -683,7 +683,9 @@ class Objective:
             included. Defaults to False: the loss is the data term only (``model.evaluate``
             does add the penalties), so that surfaces and spectra show the loss itself.
         steps: The number of batches taken from a dataset (required for an infinite one, e.g.
-            ending in ``.repeat()``). Defaults to None: the whole dataset.
+            ending in ``.repeat()``; a dataset whose cardinality TensorFlow cannot tell, e.g.
+            after ``.filter()``, is taken to be finite, as ``model.evaluate`` does). Defaults
+            to None: the whole dataset.
 
     Raises:
         ValueError: the model is not built or has no loss; the data are not in one of the
