@@ -1,0 +1,83 @@
+"""One vocabulary of argument checks and mode names for ``landscape``.
+
+Every mode argument is a ``Literal`` type defined here once; its allowed values (``options``),
+the library's check (``choice``) and the CLI's ``click.Choice`` all come from it. Every check
+raises one ``ValueError`` sentence naming the argument, the rule and the value, in Keras's words:
+"Argument `k` must be an int >= 1. Received: k=0."
+
+This module imports nothing heavy (no TensorFlow), so the CLI can use it at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import typing
+from typing import Any, Literal
+
+# ------------------------------------------------------------------------------ mode names
+Norm = Literal["filter", "layer", "weight", "none"]  # direction normalization
+Ignore = Literal["biasbn", "none"]
+Include = Literal["trainable", "all"]
+SharpnessNorm = Literal["l2", "linf"]
+Method = Literal["lanczos", "arpack", "power"]
+Which = Literal["largest", "magnitude", "smallest"]
+Split = Literal["train", "test"]
+HVPMode = Literal["forward_over_backward", "backward_over_backward"]
+Kind = Literal["contour", "contourf", "heatmap", "surface", "line"]
+Verbose = Literal["auto", 0, 1, 2]
+
+
+def options(mode: Any) -> tuple:
+    """The values a ``Literal`` mode type allows, in their order: ``options(Which)``."""
+    values = typing.get_args(mode)
+    if not values:
+        raise TypeError(f"{mode!r} is not a Literal type.")
+    return values
+
+
+# ---------------------------------------------------------------------------------- checks
+def choice(name: str, value: Any, mode: Any) -> Any:
+    """``value`` if ``mode`` allows it, else "Unknown {name} {value!r}; expected one of ..."."""
+    allowed = options(mode)
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {allowed}.")
+    return value
+
+
+def integer(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (numpy integers accepted, bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value!r}."
+        )
+    if value < minimum:
+        raise ValueError(
+            f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value}."
+        )
+    return int(value)
+
+
+def positive(name: str, value: Any) -> float:
+    """``value`` as a finite float > 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"Argument `{name}` must be a number > 0. Received: {name}={value!r}.")
+    return float(value)
+
+
+def fraction(name: str, value: Any) -> float:
+    """``value`` as a float in the open interval (0, 1), e.g. a relative tolerance."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ValueError(f"Argument `{name}` must be in (0, 1). Received: {name}={value!r}.")
+    return float(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``value`` if it is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"Argument `{name}` must be a bool. Received: {name}={value!r}.")
+    return value
