@@ -25,22 +25,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
+from landscape import _checks
+from landscape._checks import HVPMode, Method, Split, Which
 from landscape._progress import progbar
 from landscape.directions import Direction
-from landscape.objective import HVP_MODES, HVPMode, Objective, Split
+from landscape.objective import Objective
 
 logger = logging.getLogger("landscape")
 
-Method = Literal["lanczos", "arpack", "power"]
-Which = Literal["largest", "magnitude", "smallest"]
-METHODS = ("lanczos", "arpack", "power")
-WHICH = ("largest", "magnitude", "smallest")
+HVP_MODES = _checks.options(HVPMode)
+METHODS = _checks.options(Method)
+WHICH = _checks.options(Which)
 
 # Lanczos stops on an invariant subspace when β_j ≤ BREAKDOWN · max|θ| (β = 0 in exact arithmetic).
 BREAKDOWN = 1e-12
@@ -177,8 +177,7 @@ class _Hessian:
                 "Argument `objective` must be a landscape.Objective. "
                 f"Received: objective={type(objective).__name__}."
             )
-        if mode not in HVP_MODES:
-            raise ValueError(f"Unknown hvp_mode {mode!r}; expected one of {HVP_MODES}.")
+        _checks.choice("hvp_mode", mode, HVPMode)
         if split not in objective.splits:
             raise ValueError(f"Unknown split {split!r}; expected one of {objective.splits}.")
         self.objective, self.split, self.mode = objective, split, mode
@@ -197,26 +196,6 @@ class _Hessian:
 
     def direction(self, x: np.ndarray, metadata: dict) -> Direction:
         return self.flat.direction(x, metadata)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(
-            f"Argument `{name}` must be an int >= {minimum}. Received: {name}={value}."
-        )
-    return int(value)
-
-
-def _check_tol(tol) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
-        raise ValueError(f"Argument `tol` must be in (0, 1). Received: tol={tol}.")
-    return float(tol)
-
-
-def _choice(name: str, value, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise ValueError(f"Unknown {name} {value!r}; expected one of {options}.")
-    return value
 
 
 def _order(values: np.ndarray, which: str) -> np.ndarray:
@@ -379,11 +358,18 @@ def hessian_eigenvalues(
         >>> neg = hessian_eigenvalues(obj, which="smallest")    # negative curvature?
         >>> surf = compute_surface(obj, [eig.vectors[0]], x="-1:1:51")
     """
-    method = _choice("method", method, METHODS)
-    which = _choice("which", which, WHICH)
-    tol = _check_tol(tol)
+    method = _checks.choice("method", method, Method)
+    which = _checks.choice("which", which, Which)
+    tol = _checks.fraction("tol", tol)
     op = _Hessian(objective, split, hvp_mode)
-    k = _check_int("k", k, 1)
+    k, max_iter = _eigen_sizes(op, k, method, which, max_iter)
+    values, vectors = _solve(op, k, method, which, tol, max_iter, seed, verbose)
+    return _eigen_result(op, values, vectors, k=k, method=method, which=which, tol=tol)
+
+
+def _eigen_sizes(op: _Hessian, k, method: str, which: str, max_iter) -> tuple[int, int]:
+    """Checked ``k`` and ``max_iter`` (its default per method)."""
+    k = _checks.integer("k", k, 1)
     if k > op.n or (method == "arpack" and k >= op.n):
         raise ValueError(
             f"Argument `k` must be at most the number of parameters ({op.n}"
@@ -396,23 +382,31 @@ def hessian_eigenvalues(
         )
     if max_iter is None:
         max_iter = {"lanczos": min(300, op.n), "arpack": 10 * op.n, "power": 100}[method]
-    max_iter = _check_int("max_iter", max_iter, 1)
+    return k, _checks.integer("max_iter", max_iter, 1)
+
+
+def _solve(op: _Hessian, k, method, which, tol, max_iter, seed, verbose):
+    """(values, vectors as rows) from the chosen method, started from a seeded random vector."""
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(op.n)
     target = {"lanczos": max_iter, "arpack": None, "power": k * max_iter}[method]
     bar = progbar(target, verbose, "product")
     if method == "lanczos":
-        values, vectors = _lanczos(op, v0, k, which, tol, max_iter, bar)
-    elif method == "arpack":
-        values, vectors = _arpack(op, v0, k, which, tol, max_iter)
-    else:
-        values, vectors = _power(op, v0, k, tol, max_iter, rng, bar)
-        if which == "largest" and np.any(values < 0):
-            logger.warning(
-                "Power iteration found a dominant negative eigenvalue (%s): it is the largest "
-                "|λ|, not the largest algebraic; use method='lanczos'.",
-                values.min(),
-            )
+        return _lanczos(op, v0, k, which, tol, max_iter, bar)
+    if method == "arpack":
+        return _arpack(op, v0, k, which, tol, max_iter)
+    values, vectors = _power(op, v0, k, tol, max_iter, rng, bar)
+    if which == "largest" and np.any(values < 0):
+        logger.warning(
+            "Power iteration found a dominant negative eigenvalue (%s): it is the largest "
+            "|λ|, not the largest algebraic; use method='lanczos'.",
+            values.min(),
+        )
+    return values, vectors
+
+
+def _eigen_result(op: _Hessian, values, vectors, *, k, method, which, tol) -> EigenResult:
+    """Fresh residual certificates, the vectors as Directions, and the result."""
     residuals = _residuals(op, values, vectors)
     converged = bool(len(values) == k and np.all(residuals <= tol))
     logger.info(
@@ -472,8 +466,8 @@ def hessian_trace(
     Returns:
         A ``TraceResult`` (``estimate``, ``stderr``, ``n_hvp``, ``samples``, ``converged``).
     """
-    samples = _check_int("samples", samples, 1)
-    tol = _check_tol(tol)
+    samples = _checks.integer("samples", samples, 1)
+    tol = _checks.fraction("tol", tol)
     op = _Hessian(objective, split, hvp_mode)
     rng = np.random.default_rng(seed)
     bar = progbar(samples, verbose, "probe")
@@ -552,8 +546,8 @@ def hessian_spectrum(
         A ``SpectrumResult`` with ``nodes`` and ``weights`` of shape ``(runs, steps)`` and
         ``density(grid, sigma=None)``.
     """
-    steps = _check_int("steps", steps, 1)
-    runs = _check_int("runs", runs, 1)
+    steps = _checks.integer("steps", steps, 1)
+    runs = _checks.integer("runs", runs, 1)
     op = _Hessian(objective, split, hvp_mode)
     if steps > op.n:
         logger.info("hessian_spectrum: steps=%d capped at n_params=%d", steps, op.n)

@@ -1,0 +1,206 @@
+"""The data an Objective covers: arrays (any nest), finite datasets, PyDatasets, in batches.
+
+``DataSplit`` holds one data set as device tensors sliced in a graph loop, or as a finite
+``tf.data.Dataset``; ``describe`` names a nest of arrays by its shapes for error messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def describe(value) -> str:
+    """A short description of a nested structure of arrays: ``{'a': (n, 3), 'b': (n,)}``."""
+
+    def leaf(t):
+        shape = getattr(t, "shape", None)
+        return "None" if t is None else str(tuple(shape)) if shape is not None else type(t).__name__
+
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        inner = ", ".join(describe(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return leaf(value)
+
+
+def model_inputs(model: keras.Model) -> str:
+    try:
+        return describe(tf.nest.map_structure(lambda t: t, model.input))
+    except (AttributeError, ValueError):
+        return "(not known for this model: it has no symbolic inputs)"
+
+
+def unpack(batch, argument: str):
+    """(x, y, sample_weight) of one element of ``data``; refuses x-only data."""
+    if not isinstance(batch, tuple | list):
+        raise ValueError(
+            f"Argument `{argument}` must be (x, y) or (x, y, sample_weight) arrays, a "
+            "tf.data.Dataset or a keras.utils.PyDataset of such batches. "
+            f"Received: {type(batch).__name__}."
+        )
+    x, y, w = keras.utils.unpack_x_y_sample_weight(tuple(batch))
+    if y is None or len(batch) > 3:
+        raise ValueError(
+            f"Argument `{argument}` must have 2 or 3 entries (x, y[, sample_weight]): the "
+            f"loss needs targets. Received {len(batch)} entries."
+        )
+    return x, y, w
+
+
+def _to_tensor(t):
+    return tf.convert_to_tensor(t)
+
+
+def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Dataset:
+    """A finite tf.data view of a ``keras.utils.PyDataset`` (batches in index order).
+
+    Every axis is left free, so batches may differ in length and in padding.
+    """
+    count = data.num_batches
+    if count is None:
+        if steps is None:
+            raise ValueError(
+                "Argument `data` is a PyDataset with no length (`num_batches` is None); pass "
+                "`steps=` to say how many batches the objective covers."
+            )
+        count = steps
+    count = count if steps is None else min(count, steps)
+    first = data[0]
+    spec = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None] * np.ndim(t), tf.as_dtype(np.asarray(t).dtype)),
+        tuple(first),
+    )
+
+    def batches():
+        for i in range(count):
+            yield tuple(data[i])
+
+    return tf.data.Dataset.from_generator(batches, output_signature=spec)
+
+
+class DataSplit:
+    """One data set: device tensors sliced in a graph loop, or a finite tf.data.Dataset."""
+
+    def __init__(self, data, batch_size: int, steps: int | None, argument: str):
+        self.dataset = None
+        self.n = None
+        if isinstance(data, keras.utils.PyDataset):
+            data = _py_dataset(data, steps)
+            steps = None
+        if isinstance(data, tf.data.Dataset):
+            infinite = int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+            if infinite and steps is None:
+                raise ValueError(
+                    f"Argument `{argument}` is an infinite tf.data.Dataset (it ends in "
+                    "`.repeat()`); drop the `.repeat()` or pass `steps=` (the number of "
+                    "batches the objective covers)."
+                )
+            if steps is not None:
+                data = data.take(steps)
+            if int(data.cardinality()) == 0:
+                raise ValueError(f"Argument `{argument}` is an empty dataset.")
+            self.dataset = data
+            return
+        x, y, w = unpack(data, argument)
+        self.x = tf.nest.map_structure(_to_tensor, x)
+        self.y = tf.nest.map_structure(_to_tensor, y)
+        self.w = None if w is None else tf.nest.map_structure(_to_tensor, w)
+        counts = {int(t.shape[0]) if t.shape.rank else -1 for t in tf.nest.flatten(self.x)}
+        n = min(counts)
+        for name, part in (("y", self.y), ("sample_weight", self.w)):
+            for t in [] if part is None else tf.nest.flatten(part):
+                if t.shape.rank == 0 or int(t.shape[0]) != n:
+                    raise ValueError(
+                        f"Argument `{argument}`: x has {n} samples but {name} has shape "
+                        f"{tuple(t.shape)}."
+                    )
+        if len(counts) != 1:
+            raise ValueError(
+                f"Argument `{argument}`: the inputs have different numbers of samples: "
+                f"{describe(x)}."
+            )
+        if n <= 0:
+            raise ValueError(f"Argument `{argument}` is empty.")
+        self.n = n
+        self.batch_size = batch_size
+        self.n_batches = -(-n // batch_size)
+
+    @property
+    def single_batch(self) -> bool:
+        """Whether the split is one batch (so a per-batch loss value is the data set's)."""
+        if self.dataset is not None:
+            return int(self.dataset.cardinality()) == 1
+        return self.n_batches == 1
+
+    def first_batch(self, size: int):
+        """(x, y, w) of the first ``size`` samples (or the dataset's first batch), eagerly."""
+        if self.dataset is not None:
+            for batch in self.dataset.take(1):
+                return unpack(batch, "data")
+            raise ValueError("Argument `data` is an empty dataset.")
+
+        def take(t):
+            return t[:size]
+
+        return tuple(
+            None if part is None else tf.nest.map_structure(take, part)
+            for part in (self.x, self.y, self.w)
+        )
+
+    def batches(self, size: int) -> Iterator[tuple]:
+        """Consecutive (x, y, w) slices of ``size`` samples, eagerly."""
+        if self.dataset is not None:
+            for batch in self.dataset.unbatch().batch(size):
+                yield unpack(batch, "data")
+            return
+        for start in range(0, self.n, size):
+
+            def take(t, s=start):
+                return t[s : s + size]
+
+            yield tuple(
+                None if part is None else tf.nest.map_structure(take, part)
+                for part in (self.x, self.y, self.w)
+            )
+
+    def arrays(self) -> list[np.ndarray] | None:
+        if self.dataset is not None:
+            return None
+        parts = tf.nest.flatten(self.x) + tf.nest.flatten(self.y)
+        parts += [] if self.w is None else tf.nest.flatten(self.w)
+        return [keras.ops.convert_to_numpy(t) for t in parts]
+
+    def reduce(self, init, body):
+        """state ← body(state, x, y, w) over all batches (in a graph loop); w may be None."""
+        if self.dataset is not None:
+
+            def step(state, batch):
+                return body(state, *unpack(batch, "data"))
+
+            return self.dataset.reduce(init, step)
+
+        bs = self.batch_size
+
+        def loop_body(i, state):
+            start = i * bs
+
+            def take(t):
+                return t[start : start + bs]
+
+            x = tf.nest.map_structure(take, self.x)
+            y = tf.nest.map_structure(take, self.y)
+            w = None if self.w is None else tf.nest.map_structure(take, self.w)
+            return i + 1, body(state, x, y, w)
+
+        _, state = tf.while_loop(
+            lambda i, _: i < self.n_batches,
+            loop_body,
+            (tf.constant(0), init),
+            parallel_iterations=1,
+        )
+        return state
