@@ -5,7 +5,7 @@ the library's check (``choice``) and the CLI's ``click.Choice`` all come from it
 raises one ``ValueError`` sentence naming the argument, the rule and the value, in Keras's words:
 "Argument `k` must be an int >= 1. Received: k=0."
 
-This module imports nothing heavy (no TensorFlow), so the CLI can use it at start-up.
+This module imports nothing heavy (numpy only, no TensorFlow), so the CLI can use it at start-up.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import math
 import numbers
 import typing
 from typing import Any, Literal
+
+import numpy as np
 
 # ------------------------------------------------------------------------------ mode names
 Norm = Literal["filter", "layer", "weight", "none"]  # direction normalization
@@ -77,7 +79,7 @@ def fraction(name: str, value: Any) -> float:
 
 
 def boolean(name: str, value: Any) -> bool:
-    """``value`` if it is a bool."""
-    if not isinstance(value, bool):
+    """``value`` if it is a bool (or a numpy bool), as a bool."""
+    if not isinstance(value, bool | np.bool_):
         raise ValueError(f"Argument `{name}` must be a bool. Received: {name}={value!r}.")
-    return value
+    return bool(value)

@@ -36,23 +36,24 @@ References:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import scipy.optimize
 
+from landscape import _checks
+from landscape._checks import SharpnessNorm
 from landscape._progress import progbar, resolve_verbose
 from landscape.objective import Objective
 
 logger = logging.getLogger("landscape")
 
-Norm = Literal["l2", "linf"]
-NORMS = ("l2", "linf")
+Norm = SharpnessNorm
+NORMS = _checks.options(SharpnessNorm)
 
 EPSILON = 1e-3  # Keskar et al.'s box size
 MAX_ITER = 10  # Keskar et al.'s L-BFGS-B iterations
@@ -149,39 +150,6 @@ class AverageSharpness:
 
 
 # ------------------------------------------------------------------------------ validation
-def _resolve_norm(norm) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
-    return norm
-
-
-def _check_positive(name: str, value) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a positive finite number. Received: {name}={value!r}."
-        )
-    return float(value)
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"Argument `{name}` must be an integer >= {minimum}. Received: {name}={value!r}."
-        )
-    return int(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"Argument `{name}` must be a bool. Received: {name}={value!r}.")
-    return bool(value)
-
-
 def _check_objective(objective) -> Objective:
     if not isinstance(objective, Objective):
         raise ValueError(
@@ -223,6 +191,26 @@ class _FlatWeights:
 
 
 # ---------------------------------------------------------------------------- ε-sharpness
+def _projection(projection, subspace_dim, n: int, rng: np.random.Generator) -> np.ndarray | None:
+    """The n×p matrix A of the subspace (given, or Gaussian of ``subspace_dim`` columns)."""
+    if projection is not None:
+        A = np.asarray(projection, np.float64)
+        if A.ndim != 2 or A.shape[0] != n or A.shape[1] < 1:
+            raise ValueError(
+                f"Argument `projection` must be an n×p matrix with n={n} (the number of "
+                f"trainable weights). Received shape {A.shape}."
+            )
+        if subspace_dim is not None and subspace_dim != A.shape[1]:
+            raise ValueError(
+                f"Argument `subspace_dim` ({subspace_dim!r}) does not match `projection`'s "
+                f"{A.shape[1]} columns."
+            )
+        return A
+    if subspace_dim is not None:
+        return rng.standard_normal((n, _checks.integer("subspace_dim", subspace_dim)))
+    return None
+
+
 def epsilon_sharpness(
     objective: Objective,
     epsilon: float = EPSILON,
@@ -269,30 +257,37 @@ def epsilon_sharpness(
         Keskar et al. 2017, https://arxiv.org/abs/1609.04836 (metric 2.1)
     """
     objective = _check_objective(objective)
-    epsilon = _check_positive("epsilon", epsilon)
-    max_iter = _check_int("max_iter", max_iter)
+    epsilon = _checks.positive("epsilon", epsilon)
+    max_iter = _checks.integer("max_iter", max_iter)
     verbose = resolve_verbose(verbose)
     flat = _FlatWeights(objective)
     rng = np.random.default_rng(seed)
+    A = _projection(projection, subspace_dim, flat.n, rng)
 
-    if projection is not None:
-        A = np.asarray(projection, np.float64)
-        if A.ndim != 2 or A.shape[0] != flat.n or A.shape[1] < 1:
-            raise ValueError(
-                f"Argument `projection` must be an n×p matrix with n={flat.n} (the number of "
-                f"trainable weights). Received shape {A.shape}."
-            )
-        if subspace_dim is not None and subspace_dim != A.shape[1]:
-            raise ValueError(
-                f"Argument `subspace_dim` ({subspace_dim!r}) does not match `projection`'s "
-                f"{A.shape[1]} columns."
-            )
-    elif subspace_dim is not None:
-        p = _check_int("subspace_dim", subspace_dim)
-        A = rng.standard_normal((flat.n, p))
-    else:
-        A = None
+    loss0, best, result = _maximize_in_box(flat, A, epsilon, rng, max_iter, verbose)
+    value = 100.0 * (best - loss0) / (1.0 + loss0)
+    logger.info(
+        "ε-sharpness (ε=%g, %s): %.6g %% after %d iterations, %d evaluations",
+        epsilon,
+        "full space" if A is None else f"subspace p={A.shape[1]}",
+        value,
+        result.nit,
+        flat.n_gradients,
+    )
+    return EpsilonSharpness(
+        value=float(value),
+        loss=float(loss0),
+        max_loss=float(best),
+        iterations=int(result.nit),
+        evaluations=flat.n_gradients,
+        epsilon=epsilon,
+        subspace_dim=None if A is None else int(A.shape[1]),
+        message=str(result.message),
+    )
 
+
+def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
+    """L-BFGS-B on −L(w + Ay) over the box C_ε; (L(w), the largest loss seen, SciPy's result)."""
     # The box C_ε around A⁺w (w itself for A = I).
     center = flat.w if A is None else np.linalg.lstsq(A, flat.w, rcond=None)[0]
     bound = epsilon * (np.abs(center) + 1.0)
@@ -318,25 +313,7 @@ def epsilon_sharpness(
         bounds=scipy.optimize.Bounds(-bound, bound),
         options={"maxiter": max_iter},
     )
-    value = 100.0 * (best - loss0) / (1.0 + loss0)
-    logger.info(
-        "ε-sharpness (ε=%g, %s): %.6g %% after %d iterations, %d evaluations",
-        epsilon,
-        "full space" if A is None else f"subspace p={A.shape[1]}",
-        value,
-        result.nit,
-        flat.n_gradients,
-    )
-    return EpsilonSharpness(
-        value=float(value),
-        loss=float(loss0),
-        max_loss=float(best),
-        iterations=int(result.nit),
-        evaluations=flat.n_gradients,
-        epsilon=epsilon,
-        subspace_dim=None if A is None else int(A.shape[1]),
-        message=str(result.message),
-    )
+    return loss0, best, result
 
 
 # ------------------------------------------------------------------- worst-case sharpness
@@ -386,6 +363,18 @@ def _worst_case(
             bar.add(1, [("max_increase", best - loss0)])
     best = max(best, flat.loss(c * gamma))
     return loss0, best
+
+
+def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray, int]:
+    """(L(w), max L in the ball) per objective (batch), and the gradients used."""
+    losses, maxima, n_gradients = [], [], 0
+    for sub in objectives:
+        flat = _FlatWeights(sub)
+        loss, best = _worst_case(flat, rng=rng, bar=bar, **options)
+        losses.append(loss)
+        maxima.append(best)
+        n_gradients += flat.n_gradients
+    return np.asarray(losses), np.asarray(maxima), n_gradients
 
 
 def worst_case_sharpness(
@@ -449,18 +438,18 @@ def worst_case_sharpness(
         Foret et al. 2020 (m-sharpness), https://arxiv.org/abs/2010.01412
     """
     objective = _check_objective(objective)
-    rho = _check_positive("rho", rho)
-    norm = _resolve_norm(norm)
-    adaptive = _check_bool("adaptive", adaptive)
-    steps = _check_int("steps", steps)
+    rho = _checks.positive("rho", rho)
+    norm = _checks.choice("norm", norm, SharpnessNorm)
+    adaptive = _checks.boolean("adaptive", adaptive)
+    steps = _checks.integer("steps", steps)
     step_size = (
-        STEP_SIZE_FACTOR * rho if step_size is None else _check_positive("step_size", step_size)
+        STEP_SIZE_FACTOR * rho if step_size is None else _checks.positive("step_size", step_size)
     )
     if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size)
+        batch_size = _checks.integer("batch_size", batch_size)
     if max_batches is not None:
-        max_batches = _check_int("max_batches", max_batches)
-    random_start = _check_bool("random_start", random_start)
+        max_batches = _checks.integer("max_batches", max_batches)
+    random_start = _checks.boolean("random_start", random_start)
     verbose = resolve_verbose(verbose)
     rng = np.random.default_rng(seed) if random_start else None
     options = dict(rho=rho, norm=norm, adaptive=adaptive, steps=steps, step_size=step_size)
@@ -470,15 +459,9 @@ def worst_case_sharpness(
         if batch_size is None
         else objective.batches(batch_size, max_batches=max_batches)
     )
-    losses, maxima, n_gradients = [], [], 0
     bar = progbar(None, verbose, "step")
-    for sub in objectives:
-        flat = _FlatWeights(sub)
-        loss, best = _worst_case(flat, rng=rng, bar=bar, **options)
-        losses.append(loss)
-        maxima.append(best)
-        n_gradients += flat.n_gradients
-    values = np.asarray(maxima) - np.asarray(losses)
+    losses, maxima, n_gradients = _worst_cases(objectives, rng, bar, options)
+    values = maxima - losses
     stderr = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
     result = WorstCaseSharpness(
         value=float(np.mean(values)),
@@ -538,10 +521,10 @@ def average_sharpness(
         Andriushchenko et al. 2023, https://arxiv.org/abs/2302.07011
     """
     objective = _check_objective(objective)
-    rho = _check_positive("rho", rho)
-    norm = _resolve_norm(norm)
-    adaptive = _check_bool("adaptive", adaptive)
-    samples = _check_int("samples", samples)
+    rho = _checks.positive("rho", rho)
+    norm = _checks.choice("norm", norm, SharpnessNorm)
+    adaptive = _checks.boolean("adaptive", adaptive)
+    samples = _checks.integer("samples", samples)
     verbose = resolve_verbose(verbose)
     flat = _FlatWeights(objective)
     rng = np.random.default_rng(seed)
@@ -642,67 +625,65 @@ def sharpness_report(
         >>> json.dumps(report)
     """
     objective = _check_objective(objective)
-    k = _check_int("k", k)
-    include_hessian = _check_bool("include_hessian", include_hessian)
-    radii = dict(REPORT_RHO)
-    for name, value in (rho or {}).items():
-        if name not in REPORT_RHO:
-            raise ValueError(
-                f"Unknown sharpness metric {name!r} in `rho`; expected one of {tuple(REPORT_RHO)}."
-            )
-        radii[name] = None if value is None else _check_positive(f"rho[{name!r}]", value)
-    trace_options = {} if trace_tol is None else {"tol": _check_positive("trace_tol", trace_tol)}
+    k = _checks.integer("k", k)
+    include_hessian = _checks.boolean("include_hessian", include_hessian)
+    radii = _report_radii(rho)
+    trace_options = {} if trace_tol is None else {"tol": _checks.positive("trace_tol", trace_tol)}
     if trace_samples is not None:
-        trace_options["samples"] = _check_int("trace_samples", trace_samples)
-    if include_hessian:
-        try:
-            from landscape.hessian import hessian_eigenvalues, hessian_trace
-        except ImportError as error:
-            raise ImportError(
-                "sharpness_report(include_hessian=True) needs landscape.hessian, which could not "
-                f"be imported ({error}); pass include_hessian=False."
-            ) from error
+        trace_options["samples"] = _checks.integer("trace_samples", trace_samples)
+    hessian = _hessian_module() if include_hessian else None
 
     report: dict[str, float] = {}
     for split in objective.splits:
         prefix = "" if split == "train" else f"{split}_"
         for name, value in objective.evaluate(split=split).items():
             report[prefix + name] = float(value)
-    if include_hessian:
-        eig = hessian_eigenvalues(objective, k=k, seed=seed)
+    if hessian is not None:
+        eig = hessian.hessian_eigenvalues(objective, k=k, seed=seed)
         for i, value in enumerate(sorted(np.asarray(eig.values, np.float64).ravel(), reverse=True)):
             report[f"hessian_eigenvalue_{i + 1}"] = float(value)
-        trace = hessian_trace(objective, seed=seed, **trace_options)
+        trace = hessian.hessian_trace(objective, seed=seed, **trace_options)
         report["hessian_trace"] = float(trace.estimate)
         report["hessian_trace_stderr"] = float(trace.stderr)
     if epsilon is not None:
         report["epsilon_sharpness"] = epsilon_sharpness(
             objective, epsilon, seed=seed, verbose=verbose
         ).value
+    options = dict(steps=steps, samples=samples, seed=seed, verbose=verbose)
     for name, radius in radii.items():
-        if radius is None:
-            continue
-        kind, norm, adaptive = _report_metric(name)
-        if kind == "worst":
-            report[name] = worst_case_sharpness(
-                objective,
-                radius,
-                norm=norm,
-                adaptive=adaptive,
-                steps=steps,
-                seed=seed,
-                verbose=verbose,
-            ).value
-        else:
-            result = average_sharpness(
-                objective,
-                radius,
-                norm=norm,
-                adaptive=adaptive,
-                samples=samples,
-                seed=seed,
-                verbose=verbose,
-            )
-            report[name] = result.value
-            report[f"{name}_stderr"] = result.stderr
+        if radius is not None:
+            report.update(_ball_metric(objective, name, radius, **options))
     return report
+
+
+def _report_radii(rho: Mapping[str, float] | None) -> dict[str, float | None]:
+    """``REPORT_RHO`` updated by ``rho`` (checked); None drops a metric."""
+    radii = dict(REPORT_RHO)
+    for name, value in (rho or {}).items():
+        if name not in REPORT_RHO:
+            raise ValueError(
+                f"Unknown sharpness metric {name!r} in `rho`; expected one of {tuple(REPORT_RHO)}."
+            )
+        radii[name] = None if value is None else _checks.positive(f"rho[{name!r}]", value)
+    return radii
+
+
+def _hessian_module():
+    """``landscape.hessian``, imported here: the report without it is still useful."""
+    try:
+        return importlib.import_module("landscape.hessian")  # may be absent (tested)
+    except ImportError as error:
+        raise ImportError(
+            "sharpness_report(include_hessian=True) needs landscape.hessian, which could not "
+            f"be imported ({error}); pass include_hessian=False."
+        ) from error
+
+
+def _ball_metric(objective, name: str, radius: float, *, steps, samples, seed, verbose):
+    """The report's entries of one worst- or average-case metric."""
+    kind, norm, adaptive = _report_metric(name)
+    options = dict(norm=norm, adaptive=adaptive, seed=seed, verbose=verbose)
+    if kind == "worst":
+        return {name: worst_case_sharpness(objective, radius, steps=steps, **options).value}
+    result = average_sharpness(objective, radius, samples=samples, **options)
+    return {name: result.value, f"{name}_stderr": result.stderr}
