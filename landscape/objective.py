@@ -444,26 +444,12 @@ class Objective(_BatchLoop):
             )
         if not model.built:
             raise ValueError("Argument `model` must be built (call it once or give it an input).")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-            raise ValueError(
-                f"Argument `batch_size` must be a positive int. Received: batch_size={batch_size}."
-            )
-        if batch_size < 1:
-            raise ValueError(
-                f"Argument `batch_size` must be a positive int. Received: batch_size={batch_size}."
-            )
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
-            raise ValueError(f"Argument `steps` must be a positive int. Received: steps={steps!r}.")
-        if steps is not None and steps < 1:
-            raise ValueError(f"Argument `steps` must be a positive int. Received: steps={steps}.")
-        if not isinstance(regularization, bool):
-            raise ValueError(
-                "Argument `regularization` must be a bool. "
-                f"Received: regularization={regularization!r}."
-            )
+        batch_size = _checks.integer("batch_size", batch_size)
+        steps = None if steps is None else _checks.integer("steps", steps)
+        regularization = _checks.boolean("regularization", regularization)
         self.model = model
         self.regularization = regularization
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.steps = steps
         self.variables = float_variables(model, "all")
         trainable = {id(v) for v in model.trainable_variables}

@@ -211,7 +211,7 @@ def test_compiled_loss_and_test_split(bn_problem):
 def test_validation_errors(bn_problem):
     model, x, y, w = bn_problem
     with pytest.raises(
-        ValueError, match="`batch_size` must be a positive int. Received: batch_size=0"
+        ValueError, match="`batch_size` must be an int >= 1. Received: batch_size=0"
     ):
         landscape.Objective(model, (x, y), batch_size=0)
     with pytest.raises(ValueError, match="Unknown metric 'f1'"):
