@@ -1,53 +1,67 @@
-"""Loss-landscape analysis for Keras 3 models: surfaces, Hessian spectra, sharpness, figures."""
+"""Loss-landscape analysis for Keras 3 models: surfaces, Hessian spectra, sharpness, figures.
 
-from sam._compat import require_tensorflow
+The public names load lazily (PEP 562): ``import landscape`` imports no TensorFlow, and the first
+use of a name (``landscape.Objective``) imports the submodule that defines it. Before a submodule
+that needs TensorFlow loads, ``sam._compat.require_tensorflow`` checks that TensorFlow is the Keras
+backend and raises one ImportError sentence if it is missing. So ``landscape --version``,
+``--help`` and the plotting of an existing surface file start without TensorFlow.
+"""
 
-require_tensorflow()
+from __future__ import annotations
 
-from landscape.data import load_dataset, load_embedded  # noqa: E402
-from landscape.directions import (  # noqa: E402
-    Direction,
-    FilterRule,
-    PCAResult,
-    filter_axes,
-    filter_rules,
-    interpolation_direction,
-    orthogonalize,
-    pca_directions,
-    random_direction,
-)
-from landscape.distributed import (  # noqa: E402
-    ObjectiveRecipe,
-    ProcessPool,
-    dask_executor,
-    mpi_executor,
-    process_pool,
-)
-from landscape.hessian import (  # noqa: E402
-    EigenResult,
-    SpectrumResult,
-    TraceResult,
-    hessian_eigenvalues,
-    hessian_spectrum,
-    hessian_trace,
-)
-from landscape.objective import Objective  # noqa: E402
-from landscape.plot import (  # noqa: E402
-    plot_comparison,
-    plot_spectrum,
-    plot_surface,
-    plot_trajectory,
-)
-from landscape.sharpness import (  # noqa: E402
-    AverageSharpness,
-    EpsilonSharpness,
-    WorstCaseSharpness,
-    average_sharpness,
-    epsilon_sharpness,
-    sharpness_report,
-    worst_case_sharpness,
-)
-from landscape.surface import Surface, compute_surface, parse_grid  # noqa: E402
+import importlib
+import importlib.util
+from typing import Any
+
+from landscape._version import __version__  # noqa: F401 (public)
+
+# Where each public name is defined: submodule -> names.
+_PUBLIC = {
+    "data": ("load_dataset", "load_embedded"),
+    "directions": (
+        "Direction",
+        "FilterRule",
+        "PCAResult",
+        "filter_axes",
+        "filter_rules",
+        "interpolation_direction",
+        "orthogonalize",
+        "pca_directions",
+        "random_direction",
+    ),
+    "distributed": (
+        "ObjectiveRecipe",
+        "ProcessPool",
+        "dask_executor",
+        "mpi_executor",
+        "process_pool",
+    ),
+    "hessian": (
+        "EigenResult",
+        "SpectrumResult",
+        "TraceResult",
+        "hessian_eigenvalues",
+        "hessian_spectrum",
+        "hessian_trace",
+    ),
+    "objective": ("Objective",),
+    "plot": ("plot_comparison", "plot_spectrum", "plot_surface", "plot_trajectory"),
+    "sharpness": (
+        "AverageSharpness",
+        "EpsilonSharpness",
+        "WorstCaseSharpness",
+        "average_sharpness",
+        "epsilon_sharpness",
+        "sharpness_report",
+        "worst_case_sharpness",
+    ),
+    "surface": ("Surface", "compute_surface", "parse_grid"),
+}
+_SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+# Submodules meant to import no TensorFlow (tests/test_startup.py checks them): they load without
+# the TensorFlow check, so that reading and drawing a surface file needs no TensorFlow.
+_WITHOUT_TENSORFLOW = frozenset({"_checks", "_version", "cli", "io", "plot", "surface"})
 
 __all__ = [
     "AverageSharpness",
@@ -88,4 +102,32 @@ __all__ = [
     "sharpness_report",
     "worst_case_sharpness",
 ]
-__version__ = "0.1.0"
+
+
+def _submodule(module: str):
+    """``landscape.<module>``, after the TensorFlow check unless the module is TensorFlow-free."""
+    if module not in _WITHOUT_TENSORFLOW:
+        from sam._compat import require_tensorflow
+
+        require_tensorflow()
+    return importlib.import_module(f"{__name__}.{module}")
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (or a submodule such as ``landscape.io``), imported on first use."""
+    if name in _SUBMODULE_OF:
+        value = getattr(_submodule(_SUBMODULE_OF[name]), name)
+    elif (
+        name.isidentifier()
+        and not name.startswith("__")
+        and importlib.util.find_spec(f"{__name__}.{name}") is not None
+    ):
+        value = _submodule(name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later uses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -21,7 +21,7 @@ import warnings
 
 import click
 
-from landscape import __version__
+from landscape import __version__, _checks
 
 logger = logging.getLogger("landscape")
 
@@ -80,8 +80,19 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:
     click.echo(f"Warning: {message}", err=True)
 
 
-def _setup(quiet: bool) -> int:
-    """Logging and Keras verbosity for a command; returns the Keras ``verbose`` value."""
+def _setup(quiet: bool, *, tensorflow: bool = True) -> int:
+    """Logging and Keras verbosity for a command; returns the Keras ``verbose`` value.
+
+    With ``tensorflow`` (every command but ``plot``), TensorFlow's check runs first: one sentence
+    if it is missing, and its start-up log lines silenced, before the command imports the library.
+    """
+    if tensorflow:
+        try:
+            from sam._compat import require_tensorflow
+
+            require_tensorflow()
+        except ImportError as err:
+            raise UserError(str(err)) from None
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     warnings.showwarning = _warn  # one line, without the source line of the library
     logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask's cluster chatter
@@ -259,9 +270,9 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports,
               help="Direction 1 interpolates MODEL -> MODEL2 (a=0 is MODEL).")  # fmt: skip
 @click.option("--x", "x_spec", default=None, help="Grid of direction 1, min:max:num [-1:1:21].")
 @click.option("--y", "y_spec", default=None, help="Grid of direction 2 (makes a 2D surface).")
-@click.option("--norm", type=click.Choice(["filter", "layer", "weight", "none"]), default="filter",
+@click.option("--norm", type=click.Choice(_checks.options(_checks.Norm)), default="filter",
               show_default=True)  # fmt: skip
-@click.option("--ignore", type=click.Choice(["biasbn", "none"]), default="biasbn",
+@click.option("--ignore", type=click.Choice(_checks.options(_checks.Ignore)), default="biasbn",
               show_default=True)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random directions.")
 @data_option
@@ -343,7 +354,7 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
 
 @main.command()
 @click.argument("surface_path", metavar="SURF.h5")
-@click.option("--kind", type=click.Choice(["contour", "contourf", "heatmap", "surface", "line"]),
+@click.option("--kind", type=click.Choice(_checks.options(_checks.Kind)),
               default=None, help="Plot kind [contour for 2D, line for 1D].")  # fmt: skip
 @click.option("--metric", default="train_loss", show_default=True)
 @click.option("--log", is_flag=True, help="Logarithmic colour scale / y axis.")
@@ -361,15 +372,15 @@ def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, quiet):
       landscape plot sam.h5 --kind contour --log --out sam.png
       landscape plot sgd_to_sam.h5 --out interpolation.pdf
     """
-    _setup(quiet)
+    _setup(quiet, tensorflow=False)  # a surface file is read and drawn without TensorFlow
+    if not os.path.isfile(surface_path):
+        raise UserError(f"Surface file {surface_path!r} does not exist.")
     import matplotlib
 
     matplotlib.use("Agg")
     from landscape.plot import plot_surface
     from landscape.surface import Surface
 
-    if not os.path.isfile(surface_path):
-        raise UserError(f"Surface file {surface_path!r} does not exist.")
     surf = Surface.load(surface_path)
     kind = kind or ("line" if surf.ndim == 1 else "contour")
     out = out or str(pathlib.Path(surface_path).with_suffix(".png"))
@@ -415,7 +426,7 @@ def _write_json_file(path: str, payload: dict) -> None:
 @main.command()
 @click.argument("model_path", metavar="MODEL.keras")
 @click.option("--k", type=int, default=5, show_default=True, help="Top eigenvalues to compute.")
-@click.option("--which", type=click.Choice(["largest", "magnitude", "smallest"]),
+@click.option("--which", type=click.Choice(_checks.options(_checks.Which)),
               default="largest", show_default=True)  # fmt: skip
 @click.option("--tol", type=float, default=1e-4, show_default=True,
               help="Relative residual |Hv - lv| / |l| to reach.")  # fmt: skip

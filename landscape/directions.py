@@ -78,6 +78,8 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
+from landscape import io
+
 logger = logging.getLogger("landscape")
 
 Norm = Literal["filter", "layer", "weight", "none"]
@@ -112,6 +114,15 @@ def fingerprint_arrays(arrays: Iterable[np.ndarray]) -> str:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def fingerprint_directions(directions: Iterable[Direction]) -> str:
+    """A SHA-256 hex digest of the directions' fingerprints in order (a surface file's
+    ``directions_fingerprint``, which a resumed run and every surface worker check)."""
+    h = hashlib.sha256()
+    for d in directions:
+        h.update(d.fingerprint().encode())
     return h.hexdigest()
 
 
@@ -725,16 +736,12 @@ class Direction:
 
     def save(self, path: str, *, name: str = "direction") -> None:
         """Save to an HDF5 file (group ``name``); see ``landscape.io``."""
-        from landscape import io
-
         io.save_directions(path, {name: self})
 
     @classmethod
     def load(cls, path: str, *, name: str = "direction") -> Direction:
         """Load a direction saved by ``save`` (or from a surface file's ``directions/`` group)."""
-        from landscape import io
-
-        return io.load_directions(path)[name]
+        return cls(*io.read_directions(path)[name])
 
 
 def _weights(variables: Sequence) -> list[np.ndarray]:

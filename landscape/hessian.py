@@ -536,7 +536,8 @@ def hessian_spectrum(
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
         steps: Lanczos steps (products) per run, capped at ``n_params``. Defaults to 80.
         runs: Independent runs (probe vectors). Defaults to 10.
-        seed: Seed of the probes. Defaults to None (fresh entropy).
+        seed: Seed of the Rademacher start vectors of the runs. Defaults to None (fresh
+            entropy).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
             ``"backward_over_backward"``.

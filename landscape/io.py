@@ -16,20 +16,29 @@ Crash safety: the file at ``path`` is only ever replaced whole. Every write goes
 ``path + ".tmp"`` (a fresh file, or a byte copy of the current one patched with the new values),
 which is closed and then renamed over ``path`` with ``os.replace`` (atomic on POSIX). A process
 killed at any moment leaves either the previous or the next complete file.
+
+This module sits below ``landscape.directions``: it writes anything with ``arrays`` (``{key:
+array}``) and ``metadata`` (a ``Direction``) and reads directions back as plain
+``StoredDirection`` records (``Direction(*record)`` makes one). So reading a surface file needs
+neither Keras nor TensorFlow.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 
-from landscape.directions import Direction
+from landscape._version import __version__
+
+logger = logging.getLogger("landscape")
 
 FORMAT = "sam-landscape/surface"
 FORMAT_VERSION = 1
@@ -59,20 +68,28 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _write_direction(group: h5py.Group, d: Direction) -> None:
-    group.attrs["paths"] = json.dumps(d.paths)
+class StoredDirection(NamedTuple):
+    """A direction as stored: ``Direction(*record)`` (``landscape.directions``) makes one."""
+
+    arrays: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+
+
+def _write_direction(group: h5py.Group, d: Any) -> None:
+    """Write a ``Direction`` (anything with ``arrays`` and ``metadata``) into ``group``."""
+    group.attrs["paths"] = json.dumps(list(d.arrays))
     group.attrs["metadata"] = json.dumps(d.metadata, default=str)
     for i, a in enumerate(d.arrays.values()):
         group.create_dataset(f"v{i:04d}", data=a)
 
 
-def _read_direction(group: h5py.Group) -> Direction:
+def _read_direction(group: h5py.Group) -> StoredDirection:
     paths = json.loads(_decode(group.attrs["paths"]))
     metadata = json.loads(_decode(group.attrs.get("metadata", "{}")))
-    return Direction({p: group[f"v{i:04d}"][()] for i, p in enumerate(paths)}, metadata)
+    return StoredDirection({p: group[f"v{i:04d}"][()] for i, p in enumerate(paths)}, metadata)
 
 
-def save_directions(path: str, directions: Mapping[str, Direction]) -> None:
+def save_directions(path: str, directions: Mapping[str, Any]) -> None:
     """Write ``{name: Direction}`` to groups ``directions/<name>`` of a new HDF5 file (atomic)."""
     tmp = _tmp(path)
     with h5py.File(tmp, "w") as f:
@@ -82,8 +99,11 @@ def save_directions(path: str, directions: Mapping[str, Direction]) -> None:
     os.replace(tmp, path)
 
 
-def load_directions(path: str) -> dict[str, Direction]:
-    """Read every direction in the ``directions/`` group of ``path`` (in stored order)."""
+def read_directions(path: str) -> dict[str, StoredDirection]:
+    """Every direction in the ``directions/`` group of ``path`` (in stored order), as records.
+
+    ``Direction.load`` and the surface workers make ``Direction`` objects of them.
+    """
     with h5py.File(path, "r") as f:
         if "directions" not in f:
             return {}
@@ -97,10 +117,13 @@ def create_surface_file(
     x: np.ndarray,
     y: np.ndarray | None,
     metrics: tuple[str, ...],
-    directions: tuple[Direction, ...],
+    directions: Sequence[Any],
     attrs: Mapping[str, Any],
 ) -> None:
-    """Write a complete surface file with every metric NaN (atomically)."""
+    """Write a complete surface file with every metric NaN (atomically).
+
+    ``directions`` are ``Direction`` objects (anything with ``arrays`` and ``metadata``).
+    """
     shape = (len(x),) if y is None else (len(y), len(x))
     tmp = _tmp(path)
     with h5py.File(tmp, "w") as f:
@@ -147,48 +170,60 @@ def computed_from_values(values: Mapping[str, np.ndarray], shape: tuple[int, ...
     return mask
 
 
+def _read_attrs(f: h5py.File) -> dict[str, Any]:
+    attrs = {k: _decode(v) for k, v in f.attrs.items()}
+    for key in JSON_ATTRS:
+        if isinstance(attrs.get(key), str):
+            attrs[key] = json.loads(attrs[key])
+    return {k: None if v == "None" else v for k, v in attrs.items()}
+
+
+def _read_values(f: h5py.File, x: np.ndarray, y: np.ndarray | None, ours: bool):
+    """``{metric: [iy, ix] array}``: every numeric 1D/2D dataset but the coordinates and mask."""
+    values = {}
+    for name in f:
+        obj = f[name]
+        if name in ("xcoordinates", "ycoordinates", COMPUTED) or not isinstance(obj, h5py.Dataset):
+            continue
+        if not np.issubdtype(obj.dtype, np.number) or obj.ndim not in (1, 2):
+            continue
+        arr = obj[()].astype(np.float64)
+        if not ours:
+            arr = np.where(arr == LOSS_LANDSCAPE_MISSING, np.nan, arr)
+            if y is not None and arr.size == len(x) * len(y):
+                arr = arr.reshape(len(y), len(x))
+        values[name] = arr
+    return values
+
+
+def _open_for_reading(path: str) -> h5py.File:
+    if not os.path.isfile(path):
+        raise ValueError(f"Surface file {os.fspath(path)!r} does not exist.")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"Surface file {os.fspath(path)!r} is not readable HDF5: {err}.") from None
+
+
 def read_surface_file(path: str) -> dict[str, Any]:
     """Read a surface file written by this package or by tomgoldstein/loss-landscape.
 
     Returns:
         ``{"x", "y", "values", "computed", "attrs", "directions"}``. Arrays are ``[iy, ix]``
-        (1D: ``[ix]``); ``computed`` is a bool mask of the evaluated points.
+        (1D: ``[ix]``); ``computed`` is a bool mask of the evaluated points; ``directions`` are
+        ``StoredDirection`` records (none for loss-landscape files).
         For loss-landscape files (no ``format`` attribute) the −1 placeholders become NaN, the
         values (stored in ``[iy, ix]`` order in an array shaped ``(nx, ny)``) are reshaped to
         ``(ny, nx)``, and ``attrs["source"] == "loss-landscape"`` (their accuracy is in percent).
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"Surface file {os.fspath(path)!r} does not exist.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"Surface file {os.fspath(path)!r} is not readable HDF5: {err}.") from None
-    with f:
+    with _open_for_reading(path) as f:
         if "xcoordinates" not in f:
             raise ValueError(f"{os.fspath(path)!r} is not a surface file (no xcoordinates).")
-        attrs = {k: _decode(v) for k, v in f.attrs.items()}
-        for key in JSON_ATTRS:
-            if isinstance(attrs.get(key), str):
-                attrs[key] = json.loads(attrs[key])
-        attrs = {k: None if v == "None" else v for k, v in attrs.items()}
+        attrs = _read_attrs(f)
         x = f["xcoordinates"][()].astype(np.float64)
         y = f["ycoordinates"][()].astype(np.float64) if "ycoordinates" in f else None
         ours = attrs.get("format") == FORMAT
-        values = {}
-        for name in f:
-            obj = f[name]
-            if name in ("xcoordinates", "ycoordinates", COMPUTED) or not isinstance(
-                obj, h5py.Dataset
-            ):
-                continue
-            if not np.issubdtype(obj.dtype, np.number) or obj.ndim not in (1, 2):
-                continue
-            arr = obj[()].astype(np.float64)
-            if not ours:
-                arr = np.where(arr == LOSS_LANDSCAPE_MISSING, np.nan, arr)
-                if y is not None and arr.size == len(x) * len(y):
-                    arr = arr.reshape(len(y), len(x))
-            values[name] = arr
+        values = _read_values(f, x, y, ours)
         shape = (len(x),) if y is None else (len(y), len(x))
         if ours and COMPUTED in f and f[COMPUTED].shape == shape:
             computed = f[COMPUTED][()].astype(bool)
@@ -264,3 +299,43 @@ def check_resumable(
             "Refusing to resume; the file was left untouched (pass another path or delete it)."
         )
     return stored["values"], stored["computed"]
+
+
+def open_surface(
+    path: str,
+    *,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    metrics: tuple[str, ...],
+    directions: Sequence[Any],
+    attrs: Mapping[str, Any],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Resume the surface file at ``path``, or create it (stamped with time and package version).
+
+    Args:
+        path: The HDF5 file.
+        x, y: The grid's coordinates (``y`` None for 1D).
+        metrics: Names of the metric arrays.
+        directions: The ``Direction`` objects the surface is computed along.
+        attrs: Fingerprints and direction metadata; a resumed file must have the same
+            fingerprints (see ``check_resumable``).
+
+    Returns:
+        ``(values, computed)``: the metric arrays (NaN where not computed) and the bool mask of
+        evaluated points, both empty for a new file.
+    """
+    if os.path.exists(path):
+        values, computed = check_resumable(path, x=x, y=y, metrics=metrics, attrs=attrs)
+        logger.info("Resuming %s: %d points left.", path, int((~computed).sum()))
+        return values, computed
+    shape = (len(x),) if y is None else (len(y), len(x))
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    create_surface_file(
+        path,
+        x=x,
+        y=y,
+        metrics=metrics,
+        directions=tuple(directions),
+        attrs={**attrs, "created": created, "package_version": __version__},
+    )
+    return {n: np.full(shape, np.nan) for n in metrics}, np.zeros(shape, bool)
