@@ -40,6 +40,14 @@ def test_console_script_runs_as_a_process():
     assert bad.stderr.strip() == "Error: Surface file 'nope.h5' does not exist."
 
 
+def test_missing_tensorflow_is_one_sentence(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
+    result = invoke("train", "--epochs", 1)
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: sam-landscape needs TensorFlow")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """An SGD and a SAM MLP trained briefly on part of the embedded data."""
