@@ -1,5 +1,7 @@
 """Sharpness-Aware Minimization (SAM, ASAM, m-sharpness) for Keras 3 on TensorFlow."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from sam._compat import require_tensorflow
 
 require_tensorflow()
@@ -8,4 +10,7 @@ from sam.optimizer import SAM, asam_perturbation, sam_perturbation  # noqa: E402
 from sam.train_step import SAMModel, sam_train_step  # noqa: E402
 
 __all__ = ["SAM", "SAMModel", "asam_perturbation", "sam_perturbation", "sam_train_step"]
-__version__ = "0.1.0"
+try:  # one version for the distribution, written in landscape/_version.py
+    __version__ = version("sam-landscape")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
