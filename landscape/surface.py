@@ -1,36 +1,40 @@
 """Loss surfaces: the objective on a 1D line or a 2D grid of ``w0 + α d1 (+ β d2)``.
 
-``compute_surface`` walks the grid row by row (``[iy, ix]``), evaluates every split of the
-``Objective`` at each point, and — given ``path`` — keeps an HDF5 file up to date as it goes
-(see ``landscape.io``). Calling it again with the same arguments resumes: only the points not
-yet evaluated are computed. With an ``executor``, chunks of points run in worker processes
-(``landscape.distributed``) and this process alone writes the file. A file from another grid,
-model, data set or pair of directions is refused.
+``compute_surface`` walks the grid row by row (``[iy, ix]``) in four steps: resolve the objective
+(or the recipe workers rebuild it from), open the HDF5 file (``landscape.io``: create it, or resume
+it when it matches), evaluate the points not yet computed (``landscape.executors.evaluate_points``
+here, or chunks on an executor's workers), and store each row as it arrives, keeping the file up to
+date. Calling it again with the same arguments resumes; a file from another grid, model, data set
+or pair of directions is refused.
+
+Reading and drawing a stored surface (``Surface``, ``parse_grid``, ``Surface.load``) needs neither
+Keras nor TensorFlow: this module imports them only when ``compute_surface`` runs, and a loaded
+surface makes its ``Direction`` objects on first use.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
-import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from landscape import _progress, io
-from landscape._progress import resolve_verbose
-from landscape.directions import Direction
-from landscape.objective import Objective
+from landscape import io
+
+if TYPE_CHECKING:
+    from landscape.directions import Direction
+    from landscape.objective import Objective
 
 logger = logging.getLogger("landscape")
 
 GridSpec = str | tuple[float, float, int]
+Point = tuple[int, ...]  # a grid index: (ix,) in 1D, (iy, ix) in 2D
 FLUSH_SECONDS = 2.0  # the file on disk is at most this many seconds (plus one point) behind
 FLUSH_MAX_FRACTION = 0.05  # writes may take at most this share of the run (large directions)
 
@@ -69,7 +73,8 @@ class Surface:
         values: ``{"train_loss": Z, "train_acc": ..., "test_loss": ...}``; ``Z`` is ``[ny, nx]``
             (``[nx]`` in 1D), NaN where not computed (or where the loss itself is NaN).
         metadata: Fingerprints, direction metadata, creation time, …
-        directions: The directions the surface was computed along (when known).
+        directions: The directions the surface was computed along (when known); for a loaded
+            surface, made from the file on first use.
         path: The HDF5 file it is stored in, if any.
         computed: Bool mask (shape of ``Z``) of the points evaluated; a computed point can hold
             NaN when the network diverges there. Defaults to the points where no value is NaN.
@@ -79,7 +84,7 @@ class Surface:
     y: np.ndarray | None
     values: dict[str, np.ndarray]
     metadata: dict[str, Any] = field(default_factory=dict)
-    directions: tuple[Direction, ...] = ()
+    directions: Sequence[Direction] = ()
     path: str | None = None
     computed: np.ndarray | None = None
 
@@ -114,37 +119,105 @@ class Surface:
             data["y"],
             data["values"],
             data["attrs"],
-            data["directions"],
+            _StoredDirections(data["directions"]),
             os.fspath(path),
             data["computed"],
         )
 
 
-def _directions_fingerprint(directions: Sequence[Direction]) -> str:
-    h = hashlib.sha256()
-    for d in directions:
-        h.update(d.fingerprint().encode())
-    return h.hexdigest()
+class _StoredDirections(Sequence):
+    """A loaded surface's directions, made into ``Direction`` objects on first use.
+
+    ``Direction`` needs Keras (and so TensorFlow), which reading and drawing a surface file
+    does not; the file's arrays are read at once, the objects made only when asked for.
+    """
+
+    def __init__(self, stored: Sequence[io.StoredDirection]):
+        self._stored = tuple(stored)
+        self._directions: tuple[Direction, ...] | None = None
+
+    def _made(self) -> tuple[Direction, ...]:
+        if self._directions is None:
+            # Deferred (load-bearing): landscape.directions imports Keras and TensorFlow.
+            from landscape.directions import Direction
+
+            self._directions = tuple(Direction(*s) for s in self._stored)
+        return self._directions
+
+    def __getitem__(self, i):
+        return self._made()[i]
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} directions stored in the surface file>"
 
 
-class _Writer:
-    """Keeps the surface file at most ``flush_seconds`` behind the in-memory arrays."""
+@dataclass(frozen=True)
+class _Grid:
+    """The coordinates of a surface and the map from grid index to coefficients."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+
+    @classmethod
+    def parse(cls, x: GridSpec, y: GridSpec | None) -> _Grid:
+        return cls(parse_grid(x, name="x"), None if y is None else parse_grid(y, name="y"))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.x),) if self.y is None else (len(self.y), len(self.x))
+
+    def coefficients(self, idx: Point) -> list[float]:
+        """``[α]`` (1D) or ``[α, β]`` (2D) at grid index ``idx``."""
+        return [self.x[idx[-1]]] if self.y is None else [self.x[idx[1]], self.y[idx[0]]]
+
+
+class _Store:
+    """The surface's arrays in memory, with progress, and the file at most a few seconds behind.
+
+    The file is written at most every ``flush_seconds`` (less often when a write is slow, so
+    that writes take at most ``FLUSH_MAX_FRACTION`` of the run), and once more at the end.
+    """
 
     def __init__(
         self,
         path: str | None,
+        names: Sequence[str],
         values: dict[str, np.ndarray],
         computed: np.ndarray,
         flush_seconds: float,
+        progbar=None,
     ):
         self.path, self.values, self.computed = path, values, computed
-        self.flush_seconds = flush_seconds
-        self.interval = flush_seconds
+        self.names = tuple(names)  # the order of a row's values
+        self.flush_seconds = self.interval = flush_seconds
+        self.progbar = progbar
         self.last = time.monotonic()
         self.dirty = False
+        self.done = 0
 
-    def point_done(self) -> None:
+    def consume(self, points: Iterator[tuple[Point, np.ndarray]]) -> None:
+        """Store every ``(index, row)``; on the way out, done or not, write the file."""
+        start = time.monotonic()
+        try:
+            for idx, row in points:
+                self.put(idx, row)
+        finally:
+            self.flush()
+            if hasattr(points, "close"):  # stop an executor's chunks still running
+                points.close()
+        logger.info("Computed %d points in %.1fs.", self.done, time.monotonic() - start)
+
+    def put(self, idx: Point, row: Sequence[float]) -> None:
+        for name, value in zip(self.names, row):
+            self.values[name][idx] = value
+        self.computed[idx] = True
         self.dirty = True
+        self.done += 1
+        if self.progbar is not None:
+            self.progbar.update(self.done, [(n, self.values[n][idx]) for n in self.names])
         if self.path is not None and time.monotonic() - self.last >= self.interval:
             self.flush()
 
@@ -161,12 +234,83 @@ class _Writer:
         logger.debug("Flushed %s in %.3fs.", self.path, took)
 
 
+def _resolve(objective, recipe, executor) -> tuple[Objective, Callable[[], Objective] | None]:
+    """``(objective, recipe)``: the Objective to evaluate here, and the recipe for workers.
+
+    The older form passes the recipe as ``objective``; it is accepted as ``recipe=``.
+    """
+    if recipe is None and objective is not None and not hasattr(objective, "evaluate_at"):
+        if not callable(objective):
+            raise ValueError(
+                "Argument `objective` must be an Objective or a function (recipe) returning "
+                f"one. Received: {type(objective).__name__}."
+            )
+        objective, recipe = None, objective
+    if recipe is not None and not callable(recipe):
+        raise ValueError(
+            "Argument `recipe` must be an ObjectiveRecipe or a picklable function returning an "
+            f"Objective. Received: {type(recipe).__name__}."
+        )
+    if objective is not None and not hasattr(objective, "evaluate_at"):
+        raise ValueError(
+            "Argument `objective` must be an Objective (or None with `recipe=`). "
+            f"Received: {type(objective).__name__}."
+        )
+    if objective is None:
+        if recipe is None:
+            raise ValueError("compute_surface needs an `objective` or a `recipe`; got neither.")
+        objective = recipe()
+        if not hasattr(objective, "evaluate_at"):
+            raise ValueError(
+                f"The recipe {recipe!r} returned {type(objective).__name__}, not an Objective."
+            )
+    if executor is not None and recipe is None:
+        raise ValueError(
+            "An executor needs a recipe its workers can rebuild the objective from: pass "
+            "recipe=landscape.ObjectiveRecipe(model_path, data=...) or another picklable "
+            "function returning the Objective."
+        )
+    return objective, recipe
+
+
+def _check_direction_count(n: int, y: GridSpec | None) -> None:
+    if y is None and n != 1:
+        raise ValueError(f"A 1D surface (y=None) needs exactly 1 direction. Received {n}.")
+    if y is not None and n != 2:
+        raise ValueError(f"A 2D surface (y={y!r}) needs exactly 2 directions. Received {n}.")
+
+
+def _attributes(objective: Objective, directions: Sequence[Direction], fingerprint: str) -> dict:
+    """The file attributes that identify the computation (checked when a file is resumed)."""
+    meta = [d.metadata for d in directions]
+    return {
+        "model_fingerprint": objective.weights_fingerprint(),
+        "directions_fingerprint": fingerprint,
+        "data_fingerprint": objective.data_fingerprint(),
+        "loss": objective.loss_name,
+        "norm": meta[0].get("norm"),
+        "ignore": meta[0].get("ignore"),
+        "seeds": [m.get("seed") for m in meta],
+        "directions_metadata": meta,
+    }
+
+
+def _open(path, grid: _Grid, names, directions, attrs) -> tuple[dict, np.ndarray]:
+    """``(values, computed)``: from the file at ``path`` (created or resumed), or in memory."""
+    if path is None:
+        return {n: np.full(grid.shape, np.nan) for n in names}, np.zeros(grid.shape, bool)
+    return io.open_surface(
+        path, x=grid.x, y=grid.y, metrics=names, directions=directions, attrs=attrs
+    )
+
+
 def compute_surface(
-    objective: Objective | Callable[[], Objective],
-    directions: Sequence[Direction],
+    objective: Objective | None = None,
+    directions: Sequence[Direction] = (),
     x: GridSpec = "-1:1:51",
     y: GridSpec | None = None,
     *,
+    recipe: Callable[[], Objective] | None = None,
     path: str | os.PathLike | None = None,
     verbose: Literal["auto", 0, 1, 2] = "auto",
     flush_seconds: float = FLUSH_SECONDS,
@@ -176,13 +320,17 @@ def compute_surface(
     """Evaluate the objective at ``w0 + α d1`` (1D) or ``w0 + α d1 + β d2`` (2D) on a grid.
 
     Args:
-        objective: The ``Objective`` (model, data, loss); every split it has is evaluated. With
-            an ``executor``, a recipe workers can rebuild it from instead: an
-            ``ObjectiveRecipe`` or any picklable function returning an ``Objective`` (called
-            once here for the fingerprints, and once in each worker).
+        objective: The ``Objective`` (model, data, loss); every split it has is evaluated.
+            None builds it with ``recipe()``. (Passing the recipe itself here, the older form,
+            still works.) Defaults to None.
         directions: One direction (1D, needs ``y=None``) or two (2D, needs ``y``).
         x: Grid of α, ``"min:max:num"`` or ``(min, max, num)``. Defaults to ``"-1:1:51"``.
         y: Grid of β for 2D surfaces. Defaults to None.
+        recipe: How workers rebuild the objective: an ``ObjectiveRecipe`` or any picklable
+            function returning the ``Objective``; needed with an ``executor``. Give the
+            ``objective`` too if you have it (it serves the fingerprints here and the workers
+            check that theirs has the same weights); otherwise it is built once here with
+            ``recipe()``. Defaults to None.
         path: HDF5 file to write as points complete (NaN = not computed). If it exists and
             matches this computation, only its points not yet evaluated are computed (a point
             whose loss came out NaN is not retried); if it does not match,
@@ -207,117 +355,46 @@ def compute_surface(
         >>> surf = compute_surface(obj, [d1, d2], x="-1:1:51", y="-1:1:51", path="surf.h5")
         >>> surf.values["train_loss"].shape
         (51, 51)
+        >>> recipe = landscape.ObjectiveRecipe("sam.keras", data="cifar10_10k.npz")
+        >>> with landscape.process_pool(2) as ex:
+        ...     surf = compute_surface(directions=[d1, d2], recipe=recipe, x="-1:1:51",
+        ...                            y="-1:1:51", path="surf.h5", executor=ex)
     """
-    recipe = None
-    if not isinstance(objective, Objective) and not hasattr(objective, "evaluate_at"):
-        if not callable(objective):
-            raise ValueError(
-                "Argument `objective` must be an Objective or a function (recipe) returning "
-                f"one. Received: {type(objective).__name__}."
-            )
-        recipe, objective = objective, objective()
-        if not hasattr(objective, "evaluate_at"):
-            raise ValueError(
-                f"The recipe {recipe!r} returned {type(objective).__name__}, not an Objective."
-            )
-    if executor is not None and recipe is None:
-        raise ValueError(
-            "An executor needs an objective its workers can rebuild: pass "
-            "landscape.ObjectiveRecipe(model_path, data=...) or a picklable function returning "
-            "the Objective instead of the Objective itself."
-        )
+    # Deferred (load-bearing): these import Keras and TensorFlow, which reading and drawing a
+    # stored surface (Surface.load, landscape.plot) must not.
+    from landscape import executors
+    from landscape._progress import progbar, resolve_verbose
+    from landscape.directions import Direction, fingerprint_directions
+
+    objective, recipe = _resolve(objective, recipe, executor)
     directions = list(directions)
     if not all(isinstance(d, Direction) for d in directions):
         raise ValueError("Argument `directions` must be a list of Direction objects.")
-    if y is None and len(directions) != 1:
-        raise ValueError(
-            f"A 1D surface (y=None) needs exactly 1 direction. Received {len(directions)}."
-        )
-    if y is not None and len(directions) != 2:
-        raise ValueError(
-            f"A 2D surface (y={y!r}) needs exactly 2 directions. Received {len(directions)}."
-        )
+    _check_direction_count(len(directions), y)
     if not flush_seconds >= 0:
         raise ValueError(f"Argument `flush_seconds` must be >= 0. Received: {flush_seconds}.")
     verbose = resolve_verbose(verbose)
-    xs = parse_grid(x, name="x")
-    ys = None if y is None else parse_grid(y, name="y")
-    shape = (len(xs),) if ys is None else (len(ys), len(xs))
+    grid = _Grid.parse(x, y)
     names = tuple(f"{s}_{m}" for s in objective.splits for m in objective.metric_names)
     basis = objective.basis(directions)  # validates alignment before any file is touched
-
-    meta = [d.metadata for d in directions]
-    attrs = {
-        "model_fingerprint": objective.weights_fingerprint(),
-        "directions_fingerprint": _directions_fingerprint(directions),
-        "data_fingerprint": objective.data_fingerprint(),
-        "loss": objective.loss_name,
-        "norm": meta[0].get("norm"),
-        "ignore": meta[0].get("ignore"),
-        "seeds": [m.get("seed") for m in meta],
-        "directions_metadata": meta,
-    }
-    if path is not None:
-        path = os.fspath(path)
-    if path is not None and os.path.exists(path):
-        values, computed = io.check_resumable(path, x=xs, y=ys, metrics=names, attrs=attrs)
-        logger.info("Resuming %s: %d points left.", path, int((~computed).sum()))
+    attrs = _attributes(objective, directions, fingerprint_directions(directions))
+    path = None if path is None else os.fspath(path)
+    values, computed = _open(path, grid, names, directions, attrs)
+    todo = [idx for idx in np.ndindex(*grid.shape) if not computed[idx]]
+    if executor is None:
+        rows = executors.evaluate_points(objective, basis, map(grid.coefficients, todo))
+        points = zip(todo, rows)
     else:
-        values = {n: np.full(shape, np.nan) for n in names}
-        computed = np.zeros(shape, bool)
-        if path is not None:
-            from landscape import __version__
-
-            created = datetime.datetime.now(datetime.timezone.utc).isoformat()
-            io.create_surface_file(
-                path,
-                x=xs,
-                y=ys,
-                metrics=names,
-                directions=tuple(directions),
-                attrs={**attrs, "created": created, "package_version": __version__},
-            )
-
-    todo = [idx for idx in np.ndindex(*shape) if not computed[idx]]
-    progbar = _progress.progbar(len(todo), verbose, "point")
-    writer = _Writer(path, values, computed, flush_seconds)
-    done = 0
-
-    def coefficients(idx):
-        return [xs[idx[-1]]] if ys is None else [xs[idx[1]], ys[idx[0]]]
-
-    def store(idx, row):
-        nonlocal done
-        for n, v in zip(names, row):
-            values[n][idx] = v
-        computed[idx] = True
-        writer.point_done()
-        done += 1
-        if progbar is not None:
-            progbar.update(done, [(n, values[n][idx]) for n in names])
-
-    splits = objective.splits
-    start = time.monotonic()
-    try:
-        if executor is None:
-            for idx in todo:
-                results = [objective.evaluate_at(coefficients(idx), basis, split=s) for s in splits]
-                store(idx, [v for r in results for v in r.values()])
-        elif todo:
-            from landscape import distributed
-
-            job = distributed._Job(
-                recipe,
-                os.path.abspath(path) if path is not None else tuple(directions),
-                attrs["model_fingerprint"],
-                attrs["directions_fingerprint"],
-                getattr(executor, "threads_per_worker", None),
-            )
-            workers = distributed._worker_count(executor)
-            chunks = distributed.chunk_points(todo, workers, chunk_size)
-            logger.info("%d points in %d chunks on %d workers.", len(todo), len(chunks), workers)
-            distributed.run_chunks(executor, job, chunks, coefficients, store)
-    finally:
-        writer.flush()
-    logger.info("Computed %d points in %.1fs.", done, time.monotonic() - start)
-    return Surface(xs, ys, values, attrs, tuple(directions), path, computed)
+        job = executors.SurfaceJob(
+            recipe,
+            os.path.abspath(path) if path is not None else tuple(directions),
+            attrs["model_fingerprint"],
+            attrs["directions_fingerprint"],
+            getattr(executor, "threads_per_worker", None),
+        )
+        points = executors.submit_points(
+            executor, job, todo, grid.coefficients, chunk_size=chunk_size
+        )
+    progress = progbar(len(todo), verbose, "point")
+    _Store(path, names, values, computed, flush_seconds, progress).consume(points)
+    return Surface(grid.x, grid.y, values, attrs, tuple(directions), path, computed)

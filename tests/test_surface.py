@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import landscape
+from landscape import executors
 from landscape.surface import parse_grid
 
 
@@ -120,3 +121,49 @@ def test_progbar_when_verbose(quadratic, capsys):
     surf = landscape.compute_surface(obj, [d], x="-1:1:3", verbose=1)
     assert surf.complete
     assert "3/3" in capsys.readouterr().out
+
+
+def test_evaluate_points_is_the_evaluator_of_compute_surface(quadratic):
+    model, _, _, obj = quadratic
+    d1 = landscape.random_direction(model, seed=0, ignore="none")
+    d2 = landscape.random_direction(model, seed=1, ignore="none")
+    surf = landscape.compute_surface(obj, [d1, d2], x="-1:1:3", y="-1:1:2", verbose=0)
+    points = [[a, b] for b in surf.y for a in surf.x]  # [iy, ix] order
+    rows = np.asarray(list(executors.evaluate_points(obj, [d1, d2], points)))
+    assert rows.shape == (6, 1) and rows.dtype == np.float64
+    np.testing.assert_array_equal(rows[:, 0], surf["train_loss"].ravel())
+    again = executors.evaluate_points(obj, obj.basis([d1, d2]), points[:2], splits=("train",))
+    np.testing.assert_array_equal(np.asarray(list(again)), rows[:2])
+
+
+def test_recipe_keyword_builds_the_objective(quadratic):
+    model, _, _, obj = quadratic
+    d = landscape.random_direction(model, seed=0, ignore="none")
+    calls = []
+
+    def recipe():
+        calls.append(1)
+        return obj
+
+    direct = landscape.compute_surface(obj, [d], x="-1:1:5", verbose=0)
+    built = landscape.compute_surface(directions=[d], x="-1:1:5", recipe=recipe, verbose=0)
+    np.testing.assert_array_equal(built["train_loss"], direct["train_loss"])
+    assert len(calls) == 1
+    given = landscape.compute_surface(obj, [d], x="-1:1:5", recipe=recipe, verbose=0)
+    np.testing.assert_array_equal(given["train_loss"], direct["train_loss"])
+    assert len(calls) == 1  # an objective given is used as is
+    old_form = landscape.compute_surface(recipe, [d], x="-1:1:5", verbose=0)
+    np.testing.assert_array_equal(old_form["train_loss"], direct["train_loss"])
+
+
+def test_recipe_keyword_errors(quadratic):
+    model, _, _, obj = quadratic
+    d = landscape.random_direction(model, seed=0)
+    with pytest.raises(ValueError, match="Argument `recipe` must be an ObjectiveRecipe"):
+        landscape.compute_surface(obj, [d], x="-1:1:3", recipe="model.keras")
+    with pytest.raises(ValueError, match="needs an `objective` or a `recipe`"):
+        landscape.compute_surface(directions=[d], x="-1:1:3")
+    with pytest.raises(ValueError, match=r"Argument `objective` must be an Objective \(or None"):
+        landscape.compute_surface(lambda: obj, [d], x="-1:1:3", recipe=lambda: obj)
+    with pytest.raises(ValueError, match="returned int"):
+        landscape.compute_surface(directions=[d], x="-1:1:3", recipe=lambda: 3)
