@@ -17,7 +17,19 @@ import logging
 import os
 from typing import Any
 
+import keras
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+
+import sam  # noqa: F401 (registers SAM and SAMModel, so that the saved models load)
+from landscape.data import load_dataset
+from landscape.directions import interpolation_direction, random_direction
+from landscape.objective import Objective
+from landscape.plot import plot_comparison, plot_surface
+from landscape.sharpness import sharpness_report
+from landscape.surface import compute_surface
+from landscape.train import train
 
 logger = logging.getLogger("landscape")
 
@@ -92,12 +104,6 @@ def train_models(config: FiguresConfig, out_dir: str, *, verbose: int = 1) -> di
 
     Returns ``{"sgd": model, "sam": model, "metrics": {...}}``.
     """
-    import keras
-
-    import sam  # noqa: F401  (registers SAM / SAMModel for loading)
-    from landscape.data import load_dataset
-    from landscape.train import train
-
     os.makedirs(out_dir, exist_ok=True)
     record_path = os.path.join(out_dir, "training.json")
     record = _read_json(record_path) or {}
@@ -144,9 +150,6 @@ def train_models(config: FiguresConfig, out_dir: str, *, verbose: int = 1) -> di
 
 
 def _objective(model, config: FiguresConfig):
-    from landscape.data import load_dataset
-    from landscape.objective import Objective
-
     (x, y), (xt, yt) = load_dataset(config.data, images=True)
     n, m = config.surface_samples, config.test_samples
     return Objective(model, (x[:n], y[:n]), batch_size=500, test_data=(xt[:m], yt[:m]))
@@ -156,9 +159,6 @@ def compute_surfaces(
     models: dict, objectives: dict, config: FiguresConfig, out_dir: str, *, verbose: int = 1
 ):
     """Stages 2-3: the two 2D surfaces and the SGD→SAM interpolation (resumable h5 files)."""
-    from landscape.directions import interpolation_direction, random_direction
-    from landscape.surface import compute_surface
-
     surfaces = {}
     for name in ("sgd", "sam"):
         model = models[name]
@@ -186,8 +186,6 @@ def compute_surfaces(
 
 def sharpness_reports(objectives: dict, config: FiguresConfig, out_dir: str) -> dict[str, dict]:
     """Stage 4: ``sharpness_report`` of both models (cached in ``reports.json``)."""
-    from landscape.sharpness import sharpness_report
-
     path = os.path.join(out_dir, "reports.json")
     cached = _read_json(path) or {}
     key = json.dumps({**config.train_part(), "surface_samples": config.surface_samples,
@@ -243,13 +241,7 @@ def summary_markdown(metrics: dict, reports: dict, config: FiguresConfig) -> str
 
 def draw(surfaces: dict, out_dir: str) -> list[str]:
     """Stage 5: the PNG figures."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from landscape.plot import plot_comparison, plot_surface
-
     written = []
 
     def save(fig, name):

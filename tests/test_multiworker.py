@@ -27,18 +27,12 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
+from landscape import _distribute
+from landscape._distribute import epoch_order, is_chief, parse_tf_config, resolve_strategy
 from landscape.cli import main
 from landscape.data import load_dataset
 from landscape.models import build_model
-from landscape.train import (
-    CheckpointEvery,
-    checkpoint_paths,
-    epoch_order,
-    is_chief,
-    parse_tf_config,
-    resolve_strategy,
-    train,
-)
+from landscape.train import CheckpointEvery, checkpoint_paths, train
 from sam import SAM, SAMModel
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -506,10 +500,8 @@ def test_multi_worker_after_tensorflow_started_is_a_clear_runtime_error(monkeypa
 
 def test_multi_worker_strategy_is_made_once_per_process(monkeypatch):
     """A second train(strategy="multi-worker") reuses the strategy; a new cluster is refused."""
-    from landscape import train as train_module
-
     made = object()
-    monkeypatch.setattr(train_module, "_MULTI_WORKER", {json.dumps(GOOD): made})
+    monkeypatch.setattr(_distribute, "_MULTI_WORKER", {json.dumps(GOOD): made})
     monkeypatch.setenv("TF_CONFIG", json.dumps(GOOD))
     assert resolve_strategy("multi-worker") is made
     other = {**GOOD, "task": {"type": "worker", "index": 0}}
