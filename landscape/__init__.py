@@ -29,7 +29,7 @@ _PUBLIC = {
         "pca_directions",
         "random_direction",
     ),
-    "distributed": (
+    "executors": (
         "ObjectiveRecipe",
         "ProcessPool",
         "dask_executor",

@@ -28,6 +28,10 @@ Split = Literal["train", "test"]
 HVPMode = Literal["forward_over_backward", "backward_over_backward"]
 Kind = Literal["contour", "contourf", "heatmap", "surface", "line"]
 Verbose = Literal["auto", 0, 1, 2]
+ModelName = Literal["mlp", "cnn", "resnet"]  # the model zoo
+OptimizerName = Literal["sgd", "sam", "asam"]  # training recipes
+StrategyName = Literal["default", "mirrored", "multi-worker"]  # tf.distribute
+Backend = Literal["auto", "process", "dask", "mpi"]  # surface executors
 
 
 def options(mode: Any) -> tuple:

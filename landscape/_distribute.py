@@ -32,16 +32,16 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from landscape._checks import StrategyName, options
+
 logger = logging.getLogger("landscape")
 
-StrategyName = Literal["default", "mirrored", "multi-worker"]
-STRATEGIES = ("default", "mirrored", "multi-worker")
+STRATEGIES = options(StrategyName)
 # The jobs of a MultiWorkerMirroredStrategy cluster that train.
 _JOBS = ("chief", "worker")
 _TF_CONFIG_EXAMPLE = (

@@ -155,14 +155,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "model_name", type=click.Choice(["mlp", "cnn", "resnet"]), default="cnn",
-              show_default=True, help="Architecture from the zoo.")  # fmt: skip
+@click.option("--model", "model_name", type=click.Choice(_checks.options(_checks.ModelName)),
+              default="cnn", show_default=True, help="Architecture from the zoo.")  # fmt: skip
 @click.option("--depth", type=int, default=8, show_default=True, help="ResNet depth (6n+2).")
 @click.option("--width", type=int, default=16, show_default=True, help="ResNet base width.")
 @data_option
 @scale_option
-@click.option("--optimizer", type=click.Choice(["sgd", "sam", "asam"]), default="sam",
-              show_default=True)  # fmt: skip
+@click.option("--optimizer", type=click.Choice(_checks.options(_checks.OptimizerName)),
+              default="sam", show_default=True)  # fmt: skip
 @click.option("--rho", type=float, default=None, help="SAM radius [0.05; ASAM 0.5].")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate.")
 @click.option("--momentum", type=float, default=0.9, show_default=True)
@@ -175,7 +175,7 @@ def main() -> None:
 @click.option("--save-every", type=int, default=0,
               help="Save weights every N epochs (and at start) for trajectory plots.")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), default="model.keras", show_default=True)
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multi-worker"]),
+@click.option("--strategy", type=click.Choice(_checks.options(_checks.StrategyName)),
               default="default", show_default=True,
               help="default: one device; mirrored: all local GPUs (else CPUs); multi-worker: "
                    "the cluster in TF_CONFIG. --batch-size is the global batch.")  # fmt: skip
@@ -248,14 +248,14 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
 
 
 def _load_model(path, imports=()):
-    from landscape.distributed import load_model
+    from landscape.executors import load_model
 
     return load_model(path, imports=imports)
 
 
 def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports, regularization):
     """The ``ObjectiveRecipe`` of the command's options (test_samples None = all)."""
-    from landscape.distributed import ObjectiveRecipe
+    from landscape.executors import ObjectiveRecipe
 
     return ObjectiveRecipe(
         model_path, data=data, samples=samples, test_samples=test_samples,
@@ -289,7 +289,7 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports,
                    "starts a Dask LocalCluster) [in-process].")  # fmt: skip
 @click.option("--scheduler", default=None,
               help="Address of a running Dask scheduler, e.g. tcp://host:8786.")  # fmt: skip
-@click.option("--backend", type=click.Choice(["auto", "process", "dask", "mpi"]), default="auto",
+@click.option("--backend", type=click.Choice(_checks.options(_checks.Backend)), default="auto",
               show_default=True, help="Executor of --workers/--scheduler.")  # fmt: skip
 @quiet_option
 def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale, imports,
@@ -310,7 +310,7 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
     """
     verbose = _setup(quiet)
     from landscape.directions import interpolation_direction, random_direction
-    from landscape.distributed import make_executor
+    from landscape.executors import make_executor
     from landscape.surface import compute_surface
 
     if workers is not None and workers < 1:
@@ -336,8 +336,9 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
         )
     with make_executor(workers, scheduler, backend) as executor:
         surf = compute_surface(
-            objective if executor is None else recipe,
+            objective,
             directions,
+            recipe=None if executor is None else recipe,
             x=x_spec,
             y=y_spec,
             path=out,

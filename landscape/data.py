@@ -69,7 +69,7 @@ class Dataset:
         return self.train, self.test
 
 
-def _check_scale(scale: float | None) -> float | None:
+def check_scale(scale: float | None) -> float | None:
     if scale is None:
         return None
     if isinstance(scale, bool) or not isinstance(scale, int | float | np.number):
@@ -225,7 +225,7 @@ def read_dataset(
     Raises:
         ValueError: an unknown name, a missing or malformed file, or a download that failed.
     """
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     name = os.fspath(name)
     if name == EMBEDDED:
         splits = _read_npz(embedded_path())

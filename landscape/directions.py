@@ -361,6 +361,43 @@ def _classes(*names: str) -> tuple[type, ...]:
     return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n))
 
 
+def _normalization_and_other_rules() -> list:
+    """The rules of layers without kernels: normalization, attention scales, PReLU, ..."""
+    normalization_parameters = (
+        "gamma",
+        "beta",
+        "scale",  # RMSNormalization (Keras >= 3.9)
+        "moving_mean",
+        "moving_variance",
+        "moving_stddev",
+        "renorm_mean",
+        "renorm_stddev",
+    )
+    return [
+        (
+            _classes(
+                "BatchNormalization",
+                "LayerNormalization",
+                "GroupNormalization",
+                "RMSNormalization",
+            ),
+            dict.fromkeys(normalization_parameters, _NORMALIZATION),
+        ),
+        (
+            _classes("Normalization"),
+            dict.fromkeys(("adapt_mean", "adapt_variance"), _NORMALIZATION),
+        ),
+        (_classes("SpectralNormalization"), {"vector_u": _STATE}),
+        (_classes("PReLU"), {"alpha": _SCALE}),
+        # AdditiveAttention subclasses Attention.
+        (_classes("Attention"), dict.fromkeys(("scale", "concat_score_weight"), _SCALE)),
+        (
+            _classes("STFTSpectrogram"),
+            dict.fromkeys(("real_kernel", "imag_kernel"), ("kernel", _last)),
+        ),
+    ]
+
+
 def _rule_table() -> list[tuple[tuple[type, ...], dict[str, tuple[Role, AxesRule | None]]]]:
     """(layer classes, {attribute: (role, axes rule)}); the first matching class wins."""
     rnn_cells = (
@@ -373,16 +410,6 @@ def _rule_table() -> list[tuple[tuple[type, ...], dict[str, tuple[Role, AxesRule
         "lora_embeddings_b": ("kernel", _last),
         **_QUANTIZATION_STATE,
     }
-    normalization_parameters = (
-        "gamma",
-        "beta",
-        "scale",  # RMSNormalization (Keras >= 3.9)
-        "moving_mean",
-        "moving_variance",
-        "moving_stddev",
-        "renorm_mean",
-        "renorm_stddev",
-    )
     table = [
         (_classes("Dense"), _kernel_rules(_last, **_QUANTIZATION_STATE)),
         (_classes("EinsumDense"), _kernel_rules(_einsum, **_QUANTIZATION_STATE)),
@@ -407,27 +434,7 @@ def _rule_table() -> list[tuple[tuple[type, ...], dict[str, tuple[Role, AxesRule
             rnn_cells,
             {"kernel": ("kernel", _last), "recurrent_kernel": ("kernel", _last), "bias": _BIAS},
         ),
-        (
-            _classes(
-                "BatchNormalization",
-                "LayerNormalization",
-                "GroupNormalization",
-                "RMSNormalization",
-            ),
-            dict.fromkeys(normalization_parameters, _NORMALIZATION),
-        ),
-        (
-            _classes("Normalization"),
-            dict.fromkeys(("adapt_mean", "adapt_variance"), _NORMALIZATION),
-        ),
-        (_classes("SpectralNormalization"), {"vector_u": _STATE}),
-        (_classes("PReLU"), {"alpha": _SCALE}),
-        # AdditiveAttention subclasses Attention.
-        (_classes("Attention"), dict.fromkeys(("scale", "concat_score_weight"), _SCALE)),
-        (
-            _classes("STFTSpectrogram"),
-            dict.fromkeys(("real_kernel", "imag_kernel"), ("kernel", _last)),
-        ),
+        *_normalization_and_other_rules(),
     ]
     return [(classes, rules) for classes, rules in table if classes]
 

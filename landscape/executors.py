@@ -49,7 +49,8 @@ import tensorflow as tf
 
 import sam  # noqa: F401 (registers SAM and SAMModel, so that models using them load)
 from landscape import _compat, io
-from landscape.data import _check_scale, is_file_name, match_model, read_dataset
+from landscape._checks import Backend, options
+from landscape.data import check_scale, is_file_name, match_model, read_dataset
 from landscape.directions import Direction, fingerprint_directions
 from landscape.objective import Basis, Objective
 
@@ -263,7 +264,7 @@ class ObjectiveRecipe:
             raise ValueError(
                 f"Argument `test_samples` must be None or an integer >= 0. Received: {t!r}."
             )
-        object.__setattr__(self, "scale", _check_scale(self.scale))
+        object.__setattr__(self, "scale", check_scale(self.scale))
         imports = (self.imports,) if isinstance(self.imports, str) else tuple(self.imports)
         imports = tuple(
             os.path.abspath(os.fspath(m)) if os.fspath(m).endswith(".py") else os.fspath(m)
@@ -591,7 +592,7 @@ def make_executor(
     (it measured faster than a Dask ``LocalCluster`` on one machine, see
     ``benchmarks/scale_out.py``); no ``workers`` and no ``scheduler`` means in-process.
     """
-    if backend not in ("auto", "process", "dask", "mpi"):
+    if backend not in options(Backend):
         raise ValueError(
             f"Unknown backend {backend!r}; expected 'auto', 'process', 'dask' or 'mpi'."
         )

@@ -8,13 +8,11 @@ when compiled with a ``SAM`` optimizer or a plain one, see ``sam.SAMModel``), or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import keras
 
+from landscape._checks import ModelName
 from sam import SAMModel
-
-ModelName = Literal["mlp", "cnn", "resnet"]
 
 # PyTorch's BatchNorm momentum (0.1, i.e. 0.9 in Keras's convention): with Keras's 0.99 the moving
 # statistics lag far behind on the short runs this zoo is for, and inference-mode losses (what

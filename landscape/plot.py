@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Literal
 
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
+from landscape._checks import Kind, choice, options
 from landscape.surface import Surface
 
-Kind = Literal["contour", "contourf", "heatmap", "surface", "line"]
-KINDS = ("contour", "contourf", "heatmap", "surface", "line")
+KINDS = options(Kind)
 DEFAULT_LEVELS = 15
 CMAP = "viridis"
 
@@ -95,8 +94,7 @@ def _new_axes(ax: Axes | None, three_d: bool = False) -> Axes:
 
 
 def _check_kind(kind: str, surface: Surface) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"Unknown kind {kind!r}; expected one of {KINDS}.")
+    choice("kind", kind, Kind)
     if surface.ndim == 1 and kind != "line":
         raise ValueError(f"A 1D surface is drawn with kind='line'. Received: kind={kind!r}.")
     if surface.ndim == 2 and kind == "line":

@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from landscape._checks import OptimizerName, StrategyName, choice, options
 from landscape._distribute import (
-    StrategyName,
     chief_path,
     evaluate_distributed,
     fit_distributed,
@@ -33,8 +33,7 @@ from sam import SAM
 
 logger = logging.getLogger("landscape")
 
-OptimizerName = Literal["sgd", "sam", "asam"]
-OPTIMIZERS = ("sgd", "sam", "asam")
+OPTIMIZERS = options(OptimizerName)
 EVAL_BATCH_SIZE = 512  # batch size of the final evaluation (inference only, any size works)
 
 
@@ -141,8 +140,7 @@ def make_optimizer(
     ``sync_perturbations`` is SAM's option (all-reduced ε under ``tf.distribute``); it has no
     meaning for plain SGD and is refused there.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
+    choice("optimizer", name, OptimizerName)
     if sync_perturbations and name == "sgd":
         raise ValueError(
             "Argument `sync_perturbations` applies to SAM and ASAM only; plain SGD has no "

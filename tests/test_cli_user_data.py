@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from landscape import distributed
+from landscape import executors
 from landscape.cli import main
 
 REL = 1e-5
@@ -234,8 +234,8 @@ def _forget_user_module():
     keras.saving.get_custom_objects().pop(REGISTERED, None)
     for name in [n for n in sys.modules if n == MODULE or n == "_saved_" + MODULE]:
         del sys.modules[name]
-    for key in [k for k in distributed._IMPORTED if MODULE in k]:
-        del distributed._IMPORTED[key]
+    for key in [k for k in executors._IMPORTED if MODULE in k]:
+        del executors._IMPORTED[key]
 
 
 @pytest.fixture(scope="module")

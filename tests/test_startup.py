@@ -43,9 +43,6 @@ else:
     print("none")
 """
 
-# Being made TensorFlow-free by the restructuring of surface.py / io.py / plot.py (issue 12).
-PENDING = {"io", "plot", "surface"}
-
 
 def last_line(script: str) -> str:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -65,10 +62,7 @@ def test_import_version_and_help_load_no_tensorflow():
 
 
 def test_tensorflow_free_modules_load_no_tensorflow():
-    first = last_line(FIRST_MODULE_WITH_TENSORFLOW)
-    if first in PENDING:
-        pytest.xfail(f"landscape.{first} still imports TensorFlow")
-    assert first == "none"
+    assert last_line(FIRST_MODULE_WITH_TENSORFLOW) == "none"
 
 
 def test_public_names_resolve_from_their_modules():

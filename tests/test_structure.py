@@ -205,3 +205,41 @@ def test_loading_and_drawing_a_surface_file_imports_no_tensorflow(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ sizes
+MAX_FUNCTION_LINES = 60  # outside docstrings
+MAX_CLASS_LINES = 300
+
+
+def _code_lines(node: ast.AST) -> int:
+    """Lines of ``node`` that are not docstrings (of it or of anything nested in it)."""
+    lines = set(range(node.lineno, node.end_lineno + 1))
+    for inner in ast.walk(node):
+        body = getattr(inner, "body", None)
+        if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and body:
+            first = body[0]
+            value = getattr(first, "value", None)
+            if isinstance(first, ast.Expr) and isinstance(getattr(value, "value", None), str):
+                lines -= set(range(first.lineno, first.end_lineno + 1))
+    return len(lines)
+
+
+def test_functions_and_classes_stay_small():
+    too_long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                limit = MAX_FUNCTION_LINES
+            elif isinstance(node, ast.ClassDef):
+                limit = MAX_CLASS_LINES
+            else:
+                continue
+            if _code_lines(node) > limit:
+                too_long.append(f"{name}.{node.name}: {_code_lines(node)} lines > {limit}")
+    assert not too_long, "\n".join(too_long)
+
+
+def test_code_lines_count_code_not_docstrings():
+    tree = ast.parse('def f():\n    """doc\n    more"""\n    return 1\n')
+    assert _code_lines(tree.body[0]) == 2
