@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from landscape import _compat
+from sam import _compat
 
 logger = logging.getLogger("landscape")
 

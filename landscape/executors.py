@@ -48,11 +48,12 @@ import numpy as np
 import tensorflow as tf
 
 import sam  # noqa: F401 (registers SAM and SAMModel, so that models using them load)
-from landscape import _compat, io
+from landscape import io
 from landscape._checks import Backend, options
 from landscape.data import check_scale, is_file_name, match_model, read_dataset
 from landscape.directions import Direction, fingerprint_directions
 from landscape.objective import Basis, Objective
+from sam import _compat
 
 logger = logging.getLogger("landscape")
 

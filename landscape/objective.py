@@ -36,10 +36,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from landscape import _checks, _compat, _terms
+from landscape import _checks, _terms
 from landscape._batches import DataSplit, describe, model_inputs
 from landscape._checks import HVPMode, Split
 from landscape.directions import Direction, ModelVariables, fingerprint_arrays, float_variables
+from sam import _compat
 
 logger = logging.getLogger("landscape")
 

@@ -1,8 +1,17 @@
-"""Checks that the TensorFlow backend of Keras 3 is available, with one clear sentence if not."""
+"""The TensorFlow check and every private Keras/TF attribute the project reads, in one place.
+
+``require_tensorflow`` checks that Keras 3 runs on TensorFlow, with one clear sentence if not.
+Everything else here reaches into Keras's private API (``keras.src``, underscored attributes),
+checked with Keras 3.15.1 on TensorFlow 2.21 (the floor in pyproject.toml); Keras is imported
+inside each function, so that this module loads before the TensorFlow check.
+``tests/test_compat.py`` fails if a name moves, instead of a silent fallback.
+"""
 
 from __future__ import annotations
 
+import collections
 import os
+from typing import Any, NamedTuple
 
 INSTALL_HINT = (
     "sam-landscape needs TensorFlow as the Keras backend: install it with "
@@ -160,3 +169,88 @@ def init_as_functional(model, *args, **kwargs) -> None:
         object.__setattr__(model, "__class__", variant)
     Trainer.__init__(model)
     Functional.__init__(model, *args, **kwargs)
+
+
+# -- for landscape: the compiled loss and metrics, Keras masks, layer-name counters -------------
+# Keras 3 has no public way to reach the loss and metrics a model was compiled with, nor the mask
+# a layer attaches to its output tensor; ``landscape.Objective`` needs all three to measure
+# exactly what ``model.evaluate`` reports. Loading a model in a worker process needs Keras's
+# counters of automatic layer names, so that its variable paths are the coordinator's.
+
+
+class FlatLoss(NamedTuple):
+    """One term of a compiled loss: ``weight · loss(y_true[path], y_pred[path])``."""
+
+    path: tuple
+    loss: Any  # keras.losses.Loss
+    weight: float | None
+    name: str
+
+
+def _private(obj: Any, name: str):
+    """``obj.name``, or a RuntimeError naming this Keras version (never a silent fallback)."""
+    if not hasattr(obj, name):
+        import keras
+
+        raise RuntimeError(
+            f"This Keras version ({keras.__version__}) has no `{type(obj).__name__}.{name}`, "
+            "which sam-landscape reads (sam/_compat.py); please report it."
+        )
+    return getattr(obj, name)
+
+
+def compiled_loss(model):
+    """The loss object ``model.compile(loss=..., loss_weights=...)`` made (a CompileLoss), or
+    None."""
+    return _private(model, "_compile_loss")
+
+
+def compiled_metrics(model):
+    """The metric object ``model.compile(metrics=..., weighted_metrics=...)`` made, or None."""
+    return _private(model, "_compile_metrics")
+
+
+def make_compile_loss(loss, output_names):
+    """A loss object built from ``loss`` exactly as ``model.compile(loss=loss)`` would."""
+    from keras.src.trainers.compile_utils import CompileLoss
+
+    return CompileLoss(loss, loss_weights=None, output_names=output_names)
+
+
+def flat_losses(compile_loss) -> list[FlatLoss]:
+    """The resolved per-output losses of a built ``CompileLoss``."""
+    if not compile_loss.built:
+        raise RuntimeError("The compiled loss is not built yet.")
+    return [FlatLoss(*entry) for entry in _private(compile_loss, "_flat_losses")]
+
+
+def build_structures(compile_loss) -> tuple[Any, Any]:
+    """(y_true, y_pred) structures the built ``CompileLoss`` resolves its paths in."""
+    return (
+        _private(compile_loss, "_y_true_build_structure"),
+        _private(compile_loss, "_y_pred_build_structure"),
+    )
+
+
+def keras_mask(tensor):
+    """The Keras mask attached to ``tensor`` by a masking layer (or ``ignore_class``), or None."""
+    from keras.src.backend.common.masking import get_keras_mask
+
+    return get_keras_mask(tensor)
+
+
+_NAME_UIDS = "object_name_uids"
+
+
+def layer_name_counters() -> dict[str, int]:
+    """Keras's per-process counters behind automatic layer names (``dense``, ``dense_1``)."""
+    from keras.src.backend.common import global_state
+
+    return dict(global_state.get_global_attribute(_NAME_UIDS) or {})
+
+
+def set_layer_name_counters(counters: dict[str, int]) -> None:
+    """Replace the counters (a ``defaultdict(int)``, as Keras keeps them)."""
+    from keras.src.backend.common import global_state
+
+    global_state.set_global_attribute(_NAME_UIDS, collections.defaultdict(int, counters))

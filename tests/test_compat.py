@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from landscape import _compat
+from sam import _compat
 
 
 def _model():
