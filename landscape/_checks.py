@@ -30,6 +30,7 @@ Kind = Literal["contour", "contourf", "heatmap", "surface", "line"]
 Verbose = Literal["auto", 0, 1, 2]
 ModelName = Literal["mlp", "cnn", "resnet"]  # the model zoo
 OptimizerName = Literal["sgd", "sam", "asam"]  # training recipes
+Schedule = Literal["constant", "cosine"]  # learning-rate schedules of the recipes
 StrategyName = Literal["default", "mirrored", "multi-worker"]  # tf.distribute
 Backend = Literal["auto", "process", "dask", "mpi"]  # surface executors
 

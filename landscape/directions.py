@@ -78,18 +78,16 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from landscape import io
+from landscape import _checks, io
+from landscape._checks import Ignore, Include, Norm
 
 logger = logging.getLogger("landscape")
 
-Norm = Literal["filter", "layer", "weight", "none"]
-Ignore = Literal["biasbn", "none"]
-Include = Literal["trainable", "all"]
 Role = Literal["kernel", "embedding", "bias", "normalization", "scale", "state"]
 
-NORMS = ("filter", "layer", "weight", "none")
-IGNORES = ("biasbn", "none")
-INCLUDES = ("trainable", "all")
+NORMS = _checks.options(Norm)
+IGNORES = _checks.options(Ignore)
+INCLUDES = _checks.options(Include)
 ROLES = ("kernel", "embedding", "bias", "normalization", "scale", "state")
 BIASBN_ROLES = frozenset({"bias", "normalization", "scale", "state"})
 NORM_EPS = 1e-10  # loss-landscape's guard against a zero-norm random filter
@@ -99,12 +97,11 @@ class FilterRuleWarning(UserWarning):
     """A variable's filters were guessed from its shape (the fallback rule)."""
 
 
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value is None and "none" in choices:
+def _check_choice(name: str, value: Any, mode: Any) -> str:
+    """``_checks.choice``, with None meaning "none" where the mode has it."""
+    if value is None and "none" in _checks.options(mode):
         return "none"
-    if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; expected one of {tuple(choices)}.")
-    return value
+    return _checks.choice(name, value, mode)
 
 
 def fingerprint_arrays(arrays: Iterable[np.ndarray]) -> str:
@@ -258,7 +255,7 @@ def float_variables(model: keras.Model, include: Include = "all") -> ModelVariab
     Integer state such as a dropout layer's seed is never part of a direction. The result is a
     list whose ``paths`` attribute holds each variable's key (see ``variable_keys``).
     """
-    include = _check_choice("include", include, INCLUDES)
+    include = _check_choice("include", include, Include)
     variables = model.trainable_variables if include == "trainable" else model.variables
     variables = [
         v for v in variables if np.dtype(keras.backend.standardize_dtype(v.dtype)).kind == "f"
@@ -619,7 +616,7 @@ def normalize_array(
     Raises:
         ValueError: for an unknown ``norm``.
     """
-    norm = _check_choice("norm", norm, NORMS)
+    norm = _check_choice("norm", norm, Norm)
     d = np.asarray(d, np.float64)
     w = np.asarray(w, np.float64)
     if norm == "filter":
@@ -802,9 +799,9 @@ def random_direction(
         >>> d1 = random_direction(model, seed=0)
         >>> d2 = random_direction(model, seed=1, orthogonal_to=d1)
     """
-    norm = _check_choice("norm", norm, NORMS)
-    ignore = _check_choice("ignore", ignore, IGNORES)
-    include = _check_choice("include", include, INCLUDES)
+    norm = _check_choice("norm", norm, Norm)
+    ignore = _check_choice("ignore", ignore, Ignore)
+    include = _check_choice("include", include, Include)
     variables = float_variables(model, include)
     if not variables:
         raise ValueError("Argument `model` has no floating-point variables; is it built?")
@@ -845,7 +842,7 @@ def interpolation_direction(
     Returns:
         A ``Direction`` with ``metadata["kind"] == "interpolation"``.
     """
-    include = _check_choice("include", include, INCLUDES)
+    include = _check_choice("include", include, Include)
     va, vb = float_variables(model_a, include), float_variables(model_b, include)
     if [tuple(v.shape) for v in va] != [tuple(v.shape) for v in vb]:
         raise ValueError("Arguments `model_a` and `model_b` differ in variables or shapes.")
@@ -920,8 +917,8 @@ def pca_directions(
         A ``PCAResult`` with the directions, explained variance ratios and the checkpoints'
         coordinates in that plane.
     """
-    include = _check_choice("include", include, INCLUDES)
-    ignore = _check_choice("ignore", ignore, IGNORES)
+    include = _check_choice("include", include, Include)
+    ignore = _check_choice("ignore", ignore, Ignore)
     if len(checkpoints) < 2:
         raise ValueError(
             f"Argument `checkpoints` needs at least 2 entries. Received: {len(checkpoints)}."

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import keras
 
-from landscape._checks import ModelName
+from landscape._checks import ModelName, choice
 from sam import SAMModel
 
 # PyTorch's BatchNorm momentum (0.1, i.e. 0.9 in Keras's convention): with Keras's 0.99 the moving
@@ -139,6 +139,5 @@ def resnet(
 def build_model(name: ModelName, input_shape, num_classes: int = 10, **kwargs) -> keras.Model:
     """Build a zoo model by name: ``"mlp"``, ``"cnn"`` or ``"resnet"``."""
     builders = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
-    if name not in builders:
-        raise ValueError(f"Unknown model {name!r}; expected one of {tuple(builders)}.")
+    choice("model", name, ModelName)
     return builders[name](input_shape, num_classes, **kwargs)

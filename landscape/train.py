@@ -14,13 +14,12 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from landscape._checks import OptimizerName, StrategyName, choice, options
+from landscape._checks import OptimizerName, Schedule, StrategyName, choice, options
 from landscape._distribute import (
     chief_path,
     evaluate_distributed,
@@ -174,7 +173,7 @@ def train(
     model_kwargs: dict | None = None,
     callbacks: list | None = None,
     augment: bool = False,
-    schedule: Literal["constant", "cosine"] = "constant",
+    schedule: Schedule = "constant",
     verbose: int | str = "auto",
     strategy: StrategyName | tf.distribute.Strategy | None = None,
     sync_perturbations: bool = False,
@@ -294,8 +293,7 @@ def _compiled_model(
 
 def _learning_rate(learning_rate, schedule: str, epochs: int, examples: int, batch_size: int):
     """The constant rate, or a cosine decay to 0 over the steps of the run."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"Unknown schedule {schedule!r}; expected one of ('constant', 'cosine').")
+    choice("schedule", schedule, Schedule)
     if schedule == "constant":
         return learning_rate
     steps = epochs * -(-examples // batch_size)
