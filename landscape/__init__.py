@@ -63,45 +63,7 @@ _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in n
 # the TensorFlow check, so that reading and drawing a surface file needs no TensorFlow.
 _WITHOUT_TENSORFLOW = frozenset({"_checks", "_version", "cli", "io", "plot", "surface"})
 
-__all__ = [
-    "AverageSharpness",
-    "Direction",
-    "EigenResult",
-    "EpsilonSharpness",
-    "FilterRule",
-    "Objective",
-    "ObjectiveRecipe",
-    "PCAResult",
-    "ProcessPool",
-    "SpectrumResult",
-    "Surface",
-    "TraceResult",
-    "WorstCaseSharpness",
-    "average_sharpness",
-    "compute_surface",
-    "dask_executor",
-    "epsilon_sharpness",
-    "filter_axes",
-    "filter_rules",
-    "hessian_eigenvalues",
-    "hessian_spectrum",
-    "hessian_trace",
-    "interpolation_direction",
-    "load_dataset",
-    "load_embedded",
-    "mpi_executor",
-    "orthogonalize",
-    "parse_grid",
-    "pca_directions",
-    "plot_comparison",
-    "plot_spectrum",
-    "plot_surface",
-    "plot_trajectory",
-    "process_pool",
-    "random_direction",
-    "sharpness_report",
-    "worst_case_sharpness",
-]
+__all__ = sorted(_SUBMODULE_OF)
 
 
 def _submodule(module: str):

@@ -248,9 +248,9 @@ def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
 
 def _data_sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """The dataset with the explicit auto-shard policy DATA (see the module docstring)."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
+    sharding = tf.data.Options()
+    sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(sharding)
 
 
 def _state_averager(net, strategy):

@@ -111,7 +111,7 @@ data_option = click.option(
     show_default=True,
     help="'embedded', mnist, fashion_mnist, cifar10, cifar100 or an .npz file with x_train, "
     "y_train, x_test, y_test [and sample_weight_train, sample_weight_test], used as stored "
-    "(uint8 x is scaled to [0, 1]).",
+    "(uint8 x is scaled to [0, 1]; train applies the image convention).",
 )
 scale_option = click.option(
     "--scale",

@@ -198,9 +198,12 @@ def embedded_path() -> str:
 
 
 def is_file_name(name: str | os.PathLike) -> bool:
-    """Whether ``name`` names a file (rather than ``"embedded"`` or a ``keras.datasets`` name)."""
+    """Whether ``name`` names an ``.npz`` file: it ends in ``.npz``, has a path separator or is
+    an existing file (anything else must be ``"embedded"`` or a ``keras.datasets`` name)."""
     name = os.fspath(name)
-    return name != EMBEDDED and name not in KERAS_DATASETS
+    if name == EMBEDDED or name in KERAS_DATASETS:
+        return False
+    return name.endswith(".npz") or os.path.sep in name or os.path.isfile(name)
 
 
 def read_dataset(
@@ -231,7 +234,7 @@ def read_dataset(
         splits = _read_npz(embedded_path())
     elif name in KERAS_DATASETS:
         splits = _keras_dataset(name)
-    elif name.endswith(".npz") or os.path.sep in name or os.path.isfile(name):
+    elif is_file_name(name):
         splits = _read_npz(name)
     else:
         raise ValueError(

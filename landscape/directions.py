@@ -80,6 +80,7 @@ import numpy as np
 
 from landscape import _checks, io
 from landscape._checks import Ignore, Include, Norm
+from sam import _compat
 
 logger = logging.getLogger("landscape")
 
@@ -123,28 +124,6 @@ def fingerprint_directions(directions: Iterable[Direction]) -> str:
     return h.hexdigest()
 
 
-# --- Private Keras API (checked with Keras 3.15.1); a later refactor moves it to a compat module.
-
-
-def _direct_sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The layers ``layer`` tracks directly (one level down)."""
-    if isinstance(layer, keras.Model):
-        return list(layer.layers)  # public
-    # Private Keras API: a non-Model Layer (MultiHeadAttention, RNN, Bidirectional, a user's
-    # composite layer) has no public list of its sub-layers; ``Layer.variables`` walks the same
-    # ``_layers`` that ``_flatten_layers`` returns. Checked with Keras 3.15.1.
-    return list(layer._flatten_layers(include_self=False, recursive=False))
-
-
-def _private_layer_classes() -> dict[str, type]:
-    """Built-in layer classes that ``keras.layers`` does not export (ConvLSTMCell)."""
-    try:  # Private Keras API: keras.src.layers.rnn.conv_lstm. Checked with Keras 3.15.1.
-        from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
-    except ImportError:  # pragma: no cover - moved in a later Keras; falls back with a warning
-        return {}
-    return {"ConvLSTMCell": ConvLSTMCell}
-
-
 # --- Which layer owns which variable, and the variables' keys.
 
 
@@ -156,7 +135,7 @@ def _layer_tree(model: keras.Model) -> list[tuple[keras.layers.Layer, tuple[str,
 
     def visit(layer, scope):
         seen.add(id(layer))
-        for sub in _direct_sublayers(layer):
+        for sub in _compat.direct_sublayers(layer):
             if id(sub) not in seen:
                 visit(sub, (*scope, sub.name))
         out.append((layer, scope))
@@ -399,7 +378,7 @@ def _rule_table() -> list[tuple[tuple[type, ...], dict[str, tuple[Role, AxesRule
     """(layer classes, {attribute: (role, axes rule)}); the first matching class wins."""
     rnn_cells = (
         *_classes("LSTMCell", "GRUCell", "SimpleRNNCell"),
-        *_private_layer_classes().values(),
+        *filter(None, [_compat.conv_lstm_cell_class()]),
     )
     embedding = {
         "embeddings": ("embedding", _first),

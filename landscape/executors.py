@@ -49,7 +49,7 @@ import tensorflow as tf
 
 import sam  # noqa: F401 (registers SAM and SAMModel, so that models using them load)
 from landscape import io
-from landscape._checks import Backend, options
+from landscape._checks import Backend, choice, integer
 from landscape.data import check_scale, is_file_name, match_model, read_dataset
 from landscape.directions import Direction, fingerprint_directions
 from landscape.objective import Basis, Objective
@@ -126,7 +126,7 @@ def import_modules(imports: Sequence[str] = ()) -> dict[str, Any]:
                 if isinstance(err, ModuleNotFoundError) and err.name == spec.split(".")[0]:
                     hint = " (give a module importable from the current directory or a .py path)"
                 raise ValueError(
-                    f"Could not import {spec!r} (--import): {type(err).__name__}"
+                    f"Could not import {spec!r} (--import, imports=): {type(err).__name__}"
                     f"{': ' + text if text else ''}{hint}."
                 ) from err
             _IMPORTED[key] = module
@@ -166,7 +166,7 @@ def _fresh_layer_names():
     (``dense``, ``dense_1``, ... from a per-process counter); a worker process, or a second
     model, would otherwise get other names and so other variable paths than the coordinator's
     directions, which are aligned by path. The counters are private Keras state (see
-    ``landscape._compat``). Afterwards every counter is at least as high as before.
+    ``sam._compat``). Afterwards every counter is at least as high as before.
     """
     before = _compat.layer_name_counters()
     _compat.set_layer_name_counters({})
@@ -254,12 +254,8 @@ class ObjectiveRecipe:
         if is_file_name(data):
             data = os.path.abspath(data)
         object.__setattr__(self, "data", data)
-        for name, minimum in (("samples", 0), ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"Argument `{name}` must be an integer >= {minimum}. Received: {value!r}."
-                )
+        integer("samples", self.samples, 0)
+        integer("batch_size", self.batch_size, 1)
         t = self.test_samples
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
             raise ValueError(
@@ -298,7 +294,7 @@ class ObjectiveRecipe:
         if penalized and not self.regularization:
             (on_note or logger.debug)(
                 "loss: the model's weight penalties are not included (model.evaluate adds "
-                "them); --regularization includes them"
+                "them); --regularization (regularization=True) includes them"
             )
         return Objective(
             model,
@@ -459,15 +455,10 @@ class ProcessPool(cf.Executor):
     def __init__(self, workers: int | None = None, threads_per_worker: int | None = None):
         cpus = os.cpu_count() or 1
         workers = cpus if workers is None else workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"Argument `workers` must be an integer >= 1. Received: {workers!r}.")
+        workers = integer("workers", workers, 1)
         if threads_per_worker is None:
             threads_per_worker = max(1, cpus // workers)
-        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(
-                "Argument `threads_per_worker` must be an integer >= 1. "
-                f"Received: {threads_per_worker!r}."
-            )
+        threads_per_worker = integer("threads_per_worker", threads_per_worker, 1)
         self.workers, self.threads_per_worker = workers, threads_per_worker
         self._pool = self._new_pool()
 
@@ -540,8 +531,7 @@ def dask_executor(
         cluster = None
     else:
         workers = (os.cpu_count() or 1) if workers is None else workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"Argument `workers` must be an integer >= 1. Received: {workers!r}.")
+        workers = integer("workers", workers, 1)
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=threads_per_worker,
@@ -593,10 +583,7 @@ def make_executor(
     (it measured faster than a Dask ``LocalCluster`` on one machine, see
     ``benchmarks/scale_out.py``); no ``workers`` and no ``scheduler`` means in-process.
     """
-    if backend not in options(Backend):
-        raise ValueError(
-            f"Unknown backend {backend!r}; expected 'auto', 'process', 'dask' or 'mpi'."
-        )
+    choice("backend", backend, Backend)
     if scheduler is not None and backend not in ("auto", "dask"):
         raise ValueError(f"A scheduler address needs the Dask backend, not {backend!r}.")
     if backend == "auto":
@@ -631,10 +618,7 @@ def chunk_points(todo: Sequence[tuple[int, ...]], workers: int, chunk_size: int 
     """Split the points into chunks of consecutive grid indices."""
     if chunk_size is None:
         chunk_size = max(1, min(MAX_CHUNK, math.ceil(len(todo) / (CHUNKS_PER_WORKER * workers))))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(
-            f"Argument `chunk_size` must be an integer >= 1. Received: {chunk_size!r}."
-        )
+    chunk_size = integer("chunk_size", chunk_size, 1)
     return [list(todo[i : i + chunk_size]) for i in range(0, len(todo), chunk_size)]
 
 

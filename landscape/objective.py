@@ -83,8 +83,7 @@ class FlatView:
 
     def __init__(self, objective: Objective):
         self.objective = objective
-        trainable = {id(v) for v in objective.trainable_variables}
-        self._slots = [i for i, v in enumerate(objective.variables) if id(v) in trainable]
+        self._slots = objective._trainable_slots()
         self.shapes = [tuple(v.shape) for v in objective.trainable_variables]
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self._bounds = np.cumsum(self.sizes)[:-1]
@@ -224,6 +223,7 @@ class _BatchLoop:
         ]
 
     def _trainable_slots(self) -> list[int]:
+        """Indices in ``self.variables`` of the trainable variables, in order."""
         trainable = {id(v) for v in self.trainable_variables}
         return [i for i, v in enumerate(self.variables) if id(v) in trainable]
 

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from landscape._checks import OptimizerName, Schedule, StrategyName, choice, options
+from landscape._checks import OptimizerName, Schedule, StrategyName, choice, integer, options
 from landscape._distribute import (
     chief_path,
     evaluate_distributed,
@@ -28,7 +28,7 @@ from landscape._distribute import (
     resolve_strategy,
 )
 from landscape.models import build_model
-from sam import SAM
+from sam import SAM, _compat
 
 logger = logging.getLogger("landscape")
 
@@ -46,10 +46,8 @@ class CheckpointEvery(keras.callbacks.Callback):
 
     def __init__(self, directory: str, *, every: int = 1):
         super().__init__()
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"Argument `every` must be a positive int. Received: every={every}.")
         self.directory = directory
-        self.every = every
+        self.every = integer("every", every, 1)
 
     def _save(self, epoch: int) -> None:
         path = os.path.join(self.directory, f"epoch_{epoch:04d}.weights.h5")
@@ -287,7 +285,7 @@ def _compiled_model(
         if dist is not None:
             # What fit does before its first step: metric, loss and optimizer state are made
             # here, in the strategy's scope, not inside the replicated step.
-            net._symbolic_build(data_batch=(x, y))
+            _compat.build_for_fit(net, (x, y))
     return net
 
 

@@ -10,7 +10,7 @@ from sam.optimizer import SAM, asam_perturbation, sam_perturbation  # noqa: E402
 from sam.train_step import SAMModel, sam_train_step  # noqa: E402
 
 __all__ = ["SAM", "SAMModel", "asam_perturbation", "sam_perturbation", "sam_train_step"]
-try:  # one version for the distribution, written in landscape/_version.py
+try:  # the installed distribution's version (pyproject reads it from landscape/_version.py)
     __version__ = version("sam-landscape")
 except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"

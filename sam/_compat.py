@@ -53,9 +53,36 @@ def no_automatic_dependency_tracking(method):
 
 def unbuilt_layers(model) -> list:
     """The layers of ``model`` (itself included, nested ones too) that are not built yet."""
-    flatten = getattr(model, "_flatten_layers", None)  # keras.src.layers.layer.Layer
-    layers = flatten() if flatten is not None else [model, *getattr(model, "layers", [])]
-    return [layer for layer in layers if not layer.built]
+    return [layer for layer in model._flatten_layers() if not layer.built]
+
+
+def direct_sublayers(layer) -> list:
+    """The layers ``layer`` tracks directly (one level down).
+
+    A ``keras.Model`` lists them publicly (``model.layers``); a plain ``Layer``
+    (MultiHeadAttention, RNN, Bidirectional, a user's composite layer) has no public list:
+    ``_flatten_layers`` walks the same ``_layers`` that ``Layer.variables`` does.
+    """
+    import keras
+
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def conv_lstm_cell_class() -> type | None:
+    """``ConvLSTMCell``, a built-in layer class ``keras.layers`` does not export, or None."""
+    try:
+        from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
+    except ImportError:  # moved in another Keras: its layers then fall back with a warning
+        return None
+    return ConvLSTMCell
+
+
+def build_for_fit(model, data_batch) -> None:
+    """What ``Model.fit`` does before its first step under a strategy: build the model, its
+    metrics, loss and optimizer state from one batch (``Trainer._symbolic_build``)."""
+    model._symbolic_build(data_batch=data_batch)
 
 
 def symbolic_build(model, x) -> None:

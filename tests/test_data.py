@@ -184,3 +184,13 @@ def test_missing_tensorflow_is_one_sentence(monkeypatch):
 
 def test_version_is_exposed():
     assert landscape.__version__
+
+
+def test_a_misspelt_data_set_name_is_named_as_such(tmp_path, monkeypatch):
+    """'mnst' is no file: the recipe keeps it as a name, and loading says which names exist."""
+    monkeypatch.chdir(tmp_path)
+    recipe = landscape.ObjectiveRecipe(str(tmp_path / "m.keras"), data="mnst")
+    assert recipe.data == "mnst"
+    with pytest.raises(ValueError, match="Unknown data set 'mnst'; expected one of"):
+        read_dataset(recipe.data)
+    assert landscape.ObjectiveRecipe("m.keras", data="mine.npz").data == str(tmp_path / "mine.npz")
