@@ -32,7 +32,7 @@ import scipy.sparse.linalg
 
 from landscape import _checks
 from landscape._checks import HVPMode, Method, Split, Which
-from landscape._progress import progbar
+from landscape._progress import finish, progbar
 from landscape.directions import Direction
 from landscape.objective import Objective
 
@@ -250,15 +250,15 @@ def _lanczos(op, v0, k, which, tol, max_iter, bar):
         idx = _order(theta, which)[:k]
         scale = np.maximum(np.abs(theta[idx]), np.finfo(float).tiny)
         estimates = np.abs(beta[j] * s[j, idx]) / scale
-        if bar is not None:
-            bar.update(j + 1, [("lambda", theta[idx[0]]), ("residual", estimates.max())])
+        if bar is not None:  # the quantity that stops the run: the largest relative residual
+            shown = [("lambda", theta[idx[0]]), ("residual", estimates.max())]
+            bar.update(j + 1, shown, finalize=False)
         invariant = beta[j] <= BREAKDOWN * max(np.abs(theta).max(), np.finfo(float).tiny)
         if (len(idx) == k and np.all(estimates <= tol)) or invariant or j + 1 == op.n:
             converged = len(idx) == k
-            if bar is not None:
-                bar.update(j + 1, finalize=True)
             break
         q.append(w / beta[j])
+    finish(bar, len(alpha))
     logger.debug("Lanczos: %d steps, stopped on convergence: %s", len(alpha), converged)
     vectors = np.zeros((len(idx), op.n))
     for i, u in enumerate(q[: len(alpha)]):
@@ -266,8 +266,16 @@ def _lanczos(op, v0, k, which, tol, max_iter, bar):
     return theta[idx], vectors
 
 
-def _arpack(op, v0, k, which, tol, max_iter):
-    linear = scipy.sparse.linalg.LinearOperator((op.n, op.n), matvec=op, dtype=np.float64)
+def _arpack(op, v0, k, which, tol, max_iter, bar):
+    start = op.n_hvp
+
+    def matvec(x):
+        hx = op(x)
+        if bar is not None:  # a count of products only: ARPACK reports no estimate on the way
+            bar.update(op.n_hvp - start, finalize=False)
+        return hx
+
+    linear = scipy.sparse.linalg.LinearOperator((op.n, op.n), matvec=matvec, dtype=np.float64)
     mode = {"largest": "LA", "magnitude": "LM", "smallest": "SA"}[which]
     try:
         values, vectors = scipy.sparse.linalg.eigsh(
@@ -276,33 +284,50 @@ def _arpack(op, v0, k, which, tol, max_iter):
     except scipy.sparse.linalg.ArpackNoConvergence as err:
         logger.warning("ARPACK did not converge: %s", err)
         values, vectors = err.eigenvalues, err.eigenvectors
+    finish(bar, op.n_hvp - start)
     idx = _order(values, which)
     return values[idx], vectors[:, idx].T
 
 
 def _power(op, v0, k, tol, max_iter, rng, bar):
     """Power iteration with deflation, stopped as PyHessian does: |Δλ| / (|λ| + 1e-6) < tol."""
-    values, vectors = [], []
+    values, vectors, products = [], [], 0
     for i in range(k):
         v = v0 if i == 0 else rng.standard_normal(op.n)
         v /= np.linalg.norm(v)
         lam = None
-        for it in range(max_iter):
+        for _ in range(max_iter):
             for u in vectors:  # deflation: stay orthogonal to the pairs already found
                 v -= (u @ v) * u
             v /= np.linalg.norm(v)
             hv = op(v)
             new = float(hv @ v)
             v = hv / np.linalg.norm(hv)
+            products += 1
             if bar is not None:
-                bar.update(i * max_iter + it + 1, [("lambda", new)])
+                _show_power(bar, products, i, lam, new)
             if lam is not None and abs(lam - new) / (abs(lam) + POWER_EPS) < tol:
                 lam = new
                 break
             lam = new
         values.append(lam)
         vectors.append(v)
+    finish(bar, products)
     return np.asarray(values), np.asarray(vectors)
+
+
+def _show_power(bar, products: int, i: int, previous: float | None, new: float) -> None:
+    """Products so far, λ and its relative change (the quantity that stops the iteration).
+
+    The change is defined from an eigenvalue's second iteration on; the bar is not updated on
+    the first iteration of a later eigenvalue, so that it never shows the previous one's change.
+    """
+    if previous is None:
+        if i == 0:
+            bar.update(products, [("lambda", new)], finalize=False)
+        return
+    change = abs(previous - new) / (abs(previous) + POWER_EPS)
+    bar.update(products, [("lambda", new), ("change", change)], finalize=False)
 
 
 def hessian_eigenvalues(
@@ -345,7 +370,13 @@ def hessian_eigenvalues(
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: How products are computed, see ``Objective.hessian_vector_product``.
             Defaults to ``"backward_over_backward"`` (measured faster in TensorFlow).
-        verbose: 1 shows a ``keras.utils.Progbar``. Defaults to 0.
+        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over Hessian-vector products, aimed
+            at the cap (``max_iter`` for Lanczos, at most ``n_params``; ``k · max_iter`` for
+            power iteration; open for ARPACK), which a converging run stops short of. Lanczos
+            shows the leading Ritz value (``lambda``) and the largest relative residual of the
+            wanted pairs (``residual``, the quantity compared with ``tol``); power iteration
+            shows λ and its relative change (``change``, compared with ``tol``); ARPACK only
+            counts. Defaults to 0.
 
     Returns:
         An ``EigenResult`` (``values``, ``vectors``, ``residuals``, ``n_hvp``, ``converged``);
@@ -389,12 +420,13 @@ def _solve(op: _Hessian, k, method, which, tol, max_iter, seed, verbose):
     """(values, vectors as rows) from the chosen method, started from a seeded random vector."""
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(op.n)
-    target = {"lanczos": max_iter, "arpack": None, "power": k * max_iter}[method]
+    # The target is the cap on products (a run usually stops before it); ARPACK's is unknown.
+    target = {"lanczos": min(max_iter, op.n), "arpack": None, "power": k * max_iter}[method]
     bar = progbar(target, verbose, "product")
     if method == "lanczos":
         return _lanczos(op, v0, k, which, tol, max_iter, bar)
     if method == "arpack":
-        return _arpack(op, v0, k, which, tol, max_iter)
+        return _arpack(op, v0, k, which, tol, max_iter, bar)
     values, vectors = _power(op, v0, k, tol, max_iter, rng, bar)
     if which == "largest" and np.any(values < 0):
         logger.warning(
@@ -461,7 +493,10 @@ def hessian_trace(
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
             ``"backward_over_backward"``.
-        verbose: 1 shows a ``keras.utils.Progbar``. Defaults to 0.
+        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes: the running estimate
+            (``trace``) and, from the second probe on, its standard error (``stderr``). Its
+            length is open (the stopping probe is not known in advance) unless ``samples`` is
+            at most ``TRACE_MIN_SAMPLES``. Defaults to 0.
 
     Returns:
         A ``TraceResult`` (``estimate``, ``stderr``, ``n_hvp``, ``samples``, ``converged``).
@@ -470,7 +505,8 @@ def hessian_trace(
     tol = _checks.fraction("tol", tol)
     op = _Hessian(objective, split, hvp_mode)
     rng = np.random.default_rng(seed)
-    bar = progbar(samples, verbose, "probe")
+    # The run stops at an unknown probe; only a cap it cannot stop before is a known target.
+    bar = progbar(samples if samples <= TRACE_MIN_SAMPLES else None, verbose, "probe")
     values: list[float] = []
     estimate, stderr, converged = 0.0, np.inf, False
     for i in range(samples):
@@ -478,11 +514,13 @@ def hessian_trace(
         values.append(float(z @ op(z)))
         estimate = float(np.mean(values))
         stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if i else np.inf
-        if bar is not None:
-            bar.update(i + 1, [("trace", estimate), ("stderr", stderr)])
+        if bar is not None:  # the standard error is defined from the second probe on
+            shown = [("trace", estimate), ("stderr", stderr)] if i else [("trace", estimate)]
+            bar.update(i + 1, shown, finalize=False)
         if len(values) >= min(TRACE_MIN_SAMPLES, samples) and stderr <= tol * abs(estimate):
             converged = True
             break
+    finish(bar, len(values))
     logger.info("Hessian trace %.6g ± %.2g (%d probes)", estimate, stderr, len(values))
     return TraceResult(
         estimate=estimate,
@@ -541,7 +579,9 @@ def hessian_spectrum(
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
             ``"backward_over_backward"``.
-        verbose: 1 shows a ``keras.utils.Progbar``. Defaults to 0.
+        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over runs, with the largest node of
+            the runs so far (``lambda_max``, a lower bound of the top eigenvalue). Defaults
+            to 0.
 
     Returns:
         A ``SpectrumResult`` with ``nodes`` and ``weights`` of shape ``(runs, steps)`` and
@@ -559,7 +599,7 @@ def hessian_spectrum(
     for r in range(runs):
         v0 = rng.choice(np.array([-1.0, 1.0]), size=op.n)
         nodes[r], weights[r] = _slq_run(op, v0, steps)
-        if bar is not None:
-            bar.update(r + 1, [("lambda_max", float(nodes[r].max()))])
+        if bar is not None:  # the largest Ritz value of all runs so far: λ_max from below
+            bar.update(r + 1, [("lambda_max", float(nodes[: r + 1].max()))])
     logger.info("Hessian spectrum: %d runs of %d steps, %d products", runs, steps, op.n_hvp)
     return SpectrumResult(nodes=nodes, weights=weights, n_params=op.n, n_hvp=op.n_hvp)

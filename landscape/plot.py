@@ -3,18 +3,23 @@ comparisons, PCA trajectories and Hessian spectral densities.
 
 Axes-level functions in the matplotlib/seaborn manner: each takes ``ax=None`` (makes a figure),
 passes extra keyword arguments on to matplotlib, returns the ``Axes`` and never shows or saves.
-Points not computed yet (NaN) are drawn as gaps, never as zeros.
+Points not computed yet (NaN) are drawn as gaps, never as zeros; on 1D lines each gap is marked.
+Titles are wrapped to the width of their axes (``fit_title``), so that a long one is never cut off
+and never runs into a neighbouring panel or colour bar.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.text import Text
 
 from landscape._checks import Kind, choice, options
 from landscape.surface import Surface
@@ -22,6 +27,23 @@ from landscape.surface import Surface
 KINDS = options(Kind)
 DEFAULT_LEVELS = 15
 CMAP = "viridis"
+FIGSIZE = (5.5, 4.5)
+# Contour labels: at most this many labelled levels (every other one, or sparser, when more could
+# be), each on a contour at least LABEL_MIN_LENGTH label widths long, so that the small closed
+# contours crowding a minimum carry none.
+MAX_CONTOUR_LABELS = 6
+LABEL_MIN_LENGTH = 8.0
+LABEL_FONTSIZE = 7.0
+LABEL_INLINE_SPACING = 3.0  # pixels of line left out on each side of a label
+CHAR_WIDTH_EM = 0.6  # mean width of a label character (digits, ".", "e-") in font sizes
+BAR_PAD = 0.05  # the colour bar's distance from its axes, a fraction of the axes' width
+BAR_CLEARANCE_3D = 6.0  # points between a 3D axes' z-axis label and its colour bar
+BAR_ATTEMPTS_3D = 6  # placements of a 3D colour bar tried (each further right)
+MIN_TITLE_FONTSIZE = 6.0
+# Not-computed (NaN) and non-finite points of 1D lines: marks at the bottom of the axes.
+MISSING_STYLE = {"marker": "x", "color": "0.45", "linestyle": "none", "clip_on": False}
+NON_FINITE_STYLE = {"marker": "x", "color": "C3", "linestyle": "none", "clip_on": False}
+MISSING_MARK_Y = 0.02  # height of the marks, in axes coordinates
 
 
 def as_surface(surface_or_path: Surface | str | os.PathLike) -> Surface:
@@ -85,12 +107,100 @@ def _label(metric: str) -> str:
 
 
 def _new_axes(ax: Axes | None, three_d: bool = False) -> Axes:
+    """``ax`` (checked), or the axes of a new figure with constrained layout (room for titles)."""
     if ax is not None:
         if three_d and getattr(ax, "name", "") != "3d":
             raise ValueError("kind='surface' needs an Axes made with projection='3d'.")
         return ax
-    fig = plt.figure(figsize=(5.5, 4.5))
+    fig = plt.figure(figsize=FIGSIZE, layout="constrained")
     return fig.add_subplot(projection="3d" if three_d else None)
+
+
+def _settle(axes: Sequence[Axes]) -> None:
+    """Place ``axes`` where their figures will draw them: run each figure's layout engine, if any
+    (e.g. constrained layout), then the axes' aspect ratio, so that their sizes are final."""
+    for fig in {id(ax.figure): ax.figure for ax in axes}.values():
+        engine = fig.get_layout_engine()
+        if engine is not None:
+            for other in fig.axes:  # the layout measures every 3D panel by its projection
+                _project(other)
+            engine.execute(fig)
+    for ax in axes:
+        ax.apply_aspect()
+        _project(ax)
+
+
+def _project(ax: Axes) -> None:
+    """A 3D axes' projection as its next draw will make it (matplotlib updates it only when
+    drawing, and measures the axes with the last one: stale after new data or limits)."""
+    if getattr(ax, "name", "") == "3d":
+        ax.M = ax.get_proj()
+        ax.invM = np.linalg.inv(ax.M)
+
+
+def _wrapped(title: str, width: int, break_words: bool) -> str:
+    """``title`` with each of its lines wrapped at ``width`` characters."""
+    return "\n".join(
+        "\n".join(textwrap.wrap(line, width, break_long_words=break_words)) or line
+        for line in title.split("\n")
+    )
+
+
+def _fit_text(text: Text, title: str, width: float) -> None:
+    """Wrap (then shrink, then break words of) ``text`` until it is at most ``width`` pixels."""
+    text.set_text(title)
+    if width <= 0 or text.get_window_extent().width <= width:
+        return
+    longest = max(len(line) for line in title.split("\n"))
+    words = max(len(w) for w in title.split()) if title.split() else 1
+    chars = int(longest * width / text.get_window_extent().width)
+    for n in range(max(chars, words), words - 1, -1):  # whole words on each line
+        text.set_text(_wrapped(title, n, break_words=False))
+        if text.get_window_extent().width <= width:
+            return
+    # A word wider than the axes (a long file name): a smaller font, then break it.
+    size = max(MIN_TITLE_FONTSIZE, text.get_fontsize() * width / text.get_window_extent().width)
+    text.set_fontsize(size)
+    if text.get_window_extent().width <= width:
+        return
+    for n in range(words, 0, -1):
+        text.set_text(_wrapped(title, n, break_words=True))
+        if text.get_window_extent().width <= width:
+            return
+
+
+def fit_title(ax: Axes, title: str, **kwargs) -> Text:
+    """Set the title of ``ax``, wrapped at word boundaries to the axes' width.
+
+    The width is the one the figure will draw (its layout engine, e.g. constrained layout, and
+    the axes' aspect are applied first). A title is wrapped, not cut, and never wider than its
+    axes, so it neither leaves the figure nor runs into a neighbouring panel or colour bar. A
+    word wider than the axes (a long file name) is drawn smaller (down to 6 points), then broken.
+    Explicit line breaks are kept.
+
+    Args:
+        ax: The axes.
+        title: The title.
+        **kwargs: Passed on to ``ax.set_title`` (``fontsize``, ``loc``, ``pad``, ...).
+
+    Returns:
+        The title's ``Text``.
+    """
+    text = ax.set_title("", **kwargs)
+    _fit_titles([(ax, text, title)])
+    return text
+
+
+def _fit_titles(titles: Sequence[tuple[Axes, Text, str]]) -> None:
+    """``fit_title`` for several ``(axes, title Text, title)`` at once (one layout per pass)."""
+    sizes = [text.get_fontsize() for _, text, _ in titles]
+    for _ in range(2):  # a wrapped title is taller: the layout may then narrow the axes a little
+        _settle([ax for ax, _, _ in titles])
+        for (ax, text, title), size in zip(titles, sizes):
+            text.set_fontsize(size)
+            _fit_text(text, title, ax.get_window_extent().width)
+        if all(ax.figure.get_layout_engine() is None for ax, _, _ in titles):
+            break
 
 
 def _check_kind(kind: str, surface: Surface) -> str:
@@ -103,7 +213,8 @@ def _check_kind(kind: str, surface: Surface) -> str:
 
 
 def _plot_line(surface: Surface, ax: Axes, log: bool, **kwargs) -> Axes:
-    """Loss on the left axis, accuracy on a twin right axis; train solid, test dashed."""
+    """Loss on the left axis, accuracy on a twin right axis; train solid, test dashed; missing
+    points marked at the bottom."""
     styles = {"train": "-", "test": "--"}
     loss_keys = [k for k in surface.values if k.endswith("_loss")]
     acc_keys = [k for k in surface.values if k.endswith("_acc")]
@@ -117,6 +228,7 @@ def _plot_line(surface: Surface, ax: Axes, log: bool, **kwargs) -> Axes:
     ax.set_ylabel("loss", color="C0")
     if log:
         ax.set_yscale("log")
+    _mark_missing(ax, surface, loss_keys + acc_keys)
     handles, labels = ax.get_legend_handles_labels()
     if acc_keys:
         twin = ax.twinx()
@@ -131,6 +243,24 @@ def _plot_line(surface: Surface, ax: Axes, log: bool, **kwargs) -> Axes:
     return ax
 
 
+def _mark_missing(ax: Axes, surface: Surface, keys: Sequence[str]) -> None:
+    """A grey x at the bottom of the axes under each point not computed (NaN), a red x under each
+    computed point where a drawn value is not finite (a diverged network); each with a legend
+    entry that counts them ("not computed (3)", "non-finite (1)")."""
+    finite = np.ones(len(surface.x), bool)
+    for key in keys:
+        finite &= np.isfinite(np.asarray(surface.values[key], dtype=np.float64))
+    computed = np.asarray(surface.computed, bool)
+    for mask, name, style in [
+        (~computed, "not computed", MISSING_STYLE),
+        (computed & ~finite, "non-finite", NON_FINITE_STYLE),
+    ]:
+        if mask.any():
+            xs = np.asarray(surface.x, dtype=np.float64)[mask]
+            ax.plot(xs, np.full(len(xs), MISSING_MARK_Y), transform=ax.get_xaxis_transform(),
+                    label=f"{name} ({len(xs)})", **style)  # fmt: skip
+
+
 def plot_surface(
     surface_or_path: Surface | str | os.PathLike,
     *,
@@ -142,6 +272,7 @@ def plot_surface(
     vmin: float | None = None,
     vmax: float | None = None,
     colorbar: bool = True,
+    title: str | None = None,
     **kwargs,
 ) -> Axes:
     """Draw one metric of a loss surface.
@@ -150,17 +281,26 @@ def plot_surface(
         surface_or_path: A ``Surface`` or the path of a surface file (ours or loss-landscape's).
         metric: ``"train_loss"``, ``"train_acc"``, ``"test_loss"`` or ``"test_acc"``. Ignored by
             ``kind="line"``, which draws every loss and accuracy. Defaults to "train_loss".
-        kind: ``"contour"`` (labelled levels), ``"contourf"``, ``"heatmap"``, ``"surface"``
-            (3D) for 2D surfaces; ``"line"`` for 1D ones (loss and accuracy on twin axes).
-            Defaults to "contour".
+        kind: ``"contour"`` (every level drawn; labels only on contours long enough to hold
+            one, so none on the small rings crowding a minimum, and on at most 6 levels: every
+            other one, or sparser, when more could carry one), ``"contourf"``, ``"heatmap"``,
+            ``"surface"`` (3D; its colour bar clear of the z-axis label) for 2D surfaces;
+            ``"line"`` for 1D ones (loss and accuracy on twin axes; a grey x at the bottom
+            marks each point not computed, a red x each computed point whose value is not
+            finite, with their counts in the legend). Defaults to "contour".
         ax: Axes to draw on (for ``"surface"`` made with ``projection="3d"``); None makes a
-            figure. Defaults to None.
+            figure (constrained layout). Defaults to None.
         log: Logarithmic colour scale (levels spaced geometrically; values ≤ 0 left out), or a
-            log y-axis for lines. Defaults to False.
+            log y-axis for lines. The 3D surface then shows log10 of the metric as height and
+            colour, with the z-axis and colour bar ticked in the metric's units and labelled
+            "(log scale)". Defaults to False.
         levels: Number of levels or their values. Defaults to 15.
         vmin: Lower end of the colour scale. Defaults to the smallest computed value.
         vmax: Upper end of the colour scale. Defaults to the largest computed value.
-        colorbar: Add a colour bar (not for ``"contour"`` and ``"line"``). Defaults to True.
+        colorbar: Add a colour bar (not for ``"contour"`` and ``"line"``); for ``"surface"`` it
+            stands clear of the z-axis label. Defaults to True.
+        title: The title, wrapped to the axes' width (``fit_title``); ``""`` for none.
+            Defaults to the metric's name (2D) or none (1D).
         **kwargs: Passed on to the matplotlib call (``contour``, ``contourf``, ``pcolormesh``,
             ``plot_surface`` or ``plot``).
 
@@ -174,42 +314,162 @@ def plot_surface(
     surface = as_surface(surface_or_path)
     kind = _check_kind(kind, surface)
     if kind == "line":
-        return _plot_line(surface, _new_axes(ax), log, **kwargs)
+        ax = _plot_line(surface, _new_axes(ax), log, **kwargs)
+        if title:
+            fit_title(ax, title)
+        return ax
     z = _metric(surface, metric)
     lo, hi = _value_range([z], log, vmin, vmax)
     ax = _new_axes(ax, three_d=kind == "surface")
     xx, yy = np.meshgrid(surface.x, surface.y)  # "xy" indexing: Z is [iy, ix]
     norm = _norm(lo, hi, log)
     zm = _masked(z, log)
-    mappable, ticks = None, None
+    kwargs.setdefault("cmap", CMAP)
+    label, mappable, ticks, fmt = _label(metric), None, None, "%.3g"
     if kind == "contour":
-        kwargs.setdefault("cmap", CMAP)
         cs = ax.contour(xx, yy, zm, levels=_levels(levels, lo, hi, log), norm=norm, **kwargs)
-        ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
     elif kind == "contourf":
-        kwargs.setdefault("cmap", CMAP)
         filled = _levels(levels, lo, hi, log)
         mappable = ax.contourf(xx, yy, zm, levels=filled, norm=norm, extend="both", **kwargs)
         ticks = filled[:: max(1, len(filled) // 6)]
     elif kind == "heatmap":
-        kwargs.setdefault("cmap", CMAP)
         mappable = ax.pcolormesh(xx, yy, zm, norm=norm, shading="nearest", **kwargs)
-    else:  # 3D
-        kwargs.setdefault("cmap", CMAP)
-        # NaN (not computed) points are left out of the mesh; the colour scale is set explicitly so
-        # that it never comes from NaNs (loss-landscape's 3D plot renders blank for that reason).
-        z3 = np.where(zm.mask, np.nan, np.log10(z) if log else z)
-        norm3 = mcolors.Normalize(np.log10(lo), np.log10(hi)) if log else norm
-        mappable = ax.plot_surface(xx, yy, z3, norm=norm3, linewidth=0, antialiased=True, **kwargs)
-        ax.set_zlim(norm3.vmin, norm3.vmax)
-        ax.set_zlabel(("log10 " if log else "") + _label(metric))
+    else:
+        mappable, ticks, fmt, label = _plot_3d(ax, xx, yy, z, zm, (lo, hi), log, label, **kwargs)
     if mappable is not None and colorbar:
-        bar = ax.figure.colorbar(mappable, ax=ax, shrink=0.8, ticks=ticks, format="%.3g")
-        bar.set_label(_label(metric))
+        _colorbar(ax, mappable, ticks, fmt).set_label(label)
+        if kind == "surface":
+            _clear_zlabels([ax])
     ax.set_xlabel("α")
     ax.set_ylabel("β")
-    ax.set_title(_label(metric))
+    title = _label(metric) if title is None else title
+    if title:
+        fit_title(ax, title)
+    if kind == "contour":
+        _label_contours(ax, cs)
     return ax
+
+
+def _plot_3d(ax, xx, yy, z, zm, limits, log: bool, label: str, **kwargs):
+    """The 3D surface; returns (mappable, colour bar ticks, their format, label).
+
+    With ``log``, heights and colours are log10 of the metric, and the z-axis and the colour bar
+    carry ticks in the metric's own units (0.1, 0.2, 0.5, 1, ...) on that log scale.
+    """
+    lo, hi = limits
+    # NaN (not computed) points are left out of the mesh; the colour scale is set explicitly so
+    # that it never comes from NaNs (loss-landscape's 3D plot renders blank for that reason).
+    z3 = np.where(zm.mask, np.nan, np.log10(z) if log else z)
+    norm3 = mcolors.Normalize(np.log10(lo), np.log10(hi)) if log else _norm(lo, hi, False)
+    mappable = ax.plot_surface(xx, yy, z3, norm=norm3, linewidth=0, antialiased=True, **kwargs)
+    ax.set_zlim(norm3.vmin, norm3.vmax)
+    for axis in (ax.xaxis, ax.yaxis):  # foreshortened: fewer ticks, so that labels stay apart
+        axis.set_major_locator(mticker.MaxNLocator(5, steps=[1, 2, 2.5, 5, 10]))
+    ticks, fmt = None, "%.3g"
+    if log:
+        ticks, fmt = np.log10(_log_ticks(lo, hi)), mticker.FuncFormatter(_power_of_ten)
+        ax.set_zticks(ticks)
+        ax.zaxis.set_major_formatter(fmt)
+        label = f"{label} (log scale)"
+    ax.set_zlabel(label)
+    return mappable, ticks, fmt, label
+
+
+def _colorbar(ax: Axes, mappable, ticks, fmt, pad: float = BAR_PAD):
+    return ax.figure.colorbar(mappable, ax=ax, shrink=0.8, pad=pad, ticks=ticks, format=fmt)
+
+
+def _clear_zlabels(axes: Sequence[Axes]) -> None:
+    """Move the colour bar of each 3D axes right until it is clear of the z-axis label.
+
+    Matplotlib draws the z-axis tick labels and label outside the axes' box, by distances in
+    points (so a larger share of a small figure), and constrained layout leaves the label out of
+    its sums. The bars are measured where the figure will draw them and made again, further
+    right, while they overlap (several panels of a figure are settled together, since moving one
+    bar can narrow the others).
+    """
+    bars = {id(ax): bar for ax in axes if (bar := _colorbar_of(ax)) is not None}
+    pads = dict.fromkeys(bars, BAR_PAD)
+    for _ in range(BAR_ATTEMPTS_3D):
+        _settle(axes)
+        moved = False
+        for ax in [a for a in axes if id(a) in bars]:
+            bar = bars[id(ax)]
+            clearance = BAR_CLEARANCE_3D * ax.figure.dpi / 72
+            zaxis = ax.zaxis.get_tightbbox()
+            overlap = zaxis.x1 + clearance - bar.ax.get_window_extent().x0 if zaxis else 0.0
+            if overlap > 0:  # aim at 1.5 clearances, so that a second placement is seldom needed
+                pads[id(ax)] += (overlap + clearance / 2) / ax.get_window_extent().width
+                bars[id(ax)] = _remake_colorbar(ax, bar, pads[id(ax)])
+                moved = True
+        if not moved:
+            return
+
+
+def _colorbar_of(ax: Axes):
+    """The colour bar of the mappable ``plot_surface`` drew on ``ax``, or None."""
+    return next((c.colorbar for c in ax.collections if getattr(c, "colorbar", None)), None)
+
+
+def _remake_colorbar(ax: Axes, bar, pad: float):
+    """``bar`` made again at ``pad``: same mappable, ticks, format and label."""
+    mappable, label = bar.mappable, bar.ax.get_ylabel()
+    locator, formatter = bar.locator, bar.formatter
+    bar.remove()
+    new = _colorbar(ax, mappable, locator, formatter, pad)
+    new.set_label(label)
+    return new
+
+
+def _log_ticks(lo: float, hi: float) -> np.ndarray:
+    """Round values in [lo, hi] for a log scale: 1-2-5, 1-3 or powers of ten by the range."""
+    decades = np.log10(hi / lo)
+    subs = (1.0, 2.0, 5.0) if decades <= 1 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
+    ticks = mticker.LogLocator(subs=subs, numticks=12).tick_values(lo, hi)
+    ticks = ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
+    if len(ticks) < 2:  # a narrow range: round linear values
+        ticks = mticker.MaxNLocator(4).tick_values(lo, hi)
+        ticks = ticks[(ticks >= lo) & (ticks <= hi) & (ticks > 0)]
+    return ticks
+
+
+def _power_of_ten(value: float, _pos=None) -> str:
+    """The tick label of a log10 position, in the metric's units."""
+    return f"{10.0**value:.4g}"
+
+
+def _label_contours(ax: Axes, cs) -> None:
+    """Label a legible subset of the contour levels (all stay drawn).
+
+    Only levels with a contour piece at least ``LABEL_MIN_LENGTH`` label widths long can carry a
+    label (the small closed contours around a minimum cannot); all of them when they are at most
+    ``MAX_CONTOUR_LABELS``, else every other one, or sparser, so that at most that many are.
+    """
+    fmt = "%.3g"
+    _settle([ax])  # labels are placed in pixels: after the layout
+    char = LABEL_FONTSIZE * CHAR_WIDTH_EM * ax.figure.dpi / 72  # pixels per label character
+    ax.get_xlim()  # brings the view limits, and so the data-to-pixel transform, up to date
+    lengths = [_longest_piece(ax, path) for path in cs.get_paths()]
+    eligible = [
+        level
+        for level, length in zip(cs.levels, lengths)
+        if length >= LABEL_MIN_LENGTH * char * len(fmt % level)
+    ]
+    if not eligible and max(lengths, default=0) > 0:  # a small plot: its longest contour
+        eligible = [cs.levels[int(np.argmax(lengths))]]
+    step = -(-len(eligible) // MAX_CONTOUR_LABELS)  # ceil: every step-th eligible level
+    if eligible:
+        ax.clabel(cs, levels=eligible[::step], inline=True, inline_spacing=LABEL_INLINE_SPACING,
+                  fontsize=LABEL_FONTSIZE, fmt=fmt)  # fmt: skip
+
+
+def _longest_piece(ax: Axes, path) -> float:
+    """Length in pixels of the longest connected piece of a contour level's path."""
+    pieces = path.to_polygons(closed_only=False) if len(path.vertices) else []
+    lengths = [
+        np.hypot(*np.diff(ax.transData.transform(p), axis=0).T).sum() for p in pieces if len(p)
+    ]
+    return float(max(lengths, default=0.0))
 
 
 def plot_comparison(
@@ -232,7 +492,8 @@ def plot_comparison(
 
     Args:
         surfaces: Surfaces or paths, all 1D or all 2D.
-        titles: One title per surface. Defaults to the file names, or "surface i".
+        titles: One title per surface, each wrapped to its panel's width (``fit_title``).
+            Defaults to the file names, or "surface i".
         metric: The metric drawn (2D). Defaults to "train_loss".
         kind: As in ``plot_surface``. Defaults to "contour".
         log: Logarithmic scale. Defaults to False.
@@ -269,10 +530,9 @@ def plot_comparison(
     if loaded[0].ndim == 2:
         lo, hi = _value_range([_metric(s, metric) for s in loaded], log, vmin, vmax)
         shared = _levels(levels, lo, hi, log) if kind in ("contour", "contourf") else levels
-        for s, ax, title in zip(loaded, axes, titles):
+        for s, ax in zip(loaded, axes):
             plot_surface(s, metric=metric, kind=kind, ax=ax, log=log, levels=shared,
-                         vmin=lo, vmax=hi, **kwargs)  # fmt: skip
-            ax.set_title(title)
+                         vmin=lo, vmax=hi, title="", **kwargs)  # fmt: skip
         xs = [v for s in loaded for v in (s.x.min(), s.x.max())]
         ys = [v for s in loaded for v in (s.y.min(), s.y.max())]
         for ax in axes:
@@ -280,13 +540,15 @@ def plot_comparison(
             ax.set_ylim(min(ys), max(ys))
             if kind != "surface":
                 ax.set_aspect("equal", adjustable="box")
+        if kind == "surface":  # the panels' final sizes: move their colour bars if need be
+            _clear_zlabels(axes)
     else:
-        for s, ax, title in zip(loaded, axes, titles):
+        for s, ax in zip(loaded, axes):
             plot_surface(s, kind="line", ax=ax, log=log, **kwargs)
-            ax.set_title(title)
         lows, highs = zip(*(ax.get_ylim() for ax in axes))
         for ax in axes:
             ax.set_ylim(min(lows), max(highs))
+    _fit_titles([(ax, ax.set_title(""), title) for ax, title in zip(axes, titles)])
     return axes
 
 
@@ -298,6 +560,7 @@ def plot_trajectory(
     ax: Axes | None = None,
     log: bool = False,
     levels: int | Sequence[float] | None = None,
+    title: str | None = None,
     **kwargs,
 ) -> Axes:
     """The optimization path in the plane of the top-2 PCA directions, over a contour.
@@ -309,6 +572,8 @@ def plot_trajectory(
         ax: Axes to draw on; None makes a figure. Defaults to None.
         log: Logarithmic contour levels. Defaults to False.
         levels: Contour levels. Defaults to 15.
+        title: The title, wrapped to the axes' width (``fit_title``); ``""`` for none.
+            Defaults to the metric's name with a surface, none without.
         **kwargs: Passed on to the path's ``ax.plot``.
 
     Returns:
@@ -319,7 +584,8 @@ def plot_trajectory(
         raise ValueError(f"`pca.coordinates` must be (n, 2). Received shape {coords.shape}.")
     ax = _new_axes(ax)
     if surface is not None:
-        plot_surface(surface, metric=metric, kind="contour", ax=ax, log=log, levels=levels)
+        plot_surface(surface, metric=metric, kind="contour", ax=ax, log=log, levels=levels,
+                     title="")  # fmt: skip
     kwargs.setdefault("color", "C3")
     kwargs.setdefault("marker", "o")
     kwargs.setdefault("markersize", 3)
@@ -329,6 +595,10 @@ def plot_trajectory(
     ax.set_xlabel(f"1st PCA direction ({100 * ratio[0]:.1f} %)")
     ax.set_ylabel(f"2nd PCA direction ({100 * ratio[1]:.1f} %)")
     ax.legend(loc="best", fontsize="small")
+    if title is None and surface is not None:
+        title = _label(metric)
+    if title:
+        fit_title(ax, title)
     return ax
 
 
@@ -340,6 +610,7 @@ def plot_spectrum(
     sigma: float | None = None,
     log: bool = True,
     floor: float = 1e-12,
+    title: str | None = None,
     **kwargs,
 ) -> Axes:
     """Hessian eigenvalue density from stochastic Lanczos quadrature, on a log-density axis.
@@ -353,6 +624,7 @@ def plot_spectrum(
         sigma: Width of the Gaussian smoothing. Defaults to the result's own choice.
         log: Log scale for the density axis, as the papers draw it. Defaults to True.
         floor: Densities below this are drawn at it on the log axis. Defaults to 1e-12.
+        title: A title, wrapped to the axes' width (``fit_title``). Defaults to None (none).
         **kwargs: Passed on to ``ax.plot``.
 
     Returns:
@@ -371,4 +643,6 @@ def plot_spectrum(
         ax.set_yscale("log")
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
+    if title:
+        fit_title(ax, title)
     return ax

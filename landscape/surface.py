@@ -194,6 +194,9 @@ class _Store:
         self.names = tuple(names)  # the order of a row's values
         self.flush_seconds = self.interval = flush_seconds
         self.progbar = progbar
+        # The bar shows the lowest finite loss of each split on the grid so far (points of a
+        # resumed file included), as "min_train_loss": not the last point's value, nor a mean.
+        self.lowest = {n: _lowest(values[n][computed]) for n in self.names if _is_loss(n)}
         self.last = time.monotonic()
         self.dirty = False
         self.done = 0
@@ -217,9 +220,18 @@ class _Store:
         self.dirty = True
         self.done += 1
         if self.progbar is not None:
-            self.progbar.update(self.done, [(n, self.values[n][idx]) for n in self.names])
+            self.show_progress(idx)
         if self.path is not None and time.monotonic() - self.last >= self.interval:
             self.flush()
+
+    def show_progress(self, idx: Point) -> None:
+        """Points done, and the lowest finite loss of each split so far (once there is one)."""
+        for name in self.lowest:
+            value = float(self.values[name][idx])
+            if np.isfinite(value) and value < self.lowest[name]:
+                self.lowest[name] = value
+        shown = [(f"min_{n}", v) for n, v in self.lowest.items() if np.isfinite(v)]
+        self.progbar.update(self.done, shown)
 
     def flush(self) -> None:
         if self.path is None or not self.dirty:
@@ -232,6 +244,17 @@ class _Store:
         self.last = time.monotonic()
         self.dirty = False
         logger.debug("Flushed %s in %.3fs.", self.path, took)
+
+
+def _is_loss(name: str) -> bool:
+    """True for a split's total loss ("train_loss"), not a per-output one or a metric."""
+    return name.partition("_")[2] == "loss"
+
+
+def _lowest(values: np.ndarray) -> float:
+    """The smallest finite value, inf if there is none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.min()) if finite.size else np.inf
 
 
 def _resolve(objective, recipe, executor) -> tuple[Objective, Callable[[], Objective] | None]:
@@ -335,8 +358,10 @@ def compute_surface(
             matches this computation, only its points not yet evaluated are computed (a point
             whose loss came out NaN is not retried); if it does not match,
             a ``ValueError`` says what differs and the file is left untouched. Defaults to None.
-        verbose: 0 silent, 1 or 2 a ``keras.utils.Progbar`` over points, ``"auto"`` 1 unless
-            Keras's interactive logging is off. Defaults to ``"auto"``.
+        verbose: 0 silent, 1 or 2 a ``keras.utils.Progbar`` over the points to compute, with
+            the lowest loss found so far of each split (``min_train_loss``, ``min_test_loss``;
+            non-finite losses left out), ``"auto"`` 1 unless Keras's interactive logging is
+            off. Defaults to ``"auto"``.
         flush_seconds: Longest time between file writes. Defaults to 2.0.
         executor: Where the points are evaluated: None in this process, or a
             ``concurrent.futures.Executor``-style backend (``landscape.process_pool``,

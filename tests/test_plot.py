@@ -1,4 +1,4 @@
-"""Figures: every kind draws something, honours ax=, log scales, non-square grids, NaN gaps."""
+"""Figures: every kind draws, honours ax=, log scales, non-square grids, NaN gaps; stays legible."""
 
 from __future__ import annotations
 
@@ -201,3 +201,205 @@ def test_spectrum_uses_a_log_density_axis():
     x, y = ax.lines[0].get_xydata().T
     assert x.min() < 0 < 10 < x.max() and y.min() >= 1e-12
     np.testing.assert_allclose(y, np.maximum(Spectrum().density(x), 1e-12))
+
+
+# ----------------------------------------------------------------------------- legibility
+LONG = (
+    "ResNet-20 on CIFAR-10 with 20% label noise, trained by SAM (rho=0.05) for 200 epochs: "
+    "train loss along two filter-normalized random directions"
+)
+FILE_NAME = "resnet20_cifar10_noise0.2_sam_rho0.05_seed0_surface_51x51.h5"
+
+
+def bowl51(shift=0.02, scale=2.3):
+    """A 51 × 51 bowl whose levels near the minimum crowd on a log scale."""
+    x = y = np.linspace(-1, 1, 51)
+    xx, yy = np.meshgrid(x, y)
+    return Surface(x, y, {"train_loss": scale * (xx**2 + 1.5 * yy**2) + shift})
+
+
+def extent(artist):
+    return artist.get_window_extent(artist.figure.canvas.get_renderer())
+
+
+def inside(inner, outer, tol=1.0):
+    return (
+        inner.x0 >= outer.x0 - tol
+        and inner.y0 >= outer.y0 - tol
+        and inner.x1 <= outer.x1 + tol
+        and inner.y1 <= outer.y1 + tol
+    )
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_contour_labels_a_legible_subset_and_draws_every_level(log):
+    from landscape.plot import LABEL_MIN_LENGTH, MAX_CONTOUR_LABELS, _longest_piece
+
+    ax = plot_surface(bowl51(), kind="contour", log=log)
+    ax.figure.canvas.draw()
+    cs = ax.collections[0]
+    assert len(cs.levels) == 15  # every level is drawn (the top one is the corners' points)
+    assert all(len(p.vertices) for p in cs.get_paths()[:-1])
+    labelled = sorted(set(cs.labelLevelList))
+    assert 2 <= len(labelled) <= MAX_CONTOUR_LABELS
+    index = [int(np.flatnonzero(cs.levels == level)[0]) for level in labelled]
+    assert np.all(np.diff(index) >= 2)  # every other level at most: never neighbours
+    if log:  # the small rings crowding the minimum carry no label
+        assert min(index) >= 3
+    for level, i in zip(labelled, index):  # each on a contour long enough to hold it
+        label_width = 7 * 0.6 * len(f"{level:.3g}") * ax.figure.dpi / 72
+        # (the label cut its ring open: the piece left is a label width and spacing shorter)
+        assert _longest_piece(ax, cs.get_paths()[i]) >= (LABEL_MIN_LENGTH - 2) * label_width
+    boxes = [extent(t) for t in cs.labelTexts]
+    for i, a in enumerate(boxes):  # no two labels overlap
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    assert all(inside(b, ax.bbox) for b in boxes)
+
+
+def test_explicit_contour_levels_are_all_drawn_and_few_all_labelled():
+    ax = plot_surface(bowl51(), kind="contour", levels=[0.5, 1.5, 3.0])
+    cs = ax.collections[0]
+    np.testing.assert_allclose(cs.levels, [0.5, 1.5, 3.0])
+    assert sorted(set(cs.labelLevelList)) == [0.5, 1.5, 3.0]
+
+
+def _check_titles_fit(fig, axes, titles):
+    fig.canvas.draw()
+    figure_box = fig.bbox
+    texts = [ax.title for ax in axes]
+    others = [a for a in fig.axes if a not in list(axes)]  # colour bars
+    for ax, text, title in zip(axes, texts, titles):
+        box = extent(text)
+        assert inside(box, figure_box), (title, box, figure_box)
+        assert box.width <= ax.bbox.width + 1.0  # wrapped to its axes: no neighbour reached
+        for other in others:
+            assert not box.overlaps(extent(other)), title
+    for i, a in enumerate(texts):
+        for b in texts[i + 1 :]:
+            assert not extent(a).overlaps(extent(b))
+
+
+@pytest.mark.parametrize("kind", ["contour", "contourf", "heatmap", "surface"])
+def test_a_long_title_wraps_inside_the_figure(kind):
+    ax = plot_surface(bowl(), kind=kind, title=LONG)
+    _check_titles_fit(ax.figure, [ax], [LONG])
+    assert "\n" in ax.get_title()  # wrapped at word boundaries (or hyphens), every word kept
+    assert ax.get_title().replace("-\n", "-").split() == LONG.split()
+    assert plot_surface(bowl(), kind=kind).get_title() == "train loss"  # short: unchanged
+
+
+def test_long_titles_of_every_figure_function_fit_and_tight_saving_does_not_widen(tmp_path):
+    import matplotlib.image as mpimg
+
+    class PCA:
+        coordinates = np.array([[-0.8, 0.3], [-0.4, 0.2], [0.0, 0.0]])
+        explained_variance_ratio = np.array([0.8, 0.15])
+
+    class Spectrum:
+        nodes = np.array([[0.0, 1.0, 10.0]])
+
+        def density(self, grid, *, sigma=None):
+            return np.exp(-0.5 * (grid - 1.0) ** 2)
+
+    axes = [
+        plot_surface(line(), kind="line", title=LONG),
+        plot_trajectory(PCA(), bowl(), title=LONG),
+        plot_spectrum(Spectrum(), title=LONG),
+        plot_surface(bowl(), kind="contourf", title="two\nlines"),
+    ]
+    for ax in axes:
+        _check_titles_fit(ax.figure, [ax], [LONG])
+    assert axes[-1].get_title() == "two\nlines"  # explicit breaks are kept
+    panels = plot_comparison([bowl(scale=10.0), bowl()], titles=[LONG, FILE_NAME], kind="contourf")
+    _check_titles_fit(panels[0].figure, panels, [LONG, FILE_NAME])
+    assert panels[1].title.get_fontsize() < 12 or "\n" in panels[1].get_title()  # shrunk/broken
+    assert panels[1].get_title().replace("\n", "") == FILE_NAME
+    three_d = plot_comparison([bowl(), bowl()], titles=[LONG, LONG], kind="surface")
+    _check_titles_fit(three_d[0].figure, three_d, [LONG, LONG])
+    for ax in [*axes, panels[0], three_d[0]]:
+        fig = ax.figure
+        path = tmp_path / "tight.png"
+        fig.savefig(path, dpi=50, bbox_inches="tight", pad_inches=0)
+        height, width = mpimg.imread(path).shape[:2]
+        assert width <= fig.get_figwidth() * 50 + 1 and height <= fig.get_figheight() * 50 + 1
+
+
+def _zlabel_and_bar(ax):
+    ax.figure.canvas.draw()
+    bar = ax.collections[0].colorbar
+    return extent(ax.zaxis.label), extent(bar.ax), bar
+
+
+@pytest.mark.parametrize("figsize", [None, (6.4, 4.8), (4.0, 3.0)])
+@pytest.mark.parametrize("log", [False, True])
+def test_3d_colour_bar_stands_clear_of_the_z_label(figsize, log):
+    surf = bowl51() if log else bowl51(scale=2300.0)  # long z tick labels ("4000")
+    if figsize is None:
+        ax = plot_surface(surf, kind="surface", log=log)  # its own figure (constrained layout)
+    else:
+        fig = plt.figure(figsize=figsize)  # a user's figure without a layout engine
+        ax = plot_surface(surf, kind="surface", log=log, ax=fig.add_subplot(projection="3d"))
+    zlabel, bar_box, _ = _zlabel_and_bar(ax)
+    assert zlabel.width > 0 and not zlabel.overlaps(bar_box)
+    assert zlabel.x1 < bar_box.x0
+
+
+def test_3d_colour_bars_of_a_comparison_stand_clear_of_the_z_labels():
+    axes = plot_comparison([bowl51(), bowl51(5.0), bowl51()], kind="surface", log=True)
+    for ax in axes:
+        zlabel, bar_box, _ = _zlabel_and_bar(ax)
+        assert zlabel.x1 < bar_box.x0
+
+
+def test_3d_log_scale_is_labelled_and_ticked_in_loss_units():
+    ax = plot_surface(bowl51(), kind="surface", log=True)
+    _, _, bar = _zlabel_and_bar(ax)
+    assert bar.ax.get_ylabel() == "train loss (log scale)" == ax.get_zlabel()
+    for axis in (bar.ax.yaxis, ax.zaxis):
+        ticks = [(t.get_loc(), t.label1.get_text()) for t in axis.get_major_ticks()]
+        ticks = [(p, s) for p, s in ticks if s]
+        assert len(ticks) >= 3
+        for position, text in ticks:  # a tick at log10(v) reads v
+            assert float(text) == pytest.approx(10**position, rel=1e-3)
+        values = [float(s) for _, s in ticks]
+        assert set(values) <= {0.03, 0.1, 0.3, 1.0, 3.0}  # round values, 1-3 over two decades
+    linear = plot_surface(bowl51(), kind="surface")
+    _, _, bar = _zlabel_and_bar(linear)
+    assert bar.ax.get_ylabel() == "train loss" == linear.get_zlabel()
+
+
+def _marks(ax, name):
+    return [ln for ln in ax.lines if ln.get_label().startswith(name)]
+
+
+def test_line_marks_each_point_not_computed_and_each_non_finite_one():
+    surf = line()
+    surf.values["train_loss"][[3, 20]] = np.nan  # not computed yet
+    surf = Surface(surf.x, None, surf.values)
+    ax = plot_surface(surf, kind="line")
+    (marks,) = _marks(ax, "not computed")
+    assert marks.get_label() == "not computed (2)"
+    np.testing.assert_allclose(marks.get_xdata(), surf.x[[3, 20]])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "not computed (2)" in legend and not _marks(ax, "non-finite")
+    ax.figure.canvas.draw()  # drawn at the bottom of the axes, inside it, whatever the y-scale
+    for px, py in marks.get_transform().transform(marks.get_xydata()):
+        assert ax.bbox.y0 <= py <= ax.bbox.y0 + 0.05 * ax.bbox.height
+        assert ax.bbox.x0 <= px <= ax.bbox.x1
+
+    diverged = line()
+    diverged.values["test_loss"][7] = np.inf  # computed, but the network diverged there
+    ax = plot_surface(Surface(diverged.x, None, diverged.values), kind="line", log=True)
+    (bad,) = _marks(ax, "non-finite")
+    assert bad.get_label() == "non-finite (1)" and not _marks(ax, "not computed")
+    np.testing.assert_allclose(bad.get_xdata(), [diverged.x[7]])
+
+    clean = plot_surface(line(), kind="line")
+    assert not _marks(clean, "not computed") and not _marks(clean, "non-finite")
+    assert [t.get_text() for t in clean.get_legend().get_texts()] == [
+        "train loss",
+        "test loss",
+        "train accuracy",
+        "test accuracy",
+    ]
