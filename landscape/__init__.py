@@ -17,7 +17,7 @@ from landscape._version import __version__  # noqa: F401 (public)
 
 # Where each public name is defined: submodule -> names.
 _PUBLIC = {
-    "data": ("load_dataset", "load_embedded"),
+    "data": ("flip_labels", "load_dataset", "load_embedded"),
     "directions": (
         "Direction",
         "FilterRule",

@@ -83,6 +83,13 @@ def fraction(name: str, value: Any) -> float:
     return float(value)
 
 
+def proportion(name: str, value: Any) -> float:
+    """``value`` as a float in the closed interval [0, 1], e.g. a fraction of examples."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"Argument `{name}` must be in [0, 1]. Received: {name}={value!r}.")
+    return float(value)
+
+
 def boolean(name: str, value: Any) -> bool:
     """``value`` if it is a bool (or a numpy bool), as a bool."""
     if not isinstance(value, bool | np.bool_):

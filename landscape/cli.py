@@ -530,34 +530,44 @@ def sharpness(model_path, k, no_hessian, json_path, data, scale, imports, regula
 
 @main.command()
 @data_option
-@click.option("--out-dir", type=click.Path(file_okay=False), default="figures", show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False), default="out/figures",
+              show_default=True,
+              help="New or empty directory, or one this configuration wrote (then resumed); "
+              "another configuration's directory is refused before any training.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="A tiny preset (seconds; what the tests run).")
-@click.option("--epochs", type=int, default=None, help="Training epochs [6; quick 1].")
+@click.option("--seeds", type=int, default=None, help="Seeds 0..N-1 for both optimizers [3].")
+@click.option("--label-noise", type=float, default=None,
+              help="Fraction of training labels changed to another class [0.4].")  # fmt: skip
+@click.option("--train-samples", type=int, default=None,
+              help="Training examples, the first N (0: all) [2000].")  # fmt: skip
+@click.option("--epochs", type=int, default=None, help="Training epochs [30; quick 1].")
 @click.option("--depth", type=int, default=None, help="ResNet depth 6n+2 [8].")
 @click.option("--width", type=int, default=None, help="ResNet base width [8; quick 4].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (cosine decay) [0.05].")
-@click.option("--rho", type=float, default=None, help="SAM radius [0.05].")
+@click.option("--rho", type=float, default=None, help="SAM radius [0.1].")
 @click.option("--augment", is_flag=True, default=None, help="Random flips/shifts in training.")
-@click.option("--grid", default=None, help="Grid of both surface axes, min:max:num [-1:1:15].")
+@click.option("--grid", default=None, help="Grid of both surface axes, min:max:num, with 0 "
+              "[-0.5:0.5:17].")  # fmt: skip
+@click.option("--basin-rise", type=float, default=None,
+              help="Basin = grid points within this loss of the centre's [1.0].")  # fmt: skip
 @click.option("--samples", type=int, default=None,
-              help="Training images the surfaces and reports use [1000].")  # fmt: skip
+              help="Training examples the surfaces and reports use (0: all) [500].")  # fmt: skip
 @click.option("--test-samples", type=int, default=None,
-              help="Test images the surfaces and reports use [500].")  # fmt: skip
+              help="Test examples the surfaces and reports use (0: all) [500].")  # fmt: skip
 @click.option("--k", type=int, default=None, help="Hessian eigenvalues in the reports [3].")
-@click.option("--seed", type=int, default=None, help="Seed of initialization and directions [0].")
 @quiet_option
-def figures(data, out_dir, quick, epochs, depth, width, lr, rho, augment, grid, samples,
-            test_samples, k, seed, quiet):  # fmt: skip
-    """Train SGD and SAM ResNets, then draw their landscapes and sharpness (the README figures).
+def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, depth, width, lr,
+            rho, augment, grid, basin_rise, samples, test_samples, k, quiet):  # fmt: skip
+    """Train SGD and SAM ResNets on noisy labels over several seeds; draw and compare them.
 
-    Writes to OUT_DIR: sgd.keras, sam.keras, the surfaces (*.h5), no_sam.png, with_sam.png,
-    comparison.png, interpolation.png, summary.json and summary.md. Rerunning resumes: models,
-    surfaces and reports that match the configuration are reused.
+    Writes to OUT_DIR: config.json, seed_<s>/{sgd,sam}.keras and surfaces, no_sam.png,
+    with_sam.png, comparison.png, sharpness.png, interpolation.png, summary.json (per seed, mean
+    ± standard error, paired t-tests, captions) and summary.md. Rerunning resumes.
 
     \b
     Examples:
       landscape figures --quick --out-dir /tmp/figs
-      landscape figures --data ../shared/data/cifar10_10k.npz --width 16 --epochs 20 --augment
+      landscape figures --data ../shared/data/cifar10_10k.npz --train-samples 0 --out-dir figs
     """
     verbose = _setup(quiet)
     import dataclasses
@@ -565,20 +575,21 @@ def figures(data, out_dir, quick, epochs, depth, width, lr, rho, augment, grid, 
     from landscape.figures import QUICK, FiguresConfig, make_figures
 
     config = QUICK if quick else FiguresConfig()
-    overrides = {"data": data, "epochs": epochs, "depth": depth, "width": width,
-                 "learning_rate": lr, "rho": rho, "augment": augment, "grid": grid,
-                 "surface_samples": samples, "test_samples": test_samples,
-                 "seed": seed}  # fmt: skip
+    overrides = {"data": data, "seeds": seeds, "label_noise": label_noise,
+                 "train_samples": train_samples, "epochs": epochs, "depth": depth,
+                 "width": width, "learning_rate": lr, "rho": rho, "augment": augment,
+                 "grid": grid, "basin_rise": basin_rise, "surface_samples": samples,
+                 "test_samples": test_samples}  # fmt: skip
     config = dataclasses.replace(config, **{k_: v for k_, v in overrides.items() if v is not None})
     if k is not None:
         config = dataclasses.replace(config, report={**config.report, "k": k})
     result = make_figures(out_dir, config, verbose=verbose)
     for path in result["written"]:
         _say(quiet, f"wrote {path}")
-    metrics = result["summary"]["metrics"]
-    for name in ("sgd", "sam"):
-        m = metrics[name]
-        click.echo(f"{name.upper()}: train acc {m['train_acc']:.4f}  test acc {m['test_acc']:.4f}")
+    for key in ("test_acc", "hessian_eigenvalue_1", "hessian_trace", "basin_area"):
+        comparison = result["summary"]["comparison"].get(key)
+        if comparison is not None:
+            click.echo(comparison["sentence"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,8 @@ from typing import Literal
 
 import numpy as np
 
+from landscape import _checks
+
 logger = logging.getLogger("landscape")
 
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -293,6 +295,53 @@ def load_embedded() -> Arrays:
     Made by ``scripts/make_embedded_data.py`` from the full MNIST; works offline.
     """
     return read_dataset(EMBEDDED).arrays()
+
+
+def flip_labels(
+    y, fraction: float, *, num_classes: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric label noise: exactly ``round(fraction · n)`` labels changed to another class.
+
+    The examples to corrupt are drawn without replacement and each gets a class drawn uniformly
+    from the *other* classes, so ``fraction`` is the fraction of wrong labels (the noise model of
+    the label-noise experiments in SAM's paper, Foret et al. 2021, arXiv 2010.01412, section 3.3,
+    except that there a new label may equal the old one).
+
+    Args:
+        y: Integer class labels, shape ``(n,)`` (or ``(n, 1)``).
+        fraction: Fraction of labels to corrupt, in [0, 1].
+        num_classes: Number of classes. Defaults to None: ``max(y) + 1``.
+        seed: Seed of the choice of examples and of their new labels. Defaults to 0.
+
+    Returns:
+        ``(y_noisy, flipped)``: the labels with y's shape and dtype, and a boolean mask of shape
+        ``(n,)`` marking the corrupted examples.
+
+    Raises:
+        ValueError: ``y`` not integer class labels, ``fraction`` outside [0, 1], or fewer than
+            two classes.
+    """
+    y = np.asarray(y)
+    fraction = _checks.proportion("fraction", fraction)
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim not in (1, 2) or y.size != len(y):
+        raise ValueError(
+            "Argument `y` must be integer class labels of shape (n,) or (n, 1). "
+            f"Received: dtype {y.dtype}, shape {y.shape}."
+        )
+    labels = y.reshape(-1)
+    classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if classes < 2 or labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(
+            "Argument `num_classes` must exceed every label and be at least 2. "
+            f"Received: num_classes={num_classes}, labels in [{labels.min()}, {labels.max()}]."
+        )
+    rng = np.random.default_rng(seed)
+    flipped = np.zeros(labels.size, dtype=bool)
+    flipped[rng.choice(labels.size, size=round(fraction * labels.size), replace=False)] = True
+    noisy = labels.copy()
+    shift = rng.integers(1, classes, size=int(flipped.sum()))  # never 0: always another class
+    noisy[flipped] = (labels[flipped] + shift) % classes
+    return noisy.reshape(y.shape).astype(y.dtype), flipped
 
 
 # ------------------------------------------------------------------------ fitting a model
