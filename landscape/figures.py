@@ -75,8 +75,8 @@ class FiguresConfig:
     grid: str = "-0.5:0.5:17"
     basin_rise: float = 1.0  # basin = grid points within this loss of the centre (nats)
     interpolation: str = "-0.5:1.5:41"  # step 0.05: α = 0 and 1 are grid points
-    surface_samples: int = 500  # training examples of surfaces and reports (0: all)
-    test_samples: int = 500  # test examples of surfaces and reports (0: all)
+    surface_samples: int = 500  # training examples of surfaces, interpolation, reports (0: all)
+    test_samples: int = 500  # test examples of the interpolation (0: all)
     # sharpness_report keyword arguments: 3 eigenvalues; the trace to 10 % relative standard
     # error or 30 Hutchinson probes; ε-sharpness; worst- and average-case ℓ2 sharpness.
     report: dict = dataclasses.field(
@@ -261,12 +261,15 @@ def train_models(config: FiguresConfig, out_dir: str, *, verbose: int = 1) -> di
     return {"models": models, "metrics": metrics}
 
 
-def _objective(model, config: FiguresConfig, seed: int) -> Objective:
-    """The objective of the analyses: the seed's training labels as trained, and test data."""
-    ((x, y), test), _, _ = noisy_data(config, seed)
+def _objective(model, config: FiguresConfig, seed: int, *, test: bool = False) -> Objective:
+    """The objective of the analyses: the seed's training labels as trained (the loss SGD and
+    SAM minimized); with ``test``, also the test split (drawn on the interpolation only: the 2D
+    surfaces and the reports need the training loss, and a test split would double their cost).
+    """
+    ((x, y), test_split), _, _ = noisy_data(config, seed)
     train_part = _subset((x, y), config.surface_samples)
-    return Objective(model, train_part, batch_size=500,
-                     test_data=_subset(test, config.test_samples))  # fmt: skip
+    test_data = _subset(test_split, config.test_samples) if test else None
+    return Objective(model, train_part, batch_size=500, test_data=test_data)
 
 
 def compute_surfaces(models: dict, objectives: dict, config: FiguresConfig, out_dir: str,
@@ -290,7 +293,7 @@ def compute_surfaces(models: dict, objectives: dict, config: FiguresConfig, out_
                 path=os.path.join(out_dir, f"seed_{seed}", f"{name}_surface.h5"),
             )  # fmt: skip
     surfaces["interpolation"] = compute_surface(
-        objectives[0]["sgd"],
+        _objective(models[0]["sgd"], config, 0, test=True),
         [interpolation_direction(models[0]["sgd"], models[0]["sam"])],
         x=config.interpolation,
         path=os.path.join(out_dir, "seed_0", "interpolation.h5"),
@@ -345,9 +348,9 @@ def per_seed_values(metrics: dict, reports: dict, surfaces: dict, config: Figure
 def run_record(metrics: dict, report: dict) -> dict:
     """One model's numbers: training metrics on the full splits, then its sharpness report.
 
-    The report's loss and accuracy, measured on the analysis subset (``surface_samples`` and
-    ``test_samples``), are kept as ``analysis_loss``, ``analysis_acc``, ``analysis_test_loss``
-    and ``analysis_test_acc`` beside the full-split ``train_*`` and ``test_*``.
+    The report's loss and accuracy, measured on the analysis subset (the first
+    ``surface_samples`` training examples), are kept as ``analysis_loss`` and ``analysis_acc``
+    beside the full-split ``train_*`` and ``test_*``.
     """
     renamed = {k: v for k, v in report.items() if k not in ("loss", "acc", "test_loss", "test_acc")}
     for key in ("loss", "acc", "test_loss", "test_acc"):
