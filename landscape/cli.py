@@ -551,9 +551,9 @@ def sharpness(model_path, k, no_hessian, json_path, data, scale, imports, regula
 @click.option("--basin-rise", type=float, default=None,
               help="Basin = grid points within this loss of the centre's [1.0].")  # fmt: skip
 @click.option("--samples", type=int, default=None,
-              help="Training examples the surfaces and reports use (0: all) [500].")  # fmt: skip
+              help="Training examples of surfaces and reports (0: all) [500].")  # fmt: skip
 @click.option("--test-samples", type=int, default=None,
-              help="Test examples the surfaces and reports use (0: all) [500].")  # fmt: skip
+              help="Test examples of the interpolation (0: all) [500].")  # fmt: skip
 @click.option("--k", type=int, default=None, help="Hessian eigenvalues in the reports [3].")
 @quiet_option
 def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, depth, width, lr,
