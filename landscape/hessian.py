@@ -5,15 +5,21 @@ full-data, sample-weighted loss in inference mode (see ``landscape.objective``),
 the trainable weights, summed in float64. The algorithms work on flat float64 vectors of
 ``n_params`` entries and count every product they use (``n_hvp``).
 
-- ``hessian_eigenvalues``: Lanczos with full reorthogonalization (default), which stops when the
-  Ritz residual ‖Hv − λv‖ ≤ tol·|λ| for all wanted pairs; ``"arpack"`` (scipy ``eigsh``, implicit
-  restarts, bounded memory); or ``"power"``, power iteration stopped PyHessian's way (relative
-  change of λ below tol), for comparison. Every result carries residuals recomputed with fresh
-  products: a certificate, not a promise.
+- ``hessian_eigenvalues``: thick-restart Lanczos (default; Wu & Simon 2000) with full
+  reorthogonalization in a basis of fixed size, so memory is bounded, which stops when the Ritz
+  residual ‖Hv − λv‖ ≤ tol·|λ| for all wanted pairs; ``"arpack"`` (scipy ``eigsh``, implicit
+  restarts); or ``"power"``, power iteration stopped PyHessian's way (relative change of λ below
+  tol), for comparison. Every result carries residuals recomputed with fresh products: a
+  certificate, not a promise; and says whether the run stopped at its cap (``capped``).
 - ``hessian_trace``: Hutchinson's estimator with Rademacher probes, stopped on its standard error.
 - ``hessian_spectrum``: stochastic Lanczos quadrature (SLQ) of the spectral density.
 
+Before any product, the memory a solver's basis needs is compared with ``available_memory()``
+and a basis that cannot fit is refused with one ValueError.
+
 References:
+    Wu & Simon 2000, "Thick-Restart Lanczos Method for Large Symmetric Eigenvalue Problems",
+    SIAM J. Matrix Anal. Appl. 22(2), 602-616, https://doi.org/10.1137/S0895479898334605.
     Ghorbani, Krishnan & Xiao 2019, "An Investigation into Neural Net Optimization via Hessian
     Eigenvalue Density", https://arxiv.org/abs/1901.10159.
     Yao, Gholami, Keutzer & Mahoney 2020, "PyHessian: Neural Networks Through the Lens of the
@@ -24,6 +30,7 @@ References:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +51,18 @@ WHICH = _checks.options(Which)
 
 # Lanczos stops on an invariant subspace when β_j ≤ BREAKDOWN · max|θ| (β = 0 in exact arithmetic).
 BREAKDOWN = 1e-12
+# Default Lanczos basis: max(2k + BASIS_EXTRA, BASIS_MIN) vectors, capped at n_params.
+BASIS_EXTRA = 10
+BASIS_MIN = 20
+# Default cap on the products of one thick-restart Lanczos run (all restarts together).
+LANCZOS_MAX_ITER = 1000
+# Default cap on ARPACK's restarts (scipy's own default, 10 · n_params, is unbounded in practice).
+ARPACK_MAX_RESTARTS = 100
+# n-vectors besides a basis that a solver holds at once: the next Lanczos vector, the HVP's
+# float64 input and output copies, and a certificate's residual.
+WORK_VECTORS = 4
+# A restart rotates the basis in column blocks of this many parameters (bounded scratch memory).
+RESTART_CHUNK = 1 << 16
 # A relative change of λ is measured as |Δλ| / (|λ| + POWER_EPS), as PyHessian does.
 POWER_EPS = 1e-6
 # Hutchinson checks its standard error only once it has this many probes.
@@ -63,12 +82,18 @@ class EigenResult:
         vectors: Unit-norm eigenvectors as ``Direction``s keyed by the trainable variables'
             paths (usable as surface directions: ``compute_surface(obj, [eig.vectors[0]])``).
         residuals: ``‖H v − λ v‖ / |λ|`` for each pair, recomputed with fresh products.
-        n_hvp: Hessian-vector products used, including the ones for the residuals.
+        n_hvp: Hessian-vector products used, including the k for the residuals.
         converged: True when every residual is ≤ ``tol``.
         which: ``"largest"``, ``"magnitude"`` or ``"smallest"``.
         method: ``"lanczos"``, ``"arpack"`` or ``"power"``.
         tol: The requested tolerance.
         n_params: Dimension of the Hessian (number of trainable scalars).
+        capped: True when the solver stopped at its cap ``max_iter`` before its own stopping
+            rule was met (then ``converged`` is usually False: raise ``max_iter``).
+        max_iter: The cap used: products of the Lanczos run, ARPACK restarts, or power
+            iterations per eigenvalue.
+        basis_size: The Lanczos basis m (None for the other methods).
+        restarts: Thick restarts of the Lanczos run (0 for the other methods).
     """
 
     values: np.ndarray
@@ -80,6 +105,10 @@ class EigenResult:
     method: str
     tol: float
     n_params: int
+    capped: bool = False
+    max_iter: int | None = None
+    basis_size: int | None = None
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,9 +120,12 @@ class TraceResult:
         stderr: Standard error of that mean (sample standard deviation / √samples).
         n_hvp: Hessian-vector products used (one per probe).
         samples: Number of probes used.
-        converged: True when ``stderr ≤ tol · |estimate|``.
+        converged: True when ``stderr ≤ tol · |estimate|``; False when the run stopped at
+            its cap of ``max_samples`` probes first (``capped``).
         values: The individual probe values zᵀHz.
         n_params: Dimension of the Hessian.
+        tol: The requested relative standard error.
+        max_samples: The cap on probes (``hessian_trace``'s ``samples``).
     """
 
     estimate: float
@@ -103,6 +135,13 @@ class TraceResult:
     converged: bool
     values: np.ndarray = field(repr=False)
     n_params: int = 0
+    tol: float = float("nan")
+    max_samples: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        """True when the run stopped at its cap of probes before reaching ``tol``."""
+        return not self.converged
 
 
 @dataclass(frozen=True)
@@ -217,53 +256,106 @@ def _residuals(op: _Hessian, values: np.ndarray, vectors: np.ndarray) -> np.ndar
 
 
 # ------------------------------------------------------------------------------ eigenvalues
-def _lanczos_step(op: _Hessian, q: list, alpha: list, beta: list) -> np.ndarray:
-    """One Lanczos step from q[-1] with full reorthogonalization: appends α_j and β_j.
+@dataclass
+class _Run:
+    """How an eigensolver stopped: at its cap (rather than on its rule), and its restarts."""
 
-    Returns the unnormalized next vector w (q_{j+1} = w / β_j). The basis is a list, so memory
-    grows with the steps taken, not with ``max_iter``.
+    capped: bool = False
+    restarts: int = 0
+
+
+def default_basis_size(k: int, n_params: int) -> int:
+    """The default Lanczos basis: max(2k + ``BASIS_EXTRA``, ``BASIS_MIN``) vectors, at most n."""
+    return min(n_params, max(2 * k + BASIS_EXTRA, BASIS_MIN))
+
+
+def _n_kept(k: int, basis_size: int) -> int:
+    """Ritz vectors a thick restart keeps: the k wanted and half of the rest of the basis."""
+    return k + (basis_size - k) // 2
+
+
+def _expand(op: _Hessian, V: np.ndarray, T: np.ndarray, j: int) -> float:
+    """One Lanczos step from V[j]: sets T[j, j] = α_j and V[j+1] = w / β_j; returns β_j.
+
+    w = H v_j is orthogonalized against the whole basis V[:j+1] by classical Gram-Schmidt run
+    twice ("twice is enough"): the first pass removes α_j v_j, β_{j−1} v_{j−1} and, after a
+    restart, the arrowhead couplings σᵢ yᵢ; the second keeps the basis orthogonal to rounding.
     """
-    j = len(alpha)
-    w = op(q[j])
-    alpha.append(float(q[j] @ w))
-    w -= alpha[j] * q[j]
-    if j:
-        w -= beta[j - 1] * q[j - 1]
-    for _ in range(2):  # full reorthogonalization (modified Gram-Schmidt), twice is enough
-        for u in q:
-            w -= (u @ w) * u
-    beta.append(float(np.linalg.norm(w)))
-    return w
+    w = op(V[j])
+    T[j, j] = V[j] @ w
+    basis = V[: j + 1]
+    for _ in range(2):
+        w -= basis.T @ (basis @ w)
+    beta = float(np.linalg.norm(w))
+    if beta > 0:
+        np.divide(w, beta, out=V[j + 1])
+    return beta
 
 
-def _lanczos(op, v0, k, which, tol, max_iter, bar):
-    """Lanczos with full reorthogonalization, stopped on the Ritz residual estimates.
+def _restart(V: np.ndarray, T: np.ndarray, theta, s, beta: float, keep) -> int:
+    """Thick restart (Wu & Simon 2000): the basis becomes [Y, v_{m+1}], Y the kept Ritz vectors.
 
-    The residual of a Ritz pair (θᵢ, Q sᵢ) after j steps is |β_j · sᵢ[j]| (exact, up to rounding,
-    with full reorthogonalization), so convergence is checked after every product.
+    From H V_m = V_m T_m + β_m v_{m+1} e_mᵀ and T_m = S Θ Sᵀ, each kept pair has
+    H yᵢ = θᵢ yᵢ + σᵢ v_{m+1} with σᵢ = β_m S[m−1, i], so the recurrence restarts from v_{m+1}
+    with the arrowhead projected matrix [[Θ, σ], [σᵀ, α]] (tridiagonal again after it). The
+    rotation V[:l] ← Sᵀ V[:m] runs in column blocks of ``RESTART_CHUNK``: no n-sized scratch.
+
+    Returns:
+        l, the number of kept vectors; V[l] (= v_{m+1}) is the next vector to expand.
     """
-    q, alpha, beta = [v0 / np.linalg.norm(v0)], [], []
-    converged = False
-    for j in range(min(max_iter, op.n)):
-        w = _lanczos_step(op, q, alpha, beta)
-        theta, s = scipy.linalg.eigh_tridiagonal(np.array(alpha), np.array(beta[:-1]))
-        idx = _order(theta, which)[:k]
-        scale = np.maximum(np.abs(theta[idx]), np.finfo(float).tiny)
-        estimates = np.abs(beta[j] * s[j, idx]) / scale
+    m, l = T.shape[0], len(keep)
+    rotation = np.ascontiguousarray(s[:, keep].T)
+    for start in range(0, V.shape[1], RESTART_CHUNK):
+        cols = slice(start, start + RESTART_CHUNK)
+        V[:l, cols] = rotation @ V[:m, cols]
+    V[l] = V[m]
+    T[:] = 0.0
+    T[np.arange(l), np.arange(l)] = theta[keep]
+    T[:l, l] = T[l, :l] = beta * s[m - 1, keep]
+    return l
+
+
+def _lanczos(op, v0, k, which, tol, max_iter, basis_size, bar):
+    """Thick-restart Lanczos with full reorthogonalization in a basis of ``basis_size`` vectors.
+
+    Stopped on the Ritz residual estimates, checked after every product: a pair (θᵢ, V sᵢ) of
+    the projected matrix T after step j has ‖H V sᵢ − θᵢ V sᵢ‖ = |β_j sᵢ[j]| (exact up to
+    rounding with full reorthogonalization, before and after restarts). A full basis restarts
+    with the ``_n_kept`` best Ritz vectors; the run stops at ``max_iter`` products in all.
+
+    Returns:
+        (Ritz values, Ritz vectors as rows, ``_Run``).
+    """
+    m, tiny = basis_size, np.finfo(float).tiny
+    V, T = np.empty((m + 1, op.n)), np.zeros((m, m))
+    V[0] = v0 / np.linalg.norm(v0)
+    j, run, start = 0, _Run(), op.n_hvp
+    while True:
+        beta = _expand(op, V, T, j)
+        theta, s = np.linalg.eigh(T[: j + 1, : j + 1])
+        order = _order(theta, which)
+        idx = order[:k]
+        estimates = np.abs(beta * s[j, idx]) / np.maximum(np.abs(theta[idx]), tiny)
         if bar is not None:  # the quantity that stops the run: the largest relative residual
             shown = [("lambda", theta[idx[0]]), ("residual", estimates.max())]
-            bar.update(j + 1, shown, finalize=False)
-        invariant = beta[j] <= BREAKDOWN * max(np.abs(theta).max(), np.finfo(float).tiny)
+            bar.update(op.n_hvp - start, shown, finalize=False)
+        invariant = beta <= BREAKDOWN * max(np.abs(theta).max(), tiny)
         if (len(idx) == k and np.all(estimates <= tol)) or invariant or j + 1 == op.n:
-            converged = len(idx) == k
             break
-        q.append(w / beta[j])
-    finish(bar, len(alpha))
-    logger.debug("Lanczos: %d steps, stopped on convergence: %s", len(alpha), converged)
-    vectors = np.zeros((len(idx), op.n))
-    for i, u in enumerate(q[: len(alpha)]):
-        vectors += np.outer(s[i, idx], u)
-    return theta[idx], vectors
+        if op.n_hvp - start >= max_iter:
+            run.capped = True
+            break
+        if j + 1 < m:
+            T[j, j + 1] = T[j + 1, j] = beta
+            j += 1
+        else:
+            j = _restart(V, T, theta, s, beta, order[: _n_kept(k, m)])
+            run.restarts += 1
+    finish(bar, op.n_hvp - start)
+    logger.debug(
+        "Lanczos: %d products, %d restarts, capped: %s", op.n_hvp - start, run.restarts, run.capped
+    )
+    return theta[idx], s[:, idx].T @ V[: j + 1], run
 
 
 def _arpack(op, v0, k, which, tol, max_iter, bar):
@@ -277,21 +369,21 @@ def _arpack(op, v0, k, which, tol, max_iter, bar):
 
     linear = scipy.sparse.linalg.LinearOperator((op.n, op.n), matvec=matvec, dtype=np.float64)
     mode = {"largest": "LA", "magnitude": "LM", "smallest": "SA"}[which]
+    run = _Run()
     try:
         values, vectors = scipy.sparse.linalg.eigsh(
             linear, k=k, which=mode, tol=tol, maxiter=max_iter, v0=v0
         )
-    except scipy.sparse.linalg.ArpackNoConvergence as err:
-        logger.warning("ARPACK did not converge: %s", err)
-        values, vectors = err.eigenvalues, err.eigenvectors
+    except scipy.sparse.linalg.ArpackNoConvergence as err:  # max_iter restarts reached
+        values, vectors, run.capped = err.eigenvalues, err.eigenvectors, True
     finish(bar, op.n_hvp - start)
     idx = _order(values, which)
-    return values[idx], vectors[:, idx].T
+    return values[idx], vectors[:, idx].T, run
 
 
 def _power(op, v0, k, tol, max_iter, rng, bar):
     """Power iteration with deflation, stopped as PyHessian does: |Δλ| / (|λ| + 1e-6) < tol."""
-    values, vectors, products = [], [], 0
+    values, vectors, products, run = [], [], 0, _Run()
     for i in range(k):
         v = v0 if i == 0 else rng.standard_normal(op.n)
         v /= np.linalg.norm(v)
@@ -310,10 +402,12 @@ def _power(op, v0, k, tol, max_iter, rng, bar):
                 lam = new
                 break
             lam = new
+        else:  # max_iter iterations without meeting the rule
+            run.capped = True
         values.append(lam)
         vectors.append(v)
     finish(bar, products)
-    return np.asarray(values), np.asarray(vectors)
+    return np.asarray(values), np.asarray(vectors), run
 
 
 def _show_power(bar, products: int, i: int, previous: float | None, new: float) -> None:
@@ -338,6 +432,7 @@ def hessian_eigenvalues(
     which: Which = "largest",
     tol: float = 1e-4,
     max_iter: int | None = None,
+    basis_size: int | None = None,
     seed: int | None = None,
     split: Split = "train",
     hvp_mode: HVPMode = "backward_over_backward",
@@ -345,61 +440,100 @@ def hessian_eigenvalues(
 ) -> EigenResult:
     """The ``k`` extreme eigenvalues of the loss's Hessian and their eigenvectors.
 
+    The default method is thick-restart Lanczos (Wu & Simon 2000) in float64 with full
+    reorthogonalization inside a basis of a fixed ``basis_size`` m: when the basis is full, the
+    recurrence restarts from the best Ritz vectors (the k wanted and half of the others) and the
+    residual vector, with an arrowhead projected matrix. Its memory is bounded by
+    ``(basis_size + k + 5) × n_params × 8`` bytes (m + 1 basis vectors, the k eigenvectors and
+    ``WORK_VECTORS`` n-vectors of scratch; the model's own HVP memory comes on top), e.g. about
+    4.7 GB for ResNet-50's 23.5 M parameters with k = 5 and the default m = 20. It stops as soon
+    as every wanted Ritz pair has ‖Hv − θv‖ ≤ tol·|θ| (checked after every product), or after
+    ``max_iter`` products in all.
+
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
         k: Number of eigenpairs. Defaults to 1.
-        method: ``"lanczos"``: Lanczos with full reorthogonalization in float64, stopped as
-            soon as every wanted Ritz pair has ‖Hv − θv‖ ≤ tol·|θ| (checked after every
-            product; keeps up to ``max_iter`` vectors of ``n_params`` floats). ``"arpack"``:
-            scipy's ``eigsh`` (implicitly restarted Lanczos, bounded memory, convergence
-            checked once per restart cycle, so usually more products). ``"power"``: power
-            iteration with deflation, stopped on a relative change of λ below ``tol`` as
-            PyHessian does; it converges to the eigenvalues of largest |λ| and stops early on
-            close eigenvalues (kept for comparison; see the residuals). Defaults to
-            ``"lanczos"``.
+        method: ``"lanczos"``: thick-restart Lanczos as above. ``"arpack"``: scipy's
+            ``eigsh`` (implicitly restarted Lanczos, basis of max(2k + 1, 20) vectors,
+            convergence checked once per restart cycle, so usually more products).
+            ``"power"``: power iteration with deflation, stopped on a relative change of λ
+            below ``tol`` as PyHessian does; it converges to the eigenvalues of largest |λ|
+            and stops early on close eigenvalues (kept for comparison; see the residuals).
+            Defaults to ``"lanczos"``.
         which: ``"largest"`` (largest algebraic: the sharpest directions), ``"magnitude"``
-            (largest |λ|) or ``"smallest"`` (most negative: negative curvature, saddles).
-            ``method="power"`` supports ``"magnitude"`` and ``"largest"`` (where it assumes
-            the dominant eigenvalue is positive). Defaults to ``"largest"``.
+            (largest |λ|, from both ends of the spectrum) or ``"smallest"`` (most negative:
+            negative curvature, saddles). ``method="power"`` supports ``"magnitude"`` and
+            ``"largest"`` (where it assumes the dominant eigenvalue is positive). Defaults to
+            ``"largest"``.
         tol: Relative tolerance: the residual ‖Hv − λv‖ / |λ| for ``"lanczos"`` and
             ``"arpack"``, the relative change of λ for ``"power"``. Defaults to 1e-4.
-        max_iter: Most products per Lanczos run (the Krylov dimension), ARPACK restarts, or
-            power iterations per eigenvalue. Defaults to None: 300 for Lanczos (capped at
-            ``n_params``), ``10 · n_params`` for ARPACK, 100 for power (PyHessian's default).
+        max_iter: The cap that bounds the time: Hessian-vector products of the Lanczos run
+            (all restarts together, before the k certificate products), ARPACK restarts, or
+            power iterations per eigenvalue. A run that reaches it stops with
+            ``capped=True``. Defaults to None: ``LANCZOS_MAX_ITER`` (1000) for Lanczos (at
+            most ``n_params`` when the basis holds the whole space), ``min(10 · n_params,
+            ARPACK_MAX_RESTARTS)`` (100) for ARPACK, 100 for power (PyHessian's default).
+        basis_size: m, the Lanczos basis (``method="lanczos"`` only), at least k + 2 (or
+            ``n_params``); larger takes more memory and usually fewer products. Defaults to
+            None: max(2k + 10, 20), at most ``n_params``.
         seed: Seed of the random start vector. Defaults to None (fresh entropy).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: How products are computed, see ``Objective.hessian_vector_product``.
             Defaults to ``"backward_over_backward"`` (measured faster in TensorFlow).
         verbose: 1 or 2 shows a ``keras.utils.Progbar`` over Hessian-vector products, aimed
-            at the cap (``max_iter`` for Lanczos, at most ``n_params``; ``k · max_iter`` for
-            power iteration; open for ARPACK), which a converging run stops short of. Lanczos
-            shows the leading Ritz value (``lambda``) and the largest relative residual of the
-            wanted pairs (``residual``, the quantity compared with ``tol``); power iteration
-            shows λ and its relative change (``change``, compared with ``tol``); ARPACK only
-            counts. Defaults to 0.
+            at the cap (``max_iter`` for Lanczos; ``k · max_iter`` for power iteration; open
+            for ARPACK), which a converging run stops short of. Lanczos shows the leading Ritz
+            value (``lambda``) and the largest relative residual of the wanted pairs
+            (``residual``, the quantity compared with ``tol``); power iteration shows λ and
+            its relative change (``change``, compared with ``tol``); ARPACK only counts.
+            Defaults to 0.
 
     Returns:
-        An ``EigenResult`` (``values``, ``vectors``, ``residuals``, ``n_hvp``, ``converged``);
-        ``converged`` is True only when every recomputed residual is ≤ ``tol`` (for power
-        iteration, whose rule looks at λ only, it usually is not).
+        An ``EigenResult`` (``values`` of shape (k,), ``vectors``, ``residuals``, ``n_hvp``,
+        ``converged``, ``capped``, ``restarts``); ``converged`` is True only when every
+        residual recomputed with a fresh product is ≤ ``tol`` (for power iteration, whose rule
+        looks at λ only, it usually is not); ``capped`` says the run stopped at ``max_iter``.
+
+    Raises:
+        ValueError: a bad argument (named), or a basis that does not fit in the available
+            memory (``available_memory``), before any product is computed.
 
     Example:
         >>> eig = hessian_eigenvalues(obj, k=3, seed=0)
-        >>> eig.values, eig.residuals, eig.converged
+        >>> eig.values, eig.residuals, eig.converged, eig.capped, eig.n_hvp
         >>> neg = hessian_eigenvalues(obj, which="smallest")    # negative curvature?
         >>> surf = compute_surface(obj, [eig.vectors[0]], x="-1:1:51")
+
+    References:
+        Wu & Simon 2000, "Thick-Restart Lanczos Method for Large Symmetric Eigenvalue
+        Problems", SIAM J. Matrix Anal. Appl. 22(2), 602-616,
+        https://doi.org/10.1137/S0895479898334605.
+        Lehoucq, Sorensen & Yang 1998, "ARPACK Users' Guide" (``method="arpack"``).
+        Yao et al. 2020, PyHessian, https://arxiv.org/abs/1912.07145 (``method="power"``).
     """
     method = _checks.choice("method", method, Method)
     which = _checks.choice("which", which, Which)
     tol = _checks.fraction("tol", tol)
     op = _Hessian(objective, split, hvp_mode)
-    k, max_iter = _eigen_sizes(op, k, method, which, max_iter)
-    values, vectors = _solve(op, k, method, which, tol, max_iter, seed, verbose)
-    return _eigen_result(op, values, vectors, k=k, method=method, which=which, tol=tol)
+    k, max_iter, basis_size = _eigen_sizes(op, k, method, which, max_iter, basis_size)
+    _check_eigen_memory(op.n, k, method, basis_size)
+    values, vectors, run = _solve(op, k, method, which, tol, max_iter, basis_size, seed, verbose)
+    return _eigen_result(
+        op,
+        values,
+        vectors,
+        run,
+        k=k,
+        method=method,
+        which=which,
+        tol=tol,
+        max_iter=max_iter,
+        basis_size=basis_size,
+    )
 
 
-def _eigen_sizes(op: _Hessian, k, method: str, which: str, max_iter) -> tuple[int, int]:
-    """Checked ``k`` and ``max_iter`` (its default per method)."""
+def _eigen_sizes(op: _Hessian, k, method: str, which: str, max_iter, basis_size):
+    """Checked ``k``, ``max_iter`` (its default per method) and ``basis_size`` (Lanczos)."""
     k = _checks.integer("k", k, 1)
     if k > op.n or (method == "arpack" and k >= op.n):
         raise ValueError(
@@ -411,61 +545,166 @@ def _eigen_sizes(op: _Hessian, k, method: str, which: str, max_iter) -> tuple[in
             "Argument `which='smallest'` is not available with method='power' (power "
             "iteration finds the largest |λ|); use method='lanczos'."
         )
+    if method != "lanczos":
+        if basis_size is not None:
+            raise ValueError(
+                "Argument `basis_size` applies to method='lanczos' only. Received: "
+                f"basis_size={basis_size!r} with method={method!r}."
+            )
+    elif basis_size is None:
+        basis_size = default_basis_size(k, op.n)
+    else:
+        basis_size = min(_checks.integer("basis_size", basis_size, min(k + 2, op.n)), op.n)
     if max_iter is None:
-        max_iter = {"lanczos": min(300, op.n), "arpack": 10 * op.n, "power": 100}[method]
-    return k, _checks.integer("max_iter", max_iter, 1)
+        arpack = min(10 * op.n, ARPACK_MAX_RESTARTS)
+        max_iter = {"lanczos": LANCZOS_MAX_ITER, "arpack": arpack, "power": 100}[method]
+    return k, _checks.integer("max_iter", max_iter, 1), basis_size
 
 
-def _solve(op: _Hessian, k, method, which, tol, max_iter, seed, verbose):
-    """(values, vectors as rows) from the chosen method, started from a seeded random vector."""
+def _solve(op: _Hessian, k, method, which, tol, max_iter, basis_size, seed, verbose):
+    """(values, vectors as rows, ``_Run``) from the chosen method, from a seeded random start."""
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(op.n)
     # The target is the cap on products (a run usually stops before it); ARPACK's is unknown.
-    target = {"lanczos": min(max_iter, op.n), "arpack": None, "power": k * max_iter}[method]
+    # A Lanczos basis that holds the whole space finds it in at most n_params products.
+    lanczos = max_iter if basis_size is None or basis_size < op.n else min(max_iter, op.n)
+    target = {"lanczos": lanczos, "arpack": None, "power": k * max_iter}[method]
     bar = progbar(target, verbose, "product")
     if method == "lanczos":
-        return _lanczos(op, v0, k, which, tol, max_iter, bar)
+        return _lanczos(op, v0, k, which, tol, max_iter, basis_size, bar)
     if method == "arpack":
         return _arpack(op, v0, k, which, tol, max_iter, bar)
-    values, vectors = _power(op, v0, k, tol, max_iter, rng, bar)
+    values, vectors, run = _power(op, v0, k, tol, max_iter, rng, bar)
     if which == "largest" and np.any(values < 0):
         logger.warning(
             "Power iteration found a dominant negative eigenvalue (%s): it is the largest "
             "|λ|, not the largest algebraic; use method='lanczos'.",
             values.min(),
         )
-    return values, vectors
+    return values, vectors, run
 
 
-def _eigen_result(op: _Hessian, values, vectors, *, k, method, which, tol) -> EigenResult:
+def _eigen_result(
+    op: _Hessian, values, vectors, run: _Run, *, k, method, which, tol, max_iter, basis_size
+) -> EigenResult:
     """Fresh residual certificates, the vectors as Directions, and the result."""
     residuals = _residuals(op, values, vectors)
-    converged = bool(len(values) == k and np.all(residuals <= tol))
-    logger.info(
-        "Hessian eigenvalues (%s, %s): %s, residuals %s, %d products",
-        method,
-        which,
-        values,
-        residuals,
-        op.n_hvp,
-    )
-    directions = [
-        op.direction(
-            v, {"kind": "hessian_eigenvector", "eigenvalue": float(lam), "index": i, "which": which}
-        )
-        for i, (lam, v) in enumerate(zip(values, vectors))
-    ]
-    return EigenResult(
+    result = EigenResult(
         values=np.asarray(values, np.float64),
-        vectors=directions,
+        vectors=[
+            op.direction(
+                v, {"kind": "hessian_eigenvector", "eigenvalue": float(lam), "index": i,
+                    "which": which},
+            )
+            for i, (lam, v) in enumerate(zip(values, vectors))
+        ],
         residuals=residuals,
         n_hvp=op.n_hvp,
-        converged=converged,
+        converged=bool(len(values) == k and np.all(residuals <= tol)),
         which=which,
         method=method,
         tol=tol,
         n_params=op.n,
-    )
+        capped=run.capped,
+        max_iter=max_iter,
+        basis_size=basis_size,
+        restarts=run.restarts,
+    )  # fmt: skip
+    _log_eigen(result)
+    return result
+
+
+def _log_eigen(r: EigenResult) -> None:
+    """The result in one INFO line; a WARNING when the run stopped at its cap."""
+    logger.info(
+        "Hessian eigenvalues (%s, %s): %s, residuals %s, %d products, %d restarts, "
+        "converged: %s, stopped at the cap: %s",
+        r.method, r.which, r.values, r.residuals, r.n_hvp, r.restarts, r.converged, r.capped,
+    )  # fmt: skip
+    if r.capped:
+        unit = {"lanczos": "products", "arpack": "restarts", "power": "iterations"}[r.method]
+        worst = float(np.max(r.residuals)) if r.residuals.size else np.inf
+        logger.warning(
+            "hessian_eigenvalues stopped at its cap, max_iter=%d %s (%d products in all), "
+            "before its stopping rule was met; converged: %s (largest residual %.2g, tol %g). "
+            "Raise max_iter (--max-iter) or basis_size (--basis-size) to certify the values.",
+            r.max_iter, unit, r.n_hvp, r.converged, worst, r.tol,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- memory
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use without swapping, or None when unknown.
+
+    Linux's ``MemAvailable`` (``/proc/meminfo``), lowered to the cgroup v2 limit minus the
+    cgroup's usage inside a memory-limited container; elsewhere the free physical pages
+    (``os.sysconf``); None where neither is known (then no check is made).
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit, used = f.read().strip(), int(g.read())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(int(available), 0)
+
+
+def _size(n_bytes: float) -> str:
+    """``n_bytes`` for a message: "4.70 GB", "8.6 kB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+def _check_memory(n_vectors: int, n: int, *, what: str, advice: str) -> None:
+    """One ValueError, before any work, when ``n_vectors`` float64 n-vectors cannot fit."""
+    needed, available = n_vectors * n * 8, available_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"{what} needs about {_size(needed)} ({n_vectors} float64 vectors of {n:,} "
+            f"parameters) but {_size(available)} of memory is available; {advice}."
+        )
+
+
+def _check_eigen_memory(n: int, k: int, method: str, basis_size: int | None) -> None:
+    """The memory bound of each eigensolver against ``available_memory()``."""
+    if method == "lanczos":
+        _check_memory(
+            basis_size + 1 + k + WORK_VECTORS,
+            n,
+            what=f"hessian_eigenvalues with basis_size={basis_size} and k={k}",
+            advice=f"pass a smaller `basis_size` (--basis-size, at least k + 2 = {k + 2}), "
+            "a smaller `k`, or free memory",
+        )
+    elif method == "arpack":  # eigsh's basis, its 3 work vectors and the k eigenvectors
+        _check_memory(
+            min(n, max(2 * k + 1, 20)) + 3 + k + WORK_VECTORS,
+            n,
+            what=f"hessian_eigenvalues(method='arpack') with k={k}",
+            advice="use method='lanczos' with a small `basis_size`, or a smaller `k`",
+        )
+    else:
+        _check_memory(
+            k + 1 + WORK_VECTORS,
+            n,
+            what=f"hessian_eigenvalues(method='power') with k={k}",
+            advice="pass a smaller `k`",
+        )
 
 
 # ------------------------------------------------------------------------------------ trace
@@ -487,7 +726,8 @@ def hessian_trace(
 
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
-        samples: Most probes (one product each). Defaults to 1000.
+        samples: The cap on probes (one product each), which bounds the time: a run that
+            has not reached ``tol`` by then stops with ``converged=False``. Defaults to 1000.
         tol: Relative standard error to reach. Defaults to 1e-2.
         seed: Seed of the probes. Defaults to None (fresh entropy).
         split: Data split of the objective. Defaults to ``"train"``.
@@ -499,7 +739,15 @@ def hessian_trace(
             at most ``TRACE_MIN_SAMPLES``. Defaults to 0.
 
     Returns:
-        A ``TraceResult`` (``estimate``, ``stderr``, ``n_hvp``, ``samples``, ``converged``).
+        A ``TraceResult`` (``estimate``, ``stderr``, ``n_hvp``, ``samples`` used,
+        ``converged``, ``capped``: stopped at ``samples`` probes before reaching ``tol``).
+
+    Raises:
+        ValueError: a ``samples`` below 1 or a ``tol`` outside (0, 1).
+
+    References:
+        Hutchinson 1990, "A stochastic estimator of the trace of the influence matrix for
+        Laplacian smoothing splines", Commun. Stat. Simul. Comput. 19(2).
     """
     samples = _checks.integer("samples", samples, 1)
     tol = _checks.fraction("tol", tol)
@@ -522,6 +770,14 @@ def hessian_trace(
             break
     finish(bar, len(values))
     logger.info("Hessian trace %.6g ± %.2g (%d probes)", estimate, stderr, len(values))
+    if not converged:
+        logger.warning(
+            "hessian_trace stopped at its cap of samples=%d probes with a relative standard "
+            "error of %.2g > tol=%g; raise samples (--trace-probes) or tol (--trace-tol).",
+            samples,
+            stderr / abs(estimate) if estimate else np.inf,
+            tol,
+        )
     return TraceResult(
         estimate=estimate,
         stderr=stderr,
@@ -530,10 +786,31 @@ def hessian_trace(
         converged=converged,
         values=np.asarray(values),
         n_params=op.n,
+        tol=tol,
+        max_samples=samples,
     )
 
 
 # --------------------------------------------------------------------------------- spectrum
+def _lanczos_step(op: _Hessian, q: list, alpha: list, beta: list) -> np.ndarray:
+    """One Lanczos step from q[-1] with full reorthogonalization: appends α_j and β_j.
+
+    Returns the unnormalized next vector w (q_{j+1} = w / β_j). Used by SLQ, whose runs keep
+    every vector (a list: memory grows with the steps taken).
+    """
+    j = len(alpha)
+    w = op(q[j])
+    alpha.append(float(q[j] @ w))
+    w -= alpha[j] * q[j]
+    if j:
+        w -= beta[j - 1] * q[j - 1]
+    for _ in range(2):  # full reorthogonalization (modified Gram-Schmidt), twice is enough
+        for u in q:
+            w -= (u @ w) * u
+    beta.append(float(np.linalg.norm(w)))
+    return w
+
+
 def _slq_run(op: _Hessian, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """One Lanczos run of ``steps`` products from v0: Gauss quadrature nodes and weights."""
     q, alpha, beta = [v0 / np.linalg.norm(v0)], [], []
@@ -564,8 +841,9 @@ def hessian_spectrum(
 ) -> SpectrumResult:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
-    Each run starts Lanczos (full reorthogonalization, float64) from a normalized Rademacher
-    vector v; the eigen-decomposition T = S Θ Sᵀ of the ``steps × steps`` tridiagonal matrix
+    Each run starts Lanczos (full reorthogonalization, float64, so a run keeps its ``steps``
+    vectors: ``(steps + 5) × n_params × 8`` bytes) from a normalized Rademacher vector v; the
+    eigen-decomposition T = S Θ Sᵀ of the ``steps × steps`` tridiagonal matrix
     gives a Gauss quadrature of vᵀ f(H) v with nodes Θ and weights S[0, :]². The average over
     runs estimates the spectral measure (1/n) Σᵢ δ(t − λᵢ); its mean is a Hutchinson estimate
     of tr(H)/n.
@@ -586,6 +864,11 @@ def hessian_spectrum(
     Returns:
         A ``SpectrumResult`` with ``nodes`` and ``weights`` of shape ``(runs, steps)`` and
         ``density(grid, sigma=None)``.
+
+    Raises:
+        ValueError: a ``steps`` or ``runs`` below 1, or a run's basis of
+            ``(steps + 5) × n_params × 8`` bytes that does not fit in the available memory
+            (``available_memory``), before any product.
     """
     steps = _checks.integer("steps", steps, 1)
     runs = _checks.integer("runs", runs, 1)
@@ -593,6 +876,12 @@ def hessian_spectrum(
     if steps > op.n:
         logger.info("hessian_spectrum: steps=%d capped at n_params=%d", steps, op.n)
         steps = op.n
+    _check_memory(
+        steps + 1 + WORK_VECTORS,
+        op.n,
+        what=f"hessian_spectrum with steps={steps}",
+        advice="pass fewer `steps` (--steps)",
+    )
     rng = np.random.default_rng(seed)
     bar = progbar(runs, verbose, "run")
     nodes, weights = np.zeros((runs, steps)), np.zeros((runs, steps))

@@ -250,6 +250,7 @@ def test_power_iteration_stopped_pyhessians_way_is_worse_at_equal_products(quadr
     assert error(power) > 1e-2 and power.n_hvp < lanczos.n_hvp
     assert not power.converged and power.residuals[0] > 1e-3
     assert error(equal) > 1000 * error(lanczos) and not equal.converged
+    assert equal.capped and not lanczos.capped and not power.capped
 
 
 def test_power_iteration_with_deflation_on_a_well_separated_spectrum(float64):
@@ -269,6 +270,74 @@ def test_one_trace_for_all_products(quadratic):
     landscape.hessian_spectrum(obj, steps=5, runs=2, seed=0)
     assert r.n_hvp > 10
     assert obj.trace_count == {"train": 1, "train/hvp/backward_over_backward": 1}
+
+
+# ------------------------------------------------------------- thick-restart Lanczos
+def _two_sided(dim=60, seed=5):
+    """Known spectrum with both ends well apart from a bulk: 100, 97, 90 and −95, −60, −40."""
+    rng = np.random.default_rng(seed)
+    eig = np.concatenate([[100.0, 97.0, 90.0], rng.uniform(-30.0, 70.0, dim - 6)])
+    eig = np.concatenate([eig, [-95.0, -60.0, -40.0]])
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    return (q * eig) @ q.T
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "magnitude"])
+def test_thick_restart_in_a_small_basis_finds_the_eigh_values(float64, which):
+    a = _two_sided()
+    model, obj = _quadratic_objective(a)
+    want = np.linalg.eigh(a)[0]
+    want = {"largest": want[::-1], "smallest": want, "magnitude": want[np.argsort(-abs(want))]}
+    r = landscape.hessian_eigenvalues(obj, k=3, which=which, basis_size=8, tol=1e-10, seed=0)
+    np.testing.assert_allclose(r.values, want[which][:3], rtol=1e-8)
+    assert r.converged and not r.capped and np.all(r.residuals <= 1e-10)
+    assert r.restarts > 0 and r.n_hvp - 3 > r.basis_size == 8  # it did restart
+    assert abs(r.vectors[0].dot(r.vectors[2])) < 1e-8
+    # The same certified values as unrestarted Lanczos (a basis that holds the whole space).
+    full = landscape.hessian_eigenvalues(obj, k=3, which=which, basis_size=60, tol=1e-10, seed=0)
+    assert full.restarts == 0 and full.basis_size == 60
+    np.testing.assert_allclose(r.values, full.values, rtol=1e-9)
+
+
+def test_thick_restart_on_a_keras_model_matches_its_dense_hessian(float64):
+    model = _tiny_mlp()
+    rng = np.random.default_rng(2)
+    x, y, s = rng.normal(size=(23, 3)), rng.integers(0, 3, 23), rng.uniform(0.5, 2.0, 23)
+    h, _ = _dense_hessian(model, x, y, s)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    obj = landscape.Objective(model, (x, y, s), loss, batch_size=8, metrics=())
+    r = landscape.hessian_eigenvalues(obj, k=3, basis_size=8, tol=1e-10, seed=0)
+    np.testing.assert_allclose(r.values, np.linalg.eigh(h)[0][::-1][:3], rtol=1e-8)
+    assert r.converged and r.restarts > 0 and r.n_params == h.shape[0]
+
+
+def test_a_basis_that_cannot_fit_is_refused_before_any_product(quadratic, monkeypatch):
+    eig, model, obj = quadratic
+    assert hessian.available_memory() > 0  # /proc/meminfo on Linux
+    monkeypatch.setattr(hessian, "available_memory", lambda: 5_000)
+    # (basis_size + 1 + k + WORK_VECTORS) float64 vectors of 40: (20 + 1 + 2 + 4) · 40 · 8 bytes.
+    need = (20 + 1 + 2 + hessian.WORK_VECTORS) * DIM * 8
+    with pytest.raises(ValueError, match=f"basis_size=20 and k=2 needs about {need / 1e3:.1f} kB"):
+        landscape.hessian_eigenvalues(obj, k=2)
+    with pytest.raises(ValueError, match="but 5.0 kB of memory is available; pass a smaller `b"):
+        landscape.hessian_eigenvalues(obj, k=2, basis_size=30)
+    with pytest.raises(ValueError, match="hessian_spectrum with steps=40 .* fewer `steps`"):
+        landscape.hessian_spectrum(obj, steps=80)
+    assert obj.trace_count == {}  # refused before any product was traced or run
+    small = landscape.hessian_eigenvalues(obj, k=2, basis_size=4, tol=1e-8, seed=0)  # 3.2 kB
+    np.testing.assert_allclose(small.values, TOP[:2], rtol=1e-8)
+
+
+def test_a_run_stopped_at_its_cap_says_so(quadratic, caplog):
+    eig, model, obj = quadratic
+    with caplog.at_level("WARNING", logger="landscape"):
+        r = landscape.hessian_eigenvalues(obj, k=3, basis_size=5, max_iter=6, tol=1e-10, seed=0)
+    assert r.capped and not r.converged and r.max_iter == 6
+    assert r.n_hvp == 6 + 3 and r.restarts == 1  # the cap, then three certificates
+    assert "stopped at its cap, max_iter=6 products (9 products in all)" in caplog.text
+    assert f"largest residual {r.residuals.max():.2g}" in caplog.text
+    arpack = landscape.hessian_eigenvalues(obj, k=6, method="arpack", max_iter=1, tol=1e-12)
+    assert arpack.capped and arpack.max_iter == 1 and arpack.basis_size is None
 
 
 # --------------------------------------------------------------------- trace, spectrum
@@ -344,6 +413,14 @@ def test_slq_density_matches_a_smoothed_histogram_of_the_eigenvalues(quadratic):
         (lambda o: landscape.hessian_eigenvalues(o, tol=0), "`tol` must be in \\(0, 1\\)"),
         (lambda o: landscape.hessian_eigenvalues(o, tol=1.5), "Received: tol=1.5"),
         (lambda o: landscape.hessian_eigenvalues(o, max_iter=0), "Received: max_iter=0"),
+        (
+            lambda o: landscape.hessian_eigenvalues(o, k=3, basis_size=4),
+            "`basis_size` must be an int >= 5. Received: basis_size=4",
+        ),
+        (
+            lambda o: landscape.hessian_eigenvalues(o, method="arpack", basis_size=10),
+            "`basis_size` applies to method='lanczos' only",
+        ),
         (
             lambda o: landscape.hessian_eigenvalues(o, method="qr"),
             "Unknown method 'qr'; expected one of \\('lanczos', 'arpack', 'power'\\)",
