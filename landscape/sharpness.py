@@ -575,17 +575,24 @@ def sharpness_report(
     steps: int = STEPS,
     samples: int = SAMPLES,
     include_hessian: bool = True,
+    eigen_tol: float | None = None,
+    eigen_max_iter: int | None = None,
+    basis_size: int | None = None,
     trace_tol: float | None = None,
     trace_samples: int | None = None,
     verbose: int | str = 0,
-) -> dict[str, float]:
-    """Every sharpness measure of the current weights in one flat dict of floats.
+) -> dict[str, float | bool]:
+    """Every sharpness measure of the current weights in one flat dict of floats (and flags).
 
     Keys, in order:
         ``loss``, ``acc`` (and the other metrics of ``objective.evaluate()``), ``test_loss``,
         ``test_acc``… when the objective has a test split;
-        ``hessian_eigenvalue_1`` … ``hessian_eigenvalue_k`` (largest first),
-        ``hessian_trace``, ``hessian_trace_stderr`` (with ``include_hessian``);
+        with ``include_hessian``: ``hessian_eigenvalue_1`` … ``hessian_eigenvalue_k``
+        (largest first), ``hessian_converged`` (a bool: every eigenvalue certified, its
+        residual ≤ the tolerance; False when Lanczos stopped at its cap first),
+        ``hessian_trace``, ``hessian_trace_stderr``, ``hessian_trace_converged`` (a bool: the
+        relative standard error reached the tolerance; False when Hutchinson stopped at its
+        cap of probes first);
         ``epsilon_sharpness`` (percent);
         ``worst_l2``, ``worst_l2_adaptive``, ``worst_linf``, ``worst_linf_adaptive``;
         ``average_l2``, ``average_l2_stderr``, ``average_l2_adaptive``,
@@ -607,17 +614,24 @@ def sharpness_report(
         include_hessian: Compute the top eigenvalues (``hessian_eigenvalues``, Lanczos) and
             the trace (``hessian_trace``, Hutchinson) with ``landscape.hessian``. Defaults to
             True.
+        eigen_tol: Relative residual at which the eigenvalues are certified; None keeps
+            ``hessian_eigenvalues``'s default (1e-4). Defaults to None.
+        eigen_max_iter: Cap on the Hessian-vector products of the eigenvalues' Lanczos run;
+            None keeps ``hessian_eigenvalues``'s default (1000). Defaults to None.
+        basis_size: Lanczos basis (memory: ``(basis_size + k + 5) × n_params × 8`` bytes);
+            None keeps ``hessian_eigenvalues``'s default, max(2k + 10, 20). Defaults to None.
         trace_tol: Relative standard error at which the trace estimate stops; None keeps
-            ``hessian_trace``'s default. Defaults to None.
+            ``hessian_trace``'s default (1e-2). Defaults to None.
         trace_samples: Most Hutchinson probes of the trace (its reported stderr says how
-            far it got); None keeps ``hessian_trace``'s default. Defaults to None.
+            far it got); None keeps ``hessian_trace``'s default (1000). Defaults to None.
         verbose: Passed to every metric. Defaults to 0.
 
     Returns:
-        ``{name: float}``, JSON-serializable.
+        ``{name: float}`` and the two ``bool`` convergence flags, JSON-serializable.
 
     Raises:
-        ValueError: an unknown metric name in ``rho`` or a bad radius.
+        ValueError: an unknown metric name in ``rho``, a bad radius or cost setting, or a
+            Lanczos basis that does not fit in memory (before any work).
         ImportError: ``include_hessian=True`` without the ``landscape.hessian`` module.
 
     Example:
@@ -628,23 +642,33 @@ def sharpness_report(
     k = _checks.integer("k", k)
     include_hessian = _checks.boolean("include_hessian", include_hessian)
     radii = _report_radii(rho)
-    trace_options = {} if trace_tol is None else {"tol": _checks.positive("trace_tol", trace_tol)}
-    if trace_samples is not None:
-        trace_options["samples"] = _checks.integer("trace_samples", trace_samples)
+    if epsilon is not None:
+        epsilon = _checks.positive("epsilon", epsilon)
+    steps, samples = _checks.integer("steps", steps), _checks.integer("samples", samples)
+    eigen_options, trace_options = _hessian_options(
+        eigen_tol, eigen_max_iter, basis_size, trace_tol, trace_samples
+    )
     hessian = _hessian_module() if include_hessian else None
 
-    report: dict[str, float] = {}
+    report: dict[str, float | bool] = {}
     for split in objective.splits:
         prefix = "" if split == "train" else f"{split}_"
         for name, value in objective.evaluate(split=split).items():
             report[prefix + name] = float(value)
     if hessian is not None:
-        eig = hessian.hessian_eigenvalues(objective, k=k, seed=seed)
+        hessian_verbose = resolve_verbose(verbose)
+        eig = hessian.hessian_eigenvalues(
+            objective, k=k, seed=seed, verbose=hessian_verbose, **eigen_options
+        )
         for i, value in enumerate(sorted(np.asarray(eig.values, np.float64).ravel(), reverse=True)):
             report[f"hessian_eigenvalue_{i + 1}"] = float(value)
-        trace = hessian.hessian_trace(objective, seed=seed, **trace_options)
+        report["hessian_converged"] = bool(eig.converged)
+        trace = hessian.hessian_trace(
+            objective, seed=seed, verbose=hessian_verbose, **trace_options
+        )
         report["hessian_trace"] = float(trace.estimate)
         report["hessian_trace_stderr"] = float(trace.stderr)
+        report["hessian_trace_converged"] = bool(trace.converged)
     if epsilon is not None:
         report["epsilon_sharpness"] = epsilon_sharpness(
             objective, epsilon, seed=seed, verbose=verbose
@@ -654,6 +678,24 @@ def sharpness_report(
         if radius is not None:
             report.update(_ball_metric(objective, name, radius, **options))
     return report
+
+
+def _hessian_options(eigen_tol, eigen_max_iter, basis_size, trace_tol, trace_samples):
+    """Checked keyword arguments of ``hessian_eigenvalues`` and ``hessian_trace`` (None: the
+    function's default)."""
+    eigen: dict = {}
+    if eigen_tol is not None:
+        eigen["tol"] = _checks.fraction("eigen_tol", eigen_tol)
+    if eigen_max_iter is not None:
+        eigen["max_iter"] = _checks.integer("eigen_max_iter", eigen_max_iter)
+    if basis_size is not None:
+        eigen["basis_size"] = _checks.integer("basis_size", basis_size)
+    trace: dict = {}
+    if trace_tol is not None:
+        trace["tol"] = _checks.positive("trace_tol", trace_tol)
+    if trace_samples is not None:
+        trace["samples"] = _checks.integer("trace_samples", trace_samples)
+    return eigen, trace
 
 
 def _report_radii(rho: Mapping[str, float] | None) -> dict[str, float | None]:

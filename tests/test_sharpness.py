@@ -451,13 +451,16 @@ def test_report_with_hessian_on_a_quadratic(minimum):
     obj = quadratic_objective(A, x, c=0.25)
     report = landscape.sharpness_report(obj, k=2, steps=20, samples=3, trace_tol=0.05)
     assert json.loads(json.dumps(report)) == report
-    assert list(report)[:5] == [
+    assert list(report)[:7] == [
         "loss",
         "hessian_eigenvalue_1",
         "hessian_eigenvalue_2",
+        "hessian_converged",
         "hessian_trace",
         "hessian_trace_stderr",
+        "hessian_trace_converged",
     ]
+    assert report["hessian_converged"] is True and report["hessian_trace_converged"] is True
     assert report["loss"] == pytest.approx(0.25, rel=1e-12)
     eigenvalues = np.linalg.eigvalsh(A)
     assert report["hessian_eigenvalue_1"] == pytest.approx(eigenvalues[-1], rel=1e-6)
@@ -478,8 +481,51 @@ def test_report_trace_samples_caps_the_hutchinson_probes(minimum):
     assert capped.n_hvp == 12
     assert report["hessian_trace"] == capped.estimate
     assert report["hessian_trace_stderr"] == capped.stderr > 0
+    assert report["hessian_trace_converged"] is False and capped.capped
     with pytest.raises(ValueError, match="trace_samples=0"):
         landscape.sharpness_report(obj, trace_samples=0)
+
+
+def test_report_forwards_the_eigenvalue_cost_knobs(minimum, monkeypatch):
+    """eigen_tol, eigen_max_iter and basis_size reach hessian_eigenvalues; a run stopped at
+    its cap is flagged not converged."""
+    hessian = pytest.importorskip("landscape.hessian")
+    obj = quadratic_objective(*minimum)
+    rho = dict.fromkeys(sharpness.REPORT_RHO)  # only the Hessian rows
+    calls = []
+    original = hessian.hessian_eigenvalues
+    monkeypatch.setattr(
+        hessian, "hessian_eigenvalues", lambda *a, **kw: calls.append(kw) or original(*a, **kw)
+    )
+    report = landscape.sharpness_report(
+        obj, k=1, rho=rho, epsilon=None, eigen_tol=1e-12, eigen_max_iter=2, basis_size=3,
+        trace_samples=10,
+    )  # fmt: skip
+    knobs = {"tol": 1e-12, "max_iter": 2, "basis_size": 3}
+    assert calls == [{"k": 1, "seed": 0, "verbose": 0, **knobs}]
+    capped = original(obj, k=1, tol=1e-12, max_iter=2, basis_size=3, seed=0)
+    assert capped.capped and not capped.converged
+    assert report["hessian_eigenvalue_1"] == capped.values[0]
+    assert report["hessian_converged"] is False
+    assert "epsilon_sharpness" not in report
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"eigen_max_iter": 0}, "eigen_max_iter=0"),
+        ({"eigen_tol": 2.0}, "`eigen_tol` must be in \\(0, 1\\). Received: eigen_tol=2.0"),
+        ({"basis_size": 0}, "basis_size=0"),
+        ({"epsilon": 0.0}, "epsilon=0.0"),
+        ({"steps": 0}, "steps=0"),
+        ({"samples": 0}, "samples=0"),
+    ],
+)
+def test_report_refuses_bad_cost_settings_before_any_work(minimum, options, match):
+    obj = quadratic_objective(*minimum)
+    with pytest.raises(ValueError, match=match):
+        landscape.sharpness_report(obj, **options)
+    assert obj.trace_count == {}  # nothing evaluated
 
 
 def test_report_with_hessian_fails_clearly_without_the_hessian_module(minimum, monkeypatch):
