@@ -104,6 +104,18 @@ def _say(quiet: bool, text: str) -> None:
         click.echo(text)
 
 
+def _at_least(flag: str, value, minimum: int = 1) -> None:
+    """A numeric option below ``minimum`` (None: not given) as one sentence naming the flag."""
+    if value is not None and value < minimum:
+        raise UserError(f"{flag} must be at least {minimum} (received {value}).")
+
+
+def _fraction(flag: str, value) -> None:
+    """A relative tolerance outside (0, 1) as one sentence naming the flag."""
+    if value is not None and not 0 < value < 1:
+        raise UserError(f"{flag} must be between 0 and 1, exclusive (received {value}).")
+
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only errors; no progress bars.")
 data_option = click.option(
     "--data",
@@ -282,7 +294,9 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports,
 @click.option("--samples", type=int, default=0, help="Use the first N training samples [all].")
 @click.option("--test-samples", type=int, default=-1,
               help="Use the first N test samples; 0 skips the test set [all].")  # fmt: skip
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Examples per batch of every grid point's evaluation (memory and speed, "
+                   "not the values).")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), default="surface.h5", show_default=True)
 @click.option("--workers", type=int, default=None,
               help="Evaluate on N local worker processes (a process pool; --backend dask "
@@ -308,13 +322,14 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
       landscape surface sam.keras --x=-1:1:101 --y=-1:1:101 --scheduler tcp://head:8786
       landscape surface mine.keras --import my_models.py --data mine.npz --x=-1:1:21
     """
+    _at_least("--samples", samples, 0)
+    _at_least("--batch-size", batch_size)
+    _at_least("--workers", workers)
     verbose = _setup(quiet)
     from landscape.directions import interpolation_direction, random_direction
     from landscape.executors import make_executor
     from landscape.surface import compute_surface
 
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1 (received {workers}).")
     if backend == "mpi" and scheduler is None and workers is None:
         workers = os.cpu_count() or 1
     model = _load_model(model_path, imports)
@@ -404,15 +419,67 @@ analysis_data = [
         show_default=True,
         help="Use the first N training samples (0: all).",
     ),  # fmt: skip
-    click.option("--batch-size", type=int, default=500, show_default=True),
+    click.option(
+        "--batch-size",
+        type=int,
+        default=500,
+        show_default=True,
+        help="Examples per batch of every loss, gradient and Hessian-vector "
+        "product (memory and speed, not the values).",
+    ),  # fmt: skip
     click.option("--seed", type=int, default=0, show_default=True),
 ]
 
+# The cost knobs of hessian_eigenvalues (thick-restart Lanczos), shared by hessian and sharpness.
+eigen_options = [
+    click.option("--tol", type=float, default=1e-4, show_default=True,
+                 help="Eigenvalues: relative residual |Hv - lv| / |l| that certifies them."),
+    click.option("--max-iter", type=int, default=None,
+                 help="Eigenvalues: cap on the Hessian-vector products of the Lanczos run; "
+                      "a run that reaches it says so (not converged) [1000]."),
+    click.option("--basis-size", type=int, default=None,
+                 help="Eigenvalues: Lanczos basis, at least k + 2; memory is "
+                      "(basis size + k + 5) x parameters x 8 bytes [max(2k + 10, 20)]."),
+]  # fmt: skip
+
+
+def _trace_options(tol: float) -> list:
+    """The cost knobs of hessian_trace (Hutchinson), with this command's tolerance."""
+    return [
+        click.option("--trace-probes", type=int, default=1000, show_default=True,
+                     help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
+                          "each); a run that reaches it says so."),
+        click.option("--trace-tol", type=float, default=tol, show_default=True,
+                     help="Trace: stop at this relative standard error."),
+    ]  # fmt: skip
+
+
+def _options(*groups):
+    """A decorator applying click options in the order given (the first is shown first)."""
+
+    def decorate(fn):
+        for option in reversed([o for group in groups for o in group]):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
 
 def _analysis_options(fn):
-    for option in reversed(analysis_data):
-        fn = option(fn)
-    return fn
+    return _options(analysis_data)(fn)
+
+
+def _check_costs(*, k, tol, max_iter, basis_size, trace_probes, trace_tol, samples,
+                 batch_size) -> None:  # fmt: skip
+    """The shared cost knobs, checked before the model is loaded: one sentence naming the flag."""
+    _at_least("--samples", samples, 0)
+    _at_least("--k", k)
+    _fraction("--tol", tol)
+    _at_least("--max-iter", max_iter)
+    _at_least("--basis-size", basis_size, k + 2)
+    _at_least("--trace-probes", trace_probes)
+    _fraction("--trace-tol", trace_tol)
+    _at_least("--batch-size", batch_size)
 
 
 def _write_json_file(path: str, payload: dict) -> None:
@@ -424,55 +491,106 @@ def _write_json_file(path: str, payload: dict) -> None:
     os.replace(tmp, path)  # nothing half-written
 
 
+def _analysis_objective(model_path, data, samples, test_samples, batch_size, scale, imports,
+                        regularization, quiet):  # fmt: skip
+    """The Objective of an analysis command's model and data options."""
+    model = _load_model(model_path, imports)
+    recipe = _recipe(
+        model_path, data, samples, test_samples, batch_size, scale, imports, regularization
+    )
+    return recipe.build(model, on_note=lambda note: _say(quiet, note))
+
+
+def _eigen_summary(eig) -> dict:
+    """The eigenvalues as printed and as JSON: values, residuals, cost, converged or capped."""
+    click.echo(f"{'#':>3} {'eigenvalue':>14} {'residual':>10}")
+    for i, (v, r) in enumerate(zip(eig.values, eig.residuals), 1):
+        click.echo(f"{i:>3} {v:>14.6g} {r:>10.2e}")
+    click.echo(
+        f"{eig.n_hvp} Hessian-vector products ({eig.restarts} restarts of a basis of "
+        f"{eig.basis_size}); converged: {eig.converged}"
+    )
+    if eig.capped:
+        click.echo(f"stopped at the cap --max-iter {eig.max_iter}; raise it to certify them")
+    return {
+        "eigenvalues": [float(v) for v in eig.values],
+        "residuals": [float(r) for r in eig.residuals],
+        "converged": bool(eig.converged),
+        "capped": bool(eig.capped),
+        "n_hvp": int(eig.n_hvp),
+        "max_iter": eig.max_iter,
+        "basis_size": eig.basis_size,
+        "restarts": int(eig.restarts),
+        "tol": eig.tol,
+        "which": eig.which,
+    }
+
+
+def _trace_summary(tr) -> dict:
+    """The trace estimate as printed and as JSON, with its probes and whether it converged."""
+    stop = "converged" if tr.converged else f"stopped at the cap --trace-probes {tr.max_samples}"
+    click.echo(f"trace {tr.estimate:.6g} ± {tr.stderr:.2g} ({tr.samples} probes, {stop})")
+    return {
+        "estimate": tr.estimate,
+        "stderr": tr.stderr,
+        "n_hvp": int(tr.n_hvp),
+        "samples": int(tr.samples),
+        "converged": bool(tr.converged),
+        "capped": bool(tr.capped),
+        "tol": tr.tol,
+    }
+
+
 @main.command()
 @click.argument("model_path", metavar="MODEL.keras")
 @click.option("--k", type=int, default=5, show_default=True, help="Top eigenvalues to compute.")
 @click.option("--which", type=click.Choice(_checks.options(_checks.Which)),
               default="largest", show_default=True)  # fmt: skip
-@click.option("--tol", type=float, default=1e-4, show_default=True,
-              help="Relative residual |Hv - lv| / |l| to reach.")  # fmt: skip
+@_options(eigen_options)
 @click.option("--trace", "with_trace", is_flag=True, help="Also Hutchinson's trace estimate.")
-@click.option("--trace-tol", type=float, default=0.05, show_default=True,
-              help="Stop the trace at this relative standard error.")  # fmt: skip
+@_options(_trace_options(0.05))
 @click.option("--density", type=click.Path(dir_okay=False), default=None,
               help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
-@click.option("--steps", type=int, default=80, show_default=True, help="Lanczos steps per SLQ run.")
+@click.option("--steps", type=int, default=80, show_default=True,
+              help="Lanczos steps per SLQ run (memory: steps + 5 vectors of the "
+                   "parameters).")  # fmt: skip
 @click.option("--runs", type=int, default=10, show_default=True, help="SLQ runs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON.")  # fmt: skip
 @_analysis_options
 @quiet_option
-def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, runs, json_path,
-            data, scale, imports, regularization, samples, batch_size, seed, quiet):  # fmt: skip
-    """Hessian eigenvalues (Lanczos, with residuals), trace and spectral density of a model.
+def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_probes, trace_tol,
+            density, steps, runs, json_path, data, scale, imports, regularization, samples,
+            batch_size, seed, quiet):  # fmt: skip
+    """Hessian eigenvalues (thick-restart Lanczos, with residuals), trace and spectral density.
+
+    Every iterative part has a cap that bounds its time (--max-iter, --trace-probes; SLQ runs
+    exactly --runs x --steps products) and says when it stopped there rather than converged.
 
     \b
     Examples:
       landscape hessian sam.keras --k 5
       landscape hessian sgd.keras --k 3 --trace --density sgd_spectrum.png --json sgd.json
+      landscape hessian big.keras --k 1 --max-iter 100 --basis-size 10 --trace --trace-probes 50
     """
+    _check_costs(k=k, tol=tol, max_iter=max_iter, basis_size=basis_size,
+                 trace_probes=trace_probes, trace_tol=trace_tol, samples=samples,
+                 batch_size=batch_size)  # fmt: skip
+    _at_least("--steps", steps)
+    _at_least("--runs", runs)
     verbose = _setup(quiet)
     from landscape.hessian import hessian_eigenvalues, hessian_spectrum, hessian_trace
 
-    model = _load_model(model_path, imports)
-    recipe = _recipe(model_path, data, samples, 0, batch_size, scale, imports, regularization)
-    objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
-    eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, seed=seed, verbose=verbose)
-    out = {
-        "eigenvalues": [float(v) for v in eig.values],
-        "residuals": [float(r) for r in eig.residuals],
-        "converged": bool(eig.converged),
-        "n_hvp": int(eig.n_hvp),
-        "which": which,
-    }
-    click.echo(f"{'#':>3} {'eigenvalue':>14} {'residual':>10}")
-    for i, (v, r) in enumerate(zip(eig.values, eig.residuals), 1):
-        click.echo(f"{i:>3} {v:>14.6g} {r:>10.2e}")
-    click.echo(f"{eig.n_hvp} Hessian-vector products; converged: {eig.converged}")
+    objective = _analysis_objective(model_path, data, samples, 0, batch_size, scale, imports,
+                                    regularization, quiet)  # fmt: skip
+    eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, max_iter=max_iter,
+                              basis_size=basis_size, seed=seed, verbose=verbose)  # fmt: skip
+    out = _eigen_summary(eig)
     if with_trace:
-        tr = hessian_trace(objective, tol=trace_tol, seed=seed, verbose=verbose)
-        out["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "n_hvp": tr.n_hvp}
-        click.echo(f"trace {tr.estimate:.6g} ± {tr.stderr:.2g} ({tr.n_hvp} probes)")
+        tr = hessian_trace(
+            objective, samples=trace_probes, tol=trace_tol, seed=seed, verbose=verbose
+        )
+        out["trace"] = _trace_summary(tr)
     if density:
         import matplotlib
 
@@ -493,33 +611,57 @@ def hessian(model_path, k, which, tol, with_trace, trace_tol, density, steps, ru
 @click.argument("model_path", metavar="MODEL.keras")
 @click.option("--k", type=int, default=5, show_default=True, help="Top Hessian eigenvalues.")
 @click.option("--no-hessian", is_flag=True, help="Leave out the Hessian rows (faster).")
+@_options(eigen_options, _trace_options(0.01))
+@click.option("--epsilon", type=float, default=1e-3, show_default=True,
+              help="Box size of Keskar et al.'s ε-sharpness (about ten gradients).")  # fmt: skip
+@click.option("--no-epsilon", is_flag=True, help="Leave out the ε-sharpness.")
+@click.option("--steps", type=int, default=20, show_default=True,
+              help="Gradient-ascent steps of each worst-case metric (one gradient "
+                   "each).")  # fmt: skip
+@click.option("--average-samples", type=int, default=20, show_default=True,
+              help="Random perturbations of each average-case metric (one loss "
+                   "each).")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON.")  # fmt: skip
 @_analysis_options
 @quiet_option
-def sharpness(model_path, k, no_hessian, json_path, data, scale, imports, regularization, samples,
-              batch_size, seed, quiet):  # fmt: skip
+def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes, trace_tol,
+              epsilon, no_epsilon, steps, average_samples, json_path, data, scale, imports,
+              regularization, samples, batch_size, seed, quiet):  # fmt: skip
     """Every sharpness measure of a model in one table (sharpness_report).
+
+    The Hessian rows come with hessian_converged and hessian_trace_converged: False when
+    Lanczos (--max-iter) or Hutchinson (--trace-probes) stopped at its cap first.
 
     \b
     Examples:
       landscape sharpness sam.keras
       landscape sharpness sgd.keras --k 3 --json sgd_sharpness.json
+      landscape sharpness big.keras --k 1 --max-iter 100 --trace-probes 50 --no-epsilon \\
+        --steps 5 --average-samples 5 --samples 256
     """
+    _check_costs(k=k, tol=tol, max_iter=max_iter, basis_size=basis_size,
+                 trace_probes=trace_probes, trace_tol=trace_tol, samples=samples,
+                 batch_size=batch_size)  # fmt: skip
+    _at_least("--steps", steps)
+    _at_least("--average-samples", average_samples)
+    if not no_epsilon and not epsilon > 0:
+        raise UserError(f"--epsilon must be greater than 0 (received {epsilon}).")
     verbose = _setup(quiet)
     from landscape.sharpness import sharpness_report
 
-    model = _load_model(model_path, imports)
-    recipe = _recipe(model_path, data, samples, None, batch_size, scale, imports, regularization)
-    objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
+    objective = _analysis_objective(model_path, data, samples, None, batch_size, scale, imports,
+                                    regularization, quiet)  # fmt: skip
     report = sharpness_report(
-        objective, k=k, seed=seed, include_hessian=not no_hessian, verbose=verbose
-    )
+        objective, k=k, seed=seed, include_hessian=not no_hessian, eigen_tol=tol,
+        eigen_max_iter=max_iter, basis_size=basis_size, trace_tol=trace_tol,
+        trace_samples=trace_probes, epsilon=None if no_epsilon else epsilon, steps=steps,
+        samples=average_samples, verbose=verbose,
+    )  # fmt: skip
     width = max(len(key) for key in report)
     for key, value in report.items():
-        click.echo(
-            f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key}  {value}"
-        )
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        click.echo(f"{key:<{width}}  {shown}")
     if json_path:
         _write_json_file(json_path, report)
         _say(quiet, f"wrote {json_path}")

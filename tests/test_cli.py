@@ -150,3 +150,92 @@ def test_sharpness_command(trained, tmp_path):
     report = json.loads(out.read_text())
     assert "worst_l2" in report and "epsilon_sharpness" in report and "test_acc" in report
     assert "worst_l2" in result.output
+
+
+# ------------------------------------------------------------------------ cost knobs
+def test_hessian_knobs_reach_the_library_and_a_capped_run_says_so(trained, tmp_path):
+    out = tmp_path / "capped.json"
+    result = invoke("hessian", trained / "sam.keras", "--k", 2, "--max-iter", 3, "--basis-size",
+                    4, "--trace", "--trace-probes", 4, "--trace-tol", 1e-6, "--samples", 100,
+                    "--batch-size", 50, "--json", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["capped"] is True and report["converged"] is False
+    assert report["max_iter"] == 3 and report["basis_size"] == 4 and report["tol"] == 1e-4
+    assert report["n_hvp"] == 3 + 2  # the cap, then one certificate per eigenvalue
+    assert report["trace"]["samples"] == report["trace"]["n_hvp"] == 4
+    assert report["trace"]["capped"] is True and report["trace"]["converged"] is False
+    assert "stopped at the cap --max-iter 3" in result.output
+    assert "4 probes, stopped at the cap --trace-probes 4" in result.output
+
+
+def test_sharpness_forwards_every_knob(trained, monkeypatch):
+    import landscape.sharpness
+
+    calls = []
+
+    def report(objective, **options):
+        calls.append((objective.batch_size, options))
+        return {"loss": 0.5, "hessian_converged": False}
+
+    monkeypatch.setattr(landscape.sharpness, "sharpness_report", report)
+    result = invoke("sharpness", trained / "sgd.keras", "--k", 2, "--tol", 1e-3, "--max-iter", 7,
+                    "--basis-size", 9, "--trace-probes", 4, "--trace-tol", 0.2, "--no-epsilon",
+                    "--steps", 3, "--average-samples", 2, "--samples", 100, "--batch-size", 64,
+                    "--seed", 5, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    batch_size, options = calls[0]
+    assert batch_size == 64
+    assert options == {
+        "k": 2, "seed": 5, "include_hessian": True, "eigen_tol": 1e-3, "eigen_max_iter": 7,
+        "basis_size": 9, "trace_tol": 0.2, "trace_samples": 4, "epsilon": None, "steps": 3,
+        "samples": 2, "verbose": 0,
+    }  # fmt: skip
+    assert "hessian_converged  False" in result.output
+    assert invoke("sharpness", trained / "sgd.keras", "--epsilon", 0.01, "-q").exit_code == 0
+    assert calls[1][1]["epsilon"] == 0.01 and calls[1][1]["eigen_max_iter"] is None
+
+
+def test_cheapest_sharpness_flags_what_stopped_at_its_cap(trained):
+    result = invoke("sharpness", trained / "sgd.keras", "--k", 1, "--max-iter", 2, "--basis-size",
+                    3, "--trace-probes", 3, "--no-epsilon", "--steps", 1, "--average-samples", 2,
+                    "--samples", 64, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = dict(line.split(maxsplit=1) for line in result.output.strip().splitlines())
+    assert rows["hessian_converged"] == "False" and rows["hessian_trace_converged"] == "False"
+    assert "epsilon_sharpness" not in rows and float(rows["worst_l2"]) >= 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hessian", "m.keras", "--max-iter", 0], "--max-iter must be at least 1 (received 0)."),
+        (["hessian", "m.keras", "--tol", 2], "--tol must be between 0 and 1, exclusive"),
+        (["hessian", "m.keras", "--k", 2, "--basis-size", 3], "--basis-size must be at least 4"),
+        (["hessian", "m.keras", "--trace-probes", 0], "--trace-probes must be at least 1"),
+        (["hessian", "m.keras", "--steps", 0], "--steps must be at least 1"),
+        (["hessian", "m.keras", "--batch-size", 0], "--batch-size must be at least 1"),
+        (["sharpness", "m.keras", "--trace-tol", 0], "--trace-tol must be between 0 and 1"),
+        (["sharpness", "m.keras", "--epsilon", 0], "--epsilon must be greater than 0"),
+        (["sharpness", "m.keras", "--steps", 0], "--steps must be at least 1"),
+        (["sharpness", "m.keras", "--average-samples", 0], "--average-samples must be at least"),
+        (["sharpness", "m.keras", "--samples", -1], "--samples must be at least 0"),
+        (["surface", "m.keras", "--batch-size", 0], "--batch-size must be at least 1"),
+        (["surface", "m.keras", "--workers", 0], "--workers must be at least 1 (received 0)."),
+    ],
+)
+def test_bad_cost_settings_are_one_sentence_before_any_work(args, message):
+    result = invoke(*args)  # m.keras does not exist: the settings are checked first
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {message}") and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_basis_that_cannot_fit_is_one_sentence(trained, monkeypatch):
+    from landscape import hessian
+
+    monkeypatch.setattr(hessian, "available_memory", lambda: 1000)
+    result = invoke("hessian", trained / "sam.keras", "--samples", 50, "-q")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("Error: hessian_eigenvalues with basis_size=20 and k=5 needs")
+    assert "--basis-size" in result.output and len(result.output.strip().splitlines()) == 1
