@@ -445,10 +445,10 @@ def hessian_eigenvalues(
     recurrence restarts from the best Ritz vectors (the k wanted and half of the others) and the
     residual vector, with an arrowhead projected matrix. Its memory is bounded by
     ``(basis_size + k + 5) × n_params × 8`` bytes (m + 1 basis vectors, the k eigenvectors and
-    ``WORK_VECTORS`` n-vectors of scratch; the model's own HVP memory comes on top), e.g. about
-    4.7 GB for ResNet-50's 23.5 M parameters with k = 5 and the default m = 20. It stops as soon
-    as every wanted Ritz pair has ‖Hv − θv‖ ≤ tol·|θ| (checked after every product), or after
-    ``max_iter`` products in all.
+    ``WORK_VECTORS`` n-vectors of scratch; TensorFlow's own memory during a product comes on
+    top), e.g. 5.6 GB for ResNet-50's 23.5 M parameters with k = 5 and the default m = 20. It
+    stops as soon as every wanted Ritz pair has ‖Hv − θv‖ ≤ tol·|θ| (checked after every
+    product), or after ``max_iter`` products in all.
 
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
