@@ -94,15 +94,19 @@ def main() -> None:
     print("| metric | SGD | SAM |")
     print("| --- | ---: | ---: |")
     for key in reports["sgd"]:
-        if key.endswith("_stderr"):
-            continue
+        if key.endswith("_stderr") or isinstance(reports["sgd"][key], bool):
+            continue  # stderr goes beside its value; convergence flags are printed below
         sgd, sam = cell(reports["sgd"], key), cell(reports["sam"], key)
         print(f"| {label(key, args.epsilon)} | {sgd} | {sam} |")
     keys = list(reports["sgd"])
-    flat = [k for k in keys[keys.index(FLATNESS_ROWS_FROM) :] if not k.endswith("_stderr")]
+    flat = [k for k in keys[keys.index(FLATNESS_ROWS_FROM) :]
+            if not k.endswith("_stderr") and not isinstance(reports["sgd"][k], bool)]  # fmt: skip
     flatter = sum(reports["sam"][k] < reports["sgd"][k] for k in flat)
     print()
     print(f"SAM is flatter (lower) on {flatter} of {len(flat)} sharpness rows.")
+    flags = [k for k in keys if isinstance(reports["sgd"][k], bool)]
+    for key in flags:
+        print(f"{key}: SGD {reports['sgd'][key]}, SAM {reports['sam'][key]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports, f, indent=2)
