@@ -359,6 +359,23 @@ def run_record(metrics: dict, report: dict) -> dict:
     return {**renamed, **metrics}
 
 
+CERTIFICATES = {
+    "hessian_converged": "Hessian eigenvalues certified (Lanczos residual within tolerance)",
+    "hessian_trace_converged": "Hessian trace within its standard-error tolerance",
+}
+
+
+def certificates(reports: dict) -> dict:
+    """``{flag: {name: [bool per seed]}}`` for the reports' convergence flags (those present)."""
+    out: dict[str, dict[str, list]] = {}
+    for flag in CERTIFICATES:
+        for name in OPTIMIZERS:
+            rows = [reports[name][s] for s in sorted(reports[name])]
+            if all(flag in row for row in rows):
+                out.setdefault(flag, {})[name] = [bool(row[flag]) for row in rows]
+    return out
+
+
 def summarize(values: dict, config: FiguresConfig) -> dict:
     """Statistics per optimizer and the SAM-vs-SGD comparison (numbers and sentences)."""
     stats = {name: {key: _summary.seed_statistics(v) for key, v in rows.items()}
@@ -391,6 +408,10 @@ def summary_markdown(summary: dict) -> str:
         cells = [_mean_se(summary["statistics"][n][key], key) for n in OPTIMIZERS]
         verdict = comparison["sentence"].split(": ", 1)[1]
         lines.append(f"| {_summary.WORDS.get(key, key)} | {cells[0]} | {cells[1]} | {verdict} |")
+    lines.append("")
+    for flag, per_name in summary.get("certificates", {}).items():
+        counts = ", ".join(f"{sum(v)} of {len(v)} {n.upper()}" for n, v in per_name.items())
+        lines.append(f"{CERTIFICATES[flag]}: {counts} models.")
     lines += ["", *(f"- {file}: {text}" for file, text in summary.get("captions", {}).items())]
     return "\n".join(lines) + "\n"
 
@@ -439,6 +460,7 @@ def make_figures(
     metrics = trained["metrics"]
     summary["runs"] = {name: {str(s): run_record(metrics[name][s], reports[name][s])
                               for s in metrics[name]} for name in OPTIMIZERS}  # fmt: skip
+    summary["certificates"] = certificates(reports)
     written, summary["captions"] = _figure_plots.draw(surfaces, summary, out_dir)
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     _write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))

@@ -46,6 +46,13 @@ def test_writes_every_figure_and_the_statistics(quick_run):
             assert stats["stderr"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(2))
     md = (out / "summary.md").read_text()
     assert "| quantity | SGD | SAM | SAM vs SGD |" in md and "| λ₁ |" in md
+    reports = json.loads((out / "reports.json").read_text())
+    for flag, per_name in summary["certificates"].items():
+        for name, flags in per_name.items():
+            assert flags == [reports[name][s][flag] for s in ("0", "1")]
+        counts = ", ".join(f"{sum(per_name[n])} of 2 {n.upper()}" for n in ("sgd", "sam"))
+        assert counts in md
+    assert set(summary["certificates"]) == {"hessian_converged", "hessian_trace_converged"}
     assert summary["comparison"]["test_acc"]["sentence"] in output
 
 
