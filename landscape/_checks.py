@@ -26,6 +26,7 @@ Method = Literal["lanczos", "arpack", "power"]
 Which = Literal["largest", "magnitude", "smallest"]
 Split = Literal["train", "test"]
 HVPMode = Literal["forward_over_backward", "backward_over_backward"]
+Precision = Literal["auto", "float32", "float64", "model"]  # the dtype an Objective computes in
 Kind = Literal["contour", "contourf", "heatmap", "surface", "line"]
 Verbose = Literal["auto", 0, 1, 2]
 ModelName = Literal["mlp", "cnn", "resnet"]  # the model zoo

@@ -281,3 +281,32 @@ def set_layer_name_counters(counters: dict[str, int]) -> None:
     from keras.src.backend.common import global_state
 
     global_state.set_global_attribute(_NAME_UIDS, collections.defaultdict(int, counters))
+
+
+# -- for landscape: the analysis precision ------------------------------------------------------
+# ``landscape.Objective`` computes a mixed-precision model in float32 (or any model in float64):
+# it gives the model's layers another dtype policy while it traces (the public setter) and maps
+# the variables to values of the analysis dtype. Keras has no public way to list every nested
+# layer of a model, nor to map a variable to a value of another dtype in a ``StatelessScope``.
+
+
+def all_layers(model) -> list:
+    """Every layer of ``model``: itself and all nested layers (``Layer._flatten_layers``)."""
+    return list(_private(model, "_flatten_layers")(include_self=True, recursive=True))
+
+
+def stateless_scope_keeping_dtypes(mapping):
+    """A ``keras.StatelessScope`` in which each variable reads as the value given, dtype kept.
+
+    ``StatelessScope(state_mapping=...)`` casts every value to its variable's dtype; this scope
+    stores the values as they are (``StatelessScope.state_mapping``, keyed by ``id(variable)``,
+    which ``KerasVariable.value`` reads), so that float32 variables read as float64 values.
+    The variables themselves are never assigned.
+    """
+    import keras
+
+    scope = keras.StatelessScope()
+    state = _private(scope, "state_mapping")
+    for variable, value in mapping:
+        state[id(variable)] = value
+    return scope

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from sam import _compat
 
@@ -59,6 +60,29 @@ def test_layer_name_counters_drive_automatic_names():
         assert keras.layers.Dense(1).name == "dense_1"
     finally:
         _compat.set_layer_name_counters(saved)
+
+
+def test_all_layers_lists_the_model_and_its_nested_layers():
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="inner_dense")])
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(1, name="outer")(inner(inp)))
+    layers = _compat.all_layers(model)
+    assert layers[0] is model
+    assert {layer.name for layer in layers} >= {"inner_dense", "outer", inner.name}
+
+
+def test_stateless_scope_keeping_dtypes_reads_float32_variables_as_float64():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    kernel = keras.ops.convert_to_numpy(layer.kernel.value).copy()
+    wide = tf.constant(kernel.astype(np.float64) + 0.5)
+    with _compat.stateless_scope_keeping_dtypes([(layer.kernel, wide)]):
+        value = layer.kernel.value
+        assert value.dtype == tf.float64 and value is wide
+    # The public scope casts to the variable's dtype; the variable is never assigned.
+    with keras.StatelessScope(state_mapping=[(layer.kernel, wide)]):
+        assert layer.kernel.value.dtype == tf.float32
+    assert keras.ops.convert_to_numpy(layer.kernel.value).tobytes() == kernel.tobytes()
 
 
 def test_a_renamed_attribute_fails_loudly():
