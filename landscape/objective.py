@@ -14,11 +14,14 @@ with the whole data in one batch. With several batches Keras averages the per-ba
 weighted by batch size, which differs when the normalizer varies between batches (masks,
 ``mean_with_sample_weight``) and is the same otherwise.
 
-The model runs in inference mode (BatchNorm moving statistics, no dropout). The offset is applied
-through ``keras.StatelessScope``: the model's variables are never assigned, so they stay
-bit-identical, also when evaluation raises. One compiled batch loop (``tf.function`` per data
-split and entry point, traced once) serves the values, the gradient and exact Hessian-vector
-products; the offset of a point is built on the device as δ = Σₖ αₖ dₖ.
+The model runs in inference mode (BatchNorm moving statistics, no dropout), in the analysis
+precision (``precision="auto"``: float32 for a mixed-precision model, else its own dtype; or
+float32, float64, or the model's own float16 on request), recorded as ``Objective.precision``.
+The offset is applied through ``keras.StatelessScope``: the model's variables are never
+assigned, so they stay bit-identical, also when evaluation raises. One compiled batch loop
+(``tf.function`` per data split and entry point, traced once) serves the values, the gradient
+and exact Hessian-vector products; the offset of a point is built on the device as
+δ = Σₖ αₖ dₖ.
 
 Metrics are the model's compiled metrics (``metrics="auto"``), evaluated through Keras's own
 metric objects in the same loop (stateless: the model's metric state is not touched).
@@ -26,6 +29,7 @@ metric objects in the same loop (stateless: the model's metric state is not touc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -38,13 +42,18 @@ import tensorflow as tf
 
 from landscape import _checks, _terms
 from landscape._batches import DataSplit, describe, model_inputs
-from landscape._checks import HVPMode, Split
+from landscape._checks import HVPMode, Precision, Split
 from landscape.directions import Direction, ModelVariables, fingerprint_arrays, float_variables
 from sam import _compat
 
 logger = logging.getLogger("landscape")
 
 HVP_MODES = _checks.options(HVPMode)
+PRECISIONS = _checks.options(Precision)
+#: compute dtypes of mixed precision, which the default analysis precision lifts to float32
+LOW_PRECISIONS = ("float16", "bfloat16")
+# Significand bits of each floating-point dtype: the narrowest dtype in use names the precision.
+_SIGNIFICAND_BITS = {"bfloat16": 8, "float16": 11, "float32": 24, "float64": 53}
 #: relative tolerance of the check that the Objective reproduces the model's compiled loss
 LOSS_CHECK_RTOL = 1e-4
 
@@ -66,6 +75,106 @@ def _compiled(python_function, signature):
     fn = tf.function(python_function, input_signature=signature, autograph=False)
     fn._omit_frequent_tracing_warning = True  # private TF flag; harmless if ignored
     return fn
+
+
+# ------------------------------------------------------------------------------ precision
+def _narrowest(dtypes) -> str | None:
+    """The dtype with the fewest significand bits (its rounding dominates), or None."""
+    known = [d for d in dtypes if d in _SIGNIFICAND_BITS]
+    return min(known, key=_SIGNIFICAND_BITS.__getitem__) if known else None
+
+
+def _float_policy(layer) -> str | None:
+    """The compute dtype of ``layer`` if its dtype policy can be switched, else None.
+
+    Switchable: a plain floating-point ``DTypePolicy`` (not a quantized one, not a
+    ``DTypePolicyMap``) of a layer that computes (an ``InputLayer`` only declares a dtype).
+    """
+    policy = layer.dtype_policy
+    if isinstance(layer, keras.layers.InputLayer) or isinstance(
+        policy, keras.dtype_policies.DTypePolicyMap
+    ):
+        return None
+    if not isinstance(policy, keras.dtype_policies.DTypePolicy) or policy.quantization_mode:
+        return None
+    dtype = keras.backend.standardize_dtype(policy.compute_dtype)
+    return dtype if dtype in _SIGNIFICAND_BITS else None
+
+
+class _Precision:
+    """The dtype an Objective computes in, and how the model is made to compute in it.
+
+    ``precision`` is resolved against the compute dtypes of the model's layers (the model
+    itself and every nested layer). ``applied()`` gives each layer that computes in another
+    dtype the policy of the analysis dtype while the model runs — at trace time only: the
+    traced graphs keep that arithmetic — and always puts the layer's own policy object back,
+    also when the call raises. ``value_dtype(v)`` is the dtype variable v is read in (its
+    float32 values cast exactly to float64 for ``"float64"``); the variables are never
+    assigned.
+    """
+
+    def __init__(self, model: keras.Model, precision: str):
+        self.requested = _checks.choice("precision", precision, Precision)
+        layers = [(layer, _float_policy(layer)) for layer in _compat.all_layers(model)]
+        layers = [(layer, dtype) for layer, dtype in layers if dtype is not None]
+        own = keras.backend.standardize_dtype(model.compute_dtype)
+        #: the model's own (narrowest) compute dtype
+        self.model_dtype = _narrowest(d for _, d in layers) or own
+        if precision == "model":
+            targets = {}
+        elif precision == "auto":
+            targets = {id(layer): "float32" for layer, dtype in layers if dtype in LOW_PRECISIONS}
+        else:
+            targets = {id(layer): precision for layer, dtype in layers if dtype != precision}
+        self._switch = [
+            (layer, keras.dtype_policies.DTypePolicy(targets[id(layer)]))
+            for layer, _ in layers
+            if id(layer) in targets
+        ]
+        used = [targets.get(id(layer), dtype) for layer, dtype in layers]
+        #: the dtype the analysis computes in: the narrowest compute dtype in effect
+        self.name = _narrowest(used) or (own if precision in ("auto", "model") else precision)
+
+    def value_dtype(self, variable) -> tf.DType:
+        """The dtype ``variable`` is read in during the analysis."""
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        if self.requested == "auto" and dtype in LOW_PRECISIONS:
+            dtype = "float32"
+        elif self.requested in ("float32", "float64"):
+            dtype = self.requested
+        return tf.as_dtype(dtype)
+
+    def check_outputs(self, y_pred) -> None:
+        """Outputs narrower than the layers' dtype (the model's own casts) lower ``name`` to
+        theirs, with a warning."""
+        dtypes = {keras.backend.standardize_dtype(t.dtype) for t in tf.nest.flatten(y_pred)}
+        narrow = _narrowest(dtypes)
+        if narrow is not None and _SIGNIFICAND_BITS[narrow] < _SIGNIFICAND_BITS.get(self.name, 0):
+            logger.warning(
+                "The model's outputs are %s although its layers compute in %s "
+                "(precision=%r): the model's own code casts to %s (only the layers' dtype "
+                "policies are switched), so the analysis carries %s rounding and records "
+                "precision %r.",
+                narrow, self.name, self.requested, narrow, narrow, narrow,
+            )  # fmt: skip
+            self.name = narrow
+
+    def switched(self) -> tuple:
+        """What ``applied()`` changes: (layer id, policy name) pairs."""
+        return tuple((id(layer), policy.name) for layer, policy in self._switch)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The layers' policies switched to the analysis dtype, restored on exit."""
+        saved = []
+        try:
+            for layer, policy in self._switch:
+                saved.append((layer, layer.dtype_policy))
+                layer.dtype_policy = policy
+            yield
+        finally:
+            for layer, policy in reversed(saved):
+                layer.dtype_policy = policy
 
 
 # ------------------------------------------------------------------------------ flat view
@@ -156,7 +265,9 @@ class _BatchLoop:
 
     Every entry point runs the model in a ``keras.StatelessScope`` at the offset weights over
     the batches of a split (``DataSplit.reduce``) and sums float64 (N, D) pairs per loss term
-    (``landscape._terms``); one ``tf.function`` per split and entry point, traced once.
+    (``landscape._terms``); one ``tf.function`` per split and entry point, traced once. The
+    model runs in the analysis precision (``_set_precision``): its layers' policies switched
+    while it is traced, its variables read in ``self._dtypes``.
     """
 
     def _n_pairs(self, with_metrics: bool) -> int:
@@ -180,10 +291,43 @@ class _BatchLoop:
             return state
         return tuple(self._keras_metrics.stateless_update_state(list(state), y, y_pred, w))
 
+    def _set_precision(self, precision) -> None:
+        """Resolve ``precision`` (see ``Objective``) and the dtype each variable is read in."""
+        self._precision = _Precision(self.model, precision)
+        #: the dtype each of ``self.variables`` is read in (and offsets and vectors are given in)
+        self._dtypes = [self._precision.value_dtype(v) for v in self.variables]
+        self._keeps_dtypes = all(
+            d.name == keras.backend.standardize_dtype(v.dtype)
+            for d, v in zip(self._dtypes, self.variables)
+        )
+        if self._precision.name in LOW_PRECISIONS:
+            logger.info(
+                "The Objective computes in %s (precision=%r): every loss, gradient and "
+                "Hessian-vector product carries its rounding (relative error about 1e-3 in "
+                "float16); precision='auto' computes in float32.",
+                self._precision.name,
+                self._precision.requested,
+            )
+
+    def _run_model(self, x):
+        """The model's outputs on ``x`` at w0, in the analysis precision (eagerly)."""
+        if self._keeps_dtypes:
+            with self._precision.applied():
+                return self.model(x, training=False)
+        values = [tf.cast(v.value, d) for v, d in zip(self.variables, self._dtypes)]
+        with self._precision.applied(), self._scope(values):
+            return self.model(x, training=False)
+
+    def _scope(self, values):
+        """The StatelessScope in which the variables read as ``values`` (analysis dtypes)."""
+        mapping = list(zip(self.variables, values))
+        if self._keeps_dtypes:
+            return keras.StatelessScope(state_mapping=mapping)
+        return _compat.stateless_scope_keeping_dtypes(mapping)
+
     def _forward(self, values, x, y, w, with_metrics: bool):
         """(pairs, y_pred) at the variable values ``values`` (inference mode, one batch)."""
-        mapping = list(zip(self.variables, values))
-        with keras.StatelessScope(state_mapping=mapping):
+        with self._precision.applied(), self._scope(values):
             y_pred = self.model(x, training=False)
             return self._batch_pairs(x, y, w, y_pred, with_metrics), y_pred
 
@@ -211,15 +355,16 @@ class _BatchLoop:
         return out
 
     def _values(self, coefficients, basis) -> list:
+        """w0 + Σₖ cₖ dₖ per variable, in its analysis dtype (the basis is in it already)."""
         return [
-            v.value + tf.tensordot(tf.cast(coefficients, b.dtype), b, axes=1)
+            tf.cast(v.value, b.dtype) + tf.tensordot(tf.cast(coefficients, b.dtype), b, axes=1)
             for v, b in zip(self.variables, basis)
         ]
 
     def _signature(self):
         return [
             tf.TensorSpec([None], tf.float64),
-            [tf.TensorSpec([None, *v.shape], v.dtype) for v in self.variables],
+            [tf.TensorSpec([None, *v.shape], d) for v, d in zip(self.variables, self._dtypes)],
         ]
 
     def _trainable_slots(self) -> list[int]:
@@ -304,7 +449,7 @@ class _BatchLoop:
                 extra = tape.gradient(penalty, watched, unconnected_gradients="zero")
                 grads = [g + tf.cast(e, tf.float64) for g, e in zip(grads, extra)]
             out = self._finish(sums, metric_state, penalty)
-            return out, [tf.cast(g, self.variables[i].dtype) for g, i in zip(grads, slots)]
+            return out, [tf.cast(g, self._dtypes[i]) for g, i in zip(grads, slots)]
 
         fn = _compiled(value_and_grad, self._signature())
         self._grad_fns[split] = fn
@@ -362,7 +507,7 @@ class _BatchLoop:
 
         signature = [
             *self._signature(),
-            [tf.TensorSpec(self.variables[i].shape, self.variables[i].dtype) for i in slots],
+            [tf.TensorSpec(self.variables[i].shape, self._dtypes[i]) for i in slots],
             tf.TensorSpec([n_loss], tf.float64),
         ]
         fn = _compiled(hvp, signature)
@@ -412,13 +557,32 @@ class Objective(_BatchLoop):
             ending in ``.repeat()``; a dataset whose cardinality TensorFlow cannot tell, e.g.
             after ``.filter()``, is taken to be finite, as ``model.evaluate`` does). Defaults
             to None: the whole dataset.
+        precision: The dtype the model computes in during the analysis (``self.precision``
+            says which was used, and every Hessian and sharpness result records it).
+            ``"auto"``: float32 for a mixed-precision model (layers computing in float16 or
+            bfloat16, e.g. under the ``mixed_float16`` policy), otherwise the model's own
+            dtype. Float16 rounds every product to about 1e-3 relative error and makes the
+            computed Hessian slightly non-symmetric, so eigenvalue residuals below ~1e-3 are
+            out of reach; the mixed-precision layers keep float32 variables, so float32
+            computation uses the very weights training found. ``"float32"`` or ``"float64"``:
+            every floating-point layer computes in that dtype, its variables read as values
+            of it (float32 weights cast exactly to float64). ``"model"``: the model's own
+            compute dtypes, float16 included (then ``precision`` is ``"float16"`` and
+            certificates usually fail at the default tolerances). The dtype is switched
+            through the layers' ``dtype_policy`` while the Objective traces its functions (and
+            in its one eager call at construction); each layer gets its own policy object back
+            right after, also when the call raises, and the variables are never assigned. Casts
+            written in a model's own ``call`` are kept: when the outputs come out narrower
+            than the layers' dtype, a warning says so and ``precision`` records the outputs'
+            dtype. Defaults to ``"auto"``.
 
     Raises:
-        ValueError: the model is not built or has no loss; the data are not in one of the
-            forms above, have no targets, are infinite without ``steps``, or do not fit the
-            model's inputs/outputs (the message names both structures); the loss has a
-            "sum" reduction; or the Objective's loss differs from Keras's own on the first
-            batch (a loss structure it cannot reproduce: pass ``loss=``).
+        ValueError: an unknown ``precision``; the model is not built or has no loss; the
+            data are not in one of the forms above, have no targets, are infinite without
+            ``steps``, or do not fit the model's inputs/outputs (the message names both
+            structures); the loss has a "sum" reduction; or the Objective's loss differs from
+            Keras's own on the first batch (a loss structure it cannot reproduce: pass
+            ``loss=``).
 
     Example:
         >>> obj = Objective(model, (x, y), batch_size=256)
@@ -438,6 +602,7 @@ class Objective(_BatchLoop):
         test_data=None,
         regularization: bool = False,
         steps: int | None = None,
+        precision: Precision = "auto",
     ):
         if not isinstance(model, keras.Model):
             raise ValueError(
@@ -456,6 +621,7 @@ class Objective(_BatchLoop):
         trainable = {id(v) for v in model.trainable_variables}
         pairs = [(v, k) for v, k in zip(self.variables, self.variables.paths) if id(v) in trainable]
         self.trainable_variables = ModelVariables([v for v, _ in pairs], [k for _, k in pairs])
+        self._set_precision(precision)
         self._splits: dict[str, DataSplit] = {
             "train": DataSplit(data, self.batch_size, steps, "data")
         }
@@ -479,7 +645,7 @@ class Objective(_BatchLoop):
         """Run the model on a few samples: check the structures, build and check loss/metrics."""
         x, y, w = self._splits["train"].first_batch(min(self.batch_size, 64))
         try:
-            y_pred = self.model(x, training=False)
+            y_pred = self._run_model(x)
         except Exception as error:  # any failure here is the data not fitting the model
             raise ValueError(
                 f"Argument `data` does not fit the model: x is {describe(x)} but the model's "
@@ -512,6 +678,7 @@ class Objective(_BatchLoop):
                 "`loss=` explicitly."
             )
         self._setup_metrics(metrics, loss, y, y_pred, w)
+        self._precision.check_outputs(y_pred)
 
     def _setup_metrics(self, metrics, loss, y, y_pred, w) -> None:
         compiled = _compat.compiled_metrics(self.model)
@@ -561,6 +728,17 @@ class Objective(_BatchLoop):
 
     # ----------------------------------------------------------------------------- properties
     @property
+    def precision(self) -> str:
+        """The dtype the analysis computes in: ``"float32"``, ``"float64"``, ``"float16"``….
+
+        The narrowest compute dtype of the model's layers while the Objective runs them, or
+        of its outputs if the model's own code casts them narrower (see the ``precision``
+        argument); every result of ``landscape.hessian`` and ``landscape.sharpness`` records
+        it.
+        """
+        return self._precision.name
+
+    @property
     def splits(self) -> tuple[str, ...]:
         """The data splits: ``("train",)`` or ``("train", "test")``."""
         return tuple(self._splits)
@@ -609,6 +787,25 @@ class Objective(_BatchLoop):
         sub._splits = {"train": DataSplit(data, size, None, "data")}
         return sub
 
+    def with_precision(self, precision: Precision) -> Objective:
+        """The same model, data, loss, metrics and options, computed in another ``precision``.
+
+        The original is untouched. The copy shares the original's compiled functions when the
+        arithmetic is the same (``"model"`` or ``"auto"`` of a float32 model), else it has its
+        own (traced on first use). See the ``precision`` argument of ``Objective``.
+        """
+        sub = copy.copy(self)
+        sub._set_precision(precision)
+        if sub._precision.switched() == self._precision.switched() and sub._dtypes == self._dtypes:
+            sub._precision.name = self._precision.name  # as its outputs were checked
+            return sub
+        sub._value_fns, sub._grad_fns, sub._hvp_fns = {}, {}, {}
+        sub.trace_count, sub._scales = {}, {}
+        sub._flat = None
+        x, _, _ = sub._splits["train"].first_batch(min(sub.batch_size, 64))
+        sub._precision.check_outputs(sub._run_model(x))
+        return sub
+
     def batches(self, batch_size: int, *, max_batches: int | None = None) -> Iterator[Objective]:
         """Objectives on consecutive batches of ``batch_size`` training samples (m-sharpness).
 
@@ -625,8 +822,8 @@ class Objective(_BatchLoop):
             raise ValueError("Argument `directions` must contain at least one Direction.")
         aligned = [d.aligned(self.variables) for d in directions]
         tensors = tuple(
-            tf.constant(np.stack([a[i] for a in aligned]).astype(v.dtype))
-            for i, v in enumerate(self.variables)
+            tf.cast(tf.constant(np.stack([a[i] for a in aligned]).astype(v.dtype)), d)
+            for i, (v, d) in enumerate(zip(self.variables, self._dtypes))
         )
         return Basis(tensors, len(directions))
 
@@ -638,7 +835,7 @@ class Objective(_BatchLoop):
 
     def _offset_args(self, offsets):
         if offsets is None:
-            basis = [tf.zeros([1, *v.shape], v.dtype) for v in self.variables]
+            basis = [tf.zeros([1, *v.shape], d) for v, d in zip(self.variables, self._dtypes)]
         else:
             if isinstance(offsets, Direction):
                 offsets = offsets.aligned(self.variables)
@@ -647,9 +844,7 @@ class Objective(_BatchLoop):
                     f"Argument `offsets` has {len(offsets)} entries; the objective has "
                     f"{len(self.variables)} variables (see `Objective.variables`)."
                 )
-            basis = [
-                tf.expand_dims(tf.cast(o, v.dtype), 0) for o, v in zip(offsets, self.variables)
-            ]
+            basis = [tf.expand_dims(tf.cast(o, d), 0) for o, d in zip(offsets, self._dtypes)]
         return tf.constant([1.0], tf.float64), basis
 
     @staticmethod
@@ -698,7 +893,9 @@ class Objective(_BatchLoop):
 
         Returns:
             ``(values, gradients)``: gradients aligned with ``self.trainable_variables``, of the
-            same data-set-wide loss that ``evaluate`` reports (float64 accumulation).
+            same data-set-wide loss that ``evaluate`` reports (float64 accumulation), in the
+            dtype the variables are read in (their own, or float64 for
+            ``precision="float64"``).
         """
         values, grads = self._grad_fn(split)(*self._offset_args(offsets))
         return self._to_float(values), grads
@@ -747,7 +944,8 @@ class Objective(_BatchLoop):
                 f"Argument `vector` has {len(vector)} entries; the objective has "
                 f"{len(self.trainable_variables)} trainable variables."
             )
-        vector = [tf.cast(a, v.dtype) for a, v in zip(vector, self.trainable_variables)]
+        dtypes = [self._dtypes[i] for i in self._trainable_slots()]
+        vector = [tf.cast(a, d) for a, d in zip(vector, dtypes)]
         for a, v in zip(vector, self.trainable_variables):
             if tuple(a.shape) != tuple(v.shape):
                 raise ValueError(
