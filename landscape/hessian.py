@@ -41,7 +41,7 @@ from landscape import _checks
 from landscape._checks import HVPMode, Method, Split, Which
 from landscape._progress import finish, progbar
 from landscape.directions import Direction
-from landscape.objective import Objective
+from landscape.objective import LOW_PRECISIONS, Objective
 
 logger = logging.getLogger("landscape")
 
@@ -94,6 +94,13 @@ class EigenResult:
             iterations per eigenvalue.
         basis_size: The Lanczos basis m (None for the other methods).
         restarts: Thick restarts of the Lanczos run (0 for the other methods).
+        precision: The dtype the products were computed in (``Objective.precision``):
+            ``"float32"`` or ``"float64"``; ``"float16"`` (or ``"bfloat16"``) only when the
+            Objective was asked for ``precision="model"`` on a mixed-precision model. Then
+            every product carries a relative rounding error of about 1e-3 and the computed H
+            is slightly non-symmetric, so residuals stay near 1e-3 and ``converged`` is
+            usually False at the default ``tol``: float16 arithmetic, not the solver, is the
+            likely cause (a warning says so).
     """
 
     values: np.ndarray
@@ -109,6 +116,7 @@ class EigenResult:
     max_iter: int | None = None
     basis_size: int | None = None
     restarts: int = 0
+    precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ class TraceResult:
         n_params: Dimension of the Hessian.
         tol: The requested relative standard error.
         max_samples: The cap on probes (``hessian_trace``'s ``samples``).
+        precision: The dtype the products were computed in (``Objective.precision``).
     """
 
     estimate: float
@@ -137,6 +146,7 @@ class TraceResult:
     n_params: int = 0
     tol: float = float("nan")
     max_samples: int | None = None
+    precision: str | None = None
 
     @property
     def capped(self) -> bool:
@@ -157,12 +167,14 @@ class SpectrumResult:
         weights: ``(runs, steps)`` squared first components of the Ritz vectors.
         n_params: Dimension of the Hessian.
         n_hvp: Hessian-vector products used.
+        precision: The dtype the products were computed in (``Objective.precision``).
     """
 
     nodes: np.ndarray
     weights: np.ndarray
     n_params: int
     n_hvp: int
+    precision: str | None = None
 
     def default_sigma(self) -> float:
         """``SIGMA_FRACTION`` of the spread of the nodes (or of their size if they coincide)."""
@@ -492,7 +504,11 @@ def hessian_eigenvalues(
         An ``EigenResult`` (``values`` of shape (k,), ``vectors``, ``residuals``, ``n_hvp``,
         ``converged``, ``capped``, ``restarts``); ``converged`` is True only when every
         residual recomputed with a fresh product is ≤ ``tol`` (for power iteration, whose rule
-        looks at λ only, it usually is not); ``capped`` says the run stopped at ``max_iter``.
+        looks at λ only, it usually is not); ``capped`` says the run stopped at ``max_iter``;
+        ``precision`` the dtype the products were computed in (``Objective.precision``). An
+        Objective built with ``precision="model"`` on a mixed-precision model computes in
+        float16, whose ~1e-3 rounding per product keeps the residuals above the default
+        ``tol``: a warning then names float16 as the likely cause of ``converged=False``.
 
     Raises:
         ValueError: a bad argument (named), or a basis that does not fit in the available
@@ -609,19 +625,33 @@ def _eigen_result(
         max_iter=max_iter,
         basis_size=basis_size,
         restarts=run.restarts,
+        precision=op.objective.precision,
     )  # fmt: skip
     _log_eigen(result)
     return result
 
 
 def _log_eigen(r: EigenResult) -> None:
-    """The result in one INFO line; a WARNING when the run stopped at its cap."""
+    """The result in one INFO line; a WARNING when it was computed in float16 and is not
+    certified (the likely cause), or when the run stopped at its cap."""
     logger.info(
-        "Hessian eigenvalues (%s, %s): %s, residuals %s, %d products, %d restarts, "
+        "Hessian eigenvalues (%s, %s, %s): %s, residuals %s, %d products, %d restarts, "
         "converged: %s, stopped at the cap: %s",
-        r.method, r.which, r.values, r.residuals, r.n_hvp, r.restarts, r.converged, r.capped,
+        r.method, r.which, r.precision, r.values, r.residuals, r.n_hvp, r.restarts, r.converged,
+        r.capped,
     )  # fmt: skip
-    if r.capped:
+    if r.precision in LOW_PRECISIONS and not r.converged:
+        worst = float(np.max(r.residuals)) if r.residuals.size else np.inf
+        logger.warning(
+            "hessian_eigenvalues did not certify its eigenvalues (largest residual %.2g > tol "
+            "%g; stopped at its cap: %s) and every Hessian-vector product was computed in %s "
+            "(the Objective's precision='model' on a mixed-precision model): %s rounding, "
+            "about 1e-3 relative error per product, which also makes the computed Hessian "
+            "non-symmetric, is the likely cause. Build the Objective with precision='auto' "
+            "(float32) to certify them.",
+            worst, r.tol, r.capped, r.precision, r.precision,
+        )  # fmt: skip
+    elif r.capped:
         unit = {"lanczos": "products", "arpack": "restarts", "power": "iterations"}[r.method]
         worst = float(np.max(r.residuals)) if r.residuals.size else np.inf
         logger.warning(
@@ -788,6 +818,7 @@ def hessian_trace(
         n_params=op.n,
         tol=tol,
         max_samples=samples,
+        precision=op.objective.precision,
     )
 
 
@@ -891,4 +922,10 @@ def hessian_spectrum(
         if bar is not None:  # the largest Ritz value of all runs so far: λ_max from below
             bar.update(r + 1, [("lambda_max", float(nodes[: r + 1].max()))])
     logger.info("Hessian spectrum: %d runs of %d steps, %d products", runs, steps, op.n_hvp)
-    return SpectrumResult(nodes=nodes, weights=weights, n_params=op.n, n_hvp=op.n_hvp)
+    return SpectrumResult(
+        nodes=nodes,
+        weights=weights,
+        n_params=op.n,
+        n_hvp=op.n_hvp,
+        precision=op.objective.precision,
+    )

@@ -377,8 +377,29 @@ def test_slq_density_integrates_to_one_and_its_mean_is_trace_over_n(quadratic):
     # Same seed, same Rademacher probes: the measure's mean is Hutchinson's trace / n.
     tr = landscape.hessian_trace(obj, samples=4, tol=1e-12, seed=7)
     assert spec.mean() == pytest.approx(tr.estimate / DIM, rel=1e-10)
+    assert spec.precision == tr.precision == obj.precision == "float64"  # a float64 model's own
     assert abs(spec.mean() - eig.mean()) <= 4 * tr.stderr / DIM
     _assert_bit_identical(model, before)
+
+
+def test_trace_and_density_of_a_mixed_precision_model_record_their_precision():
+    """Computed in float32 by default, in float16 on request; every result says which."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(5)
+        inp = keras.Input((3,))
+        h = keras.layers.Dense(2)(keras.layers.Dense(4, activation="tanh")(inp))
+        model = keras.Model(inp, keras.layers.Activation("linear", dtype="float32")(h))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(5)
+    data = (rng.normal(size=(16, 3)).astype("float32"), rng.integers(0, 2, 16))
+    for precision, want in (("auto", "float32"), ("model", "float16")):
+        obj = landscape.Objective(model, data, metrics=(), precision=precision)
+        tr = landscape.hessian_trace(obj, samples=2, seed=0)
+        spec = landscape.hessian_spectrum(obj, steps=2, runs=1, seed=0)
+        assert obj.precision == tr.precision == spec.precision == want
 
 
 def test_slq_with_a_full_krylov_space_finds_every_eigenvalue(float64):
