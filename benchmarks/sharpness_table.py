@@ -93,19 +93,20 @@ def main() -> None:
     print()
     print("| metric | SGD | SAM |")
     print("| --- | ---: | ---: |")
-    for key in reports["sgd"]:
-        if key.endswith("_stderr") or isinstance(reports["sgd"][key], bool):
-            continue  # stderr goes beside its value; convergence flags are printed below
+    # Flags (bools) and the precision (a string) have no row: they are printed below the table.
+    keys = list(reports["sgd"])
+    notes = [k for k in keys if isinstance(reports["sgd"][k], bool | str)]
+    for key in keys:
+        if key.endswith("_stderr") or key in notes:
+            continue  # stderr goes beside its value
         sgd, sam = cell(reports["sgd"], key), cell(reports["sam"], key)
         print(f"| {label(key, args.epsilon)} | {sgd} | {sam} |")
-    keys = list(reports["sgd"])
     flat = [k for k in keys[keys.index(FLATNESS_ROWS_FROM) :]
-            if not k.endswith("_stderr") and not isinstance(reports["sgd"][k], bool)]  # fmt: skip
+            if not k.endswith("_stderr") and k not in notes]  # fmt: skip
     flatter = sum(reports["sam"][k] < reports["sgd"][k] for k in flat)
     print()
     print(f"SAM is flatter (lower) on {flatter} of {len(flat)} sharpness rows.")
-    flags = [k for k in keys if isinstance(reports["sgd"][k], bool)]
-    for key in flags:
+    for key in notes:
         print(f"{key}: SGD {reports['sgd'][key]}, SAM {reports['sam'][key]}")
     if args.json:
         with open(args.json, "w") as f:

@@ -581,7 +581,7 @@ def sharpness_report(
     trace_tol: float | None = None,
     trace_samples: int | None = None,
     verbose: int | str = 0,
-) -> dict[str, float | bool]:
+) -> dict[str, float | bool | str]:
     """Every sharpness measure of the current weights in one flat dict of floats (and flags).
 
     Keys, in order:
@@ -596,7 +596,10 @@ def sharpness_report(
         ``epsilon_sharpness`` (percent);
         ``worst_l2``, ``worst_l2_adaptive``, ``worst_linf``, ``worst_linf_adaptive``;
         ``average_l2``, ``average_l2_stderr``, ``average_l2_adaptive``,
-        ``average_l2_adaptive_stderr``.
+        ``average_l2_adaptive_stderr``;
+        ``precision``, a string: the dtype every loss, gradient and product was computed in
+        (``objective.precision``, e.g. ``"float32"``; ``"float16"`` explains a
+        ``hessian_converged`` of False, see ``Objective``'s ``precision``).
     The radii of the worst- and average-case metrics are ``REPORT_RHO`` updated by ``rho``; a
     metric can be left out by setting its radius to None. Average-case sharpness is reported for
     Gaussian noise only (uniform ℓ∞ noise of the same variance measures the same thing).
@@ -627,7 +630,8 @@ def sharpness_report(
         verbose: Passed to every metric. Defaults to 0.
 
     Returns:
-        ``{name: float}`` and the two ``bool`` convergence flags, JSON-serializable.
+        ``{name: float}``, the two ``bool`` convergence flags and the ``precision`` string,
+        JSON-serializable (a consumer of the numbers skips the bools and the string).
 
     Raises:
         ValueError: an unknown metric name in ``rho``, a bad radius or cost setting, or a
@@ -650,7 +654,7 @@ def sharpness_report(
     )
     hessian = _hessian_module() if include_hessian else None
 
-    report: dict[str, float | bool] = {}
+    report: dict[str, float | bool | str] = {}
     for split in objective.splits:
         prefix = "" if split == "train" else f"{split}_"
         for name, value in objective.evaluate(split=split).items():
@@ -677,6 +681,7 @@ def sharpness_report(
     for name, radius in radii.items():
         if radius is not None:
             report.update(_ball_metric(objective, name, radius, **options))
+    report["precision"] = objective.precision
     return report
 
 

@@ -384,6 +384,7 @@ def test_report_without_hessian_is_flat_json_floats(bn_objective):
         bn_objective, include_hessian=False, steps=3, samples=3, rho={"worst_linf": None}
     )
     assert json.loads(json.dumps(report)) == report
+    assert report.pop("precision") == bn_objective.precision == "float32"
     assert all(isinstance(v, float) for v in report.values())
     expected = [
         "loss",
@@ -407,6 +408,16 @@ def test_report_without_hessian_is_flat_json_floats(bn_objective):
         bn_objective, sharpness.REPORT_RHO["worst_l2"], steps=3, seed=0
     )
     assert report["worst_l2"] == seeded.value
+
+
+def test_report_records_the_precision_it_was_computed_in(bn_objective):
+    """A float32 CNN with BatchNorm computed in float64: the same loss, and the report says so."""
+    wide = bn_objective.with_precision("float64")
+    report = landscape.sharpness_report(
+        wide, include_hessian=False, epsilon=None, rho=dict.fromkeys(sharpness.REPORT_RHO)
+    )
+    assert report["precision"] == "float64" and bn_objective.precision == "float32"
+    assert report["loss"] == pytest.approx(bn_objective.evaluate()["loss"], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ arguments
