@@ -138,6 +138,15 @@ regularization_option = click.option(
     help="Add the model's weight penalties (kernel/bias regularizers) to the loss, as "
     "model.evaluate does [the data loss alone].",
 )
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(_checks.options(_checks.Precision)),
+    default="auto",
+    show_default=True,
+    help="Dtype the model computes in for the analysis: auto is float32 for a mixed-precision "
+    "model, else the model's own; model keeps its own (float16 under mixed_float16: "
+    "eigenvalue certificates then usually fail).",
+)
 import_option = click.option(
     "--import",
     "imports",
@@ -305,10 +314,11 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports,
               help="Address of a running Dask scheduler, e.g. tcp://host:8786.")  # fmt: skip
 @click.option("--backend", type=click.Choice(_checks.options(_checks.Backend)), default="auto",
               show_default=True, help="Executor of --workers/--scheduler.")  # fmt: skip
+@precision_option
 @quiet_option
 def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale, imports,
             regularization, samples, test_samples, batch_size, out, workers, scheduler, backend,
-            quiet):  # fmt: skip
+            precision, quiet):  # fmt: skip
     """Compute a 1D or 2D loss surface into an HDF5 file (resumes an existing one).
 
     With --workers or --scheduler, chunks of grid points are evaluated by worker processes
@@ -325,6 +335,11 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
     _at_least("--samples", samples, 0)
     _at_least("--batch-size", batch_size)
     _at_least("--workers", workers)
+    if precision != "auto" and (workers is not None or scheduler is not None or backend == "mpi"):
+        raise UserError(
+            f"--precision {precision} applies in this process only: worker processes rebuild "
+            "the objective with --precision auto; drop --workers/--scheduler or the option."
+        )
     verbose = _setup(quiet)
     from landscape.directions import interpolation_direction, random_direction
     from landscape.executors import make_executor
@@ -338,6 +353,8 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
         model_path, data, samples, test_samples, batch_size, scale, imports, regularization
     )
     objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
+    if precision != "auto":
+        objective = objective.with_precision(precision)
     if model2:
         first = interpolation_direction(model, _load_model(model2, imports))
         x_spec = x_spec or "-0.5:1.5:41"
@@ -412,6 +429,7 @@ analysis_data = [
     scale_option,
     import_option,
     regularization_option,
+    precision_option,
     click.option(
         "--samples",
         type=int,
@@ -492,13 +510,14 @@ def _write_json_file(path: str, payload: dict) -> None:
 
 
 def _analysis_objective(model_path, data, samples, test_samples, batch_size, scale, imports,
-                        regularization, quiet):  # fmt: skip
+                        regularization, precision, quiet):  # fmt: skip
     """The Objective of an analysis command's model and data options."""
     model = _load_model(model_path, imports)
     recipe = _recipe(
         model_path, data, samples, test_samples, batch_size, scale, imports, regularization
     )
-    return recipe.build(model, on_note=lambda note: _say(quiet, note))
+    objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
+    return objective if precision == "auto" else objective.with_precision(precision)
 
 
 def _eigen_summary(eig) -> dict:
@@ -521,6 +540,7 @@ def _eigen_summary(eig) -> dict:
         "max_iter": eig.max_iter,
         "basis_size": eig.basis_size,
         "restarts": int(eig.restarts),
+        "precision": eig.precision,
         "tol": eig.tol,
         "which": eig.which,
     }
@@ -560,8 +580,8 @@ def _trace_summary(tr) -> dict:
 @_analysis_options
 @quiet_option
 def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_probes, trace_tol,
-            density, steps, runs, json_path, data, scale, imports, regularization, samples,
-            batch_size, seed, quiet):  # fmt: skip
+            density, steps, runs, json_path, data, scale, imports, regularization, precision,
+            samples, batch_size, seed, quiet):  # fmt: skip
     """Hessian eigenvalues (thick-restart Lanczos, with residuals), trace and spectral density.
 
     Every iterative part has a cap that bounds its time (--max-iter, --trace-probes; SLQ runs
@@ -582,7 +602,7 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
     from landscape.hessian import hessian_eigenvalues, hessian_spectrum, hessian_trace
 
     objective = _analysis_objective(model_path, data, samples, 0, batch_size, scale, imports,
-                                    regularization, quiet)  # fmt: skip
+                                    regularization, precision, quiet)  # fmt: skip
     eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, max_iter=max_iter,
                               basis_size=basis_size, seed=seed, verbose=verbose)  # fmt: skip
     out = _eigen_summary(eig)
@@ -627,7 +647,7 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
 @quiet_option
 def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes, trace_tol,
               epsilon, no_epsilon, steps, average_samples, json_path, data, scale, imports,
-              regularization, samples, batch_size, seed, quiet):  # fmt: skip
+              regularization, precision, samples, batch_size, seed, quiet):  # fmt: skip
     """Every sharpness measure of a model in one table (sharpness_report).
 
     The Hessian rows come with hessian_converged and hessian_trace_converged: False when
@@ -651,7 +671,7 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
     from landscape.sharpness import sharpness_report
 
     objective = _analysis_objective(model_path, data, samples, None, batch_size, scale, imports,
-                                    regularization, quiet)  # fmt: skip
+                                    regularization, precision, quiet)  # fmt: skip
     report = sharpness_report(
         objective, k=k, seed=seed, include_hessian=not no_hessian, eigen_tol=tol,
         eigen_max_iter=max_iter, basis_size=basis_size, trace_tol=trace_tol,
