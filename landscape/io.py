@@ -260,7 +260,7 @@ def check_resumable(
 
     Raises:
         ValueError: naming every difference (format, grid, metrics, model weights, directions,
-            data); the file is left untouched.
+            data, analysis precision when the file records it); the file is left untouched.
     """
     stored = read_surface_file(path)
     fa = stored["attrs"]
@@ -293,6 +293,8 @@ def check_resumable(
         a, b = attrs.get(key), fa.get(key)  # None (e.g. no data fingerprint) on both sides
         if a != b:
             diffs.append(f"{label} differ (file {str(b)[:12]}, run {str(a)[:12]})")
+    if "precision" in fa and fa["precision"] != attrs.get("precision"):  # older files lack it
+        diffs.append(f"precision differs (file {fa['precision']}, run {attrs.get('precision')})")
     if diffs:
         raise ValueError(
             f"Surface file {p!r} does not match this computation: {'; '.join(diffs)}. "

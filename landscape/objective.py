@@ -88,17 +88,24 @@ def _float_policy(layer) -> str | None:
     """The compute dtype of ``layer`` if its dtype policy can be switched, else None.
 
     Switchable: a plain floating-point ``DTypePolicy`` (not a quantized one, not a
-    ``DTypePolicyMap``) of a layer that computes (an ``InputLayer`` only declares a dtype).
+    ``DTypePolicyMap``) of a layer that computes (an ``InputLayer`` only declares a dtype, and a
+    functional or Sequential model only routes tensors between its layers).
     """
     policy = layer.dtype_policy
-    if isinstance(layer, keras.layers.InputLayer) or isinstance(
-        policy, keras.dtype_policies.DTypePolicyMap
+    if (
+        isinstance(layer, keras.layers.InputLayer)
+        or _compat.is_graph_container(layer)
+        or isinstance(policy, keras.dtype_policies.DTypePolicyMap)
     ):
         return None
     if not isinstance(policy, keras.dtype_policies.DTypePolicy) or policy.quantization_mode:
         return None
     dtype = keras.backend.standardize_dtype(policy.compute_dtype)
     return dtype if dtype in _SIGNIFICAND_BITS else None
+
+
+def _widest(dtypes) -> str:
+    return max(dtypes, key=lambda d: _SIGNIFICAND_BITS[d])
 
 
 class _Precision:
@@ -120,6 +127,14 @@ class _Precision:
         own = keras.backend.standardize_dtype(model.compute_dtype)
         #: the model's own (narrowest) compute dtype
         self.model_dtype = _narrowest(d for _, d in layers) or own
+        if _SIGNIFICAND_BITS.get(precision, 0) and _SIGNIFICAND_BITS[precision] < max(
+            (_SIGNIFICAND_BITS[d] for _, d in layers), default=0
+        ):
+            raise ValueError(
+                f"Argument `precision` must not be narrower than the model's own arithmetic: "
+                f"its layers compute in {_widest(d for _, d in layers)}. Received: "
+                f"precision={precision!r}; use 'auto' or 'model'."
+            )
         if precision == "model":
             targets = {}
         elif precision == "auto":

@@ -311,6 +311,7 @@ def _attributes(objective: Objective, directions: Sequence[Direction], fingerpri
         "directions_fingerprint": fingerprint,
         "data_fingerprint": objective.data_fingerprint(),
         "loss": objective.loss_name,
+        "precision": objective.precision,
         "norm": meta[0].get("norm"),
         "ignore": meta[0].get("ignore"),
         "seeds": [m.get("seed") for m in meta],

@@ -295,6 +295,16 @@ def all_layers(model) -> list:
     return list(_private(model, "_flatten_layers")(include_self=True, recursive=True))
 
 
+def is_graph_container(layer) -> bool:
+    """Whether ``layer`` is a functional or ``Sequential`` model: its own call only routes tensors
+    between its layers (whose policies decide the arithmetic), so its dtype policy — the global
+    one when it was built — computes nothing. A subclassed model's ``call`` may compute."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    return isinstance(layer, Functional | keras.Sequential)
+
+
 def stateless_scope_keeping_dtypes(mapping):
     """A ``keras.StatelessScope`` in which each variable reads as the value given, dtype kept.
 

@@ -71,6 +71,20 @@ def test_all_layers_lists_the_model_and_its_nested_layers():
     assert {layer.name for layer in layers} >= {"inner_dense", "outer", inner.name}
 
 
+def test_is_graph_container_tells_routing_models_from_computing_layers():
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inner(inp)))
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x * 2.0
+
+    assert _compat.is_graph_container(model) and _compat.is_graph_container(inner)
+    assert not _compat.is_graph_container(model.layers[-1])
+    assert not _compat.is_graph_container(Subclassed())
+
+
 def test_stateless_scope_keeping_dtypes_reads_float32_variables_as_float64():
     layer = keras.layers.Dense(2)
     layer.build((None, 3))

@@ -167,3 +167,25 @@ def test_recipe_keyword_errors(quadratic):
         landscape.compute_surface(lambda: obj, [d], x="-1:1:3", recipe=lambda: obj)
     with pytest.raises(ValueError, match="returned int"):
         landscape.compute_surface(directions=[d], x="-1:1:3", recipe=lambda: 3)
+
+
+def test_precision_is_recorded_and_a_resume_in_another_precision_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)).astype("float32"), rng.normal(size=(16, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    obj = landscape.Objective(model, (x, y), "mse", batch_size=8, metrics=())
+    d = [landscape.random_direction(model, seed=1, ignore=None)]
+    path = str(tmp_path / "line.h5")
+    surface = landscape.compute_surface(obj, d, x="-1:1:3", path=path, verbose=0)
+    assert obj.precision == "float32" and surface.metadata["precision"] == "float32"
+    before = (tmp_path / "line.h5").read_bytes()
+    with pytest.raises(ValueError, match=r"precision differs \(file float32, run float64\)"):
+        landscape.compute_surface(obj.with_precision("float64"), d, x="-1:1:3", path=path)
+    assert (tmp_path / "line.h5").read_bytes() == before
+
+
+def test_a_float64_model_is_measured_in_float64_and_never_narrower(quadratic):
+    _, _, _, obj = quadratic  # a float64 model built under the float32 global policy
+    assert obj.precision == "float64"
+    with pytest.raises(ValueError, match="must not be narrower.*compute in float64"):
+        obj.with_precision("float32")

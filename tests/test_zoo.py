@@ -301,7 +301,7 @@ def test_objective_equals_model_evaluate(case, objective):
             verbose=0,
             return_dict=True,
         )
-    got = objective.evaluate()
+    got = objective.with_precision("model").evaluate()  # model.evaluate's arithmetic (float16)
     for name, value in want.items():
         key = "acc" if name == "accuracy" else name
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), name
@@ -426,6 +426,7 @@ def test_cheap_sharpness_report(case, objective):
     )
     assert ("epsilon_sharpness" in report) == (epsilon is not None)
     assert report["loss"] == pytest.approx(objective.evaluate()["loss"], rel=1e-12)
+    assert report.pop("precision") == objective.precision  # the one string entry
     assert all(np.isfinite(v) for k, v in report.items() if not k.endswith("stderr"))
 
 
