@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from test_hessian import Quadratic, _output  # ½ wᵀAw with a known Hessian A
 
 import landscape
 from landscape import _progress
@@ -68,23 +68,6 @@ def test_an_open_bar_prints_its_line_with_verbose_2(capsys):
 
 
 # ------------------------------------------------------------------------- Hessian bars
-class Quadratic(keras.layers.Layer):
-    """Outputs ½ wᵀAw for every sample: with ``loss=_output`` the objective is ½ wᵀAw."""
-
-    def __init__(self, a, **kwargs):
-        super().__init__(dtype="float64", **kwargs)
-        self.a = np.asarray(a, np.float64)
-
-    def build(self, input_shape):
-        self.w = self.add_weight(shape=(self.a.shape[0],), initializer="random_normal")
-
-    def call(self, x):
-        value = 0.5 * tf.tensordot(self.w, tf.linalg.matvec(tf.constant(self.a), self.w), 1)
-        return tf.zeros_like(x[:, :1]) + value
-
-
-def _output(y_true, y_pred):
-    return y_pred[:, 0]
 
 
 @pytest.fixture
