@@ -61,8 +61,9 @@ ARPACK_MAX_RESTARTS = 100
 # n-vectors besides a basis that a solver holds at once: the next Lanczos vector, the HVP's
 # float64 input and output copies, and a certificate's residual.
 WORK_VECTORS = 4
-# A restart rotates the basis in column blocks of this many parameters (bounded scratch memory).
-RESTART_CHUNK = 1 << 16
+# Products with a stored basis run in column blocks of this many parameters, in float64: the
+# scratch memory stays bounded and a float32 basis is never copied to float64 whole.
+BLOCK = 1 << 16
 # A relative change of λ is measured as |Δλ| / (|λ| + POWER_EPS), as PyHessian does.
 POWER_EPS = 1e-6
 # Hutchinson checks its standard error only once it has this many probes.
@@ -281,6 +282,44 @@ def default_basis_size(k: int, n_params: int) -> int:
     return min(n_params, max(2 * k + BASIS_EXTRA, BASIS_MIN))
 
 
+def basis_dtype(precision: str) -> np.dtype:
+    """The dtype a Lanczos basis is stored in for products computed in ``precision``.
+
+    float64 when the products are float64; float32 otherwise (float32, or float16/bfloat16
+    on request), whose products carry relative errors of at least 1e-7 so that storing the
+    basis to float32 rounding (6e-8) adds nothing measurable while halving its memory. All
+    arithmetic with the basis is float64 (``_project``, ``_subtract``, ``_combine``), and every
+    certificate is a fresh product of the returned vector, so the storage never makes a
+    residual look smaller than it is.
+    """
+    return np.dtype(np.float64 if precision == "float64" else np.float32)
+
+
+def _project(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``basis @ w`` in float64, by column blocks (a float32 basis is upcast a block at a time)."""
+    out = np.zeros(len(basis))
+    for start in range(0, basis.shape[1], BLOCK):
+        cols = slice(start, start + BLOCK)
+        out += basis[:, cols] @ w[cols]
+    return out
+
+
+def _subtract(w: np.ndarray, coefficients: np.ndarray, basis: np.ndarray) -> None:
+    """``w -= coefficients @ basis`` in place, in float64, by column blocks."""
+    for start in range(0, basis.shape[1], BLOCK):
+        cols = slice(start, start + BLOCK)
+        w[cols] -= coefficients @ basis[:, cols]
+
+
+def _combine(coefficients: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """The float64 rows ``coefficients @ basis`` (Ritz vectors), by column blocks."""
+    out = np.empty((len(coefficients), basis.shape[1]))
+    for start in range(0, basis.shape[1], BLOCK):
+        cols = slice(start, start + BLOCK)
+        out[:, cols] = coefficients @ basis[:, cols]
+    return out
+
+
 def _n_kept(k: int, basis_size: int) -> int:
     """Ritz vectors a thick restart keeps: the k wanted and half of the rest of the basis."""
     return k + (basis_size - k) // 2
@@ -294,10 +333,10 @@ def _expand(op: _Hessian, V: np.ndarray, T: np.ndarray, j: int) -> float:
     restart, the arrowhead couplings σᵢ yᵢ; the second keeps the basis orthogonal to rounding.
     """
     w = op(V[j])
-    T[j, j] = V[j] @ w
+    T[j, j] = _project(V[j : j + 1], w)[0]
     basis = V[: j + 1]
     for _ in range(2):
-        w -= basis.T @ (basis @ w)
+        _subtract(w, _project(basis, w), basis)
     beta = float(np.linalg.norm(w))
     if beta > 0:
         np.divide(w, beta, out=V[j + 1])
@@ -310,15 +349,15 @@ def _restart(V: np.ndarray, T: np.ndarray, theta, s, beta: float, keep) -> int:
     From H V_m = V_m T_m + β_m v_{m+1} e_mᵀ and T_m = S Θ Sᵀ, each kept pair has
     H yᵢ = θᵢ yᵢ + σᵢ v_{m+1} with σᵢ = β_m S[m−1, i], so the recurrence restarts from v_{m+1}
     with the arrowhead projected matrix [[Θ, σ], [σᵀ, α]] (tridiagonal again after it). The
-    rotation V[:l] ← Sᵀ V[:m] runs in column blocks of ``RESTART_CHUNK``: no n-sized scratch.
+    rotation V[:l] ← Sᵀ V[:m] runs in float64 column blocks of ``BLOCK``: no n-sized scratch.
 
     Returns:
         l, the number of kept vectors; V[l] (= v_{m+1}) is the next vector to expand.
     """
     m, l = T.shape[0], len(keep)
     rotation = np.ascontiguousarray(s[:, keep].T)
-    for start in range(0, V.shape[1], RESTART_CHUNK):
-        cols = slice(start, start + RESTART_CHUNK)
+    for start in range(0, V.shape[1], BLOCK):
+        cols = slice(start, start + BLOCK)
         V[:l, cols] = rotation @ V[:m, cols]
     V[l] = V[m]
     T[:] = 0.0
@@ -330,6 +369,8 @@ def _restart(V: np.ndarray, T: np.ndarray, theta, s, beta: float, keep) -> int:
 def _lanczos(op, v0, k, which, tol, max_iter, basis_size, bar):
     """Thick-restart Lanczos with full reorthogonalization in a basis of ``basis_size`` vectors.
 
+    The basis is stored in ``basis_dtype(precision)``; every product with it is float64.
+
     Stopped on the Ritz residual estimates, checked after every product: a pair (θᵢ, V sᵢ) of
     the projected matrix T after step j has ‖H V sᵢ − θᵢ V sᵢ‖ = |β_j sᵢ[j]| (exact up to
     rounding with full reorthogonalization, before and after restarts). A full basis restarts
@@ -339,7 +380,8 @@ def _lanczos(op, v0, k, which, tol, max_iter, basis_size, bar):
         (Ritz values, Ritz vectors as rows, ``_Run``).
     """
     m, tiny = basis_size, np.finfo(float).tiny
-    V, T = np.empty((m + 1, op.n)), np.zeros((m, m))
+    V = np.empty((m + 1, op.n), basis_dtype(op.objective.precision))
+    T = np.zeros((m, m))
     V[0] = v0 / np.linalg.norm(v0)
     j, run, start = 0, _Run(), op.n_hvp
     while True:
@@ -367,7 +409,7 @@ def _lanczos(op, v0, k, which, tol, max_iter, basis_size, bar):
     logger.debug(
         "Lanczos: %d products, %d restarts, capped: %s", op.n_hvp - start, run.restarts, run.capped
     )
-    return theta[idx], s[:, idx].T @ V[: j + 1], run
+    return theta[idx], _combine(s[:, idx].T, V[: j + 1]), run
 
 
 def _arpack(op, v0, k, which, tol, max_iter, bar):
@@ -452,15 +494,17 @@ def hessian_eigenvalues(
 ) -> EigenResult:
     """The ``k`` extreme eigenvalues of the loss's Hessian and their eigenvectors.
 
-    The default method is thick-restart Lanczos (Wu & Simon 2000) in float64 with full
-    reorthogonalization inside a basis of a fixed ``basis_size`` m: when the basis is full, the
-    recurrence restarts from the best Ritz vectors (the k wanted and half of the others) and the
-    residual vector, with an arrowhead projected matrix. Its memory is bounded by
-    ``(basis_size + k + 5) × n_params × 8`` bytes (m + 1 basis vectors, the k eigenvectors and
-    ``WORK_VECTORS`` n-vectors of scratch; TensorFlow's own memory during a product comes on
-    top), e.g. 5.6 GB for ResNet-50's 23.5 M parameters with k = 5 and the default m = 20. It
-    stops as soon as every wanted Ritz pair has ‖Hv − θv‖ ≤ tol·|θ| (checked after every
-    product), or after ``max_iter`` products in all.
+    The default method is thick-restart Lanczos (Wu & Simon 2000) in float64 arithmetic with
+    full reorthogonalization inside a basis of a fixed ``basis_size`` m: when the basis is full,
+    the recurrence restarts from the best Ritz vectors (the k wanted and half of the others)
+    and the residual vector, with an arrowhead projected matrix. The basis is stored in
+    float32 when the products are float32 (``basis_dtype``; float64 for a float64 Objective).
+    Its memory is bounded by ``((m + 1) × b + (k + 4) × 8) × n_params`` bytes, b = 4 (float32
+    basis) or 8: m + 1 basis vectors, the k float64 eigenvectors and ``WORK_VECTORS`` float64
+    n-vectors of scratch; TensorFlow's own memory during a product comes on top. For
+    ResNet-50's 23.5 M parameters with k = 5 and the default m = 20 that is 3.7 GB in float32
+    (5.6 GB in float64). It stops as soon as every wanted Ritz pair has ‖Hv − θv‖ ≤ tol·|θ|
+    (checked after every product), or after ``max_iter`` products in all.
 
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
@@ -532,7 +576,7 @@ def hessian_eigenvalues(
     tol = _checks.fraction("tol", tol)
     op = _Hessian(objective, split, hvp_mode)
     k, max_iter, basis_size = _eigen_sizes(op, k, method, which, max_iter, basis_size)
-    _check_eigen_memory(op.n, k, method, basis_size)
+    _check_eigen_memory(op.n, k, method, basis_size, op.objective.precision)
     values, vectors, run = _solve(op, k, method, which, tol, max_iter, basis_size, seed, verbose)
     return _eigen_result(
         op,
@@ -701,22 +745,33 @@ def _size(n_bytes: float) -> str:
     return f"{int(n_bytes)} bytes"
 
 
-def _check_memory(n_vectors: int, n: int, *, what: str, advice: str) -> None:
-    """One ValueError, before any work, when ``n_vectors`` float64 n-vectors cannot fit."""
-    needed, available = n_vectors * n * 8, available_memory()
+def _check_memory(
+    n_vectors: int, n: int, *, what: str, advice: str, stored: int = 0, dtype=np.float64
+) -> None:
+    """One ValueError, before any work, when ``n_vectors`` float64 n-vectors and ``stored``
+    basis vectors of ``dtype`` cannot fit."""
+    itemsize = np.dtype(dtype).itemsize
+    needed, available = (n_vectors * 8 + stored * itemsize) * n, available_memory()
     if available is not None and needed > available:
+        vectors = f"{n_vectors} float64 vectors"
+        if stored:
+            vectors = f"{stored} {np.dtype(dtype).name} basis vectors and " + vectors
         raise ValueError(
-            f"{what} needs about {_size(needed)} ({n_vectors} float64 vectors of {n:,} "
-            f"parameters) but {_size(available)} of memory is available; {advice}."
+            f"{what} needs about {_size(needed)} ({vectors} of {n:,} parameters) but "
+            f"{_size(available)} of memory is available; {advice}."
         )
 
 
-def _check_eigen_memory(n: int, k: int, method: str, basis_size: int | None) -> None:
+def _check_eigen_memory(
+    n: int, k: int, method: str, basis_size: int | None, precision: str
+) -> None:
     """The memory bound of each eigensolver against ``available_memory()``."""
     if method == "lanczos":
         _check_memory(
-            basis_size + 1 + k + WORK_VECTORS,
+            k + WORK_VECTORS,
             n,
+            stored=basis_size + 1,
+            dtype=basis_dtype(precision),
             what=f"hessian_eigenvalues with basis_size={basis_size} and k={k}",
             advice=f"pass a smaller `basis_size` (--basis-size, at least k + 2 = {k + 2}), "
             "a smaller `k`, or free memory",
@@ -827,7 +882,8 @@ def _lanczos_step(op: _Hessian, q: list, alpha: list, beta: list) -> np.ndarray:
     """One Lanczos step from q[-1] with full reorthogonalization: appends α_j and β_j.
 
     Returns the unnormalized next vector w (q_{j+1} = w / β_j). Used by SLQ, whose runs keep
-    every vector (a list: memory grows with the steps taken).
+    every vector (a list: memory grows with the steps taken), stored in ``basis_dtype``; the
+    products with them are float64 (numpy upcasts one stored vector at a time).
     """
     j = len(alpha)
     w = op(q[j])
@@ -844,14 +900,15 @@ def _lanczos_step(op: _Hessian, q: list, alpha: list, beta: list) -> np.ndarray:
 
 def _slq_run(op: _Hessian, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """One Lanczos run of ``steps`` products from v0: Gauss quadrature nodes and weights."""
-    q, alpha, beta = [v0 / np.linalg.norm(v0)], [], []
+    dtype = basis_dtype(op.objective.precision)
+    q, alpha, beta = [(v0 / np.linalg.norm(v0)).astype(dtype)], [], []
     for j in range(steps):
         w = _lanczos_step(op, q, alpha, beta)
         if j + 1 == steps:
             break
         if beta[j] <= BREAKDOWN * max(np.abs(alpha).max(), np.finfo(float).tiny):
             break  # invariant subspace: the quadrature is exact
-        q.append(w / beta[j])
+        q.append((w / beta[j]).astype(dtype))
     m = len(alpha)
     theta, s = scipy.linalg.eigh_tridiagonal(np.array(alpha), np.array(beta[: m - 1]))
     nodes = np.full(steps, theta[0])
@@ -872,8 +929,10 @@ def hessian_spectrum(
 ) -> SpectrumResult:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
-    Each run starts Lanczos (full reorthogonalization, float64, so a run keeps its ``steps``
-    vectors: ``(steps + 5) × n_params × 8`` bytes) from a normalized Rademacher vector v; the
+    Each run starts Lanczos (full reorthogonalization in float64 arithmetic; a run keeps its
+    ``steps`` vectors, stored as ``basis_dtype(objective.precision)``: float32 unless the
+    products are float64, so ``(steps + 1) × n_params × 4 + 4 × n_params × 8`` bytes for a
+    float32 analysis) from a normalized Rademacher vector v; the
     eigen-decomposition T = S Θ Sᵀ of the ``steps × steps`` tridiagonal matrix
     gives a Gauss quadrature of vᵀ f(H) v with nodes Θ and weights S[0, :]². The average over
     runs estimates the spectral measure (1/n) Σᵢ δ(t − λᵢ); its mean is a Hutchinson estimate
@@ -897,9 +956,8 @@ def hessian_spectrum(
         ``density(grid, sigma=None)``.
 
     Raises:
-        ValueError: a ``steps`` or ``runs`` below 1, or a run's basis of
-            ``(steps + 5) × n_params × 8`` bytes that does not fit in the available memory
-            (``available_memory``), before any product.
+        ValueError: a ``steps`` or ``runs`` below 1, or a run's basis (bytes as above) that
+            does not fit in the available memory (``available_memory``), before any product.
     """
     steps = _checks.integer("steps", steps, 1)
     runs = _checks.integer("runs", runs, 1)
@@ -908,8 +966,10 @@ def hessian_spectrum(
         logger.info("hessian_spectrum: steps=%d capped at n_params=%d", steps, op.n)
         steps = op.n
     _check_memory(
-        steps + 1 + WORK_VECTORS,
+        WORK_VECTORS,
         op.n,
+        stored=steps + 1,
+        dtype=basis_dtype(op.objective.precision),
         what=f"hessian_spectrum with steps={steps}",
         advice="pass fewer `steps` (--steps)",
     )

@@ -621,7 +621,8 @@ def sharpness_report(
             ``hessian_eigenvalues``'s default (1e-4). Defaults to None.
         eigen_max_iter: Cap on the Hessian-vector products of the eigenvalues' Lanczos run;
             None keeps ``hessian_eigenvalues``'s default (1000). Defaults to None.
-        basis_size: Lanczos basis (memory: ``(basis_size + k + 5) × n_params × 8`` bytes);
+        basis_size: Lanczos basis (memory: see ``hessian_eigenvalues``, about
+            ``(basis_size + 1) × n_params × 4`` bytes for a float32 analysis);
             None keeps ``hessian_eigenvalues``'s default, max(2k + 10, 20). Defaults to None.
         trace_tol: Relative standard error at which the trace estimate stops; None keeps
             ``hessian_trace``'s default (1e-2). Defaults to None.

@@ -328,6 +328,35 @@ def test_a_basis_that_cannot_fit_is_refused_before_any_product(quadratic, monkey
     np.testing.assert_allclose(small.values, TOP[:2], rtol=1e-8)
 
 
+def test_a_float32_analysis_stores_its_basis_in_float32_and_still_certifies(monkeypatch):
+    """Half the memory; the same certified values as a float64 basis, to float32 rounding."""
+    model = _tiny_mlp()  # float32
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(23, 3)).astype("float32"), rng.integers(0, 3, 23)
+    h, _ = _dense_hessian(model, x, y, np.ones(23))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    obj = landscape.Objective(model, (x, y), loss, batch_size=8, metrics=())
+    assert obj.precision == "float32" and hessian.basis_dtype(obj.precision) == np.float32
+    assert hessian.basis_dtype("float64") == np.float64
+    assert hessian.basis_dtype("float16") == np.float32
+    stored, combine = [], hessian._combine  # the Ritz vectors are combined from the basis
+    monkeypatch.setattr(hessian, "_combine", lambda c, b: stored.append(b.dtype) or combine(c, b))
+    r = landscape.hessian_eigenvalues(obj, k=3, basis_size=8, tol=1e-4, seed=0)
+    monkeypatch.undo()
+    assert stored == [np.float32]
+    assert r.converged and r.restarts > 0 and np.all(r.residuals <= 1e-4)
+    np.testing.assert_allclose(r.values, np.linalg.eigh(h)[0][::-1][:3], rtol=1e-4)
+    monkeypatch.setattr(hessian, "basis_dtype", lambda precision: np.dtype(np.float64))
+    wide = landscape.hessian_eigenvalues(obj, k=3, basis_size=8, tol=1e-4, seed=0)
+    np.testing.assert_allclose(r.values, wide.values, rtol=1e-5)
+    monkeypatch.undo()
+    monkeypatch.setattr(hessian, "available_memory", lambda: 100)
+    with pytest.raises(ValueError, match=r"\(9 float32 basis vectors and 7 float64 vectors of"):
+        landscape.hessian_eigenvalues(obj, k=3, basis_size=8)
+    with pytest.raises(ValueError, match=r"\(6 float32 basis vectors and 4 float64 vectors of"):
+        landscape.hessian_spectrum(obj, steps=5)
+
+
 def test_a_run_stopped_at_its_cap_says_so(quadratic, caplog):
     eig, model, obj = quadratic
     with caplog.at_level("WARNING", logger="landscape"):
