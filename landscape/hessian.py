@@ -66,6 +66,8 @@ WORK_VECTORS = 4
 BLOCK = 1 << 16
 # A relative change of λ is measured as |Δλ| / (|λ| + POWER_EPS), as PyHessian does.
 POWER_EPS = 1e-6
+# A warm start adds a random vector of this relative norm to the vectors it is given.
+WARM_START_NOISE = 1e-6
 # Hutchinson checks its standard error only once it has this many probes.
 TRACE_MIN_SAMPLES = 10
 # Default width of the smoothed density: this fraction of the spread of the SLQ nodes.
@@ -102,6 +104,10 @@ class EigenResult:
             is slightly non-symmetric, so residuals stay near 1e-3 and ``converged`` is
             usually False at the default ``tol``: float16 arithmetic, not the solver, is the
             likely cause (a warning says so).
+        preconditioned: True when a diagonal ``preconditioner`` P was given: ``values`` are
+            then the eigenvalues of P⁻¹H, and ``vectors`` and ``residuals`` those of the
+            symmetric P^(-1/2) H P^(-1/2) (its eigenvectors u; P^(-1/2) u are P⁻¹H's).
+        warm_start: True when the run started from given vectors (``v0``).
     """
 
     values: np.ndarray
@@ -118,6 +124,8 @@ class EigenResult:
     basis_size: int | None = None
     restarts: int = 0
     precision: str | None = None
+    preconditioned: bool = False
+    warm_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,9 +229,14 @@ class SpectrumResult:
 
 # ----------------------------------------------------------------------------- the operator
 class _Hessian:
-    """H as a float64 operator on flat vectors; counts products and reports progress."""
+    """H as a float64 operator on flat vectors; counts products and reports progress.
 
-    def __init__(self, objective: Objective, split: Split, mode: HVPMode):
+    With ``scale`` s (a positive flat vector), the operator is diag(s) H diag(s): for a
+    diagonal preconditioner P, s = P^(-1/2) gives P^(-1/2) H P^(-1/2), whose eigenvalues are
+    those of P⁻¹H.
+    """
+
+    def __init__(self, objective: Objective, split: Split, mode: HVPMode, scale=None):
         if not isinstance(objective, Objective):
             raise ValueError(
                 "Argument `objective` must be a landscape.Objective. "
@@ -238,16 +251,66 @@ class _Hessian:
             raise ValueError("The objective's model has no trainable floating-point variables.")
         self.n = self.flat.n
         self.n_hvp = 0
+        self.scale = None if scale is None else _preconditioner_scale(self, scale)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.n_hvp += 1
+        if self.scale is not None:
+            x = self.scale * x
         hv = self.objective.hessian_vector_product(
             self.flat.split(x), split=self.split, mode=self.mode
         )
-        return self.flat.concat(hv)
+        hv = self.flat.concat(hv)
+        return hv if self.scale is None else self.scale * hv
+
+    def flat_vector(self, value, name: str) -> np.ndarray:
+        """A ``Direction`` (aligned by path) or an array of ``n`` entries as a flat float64
+        vector; a ValueError naming ``name`` otherwise."""
+        if isinstance(value, Direction):
+            return self.flat.concat(value.aligned(self.objective.trainable_variables))
+        flat = np.asarray(value, dtype=np.float64).reshape(-1)
+        if flat.size != self.n:
+            raise ValueError(
+                f"Argument `{name}` must be a Direction or an array of n_params = {self.n} "
+                f"entries. Received: an array of {flat.size} entries."
+            )
+        return flat
 
     def direction(self, x: np.ndarray, metadata: dict) -> Direction:
         return self.flat.direction(x, metadata)
+
+
+def _preconditioner_scale(op: _Hessian, preconditioner) -> np.ndarray:
+    """P^(-1/2) of a diagonal preconditioner P given as a positive flat vector or Direction."""
+    p = op.flat_vector(preconditioner, "preconditioner")
+    if not np.all(np.isfinite(p)) or not np.all(p > 0):
+        bad = p[~(np.isfinite(p) & (p > 0))][0]
+        raise ValueError(
+            "Argument `preconditioner` must be the diagonal of a positive definite matrix: "
+            f"every entry finite and > 0. Received an entry {bad!r}."
+        )
+    return 1.0 / np.sqrt(p)
+
+
+def _start_vector(op: _Hessian, v0, rng: np.random.Generator) -> np.ndarray:
+    """The Lanczos start: random, or the sum of the given vectors (a warm start) plus a random
+    component of relative norm ``WARM_START_NOISE``, so that the Krylov space is never confined
+    to an invariant subspace of the vectors given."""
+    noise = rng.standard_normal(op.n)
+    if v0 is None:
+        return noise
+    if isinstance(v0, EigenResult):
+        v0 = v0.vectors
+    if isinstance(v0, Direction) or (isinstance(v0, np.ndarray) and v0.ndim == 1):
+        v0 = [v0]
+    start = sum((op.flat_vector(v, "v0") for v in v0), np.zeros(op.n))
+    norm = float(np.linalg.norm(start))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError(
+            "Argument `v0` must be nonzero and finite vectors (the warm start of Lanczos). "
+            f"Received vectors whose sum has norm {norm}."
+        )
+    return start / norm + WARM_START_NOISE * noise / np.linalg.norm(noise)
 
 
 def _order(values: np.ndarray, which: str) -> np.ndarray:
@@ -275,6 +338,7 @@ class _Run:
 
     capped: bool = False
     restarts: int = 0
+    warm_start: bool = False
 
 
 def default_basis_size(k: int, n_params: int) -> int:
@@ -488,6 +552,8 @@ def hessian_eigenvalues(
     max_iter: int | None = None,
     basis_size: int | None = None,
     seed: int | None = None,
+    v0=None,
+    preconditioner=None,
     split: Split = "train",
     hvp_mode: HVPMode = "backward_over_backward",
     verbose: int = 0,
@@ -533,6 +599,17 @@ def hessian_eigenvalues(
             ``n_params``); larger takes more memory and usually fewer products. Defaults to
             None: max(2k + 10, 20), at most ``n_params``.
         seed: Seed of the random start vector. Defaults to None (fresh entropy).
+        v0: A warm start: a ``Direction``, a flat array of ``n_params`` entries, a sequence
+            of them, or an earlier ``EigenResult`` (its vectors), e.g. the eigenvectors at
+            the previous weights of a training run. The run starts from their normalized sum
+            plus a seeded random vector of relative norm ``WARM_START_NOISE`` (1e-6), so
+            that it is never confined to an invariant subspace of the vectors given. The
+            certificates are the same as from a random start. Defaults to None (random).
+        preconditioner: The diagonal of a positive definite P (a flat array of ``n_params``
+            entries or a ``Direction``) to compute the eigenvalues of P⁻¹H instead of H,
+            through the symmetric P^(-1/2) H P^(-1/2) (same eigenvalues): the
+            "preconditioned sharpness" of an adaptive optimizer, whose update is
+            w ← w − η P⁻¹m (Cohen et al. 2022, arXiv 2207.14484). Defaults to None (H).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: How products are computed, see ``Objective.hessian_vector_product``.
             Defaults to ``"backward_over_backward"`` (measured faster in TensorFlow).
@@ -574,10 +651,15 @@ def hessian_eigenvalues(
     method = _checks.choice("method", method, Method)
     which = _checks.choice("which", which, Which)
     tol = _checks.fraction("tol", tol)
-    op = _Hessian(objective, split, hvp_mode)
+    op = _Hessian(objective, split, hvp_mode, preconditioner)
     k, max_iter, basis_size = _eigen_sizes(op, k, method, which, max_iter, basis_size)
     _check_eigen_memory(op.n, k, method, basis_size, op.objective.precision)
-    values, vectors, run = _solve(op, k, method, which, tol, max_iter, basis_size, seed, verbose)
+    rng = np.random.default_rng(seed)
+    start = _start_vector(op, v0, rng)
+    values, vectors, run = _solve(
+        op, k, method, which, tol, max_iter, basis_size, start, rng, verbose
+    )
+    run.warm_start = v0 is not None
     return _eigen_result(
         op,
         values,
@@ -621,10 +703,8 @@ def _eigen_sizes(op: _Hessian, k, method: str, which: str, max_iter, basis_size)
     return k, _checks.integer("max_iter", max_iter, 1), basis_size
 
 
-def _solve(op: _Hessian, k, method, which, tol, max_iter, basis_size, seed, verbose):
-    """(values, vectors as rows, ``_Run``) from the chosen method, from a seeded random start."""
-    rng = np.random.default_rng(seed)
-    v0 = rng.standard_normal(op.n)
+def _solve(op: _Hessian, k, method, which, tol, max_iter, basis_size, v0, rng, verbose):
+    """(values, vectors as rows, ``_Run``) from the chosen method and start vector ``v0``."""
     # The target is the cap on products (a run usually stops before it); ARPACK's is unknown.
     # A Lanczos basis that holds the whole space finds it in at most n_params products.
     lanczos = max_iter if basis_size is None or basis_size < op.n else min(max_iter, op.n)
@@ -670,6 +750,8 @@ def _eigen_result(
         basis_size=basis_size,
         restarts=run.restarts,
         precision=op.objective.precision,
+        preconditioned=op.scale is not None,
+        warm_start=run.warm_start,
     )  # fmt: skip
     _log_eigen(result)
     return result
@@ -760,6 +842,16 @@ def _check_memory(
             f"{what} needs about {_size(needed)} ({vectors} of {n:,} parameters) but "
             f"{_size(available)} of memory is available; {advice}."
         )
+
+
+def lanczos_memory(n_params: int, k: int, basis_size: int, precision: str) -> int:
+    """Bytes the thick-restart Lanczos solver holds at most (TensorFlow's products on top).
+
+    ``basis_size + 1`` basis vectors in ``basis_dtype(precision)``, and ``k`` eigenvectors and
+    ``WORK_VECTORS`` scratch vectors in float64, of ``n_params`` entries each.
+    """
+    itemsize = basis_dtype(precision).itemsize
+    return ((basis_size + 1) * itemsize + (k + WORK_VECTORS) * 8) * n_params
 
 
 def _check_eigen_memory(

@@ -357,6 +357,43 @@ def test_a_float32_analysis_stores_its_basis_in_float32_and_still_certifies(monk
         landscape.hessian_spectrum(obj, steps=5)
 
 
+def test_a_warm_start_from_the_eigenvectors_needs_fewer_products(quadratic):
+    eig, model, obj = quadratic
+    cold = landscape.hessian_eigenvalues(obj, k=2, tol=1e-8, seed=0)
+    # Perturbed eigenvectors, as after a training step: the warm start still converges faster.
+    nudged = [v + landscape.Direction({p: 0.01 * np.ones_like(a) for p, a in v.arrays.items()})
+              for v in cold.vectors]  # fmt: skip
+    warm = landscape.hessian_eigenvalues(obj, k=2, tol=1e-8, seed=1, v0=nudged)
+    np.testing.assert_allclose(warm.values, TOP[:2], rtol=1e-8)
+    assert warm.converged and warm.warm_start and not cold.warm_start
+    assert warm.n_hvp < cold.n_hvp
+    again = landscape.hessian_eigenvalues(obj, k=2, tol=1e-8, seed=1, v0=cold)  # an EigenResult
+    np.testing.assert_allclose(again.values, TOP[:2], rtol=1e-8)
+    flat = obj.flat.concat(cold.vectors[0].aligned(obj.trainable_variables))
+    one = landscape.hessian_eigenvalues(obj, tol=1e-8, seed=1, v0=flat)  # a flat array
+    assert one.values[0] == pytest.approx(TOP[0], rel=1e-8) and one.n_hvp <= 6
+    with pytest.raises(ValueError, match="`v0` must be a Direction or an array of n_params = 40"):
+        landscape.hessian_eigenvalues(obj, v0=np.ones(3))
+    with pytest.raises(ValueError, match="`v0` must be nonzero and finite"):
+        landscape.hessian_eigenvalues(obj, v0=np.zeros(DIM))
+
+
+def test_a_diagonal_preconditioner_gives_the_eigenvalues_of_its_inverse_times_h(quadratic):
+    eig, model, obj = quadratic
+    _, a = _spectrum()
+    p = np.random.default_rng(3).uniform(0.2, 5.0, DIM)
+    want = np.linalg.eigvals(a / p[:, None]).real  # P⁻¹A: not symmetric, same spectrum
+    want = np.sort(want)[::-1]
+    r = landscape.hessian_eigenvalues(obj, k=2, tol=1e-9, seed=0, preconditioner=p)
+    np.testing.assert_allclose(r.values, want[:2], rtol=1e-8)
+    assert r.preconditioned and r.converged
+    direction = obj.flat.direction(p)
+    same = landscape.hessian_eigenvalues(obj, k=2, tol=1e-9, seed=0, preconditioner=direction)
+    np.testing.assert_allclose(same.values, r.values, rtol=1e-12)
+    with pytest.raises(ValueError, match="`preconditioner` must be the diagonal of a positive"):
+        landscape.hessian_eigenvalues(obj, preconditioner=np.r_[p[:-1], 0.0])
+
+
 def test_a_run_stopped_at_its_cap_says_so(quadratic, caplog):
     eig, model, obj = quadratic
     with caplog.at_level("WARNING", logger="landscape"):
