@@ -358,6 +358,10 @@ class SAM(keras.optimizers.Optimizer):
             return asam_perturbation(gradients, weights, rho=self.rho, eta=self.eta, eps=self.eps)
         return sam_perturbation(gradients, rho=self.rho, eps=self.eps)
 
+    def _epsilon(self, gradients, trainable_variables):
+        """ε(w) for ``first_step``; the SAM family (``sam.variants``) overrides it."""
+        return self.perturbation(gradients, [v.value for v in trainable_variables])
+
     def _build_for(self, trainable_variables):
         if not self.built:
             with keras.name_scope(self.name, caller=self):
@@ -403,7 +407,7 @@ class SAM(keras.optimizers.Optimizer):
             )
         self.restore(tvars)
         remembered = self._weight_copy()
-        e_w = self.perturbation(grads, [v.value for v in tvars])
+        e_w = self._epsilon(grads, tvars)
         for v, e in zip(tvars, e_w):
             remembered[self._get_variable_index(v)].assign(v)  # remember w exactly
             if e is not None:

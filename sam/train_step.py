@@ -90,6 +90,8 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     Returns the loss-scaled gradients at w + ε(w), the clean predictions, and whether the clean
     gradients were finite.
     """
+    if sam is not None and hasattr(sam, "_fit_gradients"):  # the SAM family, sam.variants
+        return sam._fit_gradients(model, x, y, sample_weight, scaler, inner)
     optimizer = model.optimizer
     tvars = model.trainable_variables
     # The state the clean pass starts from (BN statistics, RNG seeds): the perturbed pass reuses it.
