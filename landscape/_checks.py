@@ -30,7 +30,8 @@ Precision = Literal["auto", "float32", "float64", "model"]  # the dtype an Objec
 Kind = Literal["contour", "contourf", "heatmap", "surface", "line"]
 Verbose = Literal["auto", 0, 1, 2]
 ModelName = Literal["mlp", "cnn", "resnet"]  # the model zoo
-OptimizerName = Literal["sgd", "sam", "asam"]  # training recipes
+# training recipes: SGD, SAM, ASAM and the SAM family (sam.variants)
+OptimizerName = Literal["sgd", "sam", "asam", "gsam", "looksam", "friendlysam", "esam"]
 Schedule = Literal["constant", "cosine"]  # learning-rate schedules of the recipes
 StrategyName = Literal["default", "mirrored", "multi-worker"]  # tf.distribute
 Backend = Literal["auto", "process", "dask", "mpi"]  # surface executors

@@ -204,11 +204,32 @@ def main() -> None:
               help="SAM/ASAM under mirrored or multi-worker: every replica uses the "
                    "all-reduced perturbation (single-device SAM on the global batch), not its "
                    "own.")  # fmt: skip
+@click.option("--alpha", type=float, default=None, help="gsam/looksam α [gsam 0.1; looksam 0.7].")
+@click.option("--looksam-k", type=int, default=None, help="looksam: a SAM step every K [5].")
+@click.option("--sigma", type=float, default=None, help="friendlysam σ [1].")
+@click.option("--lmbda", type=float, default=None, help="friendlysam λ (moving average) [0.9].")
+@click.option("--beta", type=float, default=None, help="esam β: weight perturbation rate [0.6].")
+@click.option("--gamma", type=float, default=None, help="esam γ: data selection ratio [0.5].")
+@click.option("--perturbed", default=None, metavar="REGEX",
+              help="SAM members: perturb only these variables, 'normalization' (SAM-ON) or a "
+                   "regular expression on variable.path [all].")  # fmt: skip
+@click.option("--sam-every", type=int, default=None, help="SAM members: SAM every K steps, "
+              "plain steps in between.")  # fmt: skip
+@click.option("--sam-last", type=float, default=None, help="SAM members: SAM only in this last "
+              "fraction of the steps.")  # fmt: skip
+@click.option("--sam-probability", type=float, default=None, help="SAM members: SAM with this "
+              "probability per step (seeded by --seed).")  # fmt: skip
 @quiet_option
 def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, weight_decay, epochs,
           batch_size, seed, samples, augment, save_every, out, strategy, sync_perturbations,
-          quiet):  # fmt: skip
-    """Train a model with SGD, SAM or ASAM and save it as a .keras file.
+          alpha, looksam_k, sigma, lmbda, beta, gamma, perturbed, sam_every, sam_last,
+          sam_probability, quiet):  # fmt: skip
+    """Train a model with SGD, SAM, ASAM or a SAM-family member and save it as a .keras file.
+
+    The family (see README): gsam (--alpha), looksam (--looksam-k, --alpha), friendlysam
+    (--sigma, --lmbda), esam (--beta, --gamma); for every SAM member --perturbed
+    normalization is SAM-ON, and --sam-every / --sam-last / --sam-probability make plain steps
+    between SAM steps. An option that does not apply to --optimizer is refused.
 
     With --strategy multi-worker, start the same command on every worker, each with TF_CONFIG
     naming the cluster and its own task index; worker 0 (or the "chief" task) writes --out and
@@ -219,6 +240,8 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
       landscape train --optimizer sgd --out sgd.keras
       landscape train --model resnet --data cifar10 --optimizer sam --rho 0.05 --epochs 20
       landscape train --optimizer sam --save-every 1 --out runs/sam.keras
+      landscape train --optimizer looksam --looksam-k 5 --alpha 0.7 --out looksam.keras
+      landscape train --optimizer sam --sam-every 2 --perturbed normalization
       landscape train --strategy mirrored --sync-perturbations --batch-size 256
 
     \b
@@ -253,6 +276,11 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
         learning_rate=lr, momentum=momentum, weight_decay=weight_decay, rho=rho, seed=seed,
         model_kwargs=model_kwargs, callbacks=callbacks, augment=augment,
         verbose=2 if verbose else 0, strategy=strategy, sync_perturbations=sync_perturbations,
+        optimizer_options={
+            "alpha": alpha, "k": looksam_k, "sigma": sigma, "lmbda": lmbda, "beta": beta,
+            "gamma": gamma, "perturbed": perturbed, "sam_every": sam_every, "sam_last": sam_last,
+            "sam_probability": sam_probability,
+        },
     )  # fmt: skip
     if result.save(out):
         where = f" (checkpoints in {checkpoint_dir})" if checkpoint_dir else ""

@@ -28,7 +28,7 @@ from landscape._distribute import (
     resolve_strategy,
 )
 from landscape.models import build_model
-from sam import SAM, _compat
+from sam import ESAM, GSAM, SAM, FriendlySAM, LookSAM, SAMSchedule, SAMVariant, _compat
 
 logger = logging.getLogger("landscape")
 
@@ -123,6 +123,39 @@ class TrainResult:
         return self.is_chief
 
 
+# Options of the SAM family, and the members they apply to (None: every SAM member).
+_FAMILY_OPTIONS = {
+    "alpha": ("gsam", "looksam"),
+    "k": ("looksam",),
+    "sigma": ("friendlysam",),
+    "lmbda": ("friendlysam",),
+    "beta": ("esam",),
+    "gamma": ("esam",),
+    "perturbed": None,
+    "sam_every": None,
+    "sam_last": None,
+    "sam_probability": None,
+}
+
+
+def _schedule(name, sam_every, sam_last, sam_probability, total_steps, seed):
+    """The ``SAMSchedule`` of the schedule options (at most one), or None."""
+    given = {k: v for k, v in (("sam_every", sam_every), ("sam_last", sam_last),
+                               ("sam_probability", sam_probability)) if v is not None}  # fmt: skip
+    if not given:
+        return None
+    if len(given) > 1 or name == "looksam":
+        rule = (
+            "at most one schedule" if len(given) > 1 else "no schedule for looksam (k is its own)"
+        )
+        raise ValueError(f"Argument `{next(iter(given))}` must be {rule}. Received: {given}.")
+    if sam_every is not None:
+        return SAMSchedule(every=sam_every)
+    if sam_last is not None:
+        return SAMSchedule(last_fraction=sam_last, total_steps=total_steps)
+    return SAMSchedule(probability=sam_probability, seed=seed)
+
+
 def make_optimizer(
     name: OptimizerName,
     *,
@@ -131,11 +164,20 @@ def make_optimizer(
     weight_decay: float | None = None,
     rho: float | None = None,
     sync_perturbations: bool = False,
+    total_steps: int | None = None,
+    seed: int = 0,
+    **family,
 ) -> keras.optimizers.Optimizer:
-    """SGD with momentum, wrapped in SAM (ρ default 0.05) or ASAM (ρ default 0.5) if asked.
+    """SGD with momentum, wrapped in SAM (ρ default 0.05), ASAM (ρ 0.5) or a SAM-family member.
 
     ``sync_perturbations`` is SAM's option (all-reduced ε under ``tf.distribute``); it has no
-    meaning for plain SGD and is refused there.
+    meaning for plain SGD and is refused there. ``family`` holds the options of the SAM family
+    (``sam.variants``), each refused for a member it does not apply to: ``alpha`` (gsam,
+    looksam), ``k`` (looksam), ``sigma``/``lmbda`` (friendlysam), ``beta``/``gamma`` (esam);
+    for every SAM member ``perturbed`` (SAM-ON: ``"normalization"`` or a regular expression on
+    ``variable.path``) and one schedule: ``sam_every`` (k), ``sam_last`` (a fraction of
+    ``total_steps``) or ``sam_probability`` (p, drawn from ``seed``). Unset options take the
+    member's defaults.
     """
     choice("optimizer", name, OptimizerName)
     if sync_perturbations and name == "sgd":
@@ -143,17 +185,36 @@ def make_optimizer(
             "Argument `sync_perturbations` applies to SAM and ASAM only; plain SGD has no "
             "perturbation. Received: optimizer='sgd', sync_perturbations=True."
         )
+    family = {k: v for k, v in family.items() if v is not None}
+    for key, value in family.items():
+        if key not in _FAMILY_OPTIONS:
+            raise TypeError(f"make_optimizer() got an unexpected keyword argument {key!r}")
+        members = _FAMILY_OPTIONS[key]
+        if name == "sgd" or (members is not None and name not in members):
+            applies = "every SAM member" if members is None else ", ".join(members)
+            raise ValueError(
+                f"Argument `{key}` applies to {applies}, not {name}. Received: {key}={value!r}."
+            )
     base = keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
         return base
-    if name == "sam":
-        return SAM(base, rho=0.05 if rho is None else rho, sync_perturbations=sync_perturbations)
-    return SAM(
-        base,
-        rho=0.5 if rho is None else rho,
-        adaptive=True,
-        sync_perturbations=sync_perturbations,
-    )
+    schedule = _schedule(
+        name, *(family.pop(k, None) for k in ("sam_every", "sam_last", "sam_probability")),
+        total_steps, seed,
+    )  # fmt: skip
+    common = {"sync_perturbations": sync_perturbations}
+    rho = (0.5 if name == "asam" else 0.05) if rho is None else rho
+    if name in ("sam", "asam") and not family and schedule is None:
+        return SAM(base, rho=rho, adaptive=name == "asam", **common)
+    if schedule is not None:
+        common["schedule"] = schedule
+    if "perturbed" in family:
+        common["perturbed"] = family.pop("perturbed")
+    members = {"sam": SAMVariant, "asam": SAMVariant, "gsam": GSAM, "looksam": LookSAM,
+               "friendlysam": FriendlySAM, "esam": ESAM}  # fmt: skip
+    if name == "asam":
+        common["adaptive"] = True
+    return members[name](base, rho=rho, **family, **common)
 
 
 def train(
@@ -175,6 +236,7 @@ def train(
     verbose: int | str = "auto",
     strategy: StrategyName | tf.distribute.Strategy | None = None,
     sync_perturbations: bool = False,
+    optimizer_options: dict | None = None,
 ) -> TrainResult:
     """Train a zoo model on ``((x_train, y_train), (x_test, y_test))`` and evaluate it.
 
@@ -214,6 +276,10 @@ def train(
             which normalizes each replica's slice on its own). False (per-replica ε, as
             google-research/sam) perturbs each replica with its own slice's gradient.
             Defaults to False.
+        optimizer_options: Options of the SAM family passed to ``make_optimizer`` (``alpha``,
+            ``k``, ``sigma``, ``lmbda``, ``beta``, ``gamma``, ``perturbed``, ``sam_every``,
+            ``sam_last``, ``sam_probability``); ``sam_last`` is a fraction of this run's steps,
+            and ``sam_probability`` draws from ``seed``. Defaults to None.
 
     Returns:
         A ``TrainResult``; under multi-worker training, ``result.save(path)`` on every worker.
@@ -242,6 +308,9 @@ def train(
         "weight_decay": weight_decay,
         "rho": rho,
         "sync_perturbations": sync_perturbations,
+        "total_steps": epochs * -(-len(x_train) // batch_size),
+        "seed": seed,
+        **(optimizer_options or {}),
     }
     num_classes = int(max(np.max(y_train), np.max(y_test))) + 1
     keras.utils.set_random_seed(seed)

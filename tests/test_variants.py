@@ -528,3 +528,55 @@ def test_family_members_are_sams():
     for opt in (GSAM(sgd()), LookSAM(sgd()), FriendlySAM(sgd()), ESAM(sgd()), SAMVariant(sgd())):
         assert isinstance(opt, SAM)
     assert "L2" and L2 > 0  # the reference's regularizer counts in every pass above
+
+
+# -- make_optimizer and `landscape train --optimizer` ----------------------------------------------
+
+
+def test_make_optimizer_offers_every_member():
+    from landscape._checks import OptimizerName, options
+    from landscape.train import make_optimizer
+
+    made = {name: make_optimizer(name) for name in options(OptimizerName)}
+    assert isinstance(made["sgd"], keras.optimizers.SGD)
+    expected = {"gsam": GSAM, "looksam": LookSAM, "friendlysam": FriendlySAM, "esam": ESAM}
+    for name, cls in expected.items():
+        assert type(made[name]) is cls
+    assert made["asam"].adaptive and made["asam"].rho == 0.5
+    looksam = make_optimizer("looksam", k=3, alpha=0.5)
+    assert (looksam.k, looksam.alpha) == (3, 0.5)
+    scheduled = make_optimizer("asam", sam_last=0.25, total_steps=40, perturbed="normalization")
+    assert type(scheduled) is SAMVariant and scheduled.adaptive
+    assert scheduled.schedule.first_sam_step == 30 and scheduled.perturbed == "normalization"
+    with pytest.raises(ValueError, match="Argument `sigma` applies to friendlysam, not gsam"):
+        make_optimizer("gsam", sigma=1.0)
+    with pytest.raises(ValueError, match="Argument `perturbed` applies to every SAM member"):
+        make_optimizer("sgd", perturbed="normalization")
+    with pytest.raises(ValueError, match="must be at most one schedule"):
+        make_optimizer("sam", sam_every=2, sam_probability=0.5)
+
+
+def test_cli_trains_a_member_and_refuses_bad_options(tmp_path):
+    from click.testing import CliRunner
+
+    from landscape.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, ["train", "--model", "mlp", "--epochs", "1", "--samples",
+                                         "64", "-q", *map(str, args)])  # fmt: skip
+
+    out = tmp_path / "looksam.keras"
+    result = invoke("--optimizer", "looksam", "--looksam-k", 2, "--alpha", 0.5, "--out", out)
+    assert result.exit_code == 0, result.output
+    optimizer = keras.models.load_model(out).optimizer
+    assert type(optimizer) is LookSAM and (optimizer.k, optimizer.alpha) == (2, 0.5)
+    for args, words in [
+        (("--optimizer", "gsam", "--sigma", 1), "`sigma` applies to friendlysam, not gsam"),
+        (("--optimizer", "sam", "--sam-every", 0), "`every` must be an integer >= 1"),
+        (("--optimizer", "esam", "--beta", 2), "`beta` must be a number in (0, 1]"),
+        (("--optimizer", "looksam", "--sam-last", 0.5), "no schedule for looksam"),
+    ]:
+        result = invoke(*args, "--out", tmp_path / "bad.keras")
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.output
