@@ -56,6 +56,7 @@ _PUBLIC = {
         "worst_case_sharpness",
     ),
     "surface": ("Surface", "compute_surface", "parse_grid"),
+    "tracking": ("SharpnessTracker", "stability_threshold"),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 

@@ -320,3 +320,10 @@ def stateless_scope_keeping_dtypes(mapping):
     for variable, value in mapping:
         state[id(variable)] = value
     return scope
+
+
+def adam_velocity(optimizer, variable):
+    """Adam's second-moment estimate v for ``variable`` (``Adam._velocities`` at
+    ``Optimizer._get_variable_index(variable)``; checked with Keras 3.15)."""
+    index = _private(optimizer, "_get_variable_index")(variable)
+    return _private(optimizer, "_velocities")[index]

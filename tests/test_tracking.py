@@ -1,0 +1,242 @@
+"""SharpnessTracker and the stability thresholds, against Keras's own optimizers and the paper."""
+
+import csv
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import landscape
+from landscape import tracking
+from sam import SAM
+
+
+# ------------------------------------------------------------------------------ thresholds
+def _quadratic_run(optimizer, curvature: float, steps: int = 600) -> float:
+    """|w| after ``steps`` of ``optimizer`` on ½ λ w² (gradient λ w) from w = 1."""
+    w = keras.Variable([1.0], dtype="float64")
+    optimizer.build([w])
+    for _ in range(steps):
+        optimizer.apply([curvature * w.value], [w])
+    return float(abs(w.numpy()[0]))
+
+
+@pytest.mark.parametrize(
+    "make, want",
+    [
+        (lambda: keras.optimizers.SGD(0.1), 2 / 0.1),
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), (2 + 1.8) / 0.1),
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), 3.8 / (2.8 * 0.1)),
+    ],
+)
+def test_sgd_thresholds_are_where_keras_sgd_becomes_unstable(make, want):
+    """The rule's value, and Keras's SGD itself: stable just below it, unstable just above."""
+    stability = tracking.stability_threshold(make())
+    assert stability.threshold == pytest.approx(want, rel=1e-6)  # η is a float32 variable
+    assert stability.learning_rate == pytest.approx(0.1) and stability.optimizer == "SGD"
+    assert _quadratic_run(make(), 0.97 * want) < 1e-3
+    assert _quadratic_run(make(), 1.03 * want) > 1e3
+
+
+def test_sam_and_a_loss_scaler_are_looked_through():
+    base = keras.optimizers.SGD(0.05, momentum=0.5)
+    for opt in (SAM(base, rho=0.1), keras.optimizers.LossScaleOptimizer(SAM(base, rho=0.1))):
+        stability = tracking.stability_threshold(opt)
+        assert stability.threshold == pytest.approx(3.0 / 0.05)
+        assert stability.optimizer == "SGD" and stability.rule == "(2 + 2β)/η"
+    assert math.isnan(tracking.stability_threshold(keras.optimizers.RMSprop(0.1)).threshold)
+
+
+def test_adam_preconditioner_is_the_one_of_keras_adams_last_update():
+    """Δw of Adam's step t equals −η P_t⁻¹ m_t with P_t as the tracker reads it."""
+    opt = keras.optimizers.Adam(0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-3)
+    w = keras.Variable(np.ones(5), dtype="float64")
+    opt.build([w])
+    rng = np.random.default_rng(0)
+    assert math.isnan(tracking.stability_threshold(opt, [w]).threshold)  # no step yet
+    for _ in range(4):
+        before = w.numpy().copy()
+        opt.apply([rng.normal(size=5)], [w])
+    stability = tracking.stability_threshold(opt, [w])
+    momentum = next(v for v in opt.variables if "momentum" in v.path).numpy()
+    np.testing.assert_allclose(
+        w.numpy() - before,
+        -stability.learning_rate * momentum / stability.preconditioner[0],
+        rtol=1e-6,  # one scalar factor of Keras's step (η, bias corrections) is float32
+    )
+    assert stability.threshold == pytest.approx((2 + 1.6) / (0.2 * 0.01))
+
+
+def test_adam_threshold_is_the_frozen_preconditioner_stability_limit():
+    """Cohen et al. 2022's rule, from the recurrence m ← β₁m + (1 − β₁)g, w ← w − η m / p."""
+    eta, beta_1, p = 0.01, 0.9, 0.5
+    limit = (2 + 2 * beta_1) / ((1 - beta_1) * eta)  # on λ / p
+
+    def run(ratio):
+        w, m = 1.0, 0.0
+        for _ in range(3000):
+            m = beta_1 * m + (1 - beta_1) * ratio * p * w
+            w -= eta * m / p
+        return abs(w)
+
+    assert run(0.97 * limit) < 1e-3
+    assert not run(1.03 * limit) < 1e3  # grows without bound (to inf, then NaN)
+    assert tracking.stability_threshold(keras.optimizers.Adam(eta)).rule.endswith("P⁻¹H)")
+
+
+# ---------------------------------------------------------------------------------- tracker
+def _small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="tanh")(inp)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Dropout(0.3)(h)
+    model = keras.Model(inp, keras.layers.Dense(3)(h))
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 3, n)
+
+
+def _state(model):
+    return [v.numpy().copy() for v in (*model.variables, *model.optimizer.variables)]
+
+
+def test_the_tracker_changes_nothing_and_logs_what_hessian_eigenvalues_computes(tmp_path):
+    x, y = _data()
+    plain = _small_model()
+    plain_history = plain.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+    model = _small_model()
+    tracker = landscape.SharpnessTracker((x[:64], y[:64]), k=2, trace=True, trace_tol=0.2, seed=3)
+    log = tmp_path / "log.csv"
+    history = model.fit(
+        x, y, batch_size=32, epochs=3, shuffle=False, verbose=0,
+        callbacks=[tracker, keras.callbacks.CSVLogger(str(log))],
+    )  # fmt: skip
+    # Weights, BN statistics, optimizer state, dropout's RNG: as if no tracker had run.
+    for a, b in zip(_state(plain), _state(model)):
+        np.testing.assert_array_equal(a, b)
+    assert history.history["loss"] == plain_history.history["loss"]
+    h = tracker.history
+    assert h["step"] == [0, 3, 6, 9] and h["epoch"] == [0.0, 1.0, 2.0, 3.0]
+    assert all(len(v) == 4 for v in h.values())
+    assert h["threshold"] == pytest.approx([3.8 / 0.05] * 4)
+    assert h["learning_rate"][0] == pytest.approx(0.05)
+    assert all(h["converged"]) and max(h["residual"]) <= 1e-3
+    # The last probe equals a fresh certified computation at the final weights.
+    obj = landscape.Objective(model, (x[:64], y[:64]), metrics=())
+    eig = landscape.hessian_eigenvalues(obj, k=2, tol=1e-8, seed=0)
+    np.testing.assert_allclose([h["lambda_max"][-1], h["lambda_2"][-1]], eig.values, rtol=1e-5)
+    assert h["probe_loss"][-1] == pytest.approx(obj.evaluate()["loss"], rel=1e-6)
+    assert h["trace"][-1] == pytest.approx(
+        landscape.hessian_trace(obj, samples=100, tol=0.2, seed=3 + 3).estimate, rel=1e-6
+    )
+    # fit's logs: History and a CSVLogger listed after the tracker see every epoch's values.
+    assert history.history["lambda_max"] == pytest.approx(h["lambda_max"][1:])
+    rows = list(csv.DictReader(log.open()))
+    assert [float(r["lambda_2"]) for r in rows] == pytest.approx(h["lambda_2"][1:])
+    assert [float(r["threshold"]) for r in rows] == pytest.approx(h["threshold"][1:])
+    assert 0 < tracker.seconds < tracker.train_seconds and tracker.overhead > 0
+    saved = json.loads(json.dumps(tracker.as_dict()))
+    assert saved["history"]["lambda_max"] == pytest.approx(h["lambda_max"])
+    assert saved["quantity"] == "lambda_max(H)" and saved["rule"] == "(2 + 2β)/η"
+
+
+def test_adam_is_tracked_by_its_preconditioned_sharpness():
+    x, y = _data(48)
+    model = _small_model()
+    model.compile(keras.optimizers.Adam(0.01), model.loss)
+    tracker = landscape.SharpnessTracker((x, y), every=2, unit="step", tol=1e-6, max_iter=200)
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[tracker])
+    assert tracker.history["step"] == [2, 4, 6]  # none before the first step
+    assert tracker.quantity == "lambda_1(P^-1 H)"
+    opt = model.optimizer
+    v = [next(s for s in opt.variables if s.path.endswith(w.path.replace("/", "_") + "_velocity"))
+         for w in model.trainable_variables]  # fmt: skip
+    t = int(opt.iterations.numpy())
+    p = np.concatenate([
+        (np.sqrt(s.numpy().ravel().astype(np.float64)) + opt.epsilon)
+        * (1 - opt.beta_1**t) / np.sqrt(1 - opt.beta_2**t) for s in v
+    ])  # fmt: skip
+    obj = landscape.Objective(model, (x, y), metrics=())
+    plain = landscape.hessian_eigenvalues(obj, k=1, tol=1e-8, seed=0)
+    want = landscape.hessian_eigenvalues(obj, k=1, tol=1e-8, seed=0, preconditioner=p)
+    assert tracker.history["lambda_max"][-1] == pytest.approx(want.values[0], rel=1e-5)
+    assert abs(want.values[0] - plain.values[0]) > 0.1 * plain.values[0]  # P matters
+    assert tracker.history["threshold"][-1] == pytest.approx(3.8 / (0.1 * 0.01))
+
+
+def test_bad_tracker_arguments_are_refused():
+    data = _data(8)
+    with pytest.raises(ValueError, match="`every`"):
+        landscape.SharpnessTracker(data, every=0)
+    with pytest.raises(ValueError, match="`unit` must be one of"):
+        landscape.SharpnessTracker(data, unit="batch")
+    with pytest.raises(ValueError, match="`tol`"):
+        landscape.SharpnessTracker(data, tol=2.0)
+
+
+# ------------------------------------------------------------------------ edge of stability
+def _edge_of_stability_run():
+    """Full-batch gradient descent (MSE, tanh MLP, 500 embedded MNIST digits pooled to 14×14):
+    400 steps at η = 1.8, then 600 at η = 0.9, a probe every 20 steps."""
+    (x, y), _ = landscape.load_embedded()
+    n = 500
+    x = (x[:n] / 255).astype("float32").reshape(n, 14, 2, 14, 2).mean(axis=(2, 4)).reshape(n, -1)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-3)
+    targets = keras.utils.to_categorical(y[:n], 10)
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.VarianceScaling(0.5, "fan_in", "truncated_normal", seed=0)
+    model = keras.Sequential(
+        [keras.Input((196,))]
+        + [keras.layers.Dense(64, activation="tanh", kernel_initializer=init) for _ in range(3)]
+        + [keras.layers.Dense(10, kernel_initializer=init)]
+    )
+    model.compile(keras.optimizers.SGD(1.8), "mse", steps_per_execution=20)
+    tracker = landscape.SharpnessTracker((x, targets), every=20, unit="step", batch_size=n)
+    full_batch = tf.data.Dataset.from_tensors((x, targets)).repeat()
+    fit = {"epochs": 1, "verbose": 0, "shuffle": False, "callbacks": [tracker]}
+    model.fit(full_batch, steps_per_epoch=400, **fit)
+    model.optimizer.learning_rate = 0.9
+    model.fit(full_batch, steps_per_epoch=600, **fit)
+    return tracker
+
+
+def _phase(history, first, last):
+    keep = [i for i, s in enumerate(history["step"]) if first <= s <= last]
+    return {key: np.asarray([history[key][i] for i in keep]) for key in history}
+
+
+def test_gradient_descent_reaches_and_stays_at_the_edge_of_stability():
+    tracker = _edge_of_stability_run()
+    h = tracker.history
+    assert h["step"][0] == 0 and h["step"][-1] == 1000 and all(h["converged"])
+    # After η is halved, λ_max rises from below the new 2/η to within 10 % of it and stays
+    # within ±20 % of it for the rest of training (Cohen et al. 2021's edge of stability).
+    late = _phase(h, 420, 1000)
+    ratio = late["lambda_max"] / late["threshold"]
+    assert np.allclose(late["threshold"], 2 / 0.9) and ratio[0] < 0.9
+    reached = int(np.argmax(ratio >= 0.9))
+    assert ratio[reached] >= 0.9 and np.all(np.abs(ratio[reached:] - 1) <= 0.2), ratio
+    # ... while the loss keeps decreasing, not monotonically.
+    loss = late["probe_loss"]
+    assert loss[-1] < loss[reached] and np.any(np.diff(loss[reached:]) > 0)
+    # At η = 1.8: from below 2/η to within 10 %; the first crossing overshoots (to 1.25 × 2/η
+    # on this machine) until the first catapult, after which λ stays within ±20 %.
+    early = _phase(h, 0, 400)
+    ratio = early["lambda_max"] / early["threshold"]
+    assert np.allclose(early["threshold"], 2 / 1.8) and ratio[0] < 0.9
+    reached = int(np.argmax(ratio >= 0.9))
+    catapult = reached + int(np.argmax(np.diff(ratio[reached:]) < 0)) + 1
+    assert np.max(ratio[reached:]) < 1.35 and np.all(np.abs(ratio[catapult:] - 1) <= 0.2), ratio
+    assert np.any(np.diff(early["probe_loss"][reached:]) > 0)
