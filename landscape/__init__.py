@@ -45,7 +45,13 @@ _PUBLIC = {
         "hessian_trace",
     ),
     "objective": ("Objective",),
-    "plot": ("plot_comparison", "plot_spectrum", "plot_surface", "plot_trajectory"),
+    "plot": (
+        "plot_comparison",
+        "plot_sharpness",
+        "plot_spectrum",
+        "plot_surface",
+        "plot_trajectory",
+    ),
     "sharpness": (
         "AverageSharpness",
         "EpsilonSharpness",

@@ -646,3 +646,95 @@ def plot_spectrum(
     if title:
         fit_title(ax, title)
     return ax
+
+
+def _sharpness_history(source) -> tuple[dict, str]:
+    """(history, quantity) from a SharpnessTracker, its ``as_dict()``, a JSON file of it, or a
+    plain dict of lists."""
+    if isinstance(source, str | os.PathLike):
+        import json
+
+        with open(source) as f:
+            source = json.load(f)
+    if hasattr(source, "history") and hasattr(source, "quantity"):  # a SharpnessTracker
+        return source.history, source.quantity
+    if isinstance(source, dict) and "history" in source:
+        return source["history"], source.get("quantity", "lambda_max(H)")
+    if isinstance(source, dict):
+        return source, "lambda_max(H)"
+    raise ValueError(
+        "Argument `history_or_tracker` must be a SharpnessTracker, its as_dict(), a JSON file "
+        f"of it or a dict of lists. Received: {type(source).__name__}."
+    )
+
+
+def plot_sharpness(
+    history_or_tracker,
+    *,
+    ax: Axes | None = None,
+    x: str = "step",
+    log: bool = False,
+    all_eigenvalues: bool = True,
+    title: str | None = None,
+    **kwargs,
+) -> Axes:
+    """The tracked sharpness against training time, with the optimizer's stability threshold.
+
+    λ_max (solid, with markers; λ₂ … λ_k fainter) and the threshold (dashed, a step line that
+    follows learning-rate changes), as Cohen et al. (2021, arXiv 2103.00065) draw the edge of
+    stability. A probe that was not certified is drawn with a hollow marker.
+
+    Args:
+        history_or_tracker: A ``landscape.SharpnessTracker``, its ``as_dict()``, the path of
+            a JSON file of it (``landscape train --track-sharpness`` writes one), or a dict of
+            lists with ``step`` (or ``epoch``), ``lambda_max`` and optionally ``threshold``,
+            ``lambda_2`` …, ``converged``.
+        ax: Axes to draw on; None makes a figure. Defaults to None.
+        x: ``"step"`` or ``"epoch"``. Defaults to "step".
+        log: Log scale for the sharpness axis. Defaults to False.
+        all_eigenvalues: Also draw λ₂ … λ_k when recorded. Defaults to True.
+        title: A title, wrapped to the axes' width (``fit_title``). Defaults to None.
+        **kwargs: Passed on to ``ax.plot`` for λ_max.
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: an unknown ``x``, or a history without ``lambda_max`` or the ``x`` key.
+    """
+    history, quantity = _sharpness_history(history_or_tracker)
+    if x not in ("step", "epoch"):
+        raise ValueError(f"Argument `x` must be 'step' or 'epoch'. Received: x={x!r}.")
+    if "lambda_max" not in history or x not in history:
+        raise ValueError(
+            f"The history has no {'lambda_max' if 'lambda_max' not in history else x!r} "
+            f"entries; its keys are {sorted(history)}."
+        )
+    t = np.asarray(history[x], dtype=np.float64)
+    lam = np.asarray([np.nan if v is None else v for v in history["lambda_max"]], np.float64)
+    ax = _new_axes(ax)
+    label = "λ₁(P⁻¹H)" if "P^-1" in quantity else "λ_max"
+    (line,) = ax.plot(t, lam, marker="o", markersize=3, label=label, **kwargs)
+    converged = np.asarray(history.get("converged", [True] * len(t)), dtype=bool)
+    if not converged.all():
+        ax.plot(t[~converged], lam[~converged], "o", mfc="none", color=line.get_color(),
+                label="not certified")  # fmt: skip
+    i = 2
+    while all_eigenvalues and f"lambda_{i}" in history:
+        values = np.asarray([np.nan if v is None else v for v in history[f"lambda_{i}"]])
+        ax.plot(t, values, color=line.get_color(), alpha=0.35, linewidth=1, label=f"λ{i}")
+        i += 1
+    if "threshold" in history:
+        thr = np.asarray([np.nan if v is None else v for v in history["threshold"]], np.float64)
+        if np.isfinite(thr).any():
+            ax.step(
+                t, thr, where="post", linestyle="--", color="black", label="stability threshold"
+            )
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step" if x == "step" else "epoch")
+    ax.set_ylabel(label)
+    ax.legend(loc="best", fontsize="small")
+    if title:
+        fit_title(ax, title)
+    return ax

@@ -240,3 +240,30 @@ def test_gradient_descent_reaches_and_stays_at_the_edge_of_stability():
     catapult = reached + int(np.argmax(np.diff(ratio[reached:]) < 0)) + 1
     assert np.max(ratio[reached:]) < 1.35 and np.all(np.abs(ratio[catapult:] - 1) <= 0.2), ratio
     assert np.any(np.diff(early["probe_loss"][reached:]) > 0)
+
+
+# -------------------------------------------------------------------------------------- plot
+def test_plot_sharpness_draws_the_recorded_values_and_threshold(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    history = {
+        "step": [0, 10, 20, 30], "epoch": [0.0, 0.5, 1.0, 1.5],
+        "lambda_max": [1.0, 1.5, 2.1, 1.9], "lambda_2": [0.5, 0.7, 0.9, 1.0],
+        "threshold": [2.0, 2.0, 4.0, 4.0], "converged": [True, True, False, True],
+    }  # fmt: skip
+    ax = landscape.plot_sharpness(history)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(lines["λ_max"].get_ydata(), history["lambda_max"])
+    np.testing.assert_array_equal(lines["λ2"].get_ydata(), history["lambda_2"])
+    np.testing.assert_array_equal(lines["not certified"].get_xdata(), [20])
+    np.testing.assert_array_equal(lines["stability threshold"].get_ydata(), history["threshold"])
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"history": history, "quantity": "lambda_1(P^-1 H)"}))
+    ax = landscape.plot_sharpness(str(path), x="epoch", all_eigenvalues=False)
+    assert ax.get_ylabel() == "λ₁(P⁻¹H)" and ax.get_xlabel() == "epoch"
+    np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), history["epoch"])
+    with pytest.raises(ValueError, match="`x` must be 'step' or 'epoch'"):
+        landscape.plot_sharpness(history, x="time")
+    with pytest.raises(ValueError, match="no 'lambda_max' entries"):
+        landscape.plot_sharpness({"step": [1]})
