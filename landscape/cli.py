@@ -219,11 +219,18 @@ def main() -> None:
               "fraction of the steps.")  # fmt: skip
 @click.option("--sam-probability", type=float, default=None, help="SAM members: SAM with this "
               "probability per step (seeded by --seed).")  # fmt: skip
+@click.option("--track-sharpness", "track_every", type=int, default=0, metavar="EVERY",
+              help="Record λ_max and the stability threshold every EVERY epochs (or steps, "
+                   "--track-unit) on a probe set: OUT_sharpness.json and .png [off].")  # fmt: skip
+@click.option("--track-unit", type=click.Choice(["epoch", "step"]), default="epoch",
+              show_default=True, help="Unit of --track-sharpness.")  # fmt: skip
+@click.option("--track-samples", type=int, default=1000, show_default=True,
+              help="Probe set of --track-sharpness: the first N training examples.")  # fmt: skip
 @quiet_option
 def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, weight_decay, epochs,
           batch_size, seed, samples, augment, save_every, out, strategy, sync_perturbations,
           alpha, looksam_k, sigma, lmbda, beta, gamma, perturbed, sam_every, sam_last,
-          sam_probability, quiet):  # fmt: skip
+          sam_probability, track_every, track_unit, track_samples, quiet):  # fmt: skip
     """Train a model with SGD, SAM, ASAM or a SAM-family member and save it as a .keras file.
 
     The family (see README): gsam (--alpha), looksam (--looksam-k, --alpha), friendlysam
@@ -243,6 +250,7 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
       landscape train --optimizer looksam --looksam-k 5 --alpha 0.7 --out looksam.keras
       landscape train --optimizer sam --sam-every 2 --perturbed normalization
       landscape train --strategy mirrored --sync-perturbations --batch-size 256
+      landscape train --optimizer sgd --momentum 0 --lr 0.1 --track-sharpness 1 --out gd.keras
 
     \b
     Two workers (on host2 the same command with "index": 1):
@@ -257,6 +265,16 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
 
     if not str(out).endswith(".keras"):
         raise UserError(f"--out must end in .keras. Received: {out}.")
+    if track_every < 0 or track_samples < 1:
+        raise UserError(
+            "--track-sharpness must be ≥ 0 and --track-samples ≥ 1. Received: "
+            f"--track-sharpness {track_every}, --track-samples {track_samples}."
+        )
+    if track_every and strategy not in (None, "default"):
+        raise UserError(
+            f"--track-sharpness runs with the default strategy only. Received: --strategy "
+            f"{strategy}."
+        )
     # The zoo's models are image classifiers: images with a channel axis, integer labels.
     loaded = read_dataset(data, scale=scale, images=True)
     for note in loaded.notes:
@@ -271,6 +289,13 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
     if save_every:
         checkpoint_dir = pathlib.Path(out).with_suffix("").as_posix() + "_checkpoints"
         callbacks.append(CheckpointEvery(checkpoint_dir, every=save_every))
+    tracker = None
+    if track_every:
+        from landscape.tracking import SharpnessTracker
+
+        probe = (dataset[0][0][:track_samples], dataset[0][1][:track_samples])
+        tracker = SharpnessTracker(probe, every=track_every, unit=track_unit)
+        callbacks.insert(0, tracker)
     result = train_model(
         dataset, model=model_name, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         learning_rate=lr, momentum=momentum, weight_decay=weight_decay, rho=rho, seed=seed,
@@ -285,12 +310,36 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
     if result.save(out):
         where = f" (checkpoints in {checkpoint_dir})" if checkpoint_dir else ""
         _say(quiet, f"saved {out}{where}")
+        if tracker is not None:
+            _save_tracking(tracker, out, quiet)
     else:
         _say(quiet, f"trained; the chief worker saves {out}")
     click.echo(
         f"train loss {result.train_loss:.4f}  train acc {result.train_acc:.4f}  "
         f"test loss {result.test_loss:.4f}  test acc {result.test_acc:.4f}"
     )
+
+
+def _save_tracking(tracker, out, quiet: bool) -> None:
+    """OUT_sharpness.json (the tracker's as_dict) and OUT_sharpness.png (plot_sharpness)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from landscape.plot import plot_sharpness
+
+    stem = pathlib.Path(out).with_suffix("").as_posix() + "_sharpness"
+    with open(stem + ".json", "w") as f:
+        json.dump(tracker.as_dict(), f, indent=1)
+    ax = plot_sharpness(tracker)
+    ax.figure.savefig(stem + ".png", dpi=150, bbox_inches="tight")
+    h = tracker.history
+    last = ""
+    if h["step"]:
+        last = f"last λ_max {h['lambda_max'][-1]:.4g} vs threshold {h['threshold'][-1]:.4g}; "
+    overhead = f"overhead {100 * tracker.overhead:.0f} % of training time"
+    _say(quiet, f"sharpness: {len(h['step'])} probes, {last}{overhead} -> {stem}.json, .png")
 
 
 # -- surface -------------------------------------------------------------------------------------

@@ -267,3 +267,28 @@ def test_plot_sharpness_draws_the_recorded_values_and_threshold(tmp_path):
         landscape.plot_sharpness(history, x="time")
     with pytest.raises(ValueError, match="no 'lambda_max' entries"):
         landscape.plot_sharpness({"step": [1]})
+
+
+# --------------------------------------------------------------------------------------- CLI
+def test_landscape_train_tracks_sharpness_next_to_the_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from landscape.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*args):
+        return CliRunner().invoke(main, ["train", "--model", "mlp", "--samples", "64", *args])
+
+    result = invoke("--optimizer", "sgd", "--epochs", "2", "--track-sharpness", "1",
+                    "--track-samples", "32", "--out", "gd.keras")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "gd_sharpness.json").read_text())
+    assert saved["history"]["epoch"] == [0.0, 1.0, 2.0] and saved["rule"] == "(2 + 2β)/η"
+    assert all(saved["history"]["converged"]) and (tmp_path / "gd_sharpness.png").stat().st_size
+    assert "sharpness: 3 probes" in result.output
+    for bad in (["--track-sharpness", "-1"], ["--track-sharpness", "1", "--track-samples", "0"],
+                ["--track-sharpness", "1", "--strategy", "mirrored"]):  # fmt: skip
+        result = invoke(*bad, "--out", "bad.keras")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "bad.keras").exists()
