@@ -1,0 +1,173 @@
+"""SharpnessTracker benchmark: what warm starts save, and what tracking adds to training.
+
+On MNIST (``--data embedded``: the 6,000 embedded training images; ``--data mnist``: all 60,000
+of ``../shared/data/mnist.npz``; scaled to [0, 1]) a ``landscape.models.cnn`` (filters 16, 32,
+BatchNorm; sparse categorical cross-entropy) trains with SGD (learning rate 0.05, momentum 0.9,
+batch 128) for ``--epochs`` epochs.
+
+1. Warm starts: one training run carries two trackers that probe the same weights (a tracker
+   changes nothing, so both see the same run): one warm-started from the previous probe's
+   eigenvectors, one from a random vector every time; top-1 at the default tolerance. Two
+   settings: (a) the CNN above, a probe every epoch on the first 1,000 training images; (b)
+   full-batch gradient descent at the edge of stability (a tanh MLP, MSE, 500 embedded images
+   pooled to 14×14, η = 1.8, 400 steps; the set-up of tests/test_tracking.py), a probe every 20
+   steps. Reported: Hessian-vector products per probe after the first (median and mean) for
+   each, the reduction, and the largest relative difference of their λ_max.
+2. Overhead: the same training without a tracker and with one (warm, every epoch, 1,000
+   images), interleaved, ``--repeats`` times in alternating order, each timed around ``fit``
+   (the model is built and compiled outside the timing). Reported: the median of
+   time(with) / time(without) − 1, and the tracker's own ``overhead`` (time in probes over the
+   rest of training).
+
+Like the other benchmarks (``_common.py``), TensorFlow runs with ``TF_ENABLE_ONEDNN_OPTS=0``
+unless the variable is set. About 5 minutes on a 2-core machine with the defaults.
+
+    .venv/bin/python benchmarks/tracking.py [--epochs 4] [--repeats 3] [--probe 1000]
+        [--every 1] [--tol 1e-3] [--optimizer sgd|sam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import _common  # noqa: F401 (environment before TensorFlow)
+import numpy as np
+
+
+def build(optimizer: str, seed: int):
+    import keras
+
+    import landscape
+    from sam import SAM
+
+    keras.utils.set_random_seed(seed)
+    model = landscape.models.cnn((28, 28, 1), 10, filters=(16, 32), sam_model=optimizer == "sam")
+    base = keras.optimizers.SGD(0.05, momentum=0.9)
+    model.compile(
+        SAM(base, rho=0.05) if optimizer == "sam" else base,
+        keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def fit(model, x, y, epochs: int, callbacks) -> float:
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=128, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
+    return time.perf_counter() - start
+
+
+def edge_of_stability():
+    """Two trackers (warm, cold) on full-batch gradient descent at the edge of stability."""
+    import keras
+    import tensorflow as tf
+
+    import landscape
+
+    (x, y), _ = landscape.load_embedded()
+    n = 500
+    x = (x[:n] / 255).astype("float32").reshape(n, 14, 2, 14, 2).mean(axis=(2, 4)).reshape(n, -1)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-3)
+    targets = keras.utils.to_categorical(y[:n], 10)
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.VarianceScaling(0.5, "fan_in", "truncated_normal", seed=0)
+    layers = [keras.layers.Dense(64, activation="tanh", kernel_initializer=init) for _ in range(3)]
+    layers.append(keras.layers.Dense(10, kernel_initializer=init))
+    model = keras.Sequential([keras.Input((196,)), *layers])
+    model.compile(keras.optimizers.SGD(1.8), "mse", steps_per_execution=20)
+    trackers = [
+        landscape.SharpnessTracker((x, targets), every=20, unit="step", batch_size=n, warm_start=w)
+        for w in (True, False)
+    ]
+    full_batch = tf.data.Dataset.from_tensors((x, targets)).repeat()
+    model.fit(full_batch, epochs=1, steps_per_epoch=400, verbose=0, shuffle=False,
+              callbacks=trackers)  # fmt: skip
+    return trackers
+
+
+def compare(title: str, warm, cold) -> None:
+    """Products per probe after the first, warm against cold, and their λ_max."""
+    w, c = warm.history["n_hvp"][1:], cold.history["n_hvp"][1:]
+    lam_w, lam_c = np.asarray(warm.history["lambda_max"]), np.asarray(cold.history["lambda_max"])
+    print(f"\nWarm starts, {title} (products per probe after the first, certificate included)")
+    print(f"  warm: {w}  median {statistics.median(w)}  mean {np.mean(w):.2f}")
+    print(f"  cold: {c}  median {statistics.median(c)}  mean {np.mean(c):.2f}")
+    print(f"  reduction of the mean: {100 * (1 - np.mean(w) / np.mean(c)):.0f} %")
+    certified = all(warm.history["converged"]) and all(cold.history["converged"])
+    print(f"  λ_max from {lam_w[0]:.4g} to {lam_w[-1]:.4g}; largest relative difference "
+          f"warm/cold {np.max(np.abs(lam_w - lam_c) / np.abs(lam_c)):.1e}; all certified: "
+          f"{certified}", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--probe", type=int, default=1000, help="probe-set size")
+    parser.add_argument("--every", type=int, default=1, help="probe every N epochs")
+    parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument("--optimizer", choices=["sgd", "sam"], default="sgd")
+    parser.add_argument("--data", choices=["embedded", "mnist"], default="embedded")
+    parser.add_argument("--no-warm", action="store_true", help="skip the warm-start part")
+    args = parser.parse_args()
+
+    import landscape
+
+    if args.data == "mnist":
+        with np.load(_common.CIFAR.parent / "mnist.npz") as f:
+            x, y = f["x_train"], f["y_train"].astype("int32")
+    else:
+        (x, y), _ = landscape.load_embedded()
+    x = (x[..., None] / 255.0).astype("float32")
+    probe = (x[: args.probe], y[: args.probe])
+    print(
+        f"MNIST ({args.data}), {len(x)} training images; cnn (16, 32) + BN, {args.optimizer}, "
+        f"batch 128, {args.epochs} epochs; probe set {args.probe} images every {args.every} "
+        f"epoch(s), tol {args.tol}; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
+
+    def tracker(warm: bool):
+        return landscape.SharpnessTracker(
+            probe, every=args.every, tol=args.tol, warm_start=warm, seed=0
+        )
+
+    # 1. warm against cold starts, on the same weights
+    if not args.no_warm:
+        warm, cold = tracker(True), tracker(False)
+        fit(build(args.optimizer, 0), x, y, args.epochs, [warm, cold])
+        compare("(a) CNN, a probe every epoch", warm, cold)
+        compare("(b) gradient descent at the edge of stability, a probe every 20 steps",
+                *edge_of_stability())  # fmt: skip
+
+    # 2. overhead, interleaved
+    ratios, plain_times, tracked_times, own = [], [], [], []
+    for r in range(args.repeats):
+        runs = [("plain", None), ("tracked", tracker(True))]
+        if r % 2:
+            runs.reverse()
+        times = {}
+        for name, t in runs:
+            model = build(args.optimizer, r)
+            times[name] = fit(model, x, y, args.epochs, [t] if t else [])
+            if t is not None:
+                own.append(t.overhead)
+                probes = len(t.history["step"])
+        ratios.append(times["tracked"] / times["plain"] - 1)
+        plain_times.append(times["plain"])
+        tracked_times.append(times["tracked"])
+        print(f"  repetition {r}: without {times['plain']:.1f} s, with {times['tracked']:.1f} s "
+              f"({probes} probes): +{100 * ratios[-1]:.0f} %", flush=True)  # fmt: skip
+    print("\nOverhead (median of repetitions)")
+    print(f"  training without the tracker {statistics.median(plain_times):.1f} s, with it "
+          f"{statistics.median(tracked_times):.1f} s: +{100 * statistics.median(ratios):.0f} % "
+          f"(tracker's own estimate +{100 * statistics.median(own):.0f} %)")  # fmt: skip
+    print(f"load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
