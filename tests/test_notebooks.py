@@ -13,8 +13,12 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_both_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["quickstart.ipynb", "sharpness.ipynb"]
+def test_the_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == [
+        "edge_of_stability.ipynb",
+        "quickstart.ipynb",
+        "sharpness.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
