@@ -316,7 +316,7 @@ class SharpnessTracker(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
-        self._train_start = time.perf_counter()
+        self._train_start = start = time.perf_counter()
         if self._objective is None or self._objective.model is not self.model:
             self._objective = Objective(
                 self.model,
@@ -327,6 +327,7 @@ class SharpnessTracker(keras.callbacks.Callback):
                 precision=self.precision,
             )
             self._previous = None
+            self.seconds += time.perf_counter() - start  # checking the model against its loss
         self._step = int(_number(self.model.optimizer.iterations))
         self._epoch = 0
         if self.at_start and (not self.history["step"] or self.history["step"][-1] != self._step):
