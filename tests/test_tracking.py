@@ -292,3 +292,25 @@ def test_landscape_train_tracks_sharpness_next_to_the_model(tmp_path, monkeypatc
         result = invoke(*bad, "--out", "bad.keras")
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert not (tmp_path / "bad.keras").exists()
+
+
+def test_a_dataset_probe_set_and_sam_training():
+    """A finite tf.data probe set measures what arrays do; with SAM the base SGD's rule counts."""
+    import sam
+
+    x, y = _data(64)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = sam.SAMModel(inp, keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(inp)))
+    model.compile(SAM(keras.optimizers.SGD(0.1, momentum=0.5), rho=0.05),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    arrays = landscape.SharpnessTracker((x, y), tol=1e-6, max_iter=200)
+    dataset = landscape.SharpnessTracker(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(20), tol=1e-6, max_iter=200
+    )
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[arrays, dataset])
+    assert arrays.history["step"] == dataset.history["step"] == [0, 4, 8]
+    np.testing.assert_allclose(arrays.history["lambda_max"], dataset.history["lambda_max"],
+                               rtol=1e-5)  # fmt: skip
+    assert arrays.history["threshold"] == pytest.approx([3.0 / 0.1] * 3)
+    assert arrays.rule == "(2 + 2β)/η"
