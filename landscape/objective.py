@@ -275,6 +275,60 @@ def _hvp_of(mode: str, scalar_of, vals: list, slots: list[int], vectors: list):
     return aux, [tf.cast(tf.convert_to_tensor(h), tf.float64) for h in hv]
 
 
+#: Where the Gauss-Newton split is taken, per output: the outputs themselves, or the logits
+#: that a softmax / sigmoid output was computed from (recovered as log p, or log p - log(1 - p)).
+GGN_SPLITS = ("outputs", "softmax", "sigmoid")
+#: Keras loss functions with a GGN: the loss is convex in the split's variable, so G is PSD.
+_GGN_CROSS_ENTROPIES = {
+    "sparse_categorical_crossentropy": "softmax",
+    "categorical_crossentropy": "softmax",
+    "binary_crossentropy": "sigmoid",
+}
+#: tolerance of the check that probabilities given to a softmax split sum to 1 per sample
+GGN_SOFTMAX_ATOL = 1e-3
+
+
+def _ggn_refusal(reason: str) -> ValueError:
+    return ValueError(
+        "Argument `curvature='ggn'` needs a mean squared error or a cross-entropy (sparse, "
+        "categorical or binary; from logits, or on softmax / sigmoid outputs) for every output "
+        f"loss: {reason}"
+    )
+
+
+def ggn_split(loss: keras.losses.Loss) -> str:
+    """Where the GGN of one Keras loss is split: ``"outputs"``, ``"softmax"`` or ``"sigmoid"``.
+
+    Mean squared error and cross-entropies ``from_logits=True`` are convex in the model's
+    outputs: the split is at the outputs. A cross-entropy on probabilities is not convex in
+    them (Keras renormalizes and clips), so the split is at the logits, recovered from the
+    probabilities (see ``Objective.gauss_newton_vector_product``). Anything else is refused.
+    """
+    fn = getattr(loss, "fn", None)
+    name = getattr(fn, "__name__", None)
+    config = loss.get_config() if hasattr(loss, "get_config") else {}
+    if name == "mean_squared_error":
+        return "outputs"
+    if name in _GGN_CROSS_ENTROPIES:
+        if config.get("from_logits", False):
+            return "outputs"
+        if config.get("axis", -1) != -1:
+            raise _ggn_refusal(f"the loss {config.get('name')!r} has axis={config['axis']}.")
+        return _GGN_CROSS_ENTROPIES[name]
+    raise _ggn_refusal(f"the loss {config.get('name', _terms.loss_name(loss))!r} is not one.")
+
+
+def _logit_view(p: tf.Tensor, split: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """(z, dz/dp): the logits a softmax / sigmoid output p was computed from, and the
+    elementwise derivative of z(p); log p is the logits up to a per-sample constant, which the
+    softmax ignores. Entries with p = 0 (underflow) have dp/dw = 0 too and get dz/dp = 0."""
+    tiny = tf.constant(np.finfo(p.dtype.as_numpy_dtype).tiny, p.dtype)
+    if split == "softmax":
+        return tf.math.log(tf.maximum(p, tiny)), tf.math.divide_no_nan(tf.ones_like(p), p)
+    z = tf.math.log(tf.maximum(p, tiny)) - tf.math.log(tf.maximum(1.0 - p, tiny))
+    return z, tf.math.divide_no_nan(tf.ones_like(p), p * (1.0 - p))
+
+
 class _BatchLoop:
     """The one compiled batch loop of ``Objective``: values, gradients and HVPs at w0 + δ.
 
@@ -529,6 +583,135 @@ class _BatchLoop:
         self._hvp_fns[(split, mode)] = fn
         return fn
 
+    def _ggn_splits(self) -> tuple[str, ...]:
+        """The GGN split of each flat output (``GGN_SPLITS``), checked once, eagerly, on the
+        first batch: the loss must be a compiled one of ``ggn_split``'s kinds; an output split
+        at its logits must carry no Keras mask and hold probabilities."""
+        if self._ggn_split_cache is not None:
+            return self._ggn_split_cache
+        if not isinstance(self._loss, _terms.CompiledLoss):
+            raise _ggn_refusal(
+                f"the loss is the model's own {self._loss.name}, whose dependence on the "
+                "outputs cannot be seen."
+            )
+        x, y, _ = self._splits["train"].first_batch(min(self.batch_size, 64))
+        y_pred = self._run_model(x)
+        leaves = keras.tree.flatten(y_pred)
+        _, preds = self._loss._targets(y, y_pred)
+        splits = ["outputs"] * len(leaves)
+        for term, pred in zip(self._loss.flat, preds):
+            split = ggn_split(term.loss)
+            index = [i for i, leaf in enumerate(leaves) if leaf is pred]
+            if len(index) != 1:
+                raise _ggn_refusal(f"the output of the loss {term.name!r} cannot be identified.")
+            if split != "outputs":
+                p = keras.ops.convert_to_numpy(pred).astype(np.float64)
+                if _compat.keras_mask(pred) is not None:
+                    raise _ggn_refusal(
+                        f"the output {term.name!r} has a Keras mask, which is not supported "
+                        "for a cross-entropy on probabilities (use from_logits=True)."
+                    )
+                if not np.all((p >= 0) & (p <= 1)) or (
+                    split == "softmax" and not np.allclose(p.sum(-1), 1.0, atol=GGN_SOFTMAX_ATOL)
+                ):
+                    kind = "softmax outputs (summing to 1)" if split == "softmax" else "in [0, 1]"
+                    raise _ggn_refusal(
+                        f"the output {term.name!r} of a cross-entropy on probabilities is not "
+                        f"{kind} (use from_logits=True on logits)."
+                    )
+            splits[index[0]] = split
+        self._ggn_split_cache = tuple(splits)
+        return self._ggn_split_cache
+
+    def _loss_hessian_product(self, x, y, w, y_pred, jv, scales, splits) -> list:
+        """H_ℓ u of one batch at the GGN splits, mapped back to the outputs (one per leaf).
+
+        ℓ = Σₖ (λₖ/Dₖ) Nₖ of the batch as a function of the split variables z (the outputs,
+        or logits z(p)); u = (dz/dp) ⊙ J v. Returns (dz/dp) ⊙ ∇²_z ℓ u, so that the caller's
+        Jᵀ product gives J_zᵀ H_ℓ J_z v.
+        """
+        n_loss = self._loss.n_pairs
+        outputs = keras.tree.flatten(y_pred)
+        zs, dz = [], []
+        for out, split in zip(outputs, splits):
+            if split == "outputs":
+                zs.append(out)  # the tensor itself: it carries the Keras mask of the output
+                dz.append(None)
+            else:
+                z, d = _logit_view(tf.stop_gradient(out), split)
+                zs.append(z)
+                dz.append(d)
+        us = [tf.stop_gradient(u if d is None else u * d) for u, d in zip(jv, dz)]
+        with tf.GradientTape() as outer:
+            outer.watch(zs)
+            with tf.GradientTape() as inner:
+                inner.watch(zs)
+                # A softmax / sigmoid op: Keras's cross-entropy reads its input, the logits z.
+                leaves = [
+                    z if s == "outputs" else (tf.nn.softmax(z) if s == "softmax" else tf.sigmoid(z))
+                    for z, s in zip(zs, splits)
+                ]
+                pairs = self._loss.pairs(x, y, w, keras.tree.pack_sequence_as(y_pred, leaves))
+                numerators = tf.stack([tf.cast(pairs[2 * k], tf.float64) for k in range(n_loss)])
+                scalar = tf.reduce_sum(scales * numerators)
+            g = inner.gradient(scalar, zs, unconnected_gradients="zero")
+            gu = tf.add_n([tf.reduce_sum(a * tf.cast(b, a.dtype)) for a, b in zip(g, us)])
+        h = outer.gradient(gu, zs, unconnected_gradients="zero")
+        return [tf.cast(a if d is None else a * d, out.dtype) for a, d, out in zip(h, dz, outputs)]
+
+    def _ggn_fn(self, split: str):
+        fn = self._ggn_fns.get(split)
+        if fn is not None:
+            return fn
+        data = self._split(split)
+        slots = self._trainable_slots()
+        splits = self._ggn_splits()
+
+        def ggn(coefficients, basis, vectors, scales):
+            self._count(f"{split}/ggn")
+            values = self._values(coefficients, basis)
+            gv0 = tuple(tf.zeros(self.variables[i].shape, tf.float64) for i in slots)
+
+            def body(acc_gv, x, y, w):
+                vals = [tf.identity(v) for v in values]  # the tapes see the body's tensors
+                watched = [vals[i] for i in slots]
+                with tf.GradientTape() as tape:  # for Jᵀ
+                    tape.watch(watched)
+                    with (
+                        tf.autodiff.ForwardAccumulator(watched, list(vectors)) as acc,  # J v
+                        self._precision.applied(),
+                        self._scope(vals),
+                    ):
+                        y_pred = self.model(x, training=False)
+                outputs = keras.tree.flatten(y_pred)
+                jv = [acc.jvp(o, unconnected_gradients="zero") for o in outputs]
+                hjv = self._loss_hessian_product(x, y, w, y_pred, jv, scales, splits)
+                gv = tape.gradient(
+                    outputs, watched, output_gradients=hjv, unconnected_gradients="zero"
+                )
+                gv = [tf.cast(tf.convert_to_tensor(a), tf.float64) for a in gv]
+                return tuple(a + b for a, b in zip(acc_gv, gv))
+
+            gv = list(data.reduce(gv0, body))
+            if self.regularization:  # the penalties' own Hessian (PSD for L1 / L2)
+                vals = [tf.identity(v) for v in values]
+
+                def penalty(vs):
+                    return self._penalty(vs), tf.zeros([])
+
+                _, extra = _hvp_of("backward_over_backward", penalty, vals, slots, list(vectors))
+                gv = [a + b for a, b in zip(gv, extra)]
+            return gv
+
+        signature = [
+            *self._signature(),
+            [tf.TensorSpec(self.variables[i].shape, self._dtypes[i]) for i in slots],
+            tf.TensorSpec([self._loss.n_pairs], tf.float64),
+        ]
+        fn = _compiled(ggn, signature)
+        self._ggn_fns[split] = fn
+        return fn
+
     def _normalizers(self, split: str) -> tf.Tensor:
         """λₖ / Dₖ of the loss terms on ``split`` (they do not depend on the weights)."""
         scales = self._scales.get(split)
@@ -651,6 +834,8 @@ class Objective(_BatchLoop):
         self._value_fns: dict[str, Any] = {}
         self._grad_fns: dict[str, Any] = {}
         self._hvp_fns: dict[tuple[str, str], Any] = {}
+        self._ggn_fns: dict[str, Any] = {}
+        self._ggn_split_cache: tuple[str, ...] | None = None
         self._scales: dict[str, tf.Tensor] = {}
         self.trace_count: dict[str, int] = {}
         self._flat: FlatView | None = None
@@ -796,6 +981,7 @@ class Objective(_BatchLoop):
         """
         sub = copy.copy(self)
         sub._value_fns, sub._grad_fns, sub._hvp_fns = {}, {}, {}  # traced per split: not shared
+        sub._ggn_fns = {}
         sub.trace_count, sub._scales = {}, {}
         sub._flat = None
         size = batch_size or self.batch_size
@@ -815,6 +1001,7 @@ class Objective(_BatchLoop):
             sub._precision.name = self._precision.name  # as its outputs were checked
             return sub
         sub._value_fns, sub._grad_fns, sub._hvp_fns = {}, {}, {}
+        sub._ggn_fns, sub._ggn_split_cache = {}, None
         sub.trace_count, sub._scales = {}, {}
         sub._flat = None
         x, _, _ = sub._splits["train"].first_batch(min(sub.batch_size, 64))
@@ -951,6 +1138,67 @@ class Objective(_BatchLoop):
             ``H v`` as float64 tensors aligned with ``self.trainable_variables``.
         """
         _checks.choice("mode", mode, HVPMode)
+        vector = self._trainable_vector(vector)
+        scales = self._normalizers(split)
+        return self._hvp_fn(split, mode)(*self._offset_args(offsets), vector, scales)
+
+    def gauss_newton_vector_product(
+        self, vector, offsets=None, *, split: Split = "train"
+    ) -> list[tf.Tensor]:
+        """The exact product ``G v`` of the generalized Gauss-Newton matrix G = Jᵀ H_ℓ J.
+
+        J is the Jacobian of the model's outputs (at the split, below) w.r.t. the trainable
+        weights and H_ℓ the Hessian of the loss w.r.t. them: G drops the term of H that holds
+        the outputs' own second derivatives, Σ (∂ℓ/∂f) ∇²f, so it is positive semi-definite
+        when ℓ is convex in the split variables. The loss is the one ``evaluate`` reports —
+        the data-set-wide Σₖ λₖ Nₖ/Dₖ with sample weights, masks (``ignore_class``,
+        propagated Keras masks at the outputs) and ``loss_weights`` of several outputs — at
+        ``w0 + offsets`` in inference mode; the per-batch products J v (forward mode,
+        ``tf.autodiff.ForwardAccumulator``), H_ℓ (J v) (two reverse passes through the loss
+        only) and Jᵀ(H_ℓ J v) (one reverse pass) are summed in float64 in one compiled batch
+        loop per split, traced once. With ``regularization=True`` the penalties' own Hessian
+        (2λI for L2, PSD) is added.
+
+        Where G is defined (every compiled output loss must be one of these, else a
+        ValueError): mean squared error, and sparse / categorical / binary cross-entropy.
+        With ``from_logits=True`` the split is at the outputs. For a cross-entropy on
+        probabilities p (softmax or sigmoid outputs) the split is at the logits a, as the
+        GGN is usually defined (Martens 2014, §9; then G is the Fisher matrix): Keras's loss
+        is not convex in p (it renormalizes p), so a split at p is not PSD. The logits are
+        recovered from p as z = log p (softmax: z = a up to a per-sample constant that the
+        softmax ignores, and J_zᵀ H J_z = J_aᵀ (diag p − p pᵀ) J_a exactly) or
+        z = log p − log(1 − p) (sigmoid: z = a), with J_z v = (J v) / p or (J v) / (p(1 − p))
+        and H the Hessian of Keras's own loss at softmax(z) or sigmoid(z). Such an output must
+        hold probabilities (checked on the first batch) and carry no Keras mask. A model's own
+        ``compute_loss`` override is refused (its dependence on the outputs cannot be seen).
+
+        Args:
+            vector: v, a ``Direction`` (its trainable entries; missing ones are zero) or one
+                array per entry of ``self.trainable_variables``.
+            offsets: Where to take G, as in ``evaluate``. Defaults to None (at w0).
+            split: ``"train"`` or ``"test"``. Defaults to ``"train"``.
+
+        Returns:
+            ``G v`` as float64 tensors aligned with ``self.trainable_variables``.
+
+        Raises:
+            ValueError: a loss outside the list above, or an output split at its logits that
+                does not hold probabilities or carries a mask (one sentence naming
+                ``curvature='ggn'``); a ``vector`` of the wrong length or shapes.
+
+        References:
+            Schraudolph 2002, "Fast curvature matrix-vector products for second-order
+            gradient descent", Neural Computation 14(7).
+            Martens 2014, "New insights and perspectives on the natural gradient method",
+            https://arxiv.org/abs/1412.1193.
+        """
+        vector = self._trainable_vector(vector)
+        scales = self._normalizers(split)
+        return self._ggn_fn(split)(*self._offset_args(offsets), vector, scales)
+
+    def _trainable_vector(self, vector) -> list[tf.Tensor]:
+        """A ``Direction`` or one array per trainable variable as tensors of their analysis
+        dtypes, checked against the variables' number and shapes."""
         if isinstance(vector, Direction):
             by_id = dict(zip(map(id, self.variables), vector.aligned(self.variables)))
             vector = [by_id[id(v)] for v in self.trainable_variables]
@@ -967,5 +1215,4 @@ class Objective(_BatchLoop):
                     f"Argument `vector` has shape {tuple(a.shape)} for {v.path}; the variable "
                     f"has shape {tuple(v.shape)}."
                 )
-        scales = self._normalizers(split)
-        return self._hvp_fn(split, mode)(*self._offset_args(offsets), vector, scales)
+        return vector
