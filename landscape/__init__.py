@@ -45,6 +45,7 @@ _PUBLIC = {
         "hessian_trace",
     ),
     "objective": ("Objective",),
+    "planes": ("Plane", "eigenvector_directions", "plane_through"),
     "plot": (
         "plot_comparison",
         "plot_sharpness",

@@ -366,6 +366,16 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports,
 @click.argument("model_path", metavar="MODEL.keras")
 @click.option("--model2", type=str, default=None,
               help="Direction 1 interpolates MODEL -> MODEL2 (a=0 is MODEL).")  # fmt: skip
+@click.option("--plane", type=str, nargs=2, default=None, metavar="M1 M2",
+              help="The plane through MODEL (at 0,0), M1 (at 1,0) and M2; the models' "
+                   "coordinates are printed [grid: the 3 models, margin 0.25].")  # fmt: skip
+@click.option("--directions", "direction_kind", type=click.Choice(["random", "eigen"]),
+              default="random", show_default=True,
+              help="eigen: unit Hessian eigenvectors of the loss (--eigen-pair).")  # fmt: skip
+@click.option("--eigen-pair", type=click.Choice(["top2", "top-bottom"]), default="top2",
+              show_default=True,
+              help="--directions eigen: the two largest eigenvalues', or the largest and the "
+                   "most negative one's (a 1D surface uses the first).")  # fmt: skip
 @click.option("--x", "x_spec", default=None, help="Grid of direction 1, min:max:num [-1:1:21].")
 @click.option("--y", "y_spec", default=None, help="Grid of direction 2 (makes a 2D surface).")
 @click.option("--norm", type=click.Choice(_checks.options(_checks.Norm)), default="filter",
@@ -393,9 +403,9 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports,
               show_default=True, help="Executor of --workers/--scheduler.")  # fmt: skip
 @precision_option
 @quiet_option
-def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale, imports,
-            regularization, samples, test_samples, batch_size, out, workers, scheduler, backend,
-            precision, quiet):  # fmt: skip
+def surface(model_path, model2, plane, direction_kind, eigen_pair, x_spec, y_spec, norm, ignore,
+            seed, data, scale, imports, regularization, samples, test_samples, batch_size, out,
+            workers, scheduler, backend, precision, quiet):  # fmt: skip
     """Compute a 1D or 2D loss surface into an HDF5 file (resumes an existing one).
 
     With --workers or --scheduler, chunks of grid points are evaluated by worker processes
@@ -408,7 +418,12 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
       landscape surface sam.keras --x=-1:1:51 --y=-1:1:51 --workers 2 --out sam.h5
       landscape surface sam.keras --x=-1:1:101 --y=-1:1:101 --scheduler tcp://head:8786
       landscape surface mine.keras --import my_models.py --data mine.npz --x=-1:1:21
+      landscape surface m0.keras --plane m1.keras m2.keras --out plane.h5
+      landscape surface sam.keras --directions eigen --x=-0.5:0.5:21 --y=-0.5:0.5:21
     """
+    if sum([bool(model2), bool(plane), direction_kind != "random"]) > 1:
+        raise UserError("--model2, --plane and --directions eigen each choose the directions; "
+                        "give one of them.")  # fmt: skip
     _at_least("--samples", samples, 0)
     _at_least("--batch-size", batch_size)
     _at_least("--workers", workers)
@@ -418,7 +433,6 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
             "the objective with --precision auto; drop --workers/--scheduler or the option."
         )
     verbose = _setup(quiet)
-    from landscape.directions import interpolation_direction, random_direction
     from landscape.executors import make_executor
     from landscape.surface import compute_surface
 
@@ -432,17 +446,19 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
     objective = recipe.build(model, on_note=lambda note: _say(quiet, note))
     if precision != "auto":
         objective = objective.with_precision(precision)
-    if model2:
-        first = interpolation_direction(model, _load_model(model2, imports))
-        x_spec = x_spec or "-0.5:1.5:41"
+    if plane:
+        directions, x_spec, y_spec = _plane_directions(model, plane, imports, x_spec, y_spec, quiet)
+    elif direction_kind == "eigen":
+        from landscape.planes import eigenvector_directions
+
+        directions = list(eigenvector_directions(objective, eigen_pair, seed=seed))
+        directions, x_spec = directions[: 2 if y_spec else 1], x_spec or "-1:1:21"
+        for d in directions:
+            _say(quiet, f"eigenvector: eigenvalue {d.metadata['eigenvalue']:.6g}, residual "
+                        f"{d.metadata['residual']:.2e}")  # fmt: skip
     else:
-        first = random_direction(model, norm=norm, ignore=ignore, seed=seed)
-        x_spec = x_spec or "-1:1:21"
-    directions = [first]
-    if y_spec:
-        directions.append(
-            random_direction(model, norm=norm, ignore=ignore, seed=seed + 1, orthogonal_to=None)
-        )
+        directions, x_spec = _model_directions(model, model2, imports, x_spec, y_spec, norm,
+                                               ignore, seed)  # fmt: skip
     with make_executor(workers, scheduler, backend) as executor:
         surf = compute_surface(
             objective,
@@ -457,6 +473,35 @@ def surface(model_path, model2, x_spec, y_spec, norm, ignore, seed, data, scale,
     _say(quiet, f"wrote {out}: {surf.ndim}D surface of shape {surf.shape}")
     for name, values in surf.values.items():
         click.echo(f"{name}: min {float(values.min()):.4f}  max {float(values.max()):.4f}")
+
+
+def _plane_directions(model, plane, imports, x_spec, y_spec, quiet):
+    """``--plane M1 M2``: the directions and grid of the plane through the three models."""
+    from landscape.planes import plane_through
+
+    p = plane_through(model, _load_model(plane[0], imports), _load_model(plane[1], imports))
+    x_default, y_default = p.grid(margin=0.25, num=21)
+    where = ", ".join(f"({a:.4g}, {b:.4g})" for a, b in p.coordinates)
+    _say(quiet, f"plane: MODEL, M1, M2 at {where}")
+    return list(p.directions), x_spec or x_default, y_spec or y_default
+
+
+def _model_directions(model, model2, imports, x_spec, y_spec, norm, ignore, seed):
+    """Random directions, or the interpolation to --model2 (and a random second one)."""
+    from landscape.directions import interpolation_direction, random_direction
+
+    if model2:
+        first = interpolation_direction(model, _load_model(model2, imports))
+        x_spec = x_spec or "-0.5:1.5:41"
+    else:
+        first = random_direction(model, norm=norm, ignore=ignore, seed=seed)
+        x_spec = x_spec or "-1:1:21"
+    directions = [first]
+    if y_spec:
+        directions.append(
+            random_direction(model, norm=norm, ignore=ignore, seed=seed + 1, orthogonal_to=None)
+        )
+    return directions, x_spec
 
 
 # -- plot ----------------------------------------------------------------------------------------

@@ -31,8 +31,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import keras
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
@@ -40,14 +44,19 @@ import scipy.sparse.linalg
 from landscape import _checks
 from landscape._checks import HVPMode, Method, Split, Which
 from landscape._progress import finish, progbar
-from landscape.directions import Direction
+from landscape.directions import Direction, variable_owners
 from landscape.objective import LOW_PRECISIONS, Objective
+from sam import _compat
 
 logger = logging.getLogger("landscape")
 
 HVP_MODES = _checks.options(HVPMode)
 METHODS = _checks.options(Method)
 WHICH = _checks.options(Which)
+#: The curvature matrix of every function here: the Hessian H, or the generalized Gauss-Newton
+#: matrix G = Jᵀ H_ℓ J (``Objective.gauss_newton_vector_product``; positive semi-definite).
+Curvature = Literal["hessian", "ggn"]
+CURVATURES = _checks.options(Curvature)
 
 # Lanczos stops on an invariant subspace when β_j ≤ BREAKDOWN · max|θ| (β = 0 in exact arithmetic).
 BREAKDOWN = 1e-12
@@ -108,6 +117,10 @@ class EigenResult:
             then the eigenvalues of P⁻¹H, and ``vectors`` and ``residuals`` those of the
             symmetric P^(-1/2) H P^(-1/2) (its eigenvectors u; P^(-1/2) u are P⁻¹H's).
         warm_start: True when the run started from given vectors (``v0``).
+        curvature: ``"hessian"`` or ``"ggn"``: the matrix whose eigenpairs these are.
+        variables: The paths (``Direction`` keys) of the variables the operator acts on, in
+            model order: every trainable variable, or the block ``variables=`` selected
+            (then ``n_params`` is the block's size and the vectors name these only).
     """
 
     values: np.ndarray
@@ -126,6 +139,8 @@ class EigenResult:
     precision: str | None = None
     preconditioned: bool = False
     warm_start: bool = False
+    curvature: str = "hessian"
+    variables: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,8 @@ class TraceResult:
         tol: The requested relative standard error.
         max_samples: The cap on probes (``hessian_trace``'s ``samples``).
         precision: The dtype the products were computed in (``Objective.precision``).
+        curvature: ``"hessian"`` or ``"ggn"``.
+        variables: The paths of the variables of the (block of the) operator.
     """
 
     estimate: float
@@ -156,6 +173,8 @@ class TraceResult:
     tol: float = float("nan")
     max_samples: int | None = None
     precision: str | None = None
+    curvature: str = "hessian"
+    variables: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def capped(self) -> bool:
@@ -177,6 +196,8 @@ class SpectrumResult:
         n_params: Dimension of the Hessian.
         n_hvp: Hessian-vector products used.
         precision: The dtype the products were computed in (``Objective.precision``).
+        curvature: ``"hessian"`` or ``"ggn"``.
+        variables: The paths of the variables of the (block of the) operator.
     """
 
     nodes: np.ndarray
@@ -184,6 +205,8 @@ class SpectrumResult:
     n_params: int
     n_hvp: int
     precision: str | None = None
+    curvature: str = "hessian"
+    variables: tuple[str, ...] = field(default=(), repr=False)
 
     def default_sigma(self) -> float:
         """``SIGMA_FRACTION`` of the spread of the nodes (or of their size if they coincide)."""
@@ -228,46 +251,175 @@ class SpectrumResult:
 
 
 # ----------------------------------------------------------------------------- the operator
+def _describe(variables) -> str:
+    text = repr(variables)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def block_indices(objective: Objective, variables) -> list[int]:
+    """Indices in ``objective.trainable_variables`` of the block ``variables`` selects.
+
+    Args:
+        objective: The Objective whose trainable variables are selected from.
+        variables: None (all of them); a ``keras.layers.Layer`` (its trainable variables,
+            nested layers included); a string: the name of a layer of the model (as a layer),
+            else a regular expression searched (``re.search``) in each variable's path
+            (its ``Direction`` key, e.g. ``"dense_1/kernel"``); or a sequence of paths
+            (exact) and ``keras.Variable`` objects.
+
+    Returns:
+        The indices, in model order.
+
+    Raises:
+        ValueError: ``variables`` of another type, an invalid regular expression, a path or
+            variable that is not a trainable variable of the objective, or a selection with
+            no trainable variable in it.
+    """
+    trainable = objective.trainable_variables
+    keys = list(trainable.paths)
+    if variables is None:
+        return list(range(len(trainable)))
+    if isinstance(variables, str):
+        layers = [
+            layer
+            for layer in _compat.all_layers(objective.model)
+            if layer.name == variables and layer is not objective.model
+        ]
+        if layers:
+            variables = (
+                layers[0]
+                if len(layers) == 1
+                else [v for layer in layers for v in layer.trainable_variables]
+            )
+    if isinstance(variables, keras.layers.Layer):
+        ids = {id(v) for v in variables.trainable_variables}
+        picked = [i for i, v in enumerate(trainable) if id(v) in ids]
+    elif isinstance(variables, str):
+        try:
+            pattern = re.compile(variables)
+        except re.error as error:
+            raise ValueError(
+                "Argument `variables` must be a layer, a layer name, a regular expression on "
+                f"the variables' paths or a list of paths/variables; {error}. Received: "
+                f"variables={variables!r}."
+            ) from None
+        picked = [i for i, key in enumerate(keys) if pattern.search(key)]
+    elif isinstance(variables, Sequence) and not isinstance(variables, bytes):
+        by_key = {key: i for i, key in enumerate(keys)}
+        by_path = {v.path: i for i, v in enumerate(trainable)}
+        by_id = {id(v): i for i, v in enumerate(trainable)}
+        chosen = set()
+        for entry in variables:
+            if isinstance(entry, str):
+                i = by_key.get(entry, by_path.get(entry))
+            elif isinstance(entry, keras.Variable):
+                i = by_id.get(id(entry))
+            else:
+                raise ValueError(
+                    "Argument `variables` must list paths (str) or keras.Variable objects. "
+                    f"Received an entry {entry!r} in variables={_describe(variables)}."
+                )
+            if i is None:
+                name = entry if isinstance(entry, str) else entry.path
+                raise ValueError(
+                    f"Argument `variables` must name trainable variables of the objective; "
+                    f"{name!r} is not one (see Objective.trainable_variables.paths). Received: "
+                    f"variables={_describe(variables)}."
+                )
+            chosen.add(i)
+        picked = sorted(chosen)
+    else:
+        raise ValueError(
+            "Argument `variables` must be None, a keras Layer, a layer name, a regular "
+            "expression on the variables' paths or a list of paths/variables. Received: "
+            f"variables={_describe(variables)}."
+        )
+    if not picked:
+        raise ValueError(
+            "Argument `variables` must select at least one trainable variable of the "
+            f"objective (paths such as {keys[:3]}). Received: variables={_describe(variables)}."
+        )
+    return picked
+
+
 class _Hessian:
-    """H as a float64 operator on flat vectors; counts products and reports progress.
+    """H (or G) as a float64 operator on flat vectors; counts products and reports progress.
 
     With ``scale`` s (a positive flat vector), the operator is diag(s) H diag(s): for a
     diagonal preconditioner P, s = P^(-1/2) gives P^(-1/2) H P^(-1/2), whose eigenvalues are
-    those of P⁻¹H.
+    those of P⁻¹H. With ``variables`` (see ``block_indices``) it is the diagonal block H_BB of
+    those variables: a flat vector of the block's ``n`` entries is put into a full vector that
+    is zero outside the block, multiplied, and read back on the block. With
+    ``curvature="ggn"`` the products are ``Objective.gauss_newton_vector_product``.
     """
 
-    def __init__(self, objective: Objective, split: Split, mode: HVPMode, scale=None):
+    def __init__(
+        self,
+        objective: Objective,
+        split: Split,
+        mode: HVPMode,
+        scale=None,
+        *,
+        variables=None,
+        curvature: Curvature = "hessian",
+    ):
         if not isinstance(objective, Objective):
             raise ValueError(
                 "Argument `objective` must be a landscape.Objective. "
                 f"Received: objective={type(objective).__name__}."
             )
         _checks.choice("hvp_mode", mode, HVPMode)
+        self.curvature = _checks.choice("curvature", curvature, Curvature)
         if split not in objective.splits:
             raise ValueError(f"Unknown split {split!r}; expected one of {objective.splits}.")
         self.objective, self.split, self.mode = objective, split, mode
         self.flat = objective.flat
         if not self.flat.n:
             raise ValueError("The objective's model has no trainable floating-point variables.")
-        self.n = self.flat.n
+        block = block_indices(objective, variables)
+        keys = objective.trainable_variables.paths
+        self.paths = tuple(keys[i] for i in block)
+        if len(block) == len(keys):
+            self._index = None
+            self.n = self.flat.n
+        else:
+            starts = np.concatenate([[0], np.cumsum(self.flat.sizes)])
+            self._index = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in block])
+            self.n = int(self._index.size)
+        if self.curvature == "ggn":
+            objective._ggn_splits()  # a loss without a GGN is refused before any product
         self.n_hvp = 0
         self.scale = None if scale is None else _preconditioner_scale(self, scale)
+
+    def _full(self, x: np.ndarray) -> np.ndarray:
+        """A block vector as a full flat vector, zero outside the block."""
+        if self._index is None:
+            return x
+        full = np.zeros(self.flat.n)
+        full[self._index] = x
+        return full
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.n_hvp += 1
         if self.scale is not None:
             x = self.scale * x
-        hv = self.objective.hessian_vector_product(
-            self.flat.split(x), split=self.split, mode=self.mode
-        )
+        arrays = self.flat.split(self._full(x))
+        if self.curvature == "ggn":
+            hv = self.objective.gauss_newton_vector_product(arrays, split=self.split)
+        else:
+            hv = self.objective.hessian_vector_product(arrays, split=self.split, mode=self.mode)
         hv = self.flat.concat(hv)
+        if self._index is not None:
+            hv = hv[self._index]
         return hv if self.scale is None else self.scale * hv
 
     def flat_vector(self, value, name: str) -> np.ndarray:
-        """A ``Direction`` (aligned by path) or an array of ``n`` entries as a flat float64
-        vector; a ValueError naming ``name`` otherwise."""
+        """A ``Direction`` (aligned by path; its entries outside the block are not used) or an
+        array of ``n`` entries as a flat float64 vector; a ValueError naming ``name``
+        otherwise."""
         if isinstance(value, Direction):
-            return self.flat.concat(value.aligned(self.objective.trainable_variables))
+            flat = self.flat.concat(value.aligned(self.objective.trainable_variables))
+            return flat if self._index is None else flat[self._index]
         flat = np.asarray(value, dtype=np.float64).reshape(-1)
         if flat.size != self.n:
             raise ValueError(
@@ -277,7 +429,22 @@ class _Hessian:
         return flat
 
     def direction(self, x: np.ndarray, metadata: dict) -> Direction:
-        return self.flat.direction(x, metadata)
+        """A block vector as a ``Direction`` naming the block's variables only (the others
+        are zero wherever it is used: ``Direction.aligned``)."""
+        if self.curvature != "hessian":
+            metadata = {**metadata, "kind": f"{self.curvature}_eigenvector"}
+        if self._index is None:
+            return self.flat.direction(x, metadata)
+        full = self.flat.direction(self._full(x), {**metadata, "variables": list(self.paths)})
+        return Direction({k: full.arrays[k] for k in self.paths}, full.metadata)
+
+    def result_fields(self) -> dict[str, Any]:
+        """What every result records about the operator."""
+        return {
+            "precision": self.objective.precision,
+            "curvature": self.curvature,
+            "variables": self.paths,
+        }
 
 
 def _preconditioner_scale(op: _Hessian, preconditioner) -> np.ndarray:
@@ -556,6 +723,8 @@ def hessian_eigenvalues(
     preconditioner=None,
     split: Split = "train",
     hvp_mode: HVPMode = "backward_over_backward",
+    variables=None,
+    curvature: Curvature = "hessian",
     verbose: int = 0,
 ) -> EigenResult:
     """The ``k`` extreme eigenvalues of the loss's Hessian and their eigenvectors.
@@ -613,6 +782,19 @@ def hessian_eigenvalues(
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: How products are computed, see ``Objective.hessian_vector_product``.
             Defaults to ``"backward_over_backward"`` (measured faster in TensorFlow).
+        variables: Restrict the operator to a block of the trainable variables: the
+            diagonal block H_BB (or G_BB) of the variables selected by a ``keras`` Layer, a
+            layer name, a regular expression searched in the variables' paths, or a list of
+            paths / variables (see ``block_indices``). Products are taken with vectors that
+            are zero outside the block and read back on it; ``n_params`` is the block's size,
+            ``variables`` of the result lists its paths and eigenvectors are Directions over
+            them only (the other variables are zero wherever they are used, e.g. by
+            ``compute_surface``). Block-wise spectra: Zhang et al. 2024, arXiv 2402.16788.
+            Defaults to None (every trainable variable).
+        curvature: ``"hessian"`` (H) or ``"ggn"``: the generalized Gauss-Newton matrix
+            G = Jᵀ H_ℓ J (``Objective.gauss_newton_vector_product``: positive semi-definite,
+            defined for mean squared error and cross-entropies; ``hvp_mode`` is not used).
+            Martens 2014, arXiv 1412.1193. Defaults to ``"hessian"``.
         verbose: 1 or 2 shows a ``keras.utils.Progbar`` over Hessian-vector products, aimed
             at the cap (``max_iter`` for Lanczos; ``k · max_iter`` for power iteration; open
             for ARPACK), which a converging run stops short of. Lanczos shows the leading Ritz
@@ -651,7 +833,9 @@ def hessian_eigenvalues(
     method = _checks.choice("method", method, Method)
     which = _checks.choice("which", which, Which)
     tol = _checks.fraction("tol", tol)
-    op = _Hessian(objective, split, hvp_mode, preconditioner)
+    op = _Hessian(
+        objective, split, hvp_mode, preconditioner, variables=variables, curvature=curvature
+    )
     k, max_iter, basis_size = _eigen_sizes(op, k, method, which, max_iter, basis_size)
     _check_eigen_memory(op.n, k, method, basis_size, op.objective.precision)
     rng = np.random.default_rng(seed)
@@ -749,9 +933,9 @@ def _eigen_result(
         max_iter=max_iter,
         basis_size=basis_size,
         restarts=run.restarts,
-        precision=op.objective.precision,
         preconditioned=op.scale is not None,
         warm_start=run.warm_start,
+        **op.result_fields(),
     )  # fmt: skip
     _log_eigen(result)
     return result
@@ -893,6 +1077,8 @@ def hessian_trace(
     seed: int | None = None,
     split: Split = "train",
     hvp_mode: HVPMode = "backward_over_backward",
+    variables=None,
+    curvature: Curvature = "hessian",
     verbose: int = 0,
 ) -> TraceResult:
     """tr(H) by Hutchinson's estimator: the mean of zᵀHz over Rademacher probes z.
@@ -910,6 +1096,10 @@ def hessian_trace(
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
             ``"backward_over_backward"``.
+        variables: A block of the trainable variables (see ``hessian_eigenvalues``).
+            Defaults to None (all).
+        curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
+            ``"hessian"``.
         verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes: the running estimate
             (``trace``) and, from the second probe on, its standard error (``stderr``). Its
             length is open (the stopping probe is not known in advance) unless ``samples`` is
@@ -928,7 +1118,7 @@ def hessian_trace(
     """
     samples = _checks.integer("samples", samples, 1)
     tol = _checks.fraction("tol", tol)
-    op = _Hessian(objective, split, hvp_mode)
+    op = _Hessian(objective, split, hvp_mode, variables=variables, curvature=curvature)
     rng = np.random.default_rng(seed)
     # The run stops at an unknown probe; only a cap it cannot stop before is a known target.
     bar = progbar(samples if samples <= TRACE_MIN_SAMPLES else None, verbose, "probe")
@@ -965,7 +1155,7 @@ def hessian_trace(
         n_params=op.n,
         tol=tol,
         max_samples=samples,
-        precision=op.objective.precision,
+        **op.result_fields(),
     )
 
 
@@ -1017,6 +1207,8 @@ def hessian_spectrum(
     seed: int | None = None,
     split: Split = "train",
     hvp_mode: HVPMode = "backward_over_backward",
+    variables=None,
+    curvature: Curvature = "hessian",
     verbose: int = 0,
 ) -> SpectrumResult:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
@@ -1039,6 +1231,10 @@ def hessian_spectrum(
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
             ``"backward_over_backward"``.
+        variables: A block of the trainable variables (see ``hessian_eigenvalues``).
+            Defaults to None (all).
+        curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
+            ``"hessian"``.
         verbose: 1 or 2 shows a ``keras.utils.Progbar`` over runs, with the largest node of
             the runs so far (``lambda_max``, a lower bound of the top eigenvalue). Defaults
             to 0.
@@ -1053,7 +1249,7 @@ def hessian_spectrum(
     """
     steps = _checks.integer("steps", steps, 1)
     runs = _checks.integer("runs", runs, 1)
-    op = _Hessian(objective, split, hvp_mode)
+    op = _Hessian(objective, split, hvp_mode, variables=variables, curvature=curvature)
     if steps > op.n:
         logger.info("hessian_spectrum: steps=%d capped at n_params=%d", steps, op.n)
         steps = op.n
@@ -1079,5 +1275,212 @@ def hessian_spectrum(
         weights=weights,
         n_params=op.n,
         n_hvp=op.n_hvp,
-        precision=op.objective.precision,
+        **op.result_fields(),
+    )
+
+
+# ------------------------------------------------------------------------------- per layer
+@dataclass(frozen=True)
+class LayerCurvature:
+    """The top eigenvalue and the trace of each diagonal block of H (or G), one per group.
+
+    Attributes:
+        names: The groups' names, in model order (a layer's: the path of its variables
+            without the variable's name, e.g. ``"conv2d"`` or ``"block_1/dense"``).
+        variables: The paths of each group's variables.
+        n_params: ``(groups,)`` number of parameters of each block.
+        lambda_max: ``(groups,)`` largest eigenvalue of each block (units of the loss per
+            squared weight unit).
+        residuals: ``(groups,)`` its certificate ‖H_BB v − λv‖ / |λ|, a fresh product.
+        converged: ``(groups,)`` True where the residual is ≤ ``tol``.
+        trace: ``(groups,)`` Hutchinson's estimate of tr(H_BB) (NaN when not computed).
+        trace_stderr: ``(groups,)`` its standard error.
+        trace_converged: ``(groups,)`` True where the trace reached ``trace_tol``.
+        n_hvp: Products used in all.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        precision: The dtype of the products (``Objective.precision``).
+        tol: The eigenvalue tolerance.
+    """
+
+    names: tuple[str, ...]
+    variables: tuple[tuple[str, ...], ...]
+    n_params: np.ndarray
+    lambda_max: np.ndarray
+    residuals: np.ndarray
+    converged: np.ndarray
+    trace: np.ndarray
+    trace_stderr: np.ndarray
+    trace_converged: np.ndarray
+    n_hvp: int
+    curvature: str = "hessian"
+    precision: str | None = None
+    tol: float = float("nan")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per group."""
+        return [
+            {
+                "name": self.names[i],
+                "variables": list(self.variables[i]),
+                "n_params": int(self.n_params[i]),
+                "lambda_max": float(self.lambda_max[i]),
+                "residual": float(self.residuals[i]),
+                "converged": bool(self.converged[i]),
+                "trace": float(self.trace[i]),
+                "trace_stderr": float(self.trace_stderr[i]),
+                "trace_converged": bool(self.trace_converged[i]),
+            }
+            for i in range(len(self.names))
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the rows and the run's ``curvature``, ``precision``, ``tol``, ``n_hvp``
+        (``plot_layer_curvature`` reads this too)."""
+        return {
+            "curvature": self.curvature,
+            "precision": self.precision,
+            "tol": self.tol,
+            "n_hvp": int(self.n_hvp),
+            "layers": self.rows(),
+        }
+
+
+def _block_name(paths: Sequence[str]) -> str:
+    """A layer's name from its variables' paths: their common prefix without the last part."""
+    heads = {p.rpartition("/")[0] or p for p in paths}
+    return heads.pop() if len(heads) == 1 else paths[0]
+
+
+def _layer_groups(objective: Objective) -> dict[str, list[str]]:
+    """The trainable variables grouped by the innermost layer that owns them, in model order."""
+    owners = variable_owners(objective.model)
+    groups: dict[int, list[str]] = {}
+    for v, key in zip(objective.trainable_variables, objective.trainable_variables.paths):
+        groups.setdefault(id(owners.get(id(v), v)), []).append(key)
+    out: dict[str, list[str]] = {}
+    for paths in groups.values():
+        name = _block_name(paths)
+        while name in out:  # two layers whose variables share a prefix
+            name = f"{name}'"
+        out[name] = paths
+    return out
+
+
+def layer_curvature(
+    objective: Objective,
+    groups=None,
+    *,
+    curvature: Curvature = "hessian",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    trace: bool = True,
+    trace_samples: int = 100,
+    trace_tol: float = 0.05,
+    seed: int | None = 0,
+    split: Split = "train",
+    hvp_mode: HVPMode = "backward_over_backward",
+    verbose: int = 0,
+) -> LayerCurvature:
+    """Which layers are sharp: the top eigenvalue and the trace of each layer's block of H.
+
+    For each group B of trainable variables (by default one per layer that owns trainable
+    variables), the largest eigenvalue of the diagonal block H_BB (``hessian_eigenvalues``
+    with ``variables=B``: thick-restart Lanczos, certified by a fresh residual) and
+    Hutchinson's estimate of tr(H_BB) (``hessian_trace``). The blocks ignore the coupling
+    between layers: λ_max(H_BB) ≤ λ_max(H) for a positive semi-definite H (Cauchy
+    interlacing), and the traces of all layers add up to tr(H). The cost is about one
+    eigenvalue run and ``trace_samples`` products per group, each product a full one (the
+    backward pass goes through the whole model).
+
+    Args:
+        objective: The loss; H is taken w.r.t. its trainable variables at w0.
+        groups: None (one group per layer, named by the path of its variables), or
+            ``{name: selector}`` / a sequence of selectors, each selector anything
+            ``variables=`` of ``hessian_eigenvalues`` takes (a layer, a layer name, a regular
+            expression on the paths, a list of paths or variables). Defaults to None.
+        curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
+            ``"hessian"``.
+        tol: Relative residual that certifies each top eigenvalue. Defaults to 1e-4.
+        max_iter: Cap on the products of each eigenvalue run. Defaults to None
+            (``LANCZOS_MAX_ITER``).
+        trace: Also estimate each block's trace. Defaults to True.
+        trace_samples: Cap on the Hutchinson probes per group. Defaults to 100.
+        trace_tol: Relative standard error at which a trace stops. Defaults to 0.05.
+        seed: Seed of the start vectors and probes (the same for every group). Defaults to 0.
+        split: Data split of the objective. Defaults to ``"train"``.
+        hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
+            ``"backward_over_backward"``.
+        verbose: 1 or 2 shows the solvers' progress bars. Defaults to 0.
+
+    Returns:
+        A ``LayerCurvature`` (``names``, ``n_params``, ``lambda_max``, ``residuals``,
+        ``converged``, ``trace``, ``trace_stderr``; ``rows()`` and ``as_dict()`` for JSON).
+
+    Raises:
+        ValueError: ``groups`` of another type, a selector that selects nothing (naming
+            ``variables``), a loss without a GGN for ``curvature="ggn"``, or a bad cap or
+            tolerance (named).
+
+    Example:
+        >>> report = landscape.layer_curvature(obj)
+        >>> for row in report.rows(): print(row["name"], row["lambda_max"], row["trace"])
+        >>> landscape.plot_layer_curvature(report)
+
+    References:
+        Zhang et al. 2024, "Why Transformers Need Adam: A Hessian Perspective",
+        https://arxiv.org/abs/2402.16788 (block-wise Hessian spectra).
+    """
+    curvature = _checks.choice("curvature", curvature, Curvature)
+    trace = _checks.boolean("trace", trace)
+    if groups is None:
+        selected: dict[str, Any] = dict(_layer_groups(objective))
+    elif isinstance(groups, dict):
+        selected = {str(name): sel for name, sel in groups.items()}
+    elif isinstance(groups, Sequence) and not isinstance(groups, str | bytes):
+        selected = {}
+        for sel in groups:
+            name = sel.name if isinstance(sel, keras.layers.Layer) else str(sel)
+            selected[name] = sel
+    else:
+        raise ValueError(
+            "Argument `groups` must be None, a dict {name: selector} or a sequence of "
+            f"selectors. Received: groups={_describe(groups)}."
+        )
+    if not selected:
+        raise ValueError(f"Argument `groups` must not be empty. Received: groups={groups!r}.")
+    rows, n_hvp, precision = [], 0, None
+    for name, sel in selected.items():
+        eig = hessian_eigenvalues(
+            objective, 1, tol=tol, max_iter=max_iter, seed=seed, split=split,
+            hvp_mode=hvp_mode, variables=sel, curvature=curvature, verbose=verbose,
+        )  # fmt: skip
+        n_hvp += eig.n_hvp
+        precision = eig.precision
+        tr_values = (np.nan, np.nan, False)
+        if trace:
+            tr = hessian_trace(
+                objective, samples=trace_samples, tol=trace_tol, seed=seed, split=split,
+                hvp_mode=hvp_mode, variables=sel, curvature=curvature, verbose=verbose,
+            )  # fmt: skip
+            n_hvp += tr.n_hvp
+            tr_values = (tr.estimate, tr.stderr, tr.converged)
+        rows.append((name, eig, tr_values))
+        logger.info(
+            "%s block %s (%d parameters): lambda_max %.6g (residual %.2g), trace %.6g",
+            curvature, name, eig.n_params, eig.values[0], eig.residuals[0], tr_values[0],
+        )  # fmt: skip
+    return LayerCurvature(
+        names=tuple(name for name, _, _ in rows),
+        variables=tuple(eig.variables for _, eig, _ in rows),
+        n_params=np.array([eig.n_params for _, eig, _ in rows]),
+        lambda_max=np.array([eig.values[0] for _, eig, _ in rows]),
+        residuals=np.array([eig.residuals[0] for _, eig, _ in rows]),
+        converged=np.array([eig.converged for _, eig, _ in rows]),
+        trace=np.array([t[0] for _, _, t in rows], np.float64),
+        trace_stderr=np.array([t[1] for _, _, t in rows], np.float64),
+        trace_converged=np.array([t[2] for _, _, t in rows]),
+        n_hvp=n_hvp,
+        curvature=curvature,
+        precision=precision,
+        tol=float(tol),
     )

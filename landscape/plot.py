@@ -738,3 +738,88 @@ def plot_sharpness(
     if title:
         fit_title(ax, title)
     return ax
+
+
+def _layer_rows(report) -> tuple[list[dict], str]:
+    """The rows and curvature name of a ``LayerCurvature``, its ``as_dict()`` or JSON file."""
+    if isinstance(report, str | os.PathLike):
+        import json
+
+        with open(report) as f:
+            report = json.load(f)
+        report = report.get("layers_report", report)
+    if hasattr(report, "as_dict"):
+        report = report.as_dict()
+    if not isinstance(report, dict) or not isinstance(report.get("layers"), list):
+        raise ValueError(
+            "Argument `report` must be a landscape.LayerCurvature, its as_dict() or a JSON "
+            f"file of it. Received: report={type(report).__name__}."
+        )
+    return report["layers"], str(report.get("curvature", "hessian"))
+
+
+def plot_layer_curvature(
+    report,
+    *,
+    ax: Axes | None = None,
+    trace: bool = True,
+    log: bool | None = None,
+    title: str | None = None,
+    **kwargs,
+) -> Axes:
+    """Per-layer curvature: horizontal bars of each block's top eigenvalue (and trace).
+
+    One row per group of ``landscape.layer_curvature``'s report, in model order from the top.
+    The top eigenvalue λ_max(H_BB) is a filled bar (hatched when not certified: its residual
+    is above ``tol``), the trace estimate tr(H_BB) a lighter bar beside it with its standard
+    error; the label names each layer with its number of parameters.
+
+    Args:
+        report: A ``LayerCurvature``, its ``as_dict()``, or the path of a JSON file holding
+            that dict (``landscape hessian --layers --json``, under ``"layers_report"``).
+        ax: Axes to draw on. Defaults to None (a new figure).
+        trace: Draw the traces too (when the report has them). Defaults to True.
+        log: Logarithmic value axis. Defaults to None: when every value drawn is > 0.
+        title: Axes title. Defaults to None.
+        **kwargs: Passed on to ``Axes.barh`` for the eigenvalue bars.
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: a ``report`` in none of the forms above.
+    """
+    rows, curvature = _layer_rows(report)
+    name = "G" if curvature == "ggn" else "H"
+    if ax is None:
+        _, ax = plt.subplots(figsize=(FIGSIZE[0], max(2.0, 0.45 * len(rows) + 1.0)))
+    lam = np.array([r["lambda_max"] for r in rows], np.float64)
+    tr = np.array([r.get("trace", np.nan) for r in rows], np.float64)
+    err = np.array([r.get("trace_stderr", np.nan) for r in rows], np.float64)
+    with_trace = trace and bool(np.any(np.isfinite(tr)))
+    y = np.arange(len(rows), dtype=np.float64)
+    height = 0.4 if with_trace else 0.7
+    shift = height / 2 if with_trace else 0.0
+    kwargs.setdefault("color", "C0")
+    bars = ax.barh(y - shift, lam, height, label=f"λ_max({name}_BB)", **kwargs)
+    for bar, r in zip(bars, rows):
+        if not r.get("converged", True):
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
+    drawn = [lam]
+    if with_trace:
+        ax.barh(y + shift, tr, height, xerr=np.where(np.isfinite(err), err, 0.0), color="C1",
+                alpha=0.7, label=f"tr({name}_BB)", error_kw={"elinewidth": 0.8})  # fmt: skip
+        drawn.append(tr[np.isfinite(tr)])
+    values = np.concatenate(drawn)
+    if log is None:
+        log = bool(values.size) and bool(np.all(values > 0))
+    if log:
+        ax.set_xscale("log")
+    ax.set_yticks(y, [f"{r['name']} ({r['n_params']:,})" for r in rows])
+    ax.invert_yaxis()  # model order from the top
+    ax.set_xlabel(f"curvature of the layer's block of {name}")
+    ax.legend(loc="best", fontsize="small")
+    if title:
+        fit_title(ax, title)
+    return ax
