@@ -517,15 +517,20 @@ def _model_directions(model, model2, imports, x_spec, y_spec, norm, ignore, seed
 @click.option("--vmin", type=float, default=None)
 @click.option("--vmax", type=float, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Image file (.png, .pdf, .svg) [SURF with .png].")  # fmt: skip
+              help="Image file (.png, .pdf, .svg) [SURF with .png; none with --vtk].")  # fmt: skip
+@click.option("--vtk", "vtk_path", type=click.Path(dir_okay=False), default=None,
+              help="Also (or, without --out, only) write the surface for ParaView, .vtk or "
+                   ".vtu: z = --metric (log10 with --log), every metric as point data; "
+                   "NaN points are holes.")  # fmt: skip
 @quiet_option
-def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, quiet):
+def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, vtk_path, quiet):
     """Draw a surface file (ours or loss-landscape's) to an image.
 
     \b
     Examples:
       landscape plot sam.h5 --kind contour --log --out sam.png
       landscape plot sgd_to_sam.h5 --out interpolation.pdf
+      landscape plot sam.h5 --vtk sam.vtk
     """
     _setup(quiet, tensorflow=False)  # a surface file is read and drawn without TensorFlow
     if not os.path.isfile(surface_path):
@@ -537,6 +542,13 @@ def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, quiet):
     from landscape.surface import Surface
 
     surf = Surface.load(surface_path)
+    if vtk_path:
+        from landscape.io import export_vtk
+
+        export_vtk(surf, vtk_path, metric=metric, log=log)
+        _say(quiet, f"wrote {vtk_path}")
+        if out is None:
+            return
     kind = kind or ("line" if surf.ndim == 1 else "contour")
     out = out or str(pathlib.Path(surface_path).with_suffix(".png"))
     ax = plot_surface(surf, metric=metric, kind=kind, log=log, levels=levels, vmin=vmin, vmax=vmax)

@@ -341,3 +341,141 @@ def open_surface(
         attrs={**attrs, "created": created, "package_version": __version__},
     )
     return {n: np.full(shape, np.nan) for n in metrics}, np.zeros(shape, bool)
+
+
+# ------------------------------------------------------------------------------ VTK export
+# path suffix -> (meshio format, writer options): legacy VTK 4.2 (every ParaView/VisIt reads it;
+# meshio's default 5.1 needs ParaView >= 5.9) or XML unstructured grid, both binary.
+VTK_FORMATS = {
+    ".vtk": ("vtk42", {"binary": True}),
+    ".vtu": ("vtu", {"binary": True}),
+}
+
+
+def _vtk_name(name: str) -> str:
+    """A point-data array name VTK's legacy format accepts (no whitespace)."""
+    return "_".join(str(name).split())
+
+
+def _vtk_z(values: Mapping[str, np.ndarray], metric: str, log: bool, zmax: float | None):
+    """The z of every point: ``metric`` clipped at ``zmax`` and/or in log10; non-finite kept."""
+    if metric not in values:
+        raise ValueError(
+            f"Argument `metric` must be one of {sorted(values)}. Received: metric={metric!r}."
+        )
+    z = np.array(values[metric], np.float64)
+    if zmax is not None:
+        z = np.where(np.isnan(z), z, np.minimum(z, float(zmax)))
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.log10(z)  # a loss <= 0 becomes a hole, as a NaN does
+    if not np.isfinite(z).any():
+        raise ValueError(
+            f"Argument `surface` has no finite value of {metric!r}"
+            f"{' (log10)' if log else ''}; there is nothing to draw."
+        )
+    return z
+
+
+def _vtk_cells(finite: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Quads of a 2D grid (lines of a 1D one) whose corners are all finite; vertices if none.
+
+    Point ``[iy, ix]`` is number ``iy * nx + ix`` (x varies fastest).
+    """
+    if finite.ndim == 1:
+        i = np.flatnonzero(finite[:-1] & finite[1:])
+        cells = [("line", np.stack([i, i + 1], axis=-1))] if i.size else []
+    else:
+        ny, nx = finite.shape
+        ok = finite[:-1, :-1] & finite[:-1, 1:] & finite[1:, 1:] & finite[1:, :-1]
+        iy, ix = np.nonzero(ok)
+        i = iy * nx + ix
+        cells = [("quad", np.stack([i, i + 1, i + nx + 1, i + nx], axis=-1))] if i.size else []
+    if not cells:  # a grid with a single row or column, or isolated finite points
+        cells = [("vertex", np.flatnonzero(finite.ravel())[:, None])]
+    return [(kind, c.astype(np.int64)) for kind, c in cells]
+
+
+def export_vtk(
+    surface: Any,
+    path: str | os.PathLike,
+    *,
+    metric: str = "train_loss",
+    log: bool = False,
+    zmax: float | None = None,
+) -> str:
+    """Write a surface as a VTK mesh that ParaView (or VisIt, PyVista) opens.
+
+    The mesh's points are the grid points (x = α, y = β, z = ``metric``), point ``[iy, ix]``
+    numbered ``iy·nx + ix``. A 2D surface becomes quad cells between neighbouring points (what
+    loss-landscape's ``h52vtp.py`` writes as polygons); a 1D surface a polyline (line cells, y
+    = 0). Every stored metric (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ...)
+    is point data, unclipped and linear, beside ``computed`` (1 where the point was evaluated)
+    and ``z_finite`` (1 where z is a value).
+
+    NaN points (not computed yet, or diverged) and infinite ones: their metric values are written
+    as NaN/inf in the point data (ParaView shows its NaN colour), their z coordinate is set to
+    the lowest finite z (so that they leave the bounds alone), ``z_finite`` is 0, and every cell
+    touching one is left out: the surface has a hole there. The file is written with meshio
+    (legacy ``.vtk``, format 4.2, binary; or XML ``.vtu``, binary), to ``path + ".tmp"`` first and
+    renamed, so a crash never leaves half a file.
+
+    Args:
+        surface: A ``Surface`` (anything with ``x``, ``y``, ``values`` and ``computed``), or the
+            path of a surface file (ours or loss-landscape's).
+        path: The file to write; its suffix chooses the format: ``.vtk`` or ``.vtu``.
+        metric: The metric drawn as height z. Defaults to ``"train_loss"``.
+        log: z = log10(metric), as loss-landscape's ``--log`` (which used log(z + 0.1));
+            values <= 0 become holes. Defaults to False.
+        zmax: Clip z at this value before ``log`` (loss-landscape's ``--zmax``), so that a
+            few huge losses far out do not flatten the picture. Defaults to None.
+
+    Returns:
+        The path written, as a string.
+
+    Raises:
+        ValueError: a ``path`` with another suffix, a ``metric`` the surface does not have,
+            a surface file that cannot be read, or no finite z at all.
+
+    Example:
+        >>> landscape.io.export_vtk(surf, "surf.vtk")               # then: paraview surf.vtk
+        >>> landscape.io.export_vtk("surf.h5", "surf.vtu", log=True)
+
+    References:
+        Li et al. 2018, https://arxiv.org/abs/1712.09913; ``h52vtp.py`` of
+        https://github.com/tomgoldstein/loss-landscape (its .vtp writer, whose cubic
+        ``interp2d`` upsampling no longer exists in SciPy >= 1.14, is not reproduced).
+    """
+    # Deferred (load-bearing): meshio takes ~0.1-0.2 s to import, which reading and drawing
+    # surface files (the CLI's plot) should not pay unless they export.
+    import meshio
+
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in VTK_FORMATS:
+        raise ValueError(
+            f"Argument `path` must end in {' or '.join(VTK_FORMATS)}. Received: path={path!r}."
+        )
+    if isinstance(surface, str | os.PathLike):
+        data = read_surface_file(surface)
+        x, y, values, computed = data["x"], data["y"], data["values"], data["computed"]
+    else:
+        x, y, values, computed = surface.x, surface.y, surface.values, surface.computed
+    z = _vtk_z(values, metric, log, zmax)
+    finite = np.isfinite(z)
+    z = np.where(finite, z, z[finite].min())
+    if y is None:
+        xs, ys = np.asarray(x, np.float64), np.zeros(len(x))
+    else:
+        xs, ys = np.meshgrid(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    points = np.column_stack([xs.ravel(), ys.ravel(), z.ravel()])
+    point_data = {_vtk_name(k): np.asarray(v, np.float64).ravel() for k, v in values.items()}
+    point_data["computed"] = np.asarray(computed, np.uint8).ravel()
+    point_data["z_finite"] = finite.astype(np.uint8).ravel()
+    mesh = meshio.Mesh(points, _vtk_cells(finite), point_data=point_data)
+    file_format, options = VTK_FORMATS[suffix]
+    tmp = _tmp(path)
+    meshio.write(tmp, mesh, file_format=file_format, **options)
+    os.replace(tmp, path)
+    logger.info("Wrote %s: %d points, z = %s%s.", path, len(points), metric, " (log10)" * log)
+    return path
