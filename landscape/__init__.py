@@ -17,6 +17,7 @@ from landscape._version import __version__  # noqa: F401 (public)
 
 # Where each public name is defined: submodule -> names.
 _PUBLIC = {
+    "connectivity": ("ConnectResult", "connect", "connection_plane"),
     "data": ("flip_labels", "load_dataset", "load_embedded"),
     "directions": (
         "Direction",
@@ -48,6 +49,8 @@ _PUBLIC = {
     "planes": ("Plane", "eigenvector_directions", "plane_through"),
     "plot": (
         "plot_comparison",
+        "plot_connection",
+        "plot_connection_plane",
         "plot_sharpness",
         "plot_spectrum",
         "plot_surface",

@@ -888,5 +888,114 @@ def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, dep
             click.echo(comparison["sentence"])
 
 
+# -- connect -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_a", metavar="A.keras")
+@click.argument("model_b", metavar="B.keras")
+@click.option("--curve", type=click.Choice(("bezier", "polychain")), default="bezier",
+              show_default=True,
+              help="Quadratic Bezier curve, or polygonal chain a -> bend -> b.")  # fmt: skip
+@data_option
+@scale_option
+@import_option
+@click.option("--samples", type=int, default=0, help="Use the first N training samples [all].")
+@click.option("--test-samples", type=int, default=-1,
+              help="Use the first N test samples; 0 skips the test set [all].")  # fmt: skip
+@click.option("--epochs", type=int, default=10, show_default=True,
+              help="Passes over the training data fitting the bend (0: none).")  # fmt: skip
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="Minibatch of the curve's training and of the BatchNorm passes.")  # fmt: skip
+@click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate.")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--points", type=int, default=21, show_default=True,
+              help="Evenly spaced t in [0, 1] evaluated on both paths.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the t draws and the shuffling.")  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the result (t, paths' values, barriers, history) as JSON.")  # fmt: skip
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Draw both paths' training loss against t to this image.")  # fmt: skip
+@click.option("--plane", "plane_path", type=click.Path(dir_okay=False), default=None,
+              help="Draw the plane through a, the bend and b (and the curve) here.")  # fmt: skip
+@click.option("--plane-points", type=int, default=9, show_default=True,
+              help="Grid points per axis of --plane (points^2 evaluations).")  # fmt: skip
+@quiet_option
+def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples, epochs,
+            batch_size, lr, momentum, points, seed, out, plot_path, plane_path, plane_points,
+            quiet):  # fmt: skip
+    """Fit a low-loss curve between two models (mode connectivity) and compare barriers.
+
+    The bend of a Bezier curve (or polygonal chain) from A to B is trained with SGD on the
+    expected loss along the curve (Garipov et al. 2018, arXiv 1802.10026); then the loss and
+    accuracy are evaluated along the straight line and the curve, BatchNorm statistics
+    recomputed at every point. The barrier is the highest loss on a path minus the mean of
+    its two ends.
+
+    \b
+    Examples:
+      landscape connect sgd_seed0.keras sgd_seed1.keras --epochs 10 --out connect.json
+      landscape connect a.keras b.keras --curve polychain --plot paths.png --plane plane.png
+    """
+    _at_least("--samples", samples, 0)
+    _at_least("--epochs", epochs, 0)
+    _at_least("--batch-size", batch_size)
+    _at_least("--points", points, 2)
+    _at_least("--plane-points", plane_points, 2)
+    if not lr > 0:
+        raise UserError(f"--lr must be greater than 0 (received {lr}).")
+    if plane_path and epochs == 0:
+        raise UserError("--plane needs a trained bend (--epochs at least 1).")
+    verbose = _setup(quiet)
+    import keras
+
+    from landscape.connectivity import connect as connect_models
+    from landscape.connectivity import connection_plane
+    from landscape.data import match_model, read_dataset
+
+    first = _load_model(model_a, imports)
+    second = _load_model(model_b, imports)
+    dataset = match_model(read_dataset(data, scale=scale), first)
+    for note in dataset.notes:
+        _say(quiet, note)
+    train = tuple(a[:samples] for a in dataset.train) if samples else tuple(dataset.train)
+    test = None
+    if test_samples != 0:
+        test = tuple(a[: None if test_samples < 0 else test_samples] for a in dataset.test)
+    optimizer = keras.optimizers.SGD(lr, momentum=momentum)
+    result = connect_models(
+        first, second, train, curve=curve, test_data=test, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, points=points, seed=seed, verbose=verbose,
+    )  # fmt: skip
+    click.echo(f"linear_barrier {result.linear_barrier:.6g}")
+    click.echo(f"curve_barrier  {result.curve_barrier:.6g}")
+    for key in result.linear:
+        click.echo(
+            f"{key}: straight line max {result.linear[key].max():.4f} min "
+            f"{result.linear[key].min():.4f}; curve max {result.curve[key].max():.4f} min "
+            f"{result.curve[key].min():.4f}"
+        )
+    if out:
+        _write_json_file(out, result.as_dict())
+        _say(quiet, f"wrote {out}")
+    if plot_path or plane_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from landscape.plot import plot_connection, plot_connection_plane
+
+    if plot_path:
+        ax = plot_connection(result)
+        ax.figure.savefig(plot_path, dpi=150, bbox_inches="tight")
+        _say(quiet, f"wrote {plot_path}")
+    if plane_path:
+        plane = connection_plane(first, second, result, train, points=plane_points,
+                                 batch_size=batch_size)  # fmt: skip
+        ax = plot_connection_plane(plane)
+        ax.figure.savefig(plane_path, dpi=150, bbox_inches="tight")
+        _say(quiet, f"wrote {plane_path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -10,6 +10,7 @@ and never runs into a neighbouring panel or colour bar.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from collections.abc import Sequence
@@ -734,6 +735,132 @@ def plot_sharpness(
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step" if x == "step" else "epoch")
     ax.set_ylabel(label)
+    ax.legend(loc="best", fontsize="small")
+    if title:
+        fit_title(ax, title)
+    return ax
+
+
+def _connection(source) -> dict:
+    """A ``ConnectResult`` (or its ``as_dict()``, or the path of its JSON file) as a dict."""
+    if hasattr(source, "as_dict"):
+        return source.as_dict()
+    if isinstance(source, dict):
+        return source
+    if isinstance(source, str | os.PathLike):
+        with open(source) as f:
+            return json.load(f)
+    raise ValueError(
+        "Argument `result` must be a ConnectResult, its as_dict() or the path of its JSON "
+        f"file. Received: result={type(source).__name__}."
+    )
+
+
+def plot_connection(
+    result,
+    *,
+    metric: str = "train_loss",
+    ax: Axes | None = None,
+    log: bool = False,
+    title: str | None = None,
+    **kwargs,
+) -> Axes:
+    """A metric along the straight line and along the fitted curve, against t.
+
+    The two paths of ``landscape.connect`` (Garipov et al. 2018, arXiv 1802.10026): t = 0 is
+    ``model_a``, t = 1 ``model_b``; each legend entry gives the path's barrier, max − mean of
+    the two ends, in the metric's units.
+
+    Args:
+        result: A ``ConnectResult``, its ``as_dict()``, or the path of its JSON file
+            (``landscape connect --out`` writes one).
+        metric: ``"train_loss"``, ``"train_acc"``, ``"test_loss"``, ``"test_acc"`` (those
+            measured). Defaults to "train_loss".
+        ax: Axes to draw on; None makes a figure. Defaults to None.
+        log: Log scale for the metric. Defaults to False.
+        title: A title, wrapped to the axes' width (``fit_title``). Defaults to None.
+        **kwargs: Passed on to ``ax.plot`` for both lines.
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: an unreadable ``result``, or a ``metric`` it does not hold.
+    """
+    data = _connection(result)
+    for key in ("t", "linear", "curve"):
+        if key not in data:
+            raise ValueError(
+                f"Argument `result` has no {key!r} entry; its keys are {sorted(data)}."
+            )
+    if metric not in data["linear"] or metric not in data["curve"]:
+        raise ValueError(f"Unknown metric {metric!r}; this result has {tuple(data['linear'])}.")
+    t = np.asarray(data["t"], np.float64)
+    ax = _new_axes(ax)
+    kind = data.get("kind", "curve")
+    for path, label, style in (("linear", "straight line", "--"), ("curve", kind, "-")):
+        values = np.asarray(data[path][metric], np.float64)
+        ends = (values[0] + values[-1]) / 2
+        ax.plot(t, values, style, marker="o", markersize=3,
+                label=f"{label} (barrier {values.max() - ends:.3g})", **kwargs)  # fmt: skip
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("t  (0: model a, 1: model b)")
+    ax.set_ylabel(_label(metric))
+    ax.legend(loc="best", fontsize="small")
+    if title:
+        fit_title(ax, title)
+    return ax
+
+
+def plot_connection_plane(
+    plane: Surface,
+    *,
+    metric: str = "train_loss",
+    ax: Axes | None = None,
+    log: bool = True,
+    title: str | None = None,
+    **kwargs,
+) -> Axes:
+    """The plane through w_a, the bend θ and w_b, with the curve and the straight line on it.
+
+    Contours of ``landscape.connection_plane``'s surface (axes in weight-space distance), the
+    fitted curve (solid), the straight segment (dashed) and the three points.
+
+    Args:
+        plane: The ``Surface`` ``landscape.connection_plane`` returns.
+        metric: The metric drawn. Defaults to "train_loss".
+        ax: Axes to draw on; None makes a figure. Defaults to None.
+        log: Logarithmic colour scale. Defaults to True.
+        title: A title (``fit_title``). Defaults to None.
+        **kwargs: Passed on to ``plot_surface`` (``levels``, ``vmin``, ``vmax``, ``kind``, …).
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: a surface without the curve's trace in its metadata.
+    """
+    meta = getattr(plane, "metadata", {}) or {}
+    if not isinstance(plane, Surface) or "curve_x" not in meta or "points" not in meta:
+        raise ValueError(
+            "Argument `plane` must be the Surface landscape.connection_plane returns. "
+            f"Received: plane={type(plane).__name__} without the curve's trace."
+        )
+    kwargs.setdefault("kind", "contourf")
+    ax = plot_surface(plane, metric=metric, ax=ax, log=log, **kwargs)
+    points = meta["points"]
+    (xa, ya), (xm, ym), (xb, yb) = points["w_a"], points["bend"], points["w_b"]
+    ax.plot(meta["curve_x"], meta["curve_y"], "-", color="white", linewidth=2,
+            label=meta.get("curve", "curve"))  # fmt: skip
+    ax.plot([xa, xb], [ya, yb], "--", color="white", linewidth=1, label="straight line")
+    ax.plot([xa, xb], [ya, yb], "o", color="black", markersize=5)
+    ax.plot([xm], [ym], "s", color="black", markersize=5, label="bend θ")
+    ax.annotate("a", (xa, ya), textcoords="offset points", xytext=(4, 4))
+    ax.annotate("b", (xb, yb), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("distance along w_b − w_a")
+    ax.set_ylabel("distance towards θ")
+    ax.set_aspect("equal", adjustable="datalim")
     ax.legend(loc="best", fontsize="small")
     if title:
         fit_title(ax, title)

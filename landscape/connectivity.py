@@ -1,0 +1,767 @@
+"""Mode connectivity: a low-loss curve between two models' weights (Garipov et al. 2018).
+
+``connect(model_a, model_b, data)`` fits a curve φ(t), t ∈ [0, 1], from the weights w_a of
+``model_a`` (t = 0) to the weights w_b of ``model_b`` (t = 1) through one trainable *bend* θ:
+
+* ``"bezier"``: the quadratic Bézier curve φ(t) = (1−t)² w_a + 2t(1−t) θ + t² w_b;
+* ``"polychain"``: the polygonal chain w_a → θ → w_b, φ(t) = (1−2t) w_a + 2t θ for t ≤ ½ and
+  (2−2t) θ + (2t−1) w_b for t ≥ ½.
+
+θ starts at the midpoint (w_a + w_b)/2 (so an untrained Bézier curve *is* the straight line) and
+is trained with a Keras optimizer to minimize the expected loss E_{t~U(0,1)} L(φ(t)): every
+minibatch draws one t and takes one optimizer step on θ alone, with the model run in training
+mode at φ(t) (BatchNorm normalizes with the batch's statistics, dropout is on), as in the paper.
+No layer is rewritten: the model is called statelessly (``Model.stateless_call`` and
+``Model.stateless_compute_loss``, the model's compiled loss with its weight penalties at φ(t))
+with the weights supplied as values, so any Keras model qualifies, and neither model's variables
+(weights, BatchNorm statistics, optimizer or metric state) are ever assigned.
+
+Then the loss and metrics are evaluated along the straight line (1−t) w_a + t w_b and along the
+curve at a grid of t by the one evaluator, ``landscape.Objective`` (inference mode; the whole
+data set, float64 sums), on the training data and on ``test_data`` if given. The barrier of a
+path is max_t L(t) − (L(0) + L(1))/2 over the grid.
+
+BatchNorm statistics along a path
+---------------------------------
+The moving statistics of the two models belong to their own weights; at φ(t) they are
+recomputed, as the paper does before evaluating each point (its ``update_bn``): one pass over
+the training data in ``batch_size`` batches, in order, with the model called statelessly in
+training mode at φ(t); the statistics each trainable ``keras.layers.BatchNormalization`` layer
+computes on each batch (mean and biased variance, as Keras normalizes with them) are averaged
+over the batches, weighted by batch size, and become the layer's moving mean and variance for
+that point. The batch statistics are read from what the stateless call returns: with the moving
+statistics supplied as zeros, Keras's update m·0 + (1−m)·s returns (1−m)·s, divided here by
+(1−m) (the layer's ``momentum`` m < 1). Every layer before a BatchNorm layer runs in training
+mode in that pass (earlier BatchNorm layers use their batch statistics, dropout is on), as in
+PyTorch's ``train()`` mode. The recomputation is done at every evaluated point of both paths,
+endpoints included, so the losses at t = 0 and 1 of a BatchNorm model are those of w_a and w_b
+with recomputed statistics, not with the models' own moving averages.
+
+Departures from the paper
+-------------------------
+* The curve is trained for ``epochs`` passes with the given optimizer (default SGD, learning
+  rate 0.01, momentum 0.9, constant); the paper trains as long as the endpoints (600 epochs on
+  CIFAR, learning rate 0.015 with a step-down schedule) with weight decay 5e-4 on φ(t). Here
+  the only penalty is the model's own weight regularizers (evaluated at φ(t)); pass an optimizer
+  with ``weight_decay`` to decay θ itself.
+* The averaged BatchNorm variance is the mean of the biased per-batch variances (Keras's
+  normalization), where PyTorch's running variance averages the unbiased ones (factor
+  n/(n−1) per batch); batches are weighted by size (PyTorch's cumulative average weighs each
+  batch equally, the last partial one included).
+* Only Bézier curves with one bend and three-point polygonal chains are offered (the paper
+  also uses them; its code allows more bends).
+
+Reference:
+    Garipov, Izmailov, Podoprikhin, Vetrov, Wilson. Loss Surfaces, Mode Connectivity, and Fast
+    Ensembling of DNNs. NeurIPS 2018. https://arxiv.org/abs/1802.10026
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from landscape import _checks
+from landscape._batches import unpack
+from landscape._progress import finish, progbar
+from landscape.directions import Direction, float_variables
+from landscape.objective import Objective
+from landscape.surface import Surface
+from sam import _compat
+
+logger = logging.getLogger("landscape")
+
+Curve = Literal["bezier", "polychain"]
+CURVES = _checks.options(Curve)
+PATHS = ("linear", "curve")
+DEFAULT_POINTS = 21  # t grid of the evaluation: 0, 0.05, ..., 1
+DEFAULT_LEARNING_RATE = 0.01
+DEFAULT_MOMENTUM = 0.9
+PLANE_MARGIN = 0.2  # the plane's grid extends this fraction of ‖w_b − w_a‖ beyond the points
+CURVE_DRAW_POINTS = 101  # points of the curve's trace in the plane
+
+
+# ------------------------------------------------------------------------------ the curve
+def curve_coefficients(t, curve: Curve = "bezier") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights (c_a, c_θ, c_b) of w_a, θ and w_b in φ(t) = c_a w_a + c_θ θ + c_b w_b.
+
+    Args:
+        t: A number or array of numbers in [0, 1].
+        curve: ``"bezier"`` or ``"polychain"`` (see the module docstring). Defaults to
+            ``"bezier"``.
+
+    Returns:
+        Three float64 arrays of the shape of ``t``; they sum to 1.
+
+    Raises:
+        ValueError: an unknown ``curve``, or ``t`` outside [0, 1].
+    """
+    curve = _checks.choice("curve", curve, Curve)
+    t = _check_t(t)
+    if curve == "bezier":
+        return (1 - t) ** 2, 2 * t * (1 - t), t**2
+    first = t <= 0.5
+    return (
+        np.where(first, 1 - 2 * t, 0.0),
+        np.where(first, 2 * t, 2 - 2 * t),
+        np.where(first, 0.0, 2 * t - 1),
+    )
+
+
+def _check_t(t) -> np.ndarray:
+    try:
+        arr = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"Argument `t` must be numbers in [0, 1]. Received: t={t!r}.") from None
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr > 1):
+        raise ValueError(f"Argument `t` must be numbers in [0, 1]. Received: t={t!r}.")
+    return arr
+
+
+def curve_weights(
+    w_a: Sequence[np.ndarray],
+    bend: Sequence[np.ndarray],
+    w_b: Sequence[np.ndarray],
+    t: float,
+    *,
+    curve: Curve = "bezier",
+) -> list[np.ndarray]:
+    """φ(t) for weights given as aligned lists of arrays (float64).
+
+    Args:
+        w_a: The arrays at t = 0.
+        bend: θ, aligned with ``w_a``.
+        w_b: The arrays at t = 1, aligned with ``w_a``.
+        t: A number in [0, 1].
+        curve: ``"bezier"`` or ``"polychain"``. Defaults to ``"bezier"``.
+
+    Returns:
+        The float64 arrays c_a w_a + c_θ θ + c_b w_b.
+    """
+    ca, cm, cb = (float(c) for c in curve_coefficients(t, curve))
+    return [
+        ca * np.asarray(a, np.float64)
+        + cm * np.asarray(m, np.float64)
+        + cb * np.asarray(b, np.float64)
+        for a, m, b in zip(w_a, bend, w_b)
+    ]
+
+
+def barrier(values) -> float:
+    """max over the path minus the mean of its two ends: ``max(v) − (v[0] + v[-1]) / 2``.
+
+    Args:
+        values: The metric along a path, ordered by t from t = 0 to t = 1 (NaN-free).
+
+    Raises:
+        ValueError: fewer than two values, or a non-finite value.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size < 2 or not np.all(np.isfinite(v)):
+        raise ValueError(
+            f"Argument `values` must hold at least two finite numbers. Received: values={v!r}."
+        )
+    return float(v.max() - (v[0] + v[-1]) / 2)
+
+
+# ----------------------------------------------------------------------------- the result
+@dataclass(frozen=True)
+class ConnectResult:
+    """What ``connect`` measured.
+
+    Attributes:
+        kind: ``"bezier"`` or ``"polychain"``.
+        t: The evaluated t, float64 of shape ``(m,)``, increasing, from 0 to 1.
+        linear: The straight line's values at ``t``: ``{"train_loss": (m,), "train_acc": ...,
+            "test_loss": ..., "test_acc": ...}`` (``"<split>_<metric>"`` for the Objective's
+            metric names; test entries only with ``test_data``).
+        curve: The fitted curve's values at ``t``, with the same keys.
+        linear_barrier: ``barrier(linear["train_loss"])``: max_t L − (L(0) + L(1))/2, in loss
+            units.
+        curve_barrier: ``barrier(curve["train_loss"])``.
+        bend: θ as a ``Direction`` of absolute weights keyed by ``model_a``'s trainable
+            variable paths (metadata ``kind="bend"``).
+        history: ``{"loss": [...]}``: the mean training loss along the curve in each epoch
+            (each minibatch at its own t), in loss units; empty with ``epochs=0``.
+        steps: The optimizer steps taken on θ.
+        batchnorm: Whether BatchNorm statistics were recomputed at every point.
+        segment_norm: ‖w_b − w_a‖ over the trainable weights (L2, float64).
+    """
+
+    kind: str
+    t: np.ndarray
+    linear: dict[str, np.ndarray]
+    curve: dict[str, np.ndarray]
+    linear_barrier: float
+    curve_barrier: float
+    bend: Direction
+    history: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0
+    batchnorm: bool = False
+    segment_norm: float = 0.0
+
+    def barrier(self, path: str = "curve", metric: str = "train_loss") -> float:
+        """The barrier of ``metric`` along ``path`` (``"linear"`` or ``"curve"``).
+
+        For an accuracy, a barrier is a dip: use ``-min`` yourself; this is max − mean ends.
+        """
+        if path not in PATHS:
+            raise ValueError(f"Unknown path {path!r}; expected one of {PATHS}.")
+        values = getattr(self, path)
+        if metric not in values:
+            raise ValueError(f"Unknown metric {metric!r}; expected one of {tuple(values)}.")
+        return barrier(values[metric])
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field but ``bend`` (arrays as lists), plus its norm."""
+        return {
+            "kind": self.kind,
+            "t": self.t.tolist(),
+            "linear": {k: np.asarray(v).tolist() for k, v in self.linear.items()},
+            "curve": {k: np.asarray(v).tolist() for k, v in self.curve.items()},
+            "linear_barrier": self.linear_barrier,
+            "curve_barrier": self.curve_barrier,
+            "history": {k: list(v) for k, v in self.history.items()},
+            "steps": self.steps,
+            "batchnorm": self.batchnorm,
+            "segment_norm": self.segment_norm,
+        }
+
+
+# ------------------------------------------------------------------------- the two models
+def _bn_layers(model: keras.Model) -> list:
+    """The trainable BatchNormalization layers of ``model`` (those training mode updates)."""
+    out = []
+    for layer in _compat.all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            if getattr(layer, "renorm", False):
+                raise ValueError(
+                    f"BatchNormalization layer {layer.name!r} uses renorm=True, whose "
+                    "statistics connect cannot recompute; use a model without renorm."
+                )
+            if not 0 <= float(layer.momentum) < 1:
+                raise ValueError(
+                    f"BatchNormalization layer {layer.name!r} has momentum={layer.momentum}; "
+                    "recomputing its statistics needs momentum < 1."
+                )
+            out.append(layer)
+    return out
+
+
+def _values(variables) -> list[np.ndarray]:
+    return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
+
+
+class _Pair:
+    """Two models of one architecture: their weights, and how to run ``model_a`` at others.
+
+    ``trainable`` and ``non_trainable`` are ``model_a``'s variable lists (the order
+    ``stateless_call`` takes); ``bn`` holds (slot in ``non_trainable``, momentum) of every
+    BatchNorm moving statistic.
+    """
+
+    def __init__(self, model_a: keras.Model, model_b: keras.Model):
+        for name, model in (("model_a", model_a), ("model_b", model_b)):
+            if not isinstance(model, keras.Model) or not model.built:
+                raise ValueError(
+                    f"Argument `{name}` must be a built keras.Model. Received: {name}={model!r}."
+                )
+        if _compat.compiled_loss(model_a) is None:
+            raise ValueError(
+                "Argument `model_a` must be compiled with a loss (model_a.compile(loss=...)): "
+                "the curve is trained on the model's compiled loss. Received: model_a "
+                "without a loss."
+            )
+        self.model = model_a
+        self.trainable = list(model_a.trainable_variables)
+        self.non_trainable = list(model_a.non_trainable_variables)
+        other_tr = list(model_b.trainable_variables)
+        other_nt = list(model_b.non_trainable_variables)
+
+        def signature(variables):
+            return [(tuple(v.shape), keras.backend.standardize_dtype(v.dtype)) for v in variables]
+
+        if signature(self.trainable) != signature(other_tr) or [
+            s for s, _ in signature(self.non_trainable)
+        ] != [s for s, _ in signature(other_nt)]:
+            raise ValueError(
+                "Argument `model_b` must have the same architecture as `model_a` (the same "
+                "variables with the same shapes and dtypes, in order). Received: model_b with "
+                f"trainable shapes {[s for s, _ in signature(other_tr)]}, model_a "
+                f"{[s for s, _ in signature(self.trainable)]}."
+            )
+        if not self.trainable:
+            raise ValueError("Argument `model_a` must have trainable variables. Received: none.")
+        self.w_a = _values(self.trainable)
+        self.w_b = _values(other_tr)
+        self.nt_values = _values(self.non_trainable)
+        slot_of = {id(v): i for i, v in enumerate(self.non_trainable)}
+        self.bn: list[tuple[int, float]] = []
+        for layer in _bn_layers(model_a):
+            for v in (layer.moving_mean, layer.moving_variance):
+                self.bn.append((slot_of[id(v)], float(layer.momentum)))
+        bn_slots = {i for i, _ in self.bn}
+        for i, (va, vb) in enumerate(zip(self.non_trainable, other_nt)):
+            if i in bn_slots or not _is_float(va):
+                continue
+            if not np.array_equal(self.nt_values[i], keras.ops.convert_to_numpy(vb.value)):
+                raise ValueError(
+                    f"Argument `model_b` must have the same non-trainable variable {va.path!r} "
+                    "as `model_a` (frozen weights are not on the curve; only the trainable "
+                    "weights and the statistics of trainable BatchNorm layers may differ). "
+                    f"Received: model_b with different values of {vb.path!r}."
+                )
+        keyed = float_variables(model_a, "trainable")
+        paths = {id(v): k for v, k in zip(keyed, keyed.paths)}
+        self.paths = [paths[id(v)] for v in self.trainable]
+        self.segment_norm = float(
+            np.sqrt(
+                sum(np.sum((b.astype(np.float64) - a) ** 2) for a, b in zip(self.w_a, self.w_b))
+            )
+        )
+        self._bn_fn = None
+
+    # -- BatchNorm statistics at given trainable weights
+    def bn_statistics(self, weights: Sequence[np.ndarray], batches) -> dict[int, np.ndarray]:
+        """{slot in ``non_trainable``: recomputed statistic} at trainable ``weights``.
+
+        ``batches`` yields input batches x; see the module docstring for the method.
+        """
+        if not self.bn:
+            return {}
+        if self._bn_fn is None:
+            model, slots = self.model, [i for i, _ in self.bn]
+
+            def run(trainable, non_trainable, x):
+                _, updated = model.stateless_call(trainable, non_trainable, x, training=True)
+                return [updated[i] for i in slots]
+
+            self._bn_fn = tf.function(run, reduce_retracing=True, autograph=False)
+        trainable = [tf.constant(w.astype(v.dtype)) for w, v in zip(weights, self.trainable)]
+        nt = [tf.constant(a) for a in self.nt_values]
+        for i, _ in self.bn:
+            nt[i] = tf.zeros_like(nt[i])
+        sums = [np.zeros(self.nt_values[i].shape, np.float64) for i, _ in self.bn]
+        total = 0
+        for x in batches():
+            n = int(tf.nest.flatten(x)[0].shape[0])
+            out = self._bn_fn(trainable, nt, x)
+            for k, ((_, momentum), value) in enumerate(zip(self.bn, out)):
+                sums[k] += n * np.asarray(value, np.float64) / (1.0 - momentum)
+            total += n
+        return {i: s / total for (i, _), s in zip(self.bn, sums)}
+
+
+def _is_float(variable) -> bool:
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(variable.dtype))
+
+
+# ------------------------------------------------------------------------------- the data
+def _training_dataset(data, batch_size: int, seed: int | None, shuffle: bool):
+    """Batches ``(x, y, sample_weight or None)`` of ``data`` for training and BatchNorm passes."""
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, keras.utils.PyDataset) or not isinstance(data, tuple | list):
+        raise ValueError(
+            "Argument `data` must be arrays (x, y) or (x, y, sample_weight), or a finite "
+            f"tf.data.Dataset of such batches. Received: data of type {type(data).__name__}."
+        )
+    x, y, w = unpack(tuple(data), "data")
+    parts = (x, y) if w is None else (x, y, w)
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    if shuffle:
+        n = int(tf.nest.flatten(x)[0].shape[0])
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size)
+
+
+def _split_batch(batch):
+    if isinstance(batch, tuple | list) and len(batch) in (2, 3):
+        return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+    raise ValueError(
+        "Argument `data` must yield batches (x, y) or (x, y, sample_weight). "
+        f"Received: a batch of type {type(batch).__name__}."
+    )
+
+
+# --------------------------------------------------------------------------- the training
+def _optimizer(optimizer) -> keras.optimizers.Optimizer:
+    if optimizer is None:
+        return keras.optimizers.SGD(DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM)
+    if isinstance(optimizer, str):
+        return keras.optimizers.get(optimizer)
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        if optimizer.built:
+            raise ValueError(
+                "Argument `optimizer` must be a fresh (unbuilt) Keras optimizer: it is built "
+                f"for the bend's weights. Received: optimizer={optimizer!r}, already built."
+            )
+        return optimizer
+    raise ValueError(
+        f"Argument `optimizer` must be None, a name or a keras Optimizer. Received: "
+        f"optimizer={optimizer!r}."
+    )
+
+
+def _coefficients_tf(curve: str, t):
+    if curve == "bezier":
+        return (1 - t) ** 2, 2 * t * (1 - t), t**2
+    first = t <= 0.5
+    zero = tf.zeros_like(t)
+    return (
+        tf.where(first, 1 - 2 * t, zero),
+        tf.where(first, 2 * t, 2 - 2 * t),
+        tf.where(first, zero, 2 * t - 1),
+    )
+
+
+def _train_bend(pair: _Pair, curve, data, *, epochs, batch_size, optimizer, seed, verbose):
+    """Train θ (keras Variables, from the midpoint) to minimize E_t L(φ(t)); see the module."""
+    model = pair.model
+    theta = [
+        keras.Variable(((a.astype(np.float64) + b) / 2).astype(a.dtype), name=f"bend_{i}")
+        for i, (a, b) in enumerate(zip(pair.w_a, pair.w_b))
+    ]
+    history: dict[str, list[float]] = {"loss": []}
+    if epochs == 0:
+        return [np.asarray(v.numpy()) for v in theta], history, 0
+    opt = _optimizer(optimizer)
+    opt.build(theta)
+    ends_a = [tf.constant(a) for a in pair.w_a]
+    ends_b = [tf.constant(b) for b in pair.w_b]
+    metric_values = [
+        tf.constant(keras.ops.convert_to_numpy(v.value)) for v in model.metrics_variables
+    ]
+
+    def step(t, x, y, w, non_trainable):
+        with tf.GradientTape() as tape:
+            weights = []
+            for a, m, b in zip(ends_a, theta, ends_b):
+                ca, cm, cb = (tf.cast(c, a.dtype) for c in _coefficients_tf(curve, t))
+                weights.append(ca * a + cm * m.value + cb * b)
+            y_pred, updated = model.stateless_call(weights, non_trainable, x, training=True)
+            loss, _ = model.stateless_compute_loss(
+                weights, updated, metric_values, x=x, y=y, y_pred=y_pred, sample_weight=w,
+                training=True,
+            )  # fmt: skip
+        grads = tape.gradient(loss, [m.value for m in theta])
+        opt.apply_gradients(zip(grads, theta))
+        return loss, updated
+
+    step_fn = tf.function(step, reduce_retracing=True, autograph=False)
+    rng = np.random.default_rng(seed)
+    dataset = _training_dataset(data, batch_size, seed, shuffle=True)
+    # The non-trainable values (BatchNorm statistics, dropout seeds) carried from step to step:
+    # a local copy, never the model's variables.
+    non_trainable = [tf.constant(a) for a in pair.nt_values]
+    steps = 0
+    bar = progbar(epochs, verbose, unit="epoch")
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for batch in dataset:
+            x, y, w = _split_batch(batch)
+            t = tf.constant(rng.uniform(), tf.float32)
+            loss, non_trainable = step_fn(t, x, y, w, non_trainable)
+            total += float(loss)
+            count += 1
+            steps += 1
+        if count == 0:
+            raise ValueError("Argument `data` must not be empty. Received: no batches.")
+        history["loss"].append(total / count)
+        logger.info("connect: epoch %d/%d, loss along the curve %.4g", epoch + 1, epochs,
+                    total / count)  # fmt: skip
+        if bar is not None:
+            bar.update(epoch + 1, [("loss", total / count)])
+    finish(bar, epochs)
+    return [np.asarray(v.numpy()) for v in theta], history, steps
+
+
+# ------------------------------------------------------------------------------ evaluation
+class _Evaluator:
+    """Loss and metrics at given trainable weights, BatchNorm statistics recomputed there."""
+
+    def __init__(self, pair, data, test_data, *, batch_size, bn_batch_size, loss, recompute):
+        self.pair = pair
+        self.objective = Objective(pair.model, data, loss, batch_size=batch_size,
+                                   test_data=test_data)  # fmt: skip
+        variables = self.objective.variables
+        index = {id(v): i for i, v in enumerate(variables)}
+        self.w0 = _values(variables)
+        self.trainable_slots = [index[id(v)] for v in pair.trainable]
+        self.bn_slots = {i: index[id(pair.non_trainable[i])] for i, _ in pair.bn}
+        self.recompute = recompute and bool(pair.bn)
+        self._bn_data = _training_dataset(data, bn_batch_size, None, shuffle=False)
+
+    def _batches(self):
+        for batch in self._bn_data:
+            yield _split_batch(batch)[0]
+
+    def at(self, weights: Sequence[np.ndarray]) -> dict[str, float]:
+        offsets = [np.zeros(w.shape, np.float64) for w in self.w0]
+        for slot, w in zip(self.trainable_slots, weights):
+            offsets[slot] = np.asarray(w, np.float64) - self.w0[slot]
+        if self.recompute:
+            for i, stat in self.pair.bn_statistics(weights, self._batches).items():
+                slot = self.bn_slots[i]
+                offsets[slot] = stat - self.w0[slot]
+        out = {}
+        for split in self.objective.splits:
+            for name, value in self.objective.evaluate(offsets, split=split).items():
+                out[f"{split}_{name}"] = value
+        return out
+
+
+def _t_grid(t, points) -> np.ndarray:
+    if t is None:
+        points = _checks.integer("points", points, 2)
+        return np.linspace(0.0, 1.0, points)
+    grid = _check_t(t).reshape(-1)
+    return np.unique(np.concatenate([[0.0, 1.0], grid]))
+
+
+def _evaluate_paths(evaluator, pair, bend, grid, curve, verbose):
+    """({metric: values at grid} of the straight line, the same of the curve)."""
+    values: dict[str, dict[str, list[float]]] = {"linear": {}, "curve": {}}
+    bar = progbar(2 * len(grid), verbose, unit="point")
+    done = 0
+    for s in grid:
+        at_linear = [(1 - s) * a.astype(np.float64) + s * b for a, b in zip(pair.w_a, pair.w_b)]
+        row_linear = evaluator.at(at_linear)
+        ends = s in (0.0, 1.0)
+        row_curve = (
+            row_linear
+            if ends
+            else evaluator.at(curve_weights(pair.w_a, bend, pair.w_b, s, curve=curve))
+        )
+        for path, row in (("linear", row_linear), ("curve", row_curve)):
+            for k, v in row.items():
+                values[path].setdefault(k, []).append(v)
+        done += 2
+        if bar is not None:
+            bar.update(done, [("t", float(s))])
+    finish(bar, done)
+    return tuple({k: np.asarray(v) for k, v in values[p].items()} for p in PATHS)
+
+
+def connect(
+    model_a: keras.Model,
+    model_b: keras.Model,
+    data,
+    *,
+    curve: Curve = "bezier",
+    test_data=None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    optimizer: keras.optimizers.Optimizer | str | None = None,
+    t: Sequence[float] | None = None,
+    points: int = DEFAULT_POINTS,
+    loss=None,
+    eval_batch_size: int = 256,
+    batchnorm: bool = True,
+    seed: int | None = 0,
+    verbose: int | str = 0,
+) -> ConnectResult:
+    """Fit a low-loss curve between two models' weights and measure both paths' barriers.
+
+    See the module docstring for the curve, the training of its bend θ, the BatchNorm
+    statistics and the departures from Garipov et al. 2018 (arXiv 1802.10026).
+
+    Args:
+        model_a: A built, compiled Keras model (its compiled loss trains the curve); its
+            weights w_a are the curve's start (t = 0). Never modified.
+        model_b: A model of the same architecture (same variables, shapes and dtypes, in
+            order); its weights w_b are the end (t = 1). Never modified.
+        data: Training data: arrays ``(x, y)`` or ``(x, y, sample_weight)`` (shuffled each
+            epoch, batches of ``batch_size``), or a finite ``tf.data.Dataset`` of such
+            batches (used as it comes). Also the data of the BatchNorm passes and of the
+            ``train_*`` values.
+        curve: ``"bezier"`` (quadratic Bézier) or ``"polychain"`` (w_a → θ → w_b). Defaults
+            to ``"bezier"``.
+        test_data: Optional data evaluated as ``test_*`` values (any form ``Objective`` takes).
+            Defaults to None.
+        epochs: Passes over ``data`` training θ; 0 keeps θ at the midpoint (then the Bézier
+            curve is the straight line). Defaults to 10.
+        batch_size: Minibatch size of the training and of the BatchNorm passes (array data).
+            Defaults to 128.
+        optimizer: A fresh Keras optimizer for θ, a name (``"adam"``), or None for SGD with
+            learning rate 0.01 and momentum 0.9. Defaults to None.
+        t: The t values to evaluate, in [0, 1] (0 and 1 are always added); None for
+            ``points`` evenly spaced ones. Defaults to None.
+        points: The number of evenly spaced t when ``t`` is None (at least 2). Defaults to 21.
+        loss: The loss of the evaluation, as ``Objective(loss=)``; None for the compiled
+            loss. Training always uses the compiled loss. Defaults to None.
+        eval_batch_size: Batch size of the evaluation (memory and speed, not the values).
+            Defaults to 256.
+        batchnorm: Recompute BatchNorm statistics at every evaluated point (the paper's
+            method); False evaluates every point with ``model_a``'s moving statistics.
+            Defaults to True.
+        seed: Seeds the t draws and the shuffling. Defaults to 0.
+        verbose: 0, 1, 2 or ``"auto"``: a progress bar over epochs and points. Defaults to 0.
+
+    Returns:
+        A ``ConnectResult``: ``t``, ``linear`` and ``curve`` values, ``linear_barrier`` and
+        ``curve_barrier`` (training loss), the bend θ, the training history.
+
+    Raises:
+        ValueError: a model that is not a built keras.Model, ``model_a`` without a compiled
+            loss, models of different architectures or different frozen weights, an unknown
+            ``curve``, ``t`` outside [0, 1], a non-integer or negative ``epochs``, a
+            ``batch_size``/``eval_batch_size``/``points`` below 1 (2 for ``points``), an
+            optimizer that is already built, data that do not fit the model, or a BatchNorm
+            layer with ``renorm=True`` or ``momentum`` ≥ 1 (with ``batchnorm=True``).
+
+    Example:
+        >>> res = landscape.connect(model_a, model_b, (x, y), test_data=(x_test, y_test))
+        >>> res.linear_barrier, res.curve_barrier
+        >>> landscape.plot_connection(res)
+
+    References:
+        Garipov et al., Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs,
+        https://arxiv.org/abs/1802.10026
+    """
+    curve = _checks.choice("curve", curve, Curve)
+    epochs = _checks.integer("epochs", epochs, 0)
+    batch_size = _checks.integer("batch_size", batch_size)
+    eval_batch_size = _checks.integer("eval_batch_size", eval_batch_size)
+    batchnorm = _checks.boolean("batchnorm", batchnorm)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"Argument `seed` must be an int or None. Received: seed={seed!r}.")
+    grid = _t_grid(t, points)
+    pair = _Pair(model_a, model_b)
+    evaluator = _Evaluator(pair, data, test_data, batch_size=eval_batch_size,
+                           bn_batch_size=batch_size, loss=loss, recompute=batchnorm)  # fmt: skip
+    bend, history, steps = _train_bend(
+        pair, curve, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+        seed=seed, verbose=verbose,
+    )  # fmt: skip
+    linear, curve_values = _evaluate_paths(evaluator, pair, bend, grid, curve, verbose)
+    result = ConnectResult(
+        kind=curve,
+        t=grid,
+        linear=linear,
+        curve=curve_values,
+        linear_barrier=barrier(linear["train_loss"]),
+        curve_barrier=barrier(curve_values["train_loss"]),
+        bend=Direction(dict(zip(pair.paths, bend)), {"kind": "bend", "curve": curve}),
+        history=history,
+        steps=steps,
+        batchnorm=evaluator.recompute,
+        segment_norm=pair.segment_norm,
+    )
+    logger.info(
+        "connect (%s): training-loss barrier %.4g on the straight line, %.4g on the curve",
+        curve, result.linear_barrier, result.curve_barrier,
+    )  # fmt: skip
+    return result
+
+
+# ---------------------------------------------------------------------------------- plane
+def _plane_basis(pair: _Pair, theta):
+    """Flat w_a, orthonormal u, v of the plane, ‖w_b − w_a‖ and θ's coordinates (x, y)."""
+    flat = np.concatenate
+    a = flat([w.astype(np.float64).ravel() for w in pair.w_a])
+    d = flat([w.astype(np.float64).ravel() for w in pair.w_b]) - a
+    m = flat([np.asarray(w, np.float64).ravel() for w in theta]) - a
+    length = float(np.linalg.norm(d))
+    if length == 0:
+        raise ValueError("Arguments `model_a` and `model_b` must have different weights.")
+    u = d / length
+    mx = float(m @ u)
+    rest = m - mx * u
+    my = float(np.linalg.norm(rest))
+    if my <= 1e-12 * length:
+        raise ValueError(
+            "Argument `result` must have a bend off the straight line (train the curve, "
+            "epochs >= 1): the plane through three collinear points is not defined."
+        )
+    return a, u, rest / my, length, (mx, my)
+
+
+def connection_plane(
+    model_a: keras.Model,
+    model_b: keras.Model,
+    result: ConnectResult,
+    data,
+    *,
+    test_data=None,
+    points: int = 11,
+    margin: float = PLANE_MARGIN,
+    loss=None,
+    eval_batch_size: int = 256,
+    batch_size: int = 128,
+) -> Surface:
+    """The loss on the plane through w_a, θ and w_b, with the curve's trace in its metadata.
+
+    The plane's orthonormal basis (over the trainable weights) is u = (w_b − w_a)/‖w_b − w_a‖
+    and v = the part of θ − w_a orthogonal to u, normalized; a grid point (x, y) is
+    w_a + x u + y v, so x and y are Euclidean distances in weight space (w_a at (0, 0), w_b at
+    (‖w_b − w_a‖, 0)). The grid spans the three points plus ``margin`` · ‖w_b − w_a‖ on every
+    side. Every point is evaluated as ``connect`` evaluates its paths (BatchNorm statistics
+    recomputed there when ``result.batchnorm``), which is the paper's figure 1 (arXiv
+    1802.10026) on a ``points`` × ``points`` grid.
+
+    Args:
+        model_a: The model at t = 0 given to ``connect``.
+        model_b: The model at t = 1 given to ``connect``.
+        result: What ``connect`` returned for these models.
+        data: The training data (as ``connect`` takes them).
+        test_data: Optional test data (``test_*`` values). Defaults to None.
+        points: Grid points along each axis (at least 2; the cost is points² evaluations,
+            each with a BatchNorm pass for a BatchNorm model). Defaults to 11.
+        margin: The grid's margin, a fraction of ‖w_b − w_a‖ (>= 0). Defaults to 0.2.
+        loss: The evaluated loss, as in ``connect``. Defaults to None.
+        eval_batch_size: Batch size of the evaluation. Defaults to 256.
+        batch_size: Batch size of the BatchNorm passes (as in ``connect``). Defaults to 128.
+
+    Returns:
+        A 2D ``Surface`` (values ``[len(y), len(x)]``) whose metadata hold ``"curve_x"``,
+        ``"curve_y"`` (the curve's trace, 101 points), ``"points"`` ({"w_a", "bend", "w_b"}:
+        (x, y) each) and ``"kind"`` (``"connection_plane"``).
+
+    Raises:
+        ValueError: as ``connect`` for the models and data; ``points`` below 2; a negative
+            ``margin``; a ``result`` that is not a ``ConnectResult``; w_a = w_b; or a bend on
+            the straight line (the plane is then not defined: v = 0).
+    """
+    if not isinstance(result, ConnectResult):
+        raise ValueError(
+            f"Argument `result` must be a ConnectResult. Received: result={type(result).__name__}."
+        )
+    points = _checks.integer("points", points, 2)
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin >= 0:
+        raise ValueError(f"Argument `margin` must be a number >= 0. Received: margin={margin!r}.")
+    pair = _Pair(model_a, model_b)
+    a, u, v, length, (mx, my) = _plane_basis(pair, result.bend.aligned(pair.trainable))
+    pad = margin * length
+    xs = np.linspace(min(0.0, mx) - pad, max(length, mx) + pad, points)
+    ys = np.linspace(min(0.0, my) - pad, max(0.0, my) + pad, points)
+    evaluator = _Evaluator(
+        pair, data, test_data, batch_size=eval_batch_size, bn_batch_size=batch_size, loss=loss,
+        recompute=result.batchnorm,
+    )  # fmt: skip
+    shapes, sizes = [w.shape for w in pair.w_a], [w.size for w in pair.w_a]
+    bounds = np.cumsum(sizes)[:-1]
+    values: dict[str, np.ndarray] = {}
+    for iy, y in enumerate(ys):
+        for ix, x in enumerate(xs):
+            w = a + x * u + y * v
+            row = evaluator.at([p.reshape(s) for p, s in zip(np.split(w, bounds), shapes)])
+            for k, val in row.items():
+                values.setdefault(k, np.full((points, points), np.nan))[iy, ix] = val
+    s = np.linspace(0.0, 1.0, CURVE_DRAW_POINTS)
+    _, cm, cb = curve_coefficients(s, result.kind)
+    metadata = {
+        "kind": "connection_plane",
+        "curve": result.kind,
+        "curve_x": (cm * mx + cb * length).tolist(),
+        "curve_y": (cm * my).tolist(),
+        "points": {"w_a": (0.0, 0.0), "bend": (mx, my), "w_b": (length, 0.0)},
+    }
+    return Surface(xs, ys, values, metadata)
