@@ -695,6 +695,37 @@ def _trace_summary(tr) -> dict:
     }
 
 
+def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes, trace_tol, seed,
+                  verbose, json_path, plot_path, quiet) -> None:  # fmt: skip
+    """``hessian --layers``: layer_curvature printed as a table, written as JSON and drawn."""
+    from landscape.hessian import layer_curvature
+
+    report = layer_curvature(objective, curvature=curvature, tol=tol, max_iter=max_iter,
+                             trace=with_trace, trace_samples=trace_probes, trace_tol=trace_tol,
+                             seed=seed, verbose=verbose)  # fmt: skip
+    width = max(len("layer"), *(len(n) for n in report.names))
+    click.echo(f"{'layer':<{width}} {'params':>9} {'lambda_max':>12} {'residual':>9} "
+               f"{'trace':>12} {'stderr':>9}")  # fmt: skip
+    for row in report.rows():
+        click.echo(f"{row['name']:<{width}} {row['n_params']:>9,} {row['lambda_max']:>12.6g} "
+                   f"{row['residual']:>9.1e} {row['trace']:>12.6g} "
+                   f"{row['trace_stderr']:>9.2g}")  # fmt: skip
+    click.echo(f"{curvature}, {report.precision}: {report.n_hvp} products; certified: "
+               f"{bool(report.converged.all())}")  # fmt: skip
+    if json_path:
+        _write_json_file(json_path, {"layers_report": report.as_dict()})
+        _say(quiet, f"wrote {json_path}")
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from landscape.plot import plot_layer_curvature
+
+        ax = plot_layer_curvature(report)
+        ax.figure.savefig(plot_path, dpi=150, bbox_inches="tight")
+        _say(quiet, f"wrote {plot_path}")
+
+
 @main.command()
 @click.argument("model_path", metavar="MODEL.keras")
 @click.option("--k", type=int, default=5, show_default=True, help="Top eigenvalues to compute.")
@@ -711,11 +742,24 @@ def _trace_summary(tr) -> dict:
 @click.option("--runs", type=int, default=10, show_default=True, help="SLQ runs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON.")  # fmt: skip
+@click.option("--curvature", type=click.Choice(("hessian", "ggn")), default="hessian",
+              show_default=True,
+              help="The Hessian, or the generalized Gauss-Newton matrix J^T H_l J (PSD; "
+                   "mean squared error and cross-entropies only).")  # fmt: skip
+@click.option("--variables", "variables", default=None, metavar="REGEX",
+              help="Restrict every result to the diagonal block of the trainable variables "
+                   "whose path matches REGEX (or a layer's name).")  # fmt: skip
+@click.option("--layers", "layers", is_flag=True,
+              help="Instead: the certified top eigenvalue (and with --trace the trace) of "
+                   "each layer's block, as a table.")  # fmt: skip
+@click.option("--layers-plot", type=click.Path(dir_okay=False), default=None,
+              help="With --layers: draw the per-layer table to this image file.")  # fmt: skip
 @_analysis_options
 @quiet_option
 def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_probes, trace_tol,
-            density, steps, runs, json_path, data, scale, imports, regularization, precision,
-            samples, batch_size, seed, quiet):  # fmt: skip
+            density, steps, runs, json_path, curvature, variables, layers, layers_plot, data,
+            scale, imports, regularization, precision, samples, batch_size, seed,
+            quiet):  # fmt: skip
     """Hessian eigenvalues (thick-restart Lanczos, with residuals), trace and spectral density.
 
     Every iterative part has a cap that bounds its time (--max-iter, --trace-probes; SLQ runs
@@ -726,7 +770,13 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
       landscape hessian sam.keras --k 5
       landscape hessian sgd.keras --k 3 --trace --density sgd_spectrum.png --json sgd.json
       landscape hessian big.keras --k 1 --max-iter 100 --basis-size 10 --trace --trace-probes 50
+      landscape hessian cnn.keras --layers --trace --json layers.json --layers-plot layers.png
+      landscape hessian cnn.keras --k 3 --variables 'dense_1/' --curvature ggn
     """
+    if layers_plot and not layers:
+        raise UserError("Option --layers-plot needs --layers.")
+    if layers and (density or variables):
+        raise UserError("Option --layers cannot be combined with --density or --variables.")
     _check_costs(k=k, tol=tol, max_iter=max_iter, basis_size=basis_size,
                  trace_probes=trace_probes, trace_tol=trace_tol, samples=samples,
                  batch_size=batch_size)  # fmt: skip
@@ -737,12 +787,21 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
 
     objective = _analysis_objective(model_path, data, samples, 0, batch_size, scale, imports,
                                     regularization, precision, quiet)  # fmt: skip
+    if layers:
+        _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes, trace_tol,
+                      seed, verbose, json_path, layers_plot, quiet)  # fmt: skip
+        return
+    block = {"variables": variables, "curvature": curvature}
     eig = hessian_eigenvalues(objective, k=k, which=which, tol=tol, max_iter=max_iter,
-                              basis_size=basis_size, seed=seed, verbose=verbose)  # fmt: skip
+                              basis_size=basis_size, seed=seed, verbose=verbose,
+                              **block)  # fmt: skip
     out = _eigen_summary(eig)
+    out.update(curvature=curvature, n_params=int(eig.n_params))
+    if variables is not None:
+        out["variables"] = list(eig.variables)
     if with_trace:
         tr = hessian_trace(
-            objective, samples=trace_probes, tol=trace_tol, seed=seed, verbose=verbose
+            objective, samples=trace_probes, tol=trace_tol, seed=seed, verbose=verbose, **block
         )
         out["trace"] = _trace_summary(tr)
     if density:
@@ -751,7 +810,8 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
         matplotlib.use("Agg")
         from landscape.plot import plot_spectrum
 
-        spectrum = hessian_spectrum(objective, steps=steps, runs=runs, seed=seed, verbose=verbose)
+        spectrum = hessian_spectrum(objective, steps=steps, runs=runs, seed=seed, verbose=verbose,
+                                    **block)  # fmt: skip
         ax = plot_spectrum(spectrum)
         ax.figure.savefig(density, dpi=150, bbox_inches="tight")
         out["density"] = {"path": density, "n_hvp": int(spectrum.n_hvp)}

@@ -325,3 +325,16 @@ def test_ggn_refuses_losses_without_one(float64):
     )
     with pytest.raises(ValueError, match="curvature='ggn'.*softmax"):
         hessian.hessian_trace(obj, curvature="ggn")
+
+
+def test_cli_refuses_inconsistent_layer_options_with_one_sentence(tmp_path):
+    from click.testing import CliRunner
+
+    from landscape.cli import main
+
+    model = str(tmp_path / "m.keras")
+    for args, flag in ((["--layers-plot", "p.png"], "--layers"),
+                       (["--layers", "--variables", "conv"], "--variables")):  # fmt: skip
+        result = CliRunner().invoke(main, ["hessian", model, *args])
+        assert result.exit_code == 2 and flag in result.output
+        assert "Traceback" not in result.output
