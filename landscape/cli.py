@@ -265,16 +265,7 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
 
     if not str(out).endswith(".keras"):
         raise UserError(f"--out must end in .keras. Received: {out}.")
-    if track_every < 0 or track_samples < 1:
-        raise UserError(
-            "--track-sharpness must be ≥ 0 and --track-samples ≥ 1. Received: "
-            f"--track-sharpness {track_every}, --track-samples {track_samples}."
-        )
-    if track_every and strategy not in (None, "default"):
-        raise UserError(
-            f"--track-sharpness runs with the default strategy only. Received: --strategy "
-            f"{strategy}."
-        )
+    _check_tracking(track_every, track_samples, strategy)
     # The zoo's models are image classifiers: images with a channel axis, integer labels.
     loaded = read_dataset(data, scale=scale, images=True)
     for note in loaded.notes:
@@ -289,13 +280,8 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
     if save_every:
         checkpoint_dir = pathlib.Path(out).with_suffix("").as_posix() + "_checkpoints"
         callbacks.append(CheckpointEvery(checkpoint_dir, every=save_every))
-    tracker = None
-    if track_every:
-        from landscape.tracking import SharpnessTracker
-
-        probe = (dataset[0][0][:track_samples], dataset[0][1][:track_samples])
-        tracker = SharpnessTracker(probe, every=track_every, unit=track_unit)
-        callbacks.insert(0, tracker)
+    tracker = _tracker(dataset[0], track_every, track_unit, track_samples)
+    callbacks = [tracker, *callbacks] if tracker else callbacks
     result = train_model(
         dataset, model=model_name, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         learning_rate=lr, momentum=momentum, weight_decay=weight_decay, rho=rho, seed=seed,
@@ -318,6 +304,29 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
         f"train loss {result.train_loss:.4f}  train acc {result.train_acc:.4f}  "
         f"test loss {result.test_loss:.4f}  test acc {result.test_acc:.4f}"
     )
+
+
+def _check_tracking(every: int, samples: int, strategy) -> None:
+    """--track-sharpness and --track-samples in range, and a strategy the tracker runs under."""
+    if every < 0 or samples < 1:
+        raise UserError(
+            "--track-sharpness must be ≥ 0 and --track-samples ≥ 1. Received: "
+            f"--track-sharpness {every}, --track-samples {samples}."
+        )
+    if every and strategy not in (None, "default"):
+        raise UserError(
+            f"--track-sharpness runs with the default strategy only. Received: --strategy "
+            f"{strategy}."
+        )
+
+
+def _tracker(train, every: int, unit: str, samples: int):
+    """A SharpnessTracker on the first ``samples`` training examples, or None (``every`` 0)."""
+    if not every:
+        return None
+    from landscape.tracking import SharpnessTracker
+
+    return SharpnessTracker((train[0][:samples], train[1][:samples]), every=every, unit=unit)
 
 
 def _save_tracking(tracker, out, quiet: bool) -> None:
