@@ -280,17 +280,7 @@ def block_indices(objective: Objective, variables) -> list[int]:
     if variables is None:
         return list(range(len(trainable)))
     if isinstance(variables, str):
-        layers = [
-            layer
-            for layer in _compat.all_layers(objective.model)
-            if layer.name == variables and layer is not objective.model
-        ]
-        if layers:
-            variables = (
-                layers[0]
-                if len(layers) == 1
-                else [v for layer in layers for v in layer.trainable_variables]
-            )
+        variables = _named_layer(objective, variables)
     if isinstance(variables, keras.layers.Layer):
         ids = {id(v) for v in variables.trainable_variables}
         picked = [i for i, v in enumerate(trainable) if id(v) in ids]
@@ -305,29 +295,7 @@ def block_indices(objective: Objective, variables) -> list[int]:
             ) from None
         picked = [i for i, key in enumerate(keys) if pattern.search(key)]
     elif isinstance(variables, Sequence) and not isinstance(variables, bytes):
-        by_key = {key: i for i, key in enumerate(keys)}
-        by_path = {v.path: i for i, v in enumerate(trainable)}
-        by_id = {id(v): i for i, v in enumerate(trainable)}
-        chosen = set()
-        for entry in variables:
-            if isinstance(entry, str):
-                i = by_key.get(entry, by_path.get(entry))
-            elif isinstance(entry, keras.Variable):
-                i = by_id.get(id(entry))
-            else:
-                raise ValueError(
-                    "Argument `variables` must list paths (str) or keras.Variable objects. "
-                    f"Received an entry {entry!r} in variables={_describe(variables)}."
-                )
-            if i is None:
-                name = entry if isinstance(entry, str) else entry.path
-                raise ValueError(
-                    f"Argument `variables` must name trainable variables of the objective; "
-                    f"{name!r} is not one (see Objective.trainable_variables.paths). Received: "
-                    f"variables={_describe(variables)}."
-                )
-            chosen.add(i)
-        picked = sorted(chosen)
+        picked = _listed(trainable, keys, variables)
     else:
         raise ValueError(
             "Argument `variables` must be None, a keras Layer, a layer name, a regular "
@@ -340,6 +308,46 @@ def block_indices(objective: Objective, variables) -> list[int]:
             f"objective (paths such as {keys[:3]}). Received: variables={_describe(variables)}."
         )
     return picked
+
+
+def _named_layer(objective: Objective, name: str):
+    """The layer of the model called ``name`` (the variables of all, if several), else ``name``
+    (then a regular expression on the paths)."""
+    layers = [
+        layer
+        for layer in _compat.all_layers(objective.model)
+        if layer.name == name and layer is not objective.model
+    ]
+    if not layers:
+        return name
+    return layers[0] if len(layers) == 1 else [v for x in layers for v in x.trainable_variables]
+
+
+def _listed(trainable, keys: list[str], variables) -> list[int]:
+    """Indices of the listed paths (Direction keys or ``variable.path``) and variables."""
+    by_key = {key: i for i, key in enumerate(keys)}
+    by_path = {v.path: i for i, v in enumerate(trainable)}
+    by_id = {id(v): i for i, v in enumerate(trainable)}
+    chosen = set()
+    for entry in variables:
+        if isinstance(entry, str):
+            i = by_key.get(entry, by_path.get(entry))
+        elif isinstance(entry, keras.Variable):
+            i = by_id.get(id(entry))
+        else:
+            raise ValueError(
+                "Argument `variables` must list paths (str) or keras.Variable objects. "
+                f"Received an entry {entry!r} in variables={_describe(variables)}."
+            )
+        if i is None:
+            name = entry if isinstance(entry, str) else entry.path
+            raise ValueError(
+                f"Argument `variables` must name trainable variables of the objective; "
+                f"{name!r} is not one (see Objective.trainable_variables.paths). Received: "
+                f"variables={_describe(variables)}."
+            )
+        chosen.add(i)
+    return sorted(chosen)
 
 
 class _Hessian:
@@ -1366,6 +1374,27 @@ def _layer_groups(objective: Objective) -> dict[str, list[str]]:
     return out
 
 
+def _selected_groups(objective: Objective, groups) -> dict[str, Any]:
+    """``layer_curvature``'s groups as {name: selector}, checked."""
+    if groups is None:
+        selected: dict[str, Any] = dict(_layer_groups(objective))
+    elif isinstance(groups, dict):
+        selected = {str(name): sel for name, sel in groups.items()}
+    elif isinstance(groups, Sequence) and not isinstance(groups, str | bytes):
+        selected = {}
+        for sel in groups:
+            name = sel.name if isinstance(sel, keras.layers.Layer) else str(sel)
+            selected[name] = sel
+    else:
+        raise ValueError(
+            "Argument `groups` must be None, a dict {name: selector} or a sequence of "
+            f"selectors. Received: groups={_describe(groups)}."
+        )
+    if not selected:
+        raise ValueError(f"Argument `groups` must not be empty. Received: groups={groups!r}.")
+    return selected
+
+
 def layer_curvature(
     objective: Objective,
     groups=None,
@@ -1432,22 +1461,7 @@ def layer_curvature(
     """
     curvature = _checks.choice("curvature", curvature, Curvature)
     trace = _checks.boolean("trace", trace)
-    if groups is None:
-        selected: dict[str, Any] = dict(_layer_groups(objective))
-    elif isinstance(groups, dict):
-        selected = {str(name): sel for name, sel in groups.items()}
-    elif isinstance(groups, Sequence) and not isinstance(groups, str | bytes):
-        selected = {}
-        for sel in groups:
-            name = sel.name if isinstance(sel, keras.layers.Layer) else str(sel)
-            selected[name] = sel
-    else:
-        raise ValueError(
-            "Argument `groups` must be None, a dict {name: selector} or a sequence of "
-            f"selectors. Received: groups={_describe(groups)}."
-        )
-    if not selected:
-        raise ValueError(f"Argument `groups` must not be empty. Received: groups={groups!r}.")
+    selected = _selected_groups(objective, groups)
     rows, n_hvp, precision = [], 0, None
     for name, sel in selected.items():
         eig = hessian_eigenvalues(

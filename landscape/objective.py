@@ -583,6 +583,21 @@ class _BatchLoop:
         self._hvp_fns[(split, mode)] = fn
         return fn
 
+    def _normalizers(self, split: str) -> tf.Tensor:
+        """λₖ / Dₖ of the loss terms on ``split`` (they do not depend on the weights)."""
+        scales = self._scales.get(split)
+        if scales is None:
+            _, sums = self._value_fn(split)(*self._offset_args(None))
+            scales = self._scales[split] = self._term_scales(sums)
+        return scales
+
+    # --------------------------------------------------------------------------- public API
+
+
+class _GaussNewtonLoop:
+    """The Gauss-Newton products of ``Objective`` (``gauss_newton_vector_product``): a mixin on
+    ``_BatchLoop``'s batch loop, whose forward pass, scales and data it uses."""
+
     def _ggn_splits(self) -> tuple[str, ...]:
         """The GGN split of each flat output (``GGN_SPLITS``), checked once, eagerly, on the
         first batch: the loss must be a compiled one of ``ggn_split``'s kinds; an output split
@@ -712,18 +727,8 @@ class _BatchLoop:
         self._ggn_fns[split] = fn
         return fn
 
-    def _normalizers(self, split: str) -> tf.Tensor:
-        """λₖ / Dₖ of the loss terms on ``split`` (they do not depend on the weights)."""
-        scales = self._scales.get(split)
-        if scales is None:
-            _, sums = self._value_fn(split)(*self._offset_args(None))
-            scales = self._scales[split] = self._term_scales(sums)
-        return scales
 
-    # --------------------------------------------------------------------------- public API
-
-
-class Objective(_BatchLoop):
+class Objective(_GaussNewtonLoop, _BatchLoop):
     """The loss (and metrics) of a model over a data set, as a function of its weights.
 
     Args:
