@@ -727,6 +727,7 @@ def plot_sharpness(
         i += 1
     if "threshold" in history:
         thr = np.asarray([np.nan if v is None else v for v in history["threshold"]], np.float64)
+        thr[~np.isfinite(thr)] = np.nan  # no threshold (unknown rule) or none (η = 0)
         if np.isfinite(thr).any():
             ax.step(
                 t, thr, where="post", linestyle="--", color="black", label="stability threshold"

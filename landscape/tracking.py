@@ -101,6 +101,11 @@ def _number(value) -> float:
     return float(keras.ops.convert_to_numpy(value))
 
 
+def _over(numerator: float, eta: float) -> float:
+    """numerator / η; inf for η = 0 (a schedule's last step: every curvature is stable)."""
+    return numerator / eta if eta > 0 else math.inf
+
+
 def stability_threshold(optimizer, variables=None) -> Stability:
     """The stability threshold of ``optimizer`` at its current learning rate (module table).
 
@@ -112,7 +117,8 @@ def stability_threshold(optimizer, variables=None) -> Stability:
 
     Returns:
         A ``Stability``; its ``threshold`` is NaN for optimizers without a known rule (RMSprop,
-        Adagrad, Nadam, Lion, AMSGrad …) and for Adam before its first step.
+        Adagrad, Nadam, Lion, AMSGrad …) and for Adam before its first step, and inf at a
+        learning rate of 0 (the end of a schedule decaying to 0).
     """
     opt = stepping_optimizer(optimizer)
     eta = _number(opt.learning_rate)
@@ -120,12 +126,12 @@ def stability_threshold(optimizer, variables=None) -> Stability:
     if isinstance(opt, keras.optimizers.SGD):
         beta = float(opt.momentum)
         if beta == 0:
-            return Stability(2.0 / eta, eta, "2/η", name)
+            return Stability(_over(2.0, eta), eta, "2/η", name)
         if opt.nesterov:
             return Stability(
-                (2 + 2 * beta) / ((1 + 2 * beta) * eta), eta, "(2 + 2β)/((1 + 2β)η)", name
+                _over((2 + 2 * beta) / (1 + 2 * beta), eta), eta, "(2 + 2β)/((1 + 2β)η)", name
             )
-        return Stability((2 + 2 * beta) / eta, eta, "(2 + 2β)/η", name)
+        return Stability(_over(2 + 2 * beta, eta), eta, "(2 + 2β)/η", name)
     if isinstance(opt, keras.optimizers.Adam) and not opt.amsgrad:
         beta_1, beta_2 = float(opt.beta_1), float(opt.beta_2)
         rule = "(2 + 2β₁)/((1 − β₁)η) on λ₁(P⁻¹H)"
@@ -141,7 +147,8 @@ def stability_threshold(optimizer, variables=None) -> Stability:
             )
             for v in variables
         ]
-        return Stability((2 + 2 * beta_1) / ((1 - beta_1) * eta), eta, rule, name, preconditioner)
+        threshold = _over((2 + 2 * beta_1) / (1 - beta_1), eta)
+        return Stability(threshold, eta, rule, name, preconditioner)
     return Stability(math.nan, eta, "unknown", name)
 
 

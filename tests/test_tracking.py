@@ -314,3 +314,21 @@ def test_a_dataset_probe_set_and_sam_training():
                                rtol=1e-5)  # fmt: skip
     assert arrays.history["threshold"] == pytest.approx([3.0 / 0.1] * 3)
     assert arrays.rule == "(2 + 2β)/η"
+
+
+def test_a_schedule_decaying_to_zero_ends_with_an_infinite_threshold(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x, y = _data(64)
+    model = _small_model()
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=4)
+    model.compile(keras.optimizers.SGD(schedule), model.loss)
+    tracker = landscape.SharpnessTracker((x, y))
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[tracker])
+    h = tracker.history
+    assert h["learning_rate"][0] == pytest.approx(0.1) and h["learning_rate"][-1] == 0.0
+    assert h["threshold"][0] == pytest.approx(20.0) and h["threshold"][-1] == math.inf
+    assert tracker.as_dict()["history"]["threshold"][-1] is None  # JSON has no inf
+    line = landscape.plot_sharpness(tracker).get_lines()[-1]
+    assert np.isnan(line.get_ydata()[-1])
