@@ -322,41 +322,63 @@ class SharpnessTracker(keras.callbacks.Callback):
         }
 
     # ------------------------------------------------------------------------- callbacks
+    def _ready(self) -> bool:
+        """Whether the probe set's Objective exists, making it once the model is built.
+
+        A subclassed model that was never called is built by ``fit``'s first step; until then
+        there are no weights to measure (the probe before the first step is then skipped).
+        """
+        if self._objective is not None and self._objective.model is self.model:
+            return True
+        if not self.model.built:
+            return False
+        start = time.perf_counter()
+        self._objective = Objective(
+            self.model,
+            self.probe_data,
+            self.loss,
+            batch_size=self.batch_size,
+            metrics=(),
+            precision=self.precision,
+        )
+        self._previous = None
+        self.seconds += time.perf_counter() - start  # checking the model against its loss
+        return True
+
     def on_train_begin(self, logs=None):
-        self._train_start = start = time.perf_counter()
-        if self._objective is None or self._objective.model is not self.model:
-            self._objective = Objective(
-                self.model,
-                self.probe_data,
-                self.loss,
-                batch_size=self.batch_size,
-                metrics=(),
-                precision=self.precision,
-            )
-            self._previous = None
-            self.seconds += time.perf_counter() - start  # checking the model against its loss
-        self._step = int(_number(self.model.optimizer.iterations))
+        self._train_start = time.perf_counter()
+        self._step = self._epoch_start = int(_number(self.model.optimizer.iterations))
         self._epoch = 0
+        if not self._ready():
+            logger.info(
+                "SharpnessTracker: the model is built by its first training step; the first "
+                "probe comes after it."
+            )
+            return
         if self.at_start and (not self.history["step"] or self.history["step"][-1] != self._step):
             self._probe(epoch=0.0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_start = int(_number(self.model.optimizer.iterations))
         self._epoch_record = None
 
     def on_train_batch_end(self, batch, logs=None):
         # The optimizer's step count, not a count of calls: with ``steps_per_execution`` > 1,
         # Keras calls this hook once per execution of several steps.
         previous, self._step = self._step, int(_number(self.model.optimizer.iterations))
-        if self.unit == "step" and self._step // self.every > previous // self.every:
+        due = self._step // self.every > previous // self.every
+        if self.unit == "step" and due and self._ready():
+            # Steps of this epoch so far over its steps (not Keras's batch index, which a last,
+            # shorter execution of ``steps_per_execution`` steps overshoots).
             steps = (self.params or {}).get("steps")
-            epoch = self._epoch + ((batch + 1) / steps if steps else 0.0)
-            record = self._probe(epoch=epoch)
+            done = min((self._step - self._epoch_start) / steps, 1.0) if steps else 0.0
+            record = self._probe(epoch=self._epoch + done)
             if logs is not None and record is not None:
                 logs.update(record)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.unit == "epoch" and (epoch + 1) % self.every == 0:
+        if self.unit == "epoch" and (epoch + 1) % self.every == 0 and self._ready():
             self._probe(epoch=float(epoch + 1))
         if logs is not None:
             record = self._epoch_record or {}

@@ -332,3 +332,27 @@ def test_a_schedule_decaying_to_zero_ends_with_an_infinite_threshold(tmp_path):
     assert tracker.as_dict()["history"]["threshold"][-1] is None  # JSON has no inf
     line = landscape.plot_sharpness(tracker).get_lines()[-1]
     assert np.isnan(line.get_ydata()[-1])
+
+
+def test_an_unbuilt_subclassed_model_and_steps_per_execution():
+    """fit builds a subclassed model in its first step: the first probe comes after it. With
+    several steps per execution, the probes' epochs count steps, not Keras's batch index."""
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    x, y = _data(64)
+    keras.utils.set_random_seed(0)
+    model = Sub()
+    model.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(True),
+                  steps_per_execution=3)  # fmt: skip
+    tracker = landscape.SharpnessTracker((x, y), every=2, unit="step")
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[tracker])
+    assert tracker.history["step"] == [3, 4, 7, 8]  # 4 steps per epoch, run 3 at a time
+    assert tracker.history["epoch"] == [0.75, 1.0, 1.75, 2.0]
+    assert all(tracker.history["converged"])
