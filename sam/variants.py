@@ -621,7 +621,8 @@ class SAMVariant(SAM):
                 batch = tf.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
                 tracker.update_state(loss * _replica_count(), sample_weight=batch)
             scaled = optimizer.scale_loss(loss)
-        local = _unscale(tape.gradient(scaled, tvars), scaler, inner)
+        # Dense gradients: an Embedding's IndexedSlices cannot enter GSAM's or LookSAM's products.
+        local = [_dense(g) for g in _unscale(tape.gradient(scaled, tvars), scaler, inner)]
         grads = list(local)
         ctx = tf.distribute.get_replica_context()
         synced = self.sync_perturbations and ctx is not None and _replica_count() > 1
@@ -643,7 +644,7 @@ class SAMVariant(SAM):
                 adv = _selected_gradients(self.sds_gamma, *args)
             else:
                 adv = _perturbed_gradients(model, x, y, sample_weight, perturbed, mapping)
-            adv = _unscale(adv, scaler, inner)
+            adv = [_dense(a) for a in _unscale(adv, scaler, inner)]
             adv = [a if a is not None or g is None else tf.zeros_like(g)
                    for a, g in zip(adv, grads)]  # fmt: skip
             if synced and self._needs_global_adv:

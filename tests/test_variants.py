@@ -580,3 +580,20 @@ def test_cli_trains_a_member_and_refuses_bad_options(tmp_path):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("make", [lambda b: GSAM(b, rho=0.05), lambda b: LookSAM(b, k=2)])
+def test_members_combining_two_gradients_train_an_embedding(make):
+    """An Embedding's gradient is IndexedSlices; GSAM's and LookSAM's products need it dense."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(1, 20, (32, 6)), rng.integers(0, 3, 32)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), dtype="int32")
+    embedded = keras.layers.Embedding(20, 3, mask_zero=True)(inp)
+    model = SAMModel(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(embedded)))
+    model.compile(make(keras.optimizers.SGD(0.05)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    before = model.layers[1].embeddings.numpy().copy()
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+    assert not np.array_equal(before, model.layers[1].embeddings.numpy())
