@@ -276,7 +276,14 @@ class SAM(keras.optimizers.Optimizer):
                     f"SAM does not take `{arg}`: set it on the base optimizer instead."
                 )
         if kwargs:
-            raise ValueError(f"SAM got unexpected arguments: {sorted(kwargs)}.")
+            family = {"perturbed", "schedule", "swp_beta", "sds_gamma"} & set(kwargs)
+            hint = (
+                f"; {', '.join(sorted(family))} belong to the SAM family: use "
+                "sam.SAMVariant(base, ...) or a member (GSAM, FriendlySAM, ESAM)"
+                if family
+                else ""
+            )
+            raise ValueError(f"SAM got unexpected arguments: {sorted(kwargs)}{hint}.")
         super().__init__(learning_rate=0.0, name=name or "sam")
         self.base_optimizer = base_optimizer
         self.rho = float(rho)

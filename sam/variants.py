@@ -732,7 +732,8 @@ def _per_example_loss(model):
         raise plain_error(
             ValueError(
                 "Argument `sds_gamma` needs the model compiled with exactly one loss (to rank "
-                f"examples by their loss); this model has {len(entries)}."
+                f"examples by their loss); this model has {len(entries)}. Turn data selection "
+                "off with ESAM(..., gamma=1) (or SAMVariant without sds_gamma)."
             )
         )
     loss = entries[0].loss

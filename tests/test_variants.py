@@ -597,3 +597,8 @@ def test_members_combining_two_gradients_train_an_embedding(make):
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history["loss"]
     assert np.all(np.isfinite(history)) and history[-1] < history[0]
     assert not np.array_equal(before, model.layers[1].embeddings.numpy())
+
+
+def test_family_arguments_given_to_sam_point_to_the_family():
+    with pytest.raises(ValueError, match=r"\['schedule'\]; schedule belong to the SAM family"):
+        SAM(keras.optimizers.SGD(0.1), schedule=SAMSchedule.every_k(2))
