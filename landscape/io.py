@@ -434,8 +434,9 @@ def export_vtk(
         The path written, as a string.
 
     Raises:
-        ValueError: a ``path`` with another suffix, a ``metric`` the surface does not have,
-            a surface file that cannot be read, or no finite z at all.
+        ValueError: a ``path`` with another suffix or in a directory that does not exist, a
+            ``metric`` the surface does not have, a surface file that cannot be read, or no
+            finite z at all.
 
     Example:
         >>> landscape.io.export_vtk(surf, "surf.vtk")               # then: paraview surf.vtk
@@ -455,6 +456,12 @@ def export_vtk(
     if suffix not in VTK_FORMATS:
         raise ValueError(
             f"Argument `path` must end in {' or '.join(VTK_FORMATS)}. Received: path={path!r}."
+        )
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"Argument `path` must be in an existing directory; {folder!r} does not exist. "
+            f"Received: path={path!r}."
         )
     if isinstance(surface, str | os.PathLike):
         data = read_surface_file(surface)

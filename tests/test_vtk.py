@@ -120,3 +120,10 @@ def test_cli_plot_vtk(tmp_path):
     result = CliRunner().invoke(main, ["plot", str(h5), "--vtk", str(tmp_path / "s.obj")])
     assert result.exit_code == 2
     assert result.output.startswith("Error: Argument `path` must end in .vtk or .vtu.")
+
+
+def test_a_path_in_a_missing_directory_is_refused_in_one_sentence(tmp_path):
+    from landscape import io
+
+    with pytest.raises(ValueError, match="must be in an existing directory; .* does not exist"):
+        io.export_vtk("unused.h5", tmp_path / "missing" / "surf.vtk")
