@@ -526,36 +526,51 @@ def basis_dtype(precision: str) -> np.dtype:
 
     float64 when the products are float64; float32 otherwise (float32, or float16/bfloat16
     on request), whose products carry relative errors of at least 1e-7 so that storing the
-    basis to float32 rounding (6e-8) adds nothing measurable while halving its memory. All
-    arithmetic with the basis is float64 (``_project``, ``_subtract``, ``_combine``), and every
-    certificate is a fresh product of the returned vector, so the storage never makes a
-    residual look smaller than it is.
+    basis to float32 rounding (6e-8) adds nothing measurable while halving its memory. Products
+    with a float32 basis are float32 within column blocks and float64 across them
+    (``_project``, ``_subtract``, ``_combine``), the recurrence and the projected matrix are
+    float64, and every certificate is a fresh product of the returned vector, so the storage
+    never makes a residual look smaller than it is.
     """
     return np.dtype(np.float64 if precision == "float64" else np.float32)
 
 
 def _project(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``basis @ w`` in float64, by column blocks (a float32 basis is upcast a block at a time)."""
+    """``basis @ w`` as float64 coefficients.
+
+    A float64 basis: one float64 product. A float32 basis: float32 products over column
+    blocks of ``BLOCK`` entries, summed in float64 (rounding about 1e-7 relative per block,
+    below the float32 products' own; upcasting the basis instead would stream twice its
+    memory through every product).
+    """
+    if basis.dtype == np.float64:
+        return basis @ w
     out = np.zeros(len(basis))
+    w32 = w.astype(np.float32)
     for start in range(0, basis.shape[1], BLOCK):
         cols = slice(start, start + BLOCK)
-        out += basis[:, cols] @ w[cols]
+        out += basis[:, cols] @ w32[cols]
     return out
 
 
 def _subtract(w: np.ndarray, coefficients: np.ndarray, basis: np.ndarray) -> None:
-    """``w -= coefficients @ basis`` in place, in float64, by column blocks."""
+    """``w -= coefficients @ basis`` in place (w stays float64), by column blocks."""
+    if basis.dtype == np.float64:
+        w -= coefficients @ basis
+        return
+    c32 = coefficients.astype(np.float32)
     for start in range(0, basis.shape[1], BLOCK):
         cols = slice(start, start + BLOCK)
-        w[cols] -= coefficients @ basis[:, cols]
+        w[cols] -= c32 @ basis[:, cols]
 
 
 def _combine(coefficients: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """The float64 rows ``coefficients @ basis`` (Ritz vectors), by column blocks."""
     out = np.empty((len(coefficients), basis.shape[1]))
+    c = coefficients.astype(basis.dtype)
     for start in range(0, basis.shape[1], BLOCK):
         cols = slice(start, start + BLOCK)
-        out[:, cols] = coefficients @ basis[:, cols]
+        out[:, cols] = c @ basis[:, cols]
     return out
 
 
