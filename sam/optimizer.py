@@ -175,6 +175,18 @@ def _check_number(name, value, *, minimum, strict=False):
 
 
 @keras.saving.register_keras_serializable(package="sam")
+def _unexpected(kwargs) -> ValueError:
+    """The error for arguments SAM does not take, naming the SAM family's where they belong."""
+    family = {"perturbed", "schedule", "swp_beta", "sds_gamma"} & set(kwargs)
+    hint = (
+        f"; {', '.join(sorted(family))} belong to the SAM family: use "
+        "sam.SAMVariant(base, ...) or a member (GSAM, FriendlySAM, ESAM)"
+        if family
+        else ""
+    )
+    return ValueError(f"SAM got unexpected arguments: {sorted(kwargs)}{hint}.")
+
+
 class SAM(keras.optimizers.Optimizer):
     """Sharpness-Aware Minimization around any Keras optimizer.
 
@@ -276,14 +288,7 @@ class SAM(keras.optimizers.Optimizer):
                     f"SAM does not take `{arg}`: set it on the base optimizer instead."
                 )
         if kwargs:
-            family = {"perturbed", "schedule", "swp_beta", "sds_gamma"} & set(kwargs)
-            hint = (
-                f"; {', '.join(sorted(family))} belong to the SAM family: use "
-                "sam.SAMVariant(base, ...) or a member (GSAM, FriendlySAM, ESAM)"
-                if family
-                else ""
-            )
-            raise ValueError(f"SAM got unexpected arguments: {sorted(kwargs)}{hint}.")
+            raise _unexpected(kwargs)
         super().__init__(learning_rate=0.0, name=name or "sam")
         self.base_optimizer = base_optimizer
         self.rho = float(rho)
