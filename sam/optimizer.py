@@ -174,7 +174,6 @@ def _check_number(name, value, *, minimum, strict=False):
         raise ValueError(f"Argument `{name}` must be a number {rule}. Received: {name}={value!r}.")
 
 
-@keras.saving.register_keras_serializable(package="sam")
 def _unexpected(kwargs) -> ValueError:
     """The error for arguments SAM does not take, naming the SAM family's where they belong."""
     family = {"perturbed", "schedule", "swp_beta", "sds_gamma"} & set(kwargs)
@@ -187,6 +186,7 @@ def _unexpected(kwargs) -> ValueError:
     return ValueError(f"SAM got unexpected arguments: {sorted(kwargs)}{hint}.")
 
 
+@keras.saving.register_keras_serializable(package="sam")
 class SAM(keras.optimizers.Optimizer):
     """Sharpness-Aware Minimization around any Keras optimizer.
 
