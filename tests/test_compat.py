@@ -102,3 +102,12 @@ def test_stateless_scope_keeping_dtypes_reads_float32_variables_as_float64():
 def test_a_renamed_attribute_fails_loudly():
     with pytest.raises(RuntimeError, match="has no `object._compile_loss`"):
         _compat.compiled_loss(object())
+
+
+def test_adam_velocity_is_adams_second_moment_of_that_variable():
+    a, b = keras.Variable(np.ones(3)), keras.Variable(np.ones((2, 2)))
+    opt = keras.optimizers.Adam(0.1, beta_2=0.5)
+    opt.build([a, b])
+    opt.apply([np.full(3, 2.0), np.full((2, 2), 4.0)], [a, b])
+    np.testing.assert_allclose(_compat.adam_velocity(opt, a).numpy(), np.full(3, 0.5 * 4.0))
+    np.testing.assert_allclose(_compat.adam_velocity(opt, b).numpy(), np.full((2, 2), 0.5 * 16.0))
