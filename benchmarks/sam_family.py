@@ -22,12 +22,12 @@ import statistics
 import time
 
 from _common import cifar_subset, interleaved_ratio
+from sam_overhead import compiled_step  # the same ResNet step, timed the same way
 
 import keras
 import tensorflow as tf
 
 import landscape
-from landscape.models import resnet
 from landscape.train import train
 from sam import ESAM, GSAM, SAM, FriendlySAM, LookSAM, SAMSchedule, SAMVariant
 
@@ -58,17 +58,6 @@ TRAINED = {
     "SAM p 0.2": ("sam", {"sam_probability": 0.2}),
     "SAM last 20 %": ("sam", {"sam_last": 0.2}),
 }
-
-
-def compiled_step(optimizer, *, depth, width, data):
-    keras.utils.set_random_seed(0)
-    model = resnet((32, 32, 3), 10, depth=depth, width=width)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=False)
-    if not isinstance(optimizer, SAM):  # a plain Keras step for the base optimizer
-        model.train_step = lambda batch, m=model: keras.Model.train_step(m, batch)
-    step = tf.function(model.train_step)
-    step(data)  # trace and build
-    return lambda: step(data)["loss"].numpy()
 
 
 def cost(args) -> None:

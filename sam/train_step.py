@@ -84,6 +84,38 @@ def _perturbation(sam, grads, weights):
     return sam.perturbation(grads, weights)
 
 
+def clean_pass(model, x, y, sample_weight, scaler, inner):
+    """The clean pass of a SAM step: (state it started from, predictions, true gradients).
+
+    It updates the loss tracker, BatchNorm statistics and RNG state as Keras's own step does;
+    ``state`` is the non-trainable state before it (BN statistics, RNG seeds), which the
+    perturbed pass reuses. The gradients are unscaled (``LossScaleOptimizer``).
+    """
+    # tf.identity reads the state now; `v.value` alone is the variable, read after the pass.
+    state = [tf.identity(v.value) for v in model.non_trainable_variables]
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = _compute_loss(model, x, y, y_pred, sample_weight)
+        tracker = getattr(model, "_loss_tracker", None)
+        if tracker is not None:
+            batch = tf.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
+            tracker.update_state(loss * _replica_count(), sample_weight=batch)
+        scaled = model.optimizer.scale_loss(loss)
+    return state, y_pred, _unscale(tape.gradient(scaled, model.trainable_variables), scaler, inner)
+
+
+def perturbed_pass(model, x, y, sample_weight, perturbed, mapping):
+    """The loss-scaled gradient at w + ε (``perturbed``): a stateless pass in which the
+    variables read as ``mapping`` says, so BN statistics and RNG state are left untouched."""
+    with tf.GradientTape() as tape:
+        tape.watch(perturbed)
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+            y_adv = model(x, training=True)
+            loss_adv = _compute_loss(model, x, y, y_adv, sample_weight)
+            scaled_adv = model.optimizer.scale_loss(loss_adv)
+    return tape.gradient(scaled_adv, perturbed)
+
+
 def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     """Clean pass (updates state and metrics) and stateless perturbed pass on one (micro-)batch.
 
@@ -92,21 +124,8 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     """
     if sam is not None and hasattr(sam, "_fit_gradients"):  # the SAM family, sam.variants
         return sam._fit_gradients(model, x, y, sample_weight, scaler, inner)
-    optimizer = model.optimizer
     tvars = model.trainable_variables
-    # The state the clean pass starts from (BN statistics, RNG seeds): the perturbed pass reuses it.
-    # tf.identity reads it now; `v.value` alone is the variable, read later, after the clean pass.
-    state = [tf.identity(v.value) for v in model.non_trainable_variables]
-
-    with tf.GradientTape() as tape:
-        y_pred = model(x, training=True)
-        loss = _compute_loss(model, x, y, y_pred, sample_weight)
-        tracker = getattr(model, "_loss_tracker", None)
-        if tracker is not None:
-            batch = tf.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
-            tracker.update_state(loss * _replica_count(), sample_weight=batch)
-        scaled = optimizer.scale_loss(loss)
-    grads = _unscale(tape.gradient(scaled, tvars), scaler, inner)
+    state, y_pred, grads = clean_pass(model, x, y, sample_weight, scaler, inner)
 
     ctx = tf.distribute.get_replica_context()
     if sam is not None and sam.sync_perturbations and ctx is not None and _replica_count() > 1:
@@ -121,13 +140,7 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     e_w = _perturbation(sam, grads, weights)
     perturbed = [w if e is None else w + e for w, e in zip(weights, e_w)]  # w + ε(w)
     mapping = list(zip(tvars, perturbed)) + list(zip(model.non_trainable_variables, state))
-    with tf.GradientTape() as tape:
-        tape.watch(perturbed)
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-            y_pred_adv = model(x, training=True)
-            loss_adv = _compute_loss(model, x, y, y_pred_adv, sample_weight)
-            scaled_adv = optimizer.scale_loss(loss_adv)
-    return tape.gradient(scaled_adv, perturbed), y_pred, finite
+    return perturbed_pass(model, x, y, sample_weight, perturbed, mapping), y_pred, finite
 
 
 def _slice(structure, lo, hi):

@@ -44,7 +44,7 @@ from sam.optimizer import (
     asam_perturbation,
     sam_perturbation,
 )
-from sam.train_step import _compute_loss, _replica_count, _unscale
+from sam.train_step import _replica_count, _unscale, clean_pass, perturbed_pass
 
 logger = logging.getLogger("sam")
 
@@ -610,19 +610,10 @@ class SAMVariant(SAM):
         whether the clean gradients were finite.
         """
         self._refuse_replicas()
-        optimizer = model.optimizer
         tvars = model.trainable_variables
-        state = [tf.identity(v.value) for v in model.non_trainable_variables]
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            loss = _compute_loss(model, x, y, y_pred, sample_weight)
-            tracker = getattr(model, "_loss_tracker", None)
-            if tracker is not None:
-                batch = tf.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
-                tracker.update_state(loss * _replica_count(), sample_weight=batch)
-            scaled = optimizer.scale_loss(loss)
+        state, y_pred, local = clean_pass(model, x, y, sample_weight, scaler, inner)
         # Dense gradients: an Embedding's IndexedSlices cannot enter GSAM's or LookSAM's products.
-        local = [_dense(g) for g in _unscale(tape.gradient(scaled, tvars), scaler, inner)]
+        local = [_dense(g) for g in local]
         grads = list(local)
         ctx = tf.distribute.get_replica_context()
         synced = self.sync_perturbations and ctx is not None and _replica_count() > 1
@@ -643,7 +634,7 @@ class SAMVariant(SAM):
                 args = (model, x, y, sample_weight, y_pred, perturbed, mapping)
                 adv = _selected_gradients(self.sds_gamma, *args)
             else:
-                adv = _perturbed_gradients(model, x, y, sample_weight, perturbed, mapping)
+                adv = perturbed_pass(model, x, y, sample_weight, perturbed, mapping)
             adv = [_dense(a) for a in _unscale(adv, scaler, inner)]
             adv = [a if a is not None or g is None else tf.zeros_like(g)
                    for a, g in zip(adv, grads)]  # fmt: skip
@@ -694,17 +685,6 @@ class SAMVariant(SAM):
         return cls(base, **config)
 
 
-def _perturbed_gradients(model, x, y, sample_weight, perturbed, mapping):
-    """The loss-scaled gradient at w + ε (``perturbed``), a stateless pass (BN, RNG untouched)."""
-    with tf.GradientTape() as tape:
-        tape.watch(perturbed)
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
-            y_adv = model(x, training=True)
-            loss_adv = _compute_loss(model, x, y, y_adv, sample_weight)
-            scaled_adv = model.optimizer.scale_loss(loss_adv)
-    return tape.gradient(scaled_adv, perturbed)
-
-
 def _selected_gradients(gamma, model, x, y, sample_weight, y_pred, perturbed, mapping):
     """ESAM's SDS: the loss-scaled gradient at w + ε of the ⌊γn⌋ examples whose loss rose most."""
     per_example = _per_example_loss(model)
@@ -721,7 +701,7 @@ def _selected_gradients(gamma, model, x, y, sample_weight, y_pred, perturbed, ma
             lambda t: None if t is None else tf.gather(t, chosen), structure
         )
 
-    return _perturbed_gradients(model, take(x), take(y), take(sample_weight), perturbed, mapping)
+    return perturbed_pass(model, take(x), take(y), take(sample_weight), perturbed, mapping)
 
 
 def _per_example_loss(model):
