@@ -228,6 +228,25 @@ def _keys_of(variables: Sequence) -> list[str]:
     return keys
 
 
+def is_float_variable(variable) -> bool:
+    """Whether ``variable`` holds floating-point values by Keras's own dtype rules.
+
+    ``bfloat16`` counts (NumPy calls it a void type, so ``np.dtype(...).kind`` would drop it);
+    integer and boolean state (a dropout layer's seed, quantized int8 kernels) does not.
+    """
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(variable.dtype))
+
+
+def storage_dtype(dtype) -> np.dtype:
+    """The NumPy dtype a direction holds for a variable (or a variable's ``dtype``).
+
+    The variable's own dtype, except ``bfloat16`` (which NumPy and HDF5 do not have): float32,
+    which holds every bfloat16 value exactly, and differences of them (w₁ − w₀) too.
+    """
+    name = keras.backend.standardize_dtype(getattr(dtype, "dtype", dtype))
+    return np.dtype(np.float32) if name == "bfloat16" else np.dtype(name)
+
+
 def float_variables(model: keras.Model, include: Include = "all") -> ModelVariables:
     """The model's floating-point variables (``"trainable"`` or ``"all"``), in model order.
 
@@ -236,9 +255,7 @@ def float_variables(model: keras.Model, include: Include = "all") -> ModelVariab
     """
     include = _check_choice("include", include, Include)
     variables = model.trainable_variables if include == "trainable" else model.variables
-    variables = [
-        v for v in variables if np.dtype(keras.backend.standardize_dtype(v.dtype)).kind == "f"
-    ]
+    variables = [v for v in variables if is_float_variable(v)]
     keys = variable_keys(model)
     return ModelVariables(variables, [keys.get(id(v), v.path) for v in variables])
 
@@ -696,7 +713,7 @@ class Direction:
         for key, v in zip(keys, variables):
             a = self.arrays.get(key)
             if a is None:
-                out.append(np.zeros(tuple(v.shape), keras.backend.standardize_dtype(v.dtype)))
+                out.append(np.zeros(tuple(v.shape), storage_dtype(v.dtype)))
                 continue
             if tuple(a.shape) != tuple(v.shape):
                 raise ValueError(
@@ -727,8 +744,12 @@ class Direction:
         return cls(*io.read_directions(path)[name])
 
 
-def _weights(variables: Sequence) -> list[np.ndarray]:
-    return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
+def variable_values(variables: Sequence) -> list[np.ndarray]:
+    """The variables' values as NumPy arrays in their ``storage_dtype`` (exact)."""
+    return [
+        np.asarray(keras.ops.convert_to_numpy(v.value)).astype(storage_dtype(v.dtype), copy=False)
+        for v in variables
+    ]
 
 
 def orthogonalize(d: Direction, against: Direction) -> Direction:
@@ -787,7 +808,7 @@ def random_direction(
     owners = variable_owners(model)
     rng = np.random.default_rng(seed)
     arrays = {}
-    for key, v, w in zip(variables.paths, variables, _weights(variables)):
+    for key, v, w in zip(variables.paths, variables, variable_values(variables)):
         rule = filter_rule(owners.get(id(v)), v)
         d = rng.standard_normal(w.shape)  # drawn for every variable: seeds stay comparable
         if ignore == "biasbn" and rule.biasbn:
@@ -795,6 +816,14 @@ def random_direction(
         else:
             d = normalize_array(d, w, norm=norm, keep=rule.axes)
         arrays[key] = d.astype(w.dtype)
+    if not any(np.any(a != 0) for a in arrays.values()):
+        raise ValueError(
+            f"Argument `model`: the random direction (include={include!r}, ignore={ignore!r}, "
+            f"norm={norm!r}) is zero on every variable, so a surface along it would be flat: "
+            "the variables it may move are biases or normalization (ignored), quantized (int8 "
+            "kernels are not floating-point variables), frozen, or zero themselves (a reloaded "
+            "LoRA model's factors), and filter normalization scales each filter to its weights."
+        )
     out = Direction(
         arrays,
         {"kind": "random", "norm": norm, "ignore": ignore, "seed": seed, "include": include},
@@ -827,7 +856,7 @@ def interpolation_direction(
         raise ValueError("Arguments `model_a` and `model_b` differ in variables or shapes.")
     arrays = {
         key: (b.astype(np.float64) - a.astype(np.float64)).astype(a.dtype)
-        for key, a, b in zip(va.paths, _weights(va), _weights(vb))
+        for key, a, b in zip(va.paths, variable_values(va), variable_values(vb))
     }
     return Direction(arrays, {"kind": "interpolation", "include": include})
 
@@ -856,13 +885,13 @@ def _checkpoint_arrays(
 ) -> list[np.ndarray]:
     if isinstance(checkpoint, keras.Model):
         other = float_variables(checkpoint, "all")
-        by_pos = dict(zip([id(v) for v in float_variables(final, "all")], _weights(other)))
+        by_pos = dict(zip([id(v) for v in float_variables(final, "all")], variable_values(other)))
         arrays = [by_pos[id(v)] for v in variables]
     elif isinstance(checkpoint, Direction):
         arrays = checkpoint.aligned(variables)
     elif isinstance(checkpoint, Mapping):
         arrays = [np.asarray(checkpoint[key]) for key in _keys_of(variables)]
-    else:  # a list as returned by final.get_weights(), aligned with final.weights
+    else:  # a list as returned by final.getvariable_values(), aligned with final.weights
         ids = {id(v): a for v, a in zip(final.weights, checkpoint)}
         arrays = [np.asarray(ids[id(v)]) for v in variables]
     for v, a in zip(variables, arrays):
@@ -883,7 +912,7 @@ def pca_directions(
 
     Args:
         checkpoints: The weights along training: Keras models of the same architecture, dicts
-            ``{variable.path: array}``, or lists as returned by ``final.get_weights()``.
+            ``{variable.path: array}``, or lists as returned by ``final.getvariable_values()``.
         final: The final model; the plane passes through its weights.
         include: Variables to use (``"trainable"`` or ``"all"``). Defaults to ``"trainable"``.
         ignore: ``"biasbn"`` leaves the biasbn class (biases, normalization parameters and
@@ -907,7 +936,7 @@ def pca_directions(
     used = [
         not (ignore == "biasbn" and filter_rule(owners.get(id(v)), v).biasbn) for v in variables
     ]
-    w_final = _weights(variables)
+    w_final = variable_values(variables)
 
     def flat(arrays):
         return np.concatenate(

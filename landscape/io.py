@@ -44,7 +44,8 @@ FORMAT = "sam-landscape/surface"
 FORMAT_VERSION = 1
 DIRECTION_NAMES = ("x", "y")
 COMPUTED = "computed"  # mask of evaluated points; files without it: computed = no metric is NaN
-JSON_ATTRS = ("seeds", "directions_metadata")  # stored as JSON text, read back as lists
+# stored as JSON text, read back as lists
+JSON_ATTRS = ("seeds", "directions_metadata", "loss_terms")
 LOSS_LANDSCAPE_MISSING = -1.0  # loss-landscape's placeholder for a point not computed
 
 
@@ -295,6 +296,9 @@ def check_resumable(
             diffs.append(f"{label} differ (file {str(b)[:12]}, run {str(a)[:12]})")
     if "precision" in fa and fa["precision"] != attrs.get("precision"):  # older files lack it
         diffs.append(f"precision differs (file {fa['precision']}, run {attrs.get('precision')})")
+    for key in ("loss_terms",):  # older files lack it
+        if key in fa and list(fa[key]) != list(attrs.get(key) or []):
+            diffs.append(f"{key} differ (file {list(fa[key])}, run {attrs.get(key)})")
     if diffs:
         raise ValueError(
             f"Surface file {p!r} does not match this computation: {'; '.join(diffs)}. "

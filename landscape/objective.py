@@ -40,10 +40,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from landscape import _checks, _terms
+from landscape import _checks, _model_checks, _reach, _terms
 from landscape._batches import DataSplit, describe, model_inputs
 from landscape._checks import HVPMode, Precision, Split
-from landscape.directions import Direction, ModelVariables, fingerprint_arrays, float_variables
+from landscape.directions import (
+    Direction,
+    ModelVariables,
+    fingerprint_arrays,
+    float_variables,
+    storage_dtype,
+)
 from sam import _compat
 
 logger = logging.getLogger("landscape")
@@ -242,7 +248,7 @@ class FlatView:
         """A flat vector as a ``Direction`` keyed by the trainable variables' paths."""
         variables = self.objective.trainable_variables
         arrays = {
-            key: a.astype(keras.backend.standardize_dtype(v.dtype))
+            key: a.astype(storage_dtype(v.dtype))
             for v, key, a in zip(variables, variables.paths, self.split(flat))
         }
         return Direction(arrays, dict(metadata or {}))
@@ -339,12 +345,23 @@ class _BatchLoop:
     while it is traced, its variables read in ``self._dtypes``.
     """
 
-    def _n_pairs(self, with_metrics: bool) -> int:
-        return self._loss.n_pairs + (len(self._pair_metrics) if with_metrics else 0)
+    @property
+    def _n_loss(self) -> int:
+        """The number of (N, D) loss terms: the loss's, then the model's own losses if used."""
+        return self._loss.n_pairs + int(self._with_model_losses)
 
-    def _batch_pairs(self, x, y, w, y_pred, with_metrics: bool) -> tf.Tensor:
-        """Float64 [N₁, D₁, N₂, D₂, ...] of one batch: the loss terms, then the metrics."""
+    def _n_pairs(self, with_metrics: bool) -> int:
+        return self._n_loss + (len(self._pair_metrics) if with_metrics else 0)
+
+    def _batch_pairs(self, x, y, w, y_pred, with_metrics: bool, added=()) -> tf.Tensor:
+        """Float64 [N₁, D₁, N₂, D₂, ...] of one batch: the loss terms, the model's own losses
+        ``added`` in it (``add_loss``, activity regularizers: a batch-size-weighted mean), then
+        the metrics."""
         terms = list(self._loss.pairs(x, y, w, y_pred))
+        if self._with_model_losses:
+            n = tf.cast(tf.shape(keras.tree.flatten(y_pred)[0])[0], tf.float64)
+            total = tf.add_n([tf.cast(a, tf.float64) for a in added]) if added else 0.0
+            terms += [total * n, n]
         if with_metrics:
             for fn in self._pair_metrics.values():
                 terms.extend(fn(y, y_pred, w))
@@ -378,27 +395,50 @@ class _BatchLoop:
                 self._precision.requested,
             )
 
-    def _run_model(self, x):
-        """The model's outputs on ``x`` at w0, in the analysis precision (eagerly)."""
-        if self._keeps_dtypes:
-            with self._precision.applied():
-                return self.model(x, training=False)
+    def _run_model(self, x, *, reads: set | None = None, added: list | None = None):
+        """The model's outputs on ``x`` at w0, in the analysis precision (eagerly); the ids of
+        the variables it read are added to ``reads`` and its own losses to ``added``."""
         values = [tf.cast(v.value, d) for v, d in zip(self.variables, self._dtypes)]
-        with self._precision.applied(), self._scope(values):
-            return self.model(x, training=False)
+        with self._model_scope(values, reads) as scope:
+            y_pred = self.model(x, training=False)
+            if added is not None:
+                added.extend(scope.losses)
+            return y_pred
 
     def _scope(self, values):
-        """The StatelessScope in which the variables read as ``values`` (analysis dtypes)."""
+        """The StatelessScope in which the variables read as ``values`` (analysis dtypes); it
+        collects the losses the model adds in its call."""
         mapping = list(zip(self.variables, values))
         if self._keeps_dtypes:
-            return keras.StatelessScope(state_mapping=mapping)
-        return _compat.stateless_scope_keeping_dtypes(mapping)
+            scope = keras.StatelessScope(state_mapping=mapping, collect_losses=True)
+        else:
+            scope = _compat.stateless_scope_keeping_dtypes(mapping)
+            scope.collect_losses = True
+        return scope
+
+    @contextlib.contextmanager
+    def _model_scope(self, values, reads: set | None = None):
+        """Where the model runs at ``values``: the analysis precision, the StatelessScope, and
+        the cached state of layers that keep one recomputed from the values (``_reach``); the
+        ids of the variables read in it are added to ``reads``."""
+        scope = self._scope(values)
+        seen = _compat.record_reads(scope) if reads is not None else set()
+        try:
+            with (
+                self._precision.applied(),
+                scope,
+                _reach.recomputed_state(self._cached_layers),
+            ):
+                yield scope
+        finally:
+            if reads is not None:
+                reads.update(seen)
 
     def _forward(self, values, x, y, w, with_metrics: bool):
         """(pairs, y_pred) at the variable values ``values`` (inference mode, one batch)."""
-        with self._precision.applied(), self._scope(values):
+        with self._model_scope(values) as scope:
             y_pred = self.model(x, training=False)
-            return self._batch_pairs(x, y, w, y_pred, with_metrics), y_pred
+            return self._batch_pairs(x, y, w, y_pred, with_metrics, scope.losses), y_pred
 
     def _penalty(self, values) -> tf.Tensor:
         """Float64 Σ regularizer(w) over trainable variables, at ``values`` (one per variable)."""
@@ -412,9 +452,11 @@ class _BatchLoop:
 
     def _finish(self, sums, metric_state, penalty=None) -> dict[str, tf.Tensor]:
         out = self._loss.combine(sums)
+        k = 2 * self._n_loss
+        if self._with_model_losses:
+            out["loss"] += tf.math.divide_no_nan(sums[k - 2], sums[k - 1])
         if penalty is not None:
             out["loss"] += penalty
-        k = 2 * self._loss.n_pairs
         for i, name in enumerate(self._pair_metrics):
             out[name] = tf.math.divide_no_nan(sums[k + 2 * i], sums[k + 2 * i + 1])
         if self._keras_metrics is not None:
@@ -483,7 +525,7 @@ class _BatchLoop:
 
             # ∇ of Σₖ λₖ Nₖ/Dₖ: the Dₖ do not depend on w, so accumulate ∇Nₖ per term and
             # combine once the data-set-wide Dₖ are known.
-            n_loss = self._loss.n_pairs
+            n_loss = self._n_loss
             grads0 = tuple(tf.zeros([n_loss, *self.variables[i].shape], tf.float64) for i in slots)
 
             def body(state, x, y, w):
@@ -530,6 +572,7 @@ class _BatchLoop:
             weights = [1.0 if t.weight is None else float(t.weight) for t in self._loss.flat]
         else:
             weights = [1.0]
+        weights += [1.0] * int(self._with_model_losses)
         return tf.stack(
             [
                 tf.math.divide_no_nan(tf.constant(lam, tf.float64), sums[2 * k + 1])
@@ -543,7 +586,7 @@ class _BatchLoop:
             return fn
         data = self._split(split)
         slots = self._trainable_slots()
-        n_loss = self._loss.n_pairs
+        n_loss = self._n_loss
 
         def hvp(coefficients, basis, vectors, scales):
             self._count(f"{split}/hvp/{mode}")
@@ -604,6 +647,12 @@ class _GaussNewtonLoop:
         at its logits must carry no Keras mask and hold probabilities."""
         if self._ggn_split_cache is not None:
             return self._ggn_split_cache
+        if self._with_model_losses:
+            raise _ggn_refusal(
+                "the model adds its own losses in its call (add_loss, activity regularizers), "
+                "whose curvature is not a function of the outputs; pass `model_losses=False` to "
+                "leave them out."
+            )
         if not isinstance(self._loss, _terms.CompiledLoss):
             raise _ggn_refusal(
                 f"the loss is the model's own {self._loss.name}, whose dependence on the "
@@ -694,8 +743,7 @@ class _GaussNewtonLoop:
                     tape.watch(watched)
                     with (
                         tf.autodiff.ForwardAccumulator(watched, list(vectors)) as acc,  # J v
-                        self._precision.applied(),
-                        self._scope(vals),
+                        self._model_scope(vals),
                     ):
                         y_pred = self.model(x, training=False)
                 outputs = keras.tree.flatten(y_pred)
@@ -753,9 +801,17 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
         regularization: Add the weight-regularization penalties of the trainable variables
             (the ``kernel_regularizer``/``bias_regularizer`` terms of ``model.losses``, e.g.
             λ‖w‖² for an L2 regularizer, which adds 2λI to the Hessian) to the loss, at the
-            evaluated weights. Activity regularizers and other ``add_loss`` terms are never
-            included. Defaults to False: the loss is the data term only (``model.evaluate``
-            does add the penalties), so that surfaces and spectra show the loss itself.
+            evaluated weights. Defaults to False: the loss is the data term (and the model's
+            own losses, below) without the penalties (``model.evaluate`` does add them), so
+            that surfaces and spectra show the loss itself.
+        model_losses: Add the losses the model adds in its call — ``add_loss`` terms and
+            activity regularizers (Keras divides those by the batch size) — at the evaluated
+            weights, as ``model.evaluate`` does: each batch's sum of them, averaged over the
+            batches weighted by batch size, which is exact for terms that are means over the
+            batch's samples or do not depend on the data. A term that is neither (a sum over
+            the batch, a batch statistic) is found on the first batch and is exact only with
+            the whole data in one batch (refused in several). ``included`` records which
+            terms are in. ``curvature="ggn"`` refuses them (pass False). Defaults to True.
         steps: The number of batches taken from a dataset (required for an infinite one, e.g.
             ending in ``.repeat()``; a dataset whose cardinality TensorFlow cannot tell, e.g.
             after ``.filter()``, is taken to be finite, as ``model.evaluate`` does). Defaults
@@ -806,6 +862,7 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
         regularization: bool = False,
         steps: int | None = None,
         precision: Precision = "auto",
+        model_losses: bool = True,
     ):
         if not isinstance(model, keras.Model):
             raise ValueError(
@@ -816,6 +873,12 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
         batch_size = _checks.integer("batch_size", batch_size)
         steps = None if steps is None else _checks.integer("steps", steps)
         regularization = _checks.boolean("regularization", regularization)
+        self._model_losses = _checks.boolean("model_losses", model_losses)
+        self._with_model_losses = False  # set by the probe: does the model add losses?
+        self._cached_layers: list = []  # layers whose cached state the offsets must reach
+        self._unmovable: dict[int, Any] = {}  # id -> variable the scope cannot move
+        self._owners: dict[int, Any] = {}  # id(variable) -> owning layer, when needed
+        self._coupled: list[str] = []  # terms that couple samples (exact in one batch only)
         self.model = model
         self.regularization = regularization
         self.batch_size = batch_size
@@ -848,9 +911,11 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
     # ------------------------------------------------------------------------- construction
     def _probe(self, metrics, loss) -> None:
         """Run the model on a few samples: check the structures, build and check loss/metrics."""
-        x, y, w = self._splits["train"].first_batch(min(self.batch_size, 64))
+        x, y, w = self._splits["train"].first_batch(min(max(self.batch_size, 2), 64))
+        _model_checks.finite_weights(self.trainable_variables)
+        reads, added = set(), []
         try:
-            y_pred = self._run_model(x)
+            y_pred = self._run_model(x, reads=reads, added=added)
         except Exception as error:  # any failure here is the data not fitting the model
             raise ValueError(
                 f"Argument `data` does not fit the model: x is {describe(x)} but the model's "
@@ -871,8 +936,13 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
                 f"{str(error).splitlines()[0] if str(error) else ''})."
             ) from error
         ours = float(ours["loss"])
+        self._with_model_losses = self._model_losses and bool(added) and self._loss.n_pairs > 0
+        self._with_model_losses &= isinstance(self._loss, _terms.CompiledLoss)
+        _model_checks.reach(self, x, reads)
+        _model_checks.finite_loss(ours + sum(float(a) for a in added), x)
         if self._loss.per_batch and any(not s.single_batch for s in self._splits.values()):
             raise _terms.per_batch_refusal(sorted(self._loss.per_batch)[0])
+        _model_checks.batch_coupling(self, (x, y, w), y_pred, added)
         if np.isfinite(keras_value) and not np.isclose(
             ours, keras_value, rtol=LOSS_CHECK_RTOL, atol=1e-7
         ):
@@ -942,6 +1012,16 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
         it.
         """
         return self._precision.name
+
+    @property
+    def included(self) -> tuple[str, ...]:
+        """The terms of the loss this Objective measures, in order: ``"data"`` (the compiled
+        loss, or the model's ``compute_loss``), ``"model_losses"`` (``add_loss`` terms and
+        activity regularizers, when the model has them and ``model_losses=True``) and
+        ``"weight_penalties"`` (with ``regularization=True``). ``model.evaluate`` includes all
+        three."""
+        terms = ("data",) + ("model_losses",) * self._with_model_losses
+        return terms + ("weight_penalties",) * self.regularization
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -1028,8 +1108,11 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
         if not directions:
             raise ValueError("Argument `directions` must contain at least one Direction.")
         aligned = [d.aligned(self.variables) for d in directions]
+        _model_checks.zero_directions(self, aligned, "directions")
+        for arrays in aligned:
+            _model_checks.check_offsets(self, arrays, "directions")
         tensors = tuple(
-            tf.cast(tf.constant(np.stack([a[i] for a in aligned]).astype(v.dtype)), d)
+            tf.cast(tf.constant(np.stack([a[i] for a in aligned]).astype(storage_dtype(v))), d)
             for i, (v, d) in enumerate(zip(self.variables, self._dtypes))
         )
         return Basis(tensors, len(directions))
@@ -1051,6 +1134,7 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
                     f"Argument `offsets` has {len(offsets)} entries; the objective has "
                     f"{len(self.variables)} variables (see `Objective.variables`)."
                 )
+            _model_checks.check_offsets(self, offsets, "offsets")
             basis = [tf.expand_dims(tf.cast(o, d), 0) for o, d in zip(offsets, self._dtypes)]
         return tf.constant([1.0], tf.float64), basis
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from landscape import _checks
 from landscape._checks import Include, Split
-from landscape.directions import Direction, fingerprint_arrays, float_variables
+from landscape.directions import Direction, fingerprint_arrays, float_variables, variable_values
 from landscape.hessian import EigenResult, hessian_eigenvalues
 from landscape.objective import Objective
 
@@ -286,7 +286,7 @@ def _model_weights(models, include: str):
             "Arguments `m0`, `m1` and `m2` must have the same variables and shapes (one "
             f"architecture). Received: {[len(s) for s in shapes]} variables."
         )
-    weights = [[np.asarray(keras.ops.convert_to_numpy(v.value)) for v in vs] for vs in variables]
+    weights = [variable_values(vs) for vs in variables]
     return variables[0], weights
 
 

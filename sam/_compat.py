@@ -327,3 +327,28 @@ def adam_velocity(optimizer, variable):
     ``Optimizer._get_variable_index(variable)``; checked with Keras 3.15)."""
     index = _private(optimizer, "_get_variable_index")(variable)
     return _private(optimizer, "_velocities")[index]
+
+
+# -- for landscape and sam: which variables a StatelessScope reaches ----------------------------
+# An offset (landscape) or a perturbation (SAM) reaches a variable only if the layer reads it
+# through ``KerasVariable.value``, which asks the active ``StatelessScope`` for its mapped value
+# (``StatelessScope.get_current_value``). A layer that caches a tensor computed from a variable
+# (the preprocessing ``Normalization`` after ``adapt``) or calls a function that captured the
+# variable's handle (``TFSMLayer``) never asks: the scope cannot move that variable.
+
+
+def record_reads(scope) -> set[int]:
+    """The ids of the variables read in ``scope`` from now on (filled as the model runs).
+
+    Wraps the scope's ``get_current_value``, which ``KerasVariable.value`` calls for every read
+    inside a ``StatelessScope`` (checked with Keras 3.15).
+    """
+    seen: set[int] = set()
+    lookup = scope.get_current_value
+
+    def get_current_value(variable):
+        seen.add(id(variable))
+        return lookup(variable)
+
+    scope.get_current_value = get_current_value
+    return seen

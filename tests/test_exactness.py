@@ -1,0 +1,277 @@
+"""The Objective's exactness contract on models the earlier tests never imagined (issue 22).
+
+Every reference here avoids the code path it checks: ``model.evaluate`` (Keras's own loop), a
+float64 clone of the model differentiated by a plain ``GradientTape`` and central finite
+differences, or values written down by hand.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import landscape
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(32, 6)).astype("float32")
+Y = RNG.integers(0, 3, 32)
+
+
+def _compiled(model, loss=None):
+    model.compile(loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _evaluate(model, x=X, y=Y):
+    """``model.evaluate`` with the whole data in one batch (the contract's reference)."""
+    return float(model.evaluate(x, y, batch_size=len(x), verbose=0))
+
+
+# ---------------------------------------------------------------------------------- bfloat16
+def _bf16_model():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(5, activation="tanh", dtype="bfloat16", name="low")(inp)
+    out = keras.layers.Dense(3, name="head")(h)
+    return _compiled(keras.Model(inp, out))
+
+
+def _float64_clone_hessian(model) -> np.ndarray:
+    """Dense Hessian of the loss of a float64 copy of ``model`` (its bfloat16 weights widened
+    exactly), by central differences of plain GradientTape gradients."""
+    w = [np.asarray(keras.ops.convert_to_numpy(v.value), np.float64) for v in model.weights]
+    x, y = tf.constant(X, tf.float64), tf.constant(Y)
+
+    def grad(flat):
+        parts, i = [], 0
+        for a in w:
+            parts.append(tf.constant(flat[i : i + a.size].reshape(a.shape)))
+            i += a.size
+        with tf.GradientTape() as tape:
+            tape.watch(parts)
+            k1, b1, k2, b2 = parts
+            logits = tf.tanh(x @ k1 + b1) @ k2 + b2
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+        return np.concatenate([g.numpy().ravel() for g in tape.gradient(loss, parts)])
+
+    w0 = np.concatenate([a.ravel() for a in w])
+    h, n = 1e-5, w0.size
+    cols = [(grad(w0 + h * e) - grad(w0 - h * e)) / (2 * h) for e in np.eye(n)]
+    hessian = np.stack(cols, axis=1)
+    return (hessian + hessian.T) / 2
+
+
+def test_a_bfloat16_layer_is_analysed_with_every_variable():
+    model = _bf16_model()
+    obj = landscape.Objective(model, (X, Y), batch_size=32)
+    assert [v.path for v in obj.trainable_variables] == [v.path for v in model.trainable_variables]
+    eig = landscape.hessian_eigenvalues(obj, k=1, tol=1e-5)
+    dense = np.linalg.eigvalsh(_float64_clone_hessian(model))[-1]
+    assert eig.values[0] == pytest.approx(dense, rel=2e-4)
+
+
+def test_a_bfloat16_direction_is_stored_exactly(tmp_path):
+    model = _bf16_model()
+    d = landscape.random_direction(model, seed=0)
+    assert d.arrays["low/kernel"].dtype == np.float32
+    w = keras.ops.convert_to_numpy(model.get_layer("low").kernel).astype(np.float32)
+    norms = np.linalg.norm(d.arrays["low/kernel"], axis=0)
+    np.testing.assert_allclose(norms, np.linalg.norm(w, axis=0), rtol=1e-6)
+    d.save(str(tmp_path / "d.h5"))
+    back = landscape.Direction.load(str(tmp_path / "d.h5"))
+    np.testing.assert_array_equal(back.arrays["low/kernel"], d.arrays["low/kernel"])
+
+
+# ------------------------------------------------------------------- variables out of reach
+def _normalized_model(shift: float):
+    keras.utils.set_random_seed(1)
+    norm = keras.layers.Normalization()
+    norm.adapt(X * (1 + shift) + shift)
+    layers = [
+        keras.Input((6,)),
+        norm,
+        keras.layers.Dense(8, activation="tanh"),
+        keras.layers.Dense(3),
+    ]
+    return _compiled(keras.Sequential(layers))
+
+
+def test_the_plane_through_adapted_normalization_models_passes_through_each():
+    models = [_normalized_model(s) for s in (0.0, 1.0, 2.0)]
+    before = [keras.ops.convert_to_numpy(v.value).copy() for v in models[0].weights]
+    plane = landscape.plane_through(*models)
+    obj = landscape.Objective(models[0], (X, Y), batch_size=32)
+    for model, coords in zip(models, plane.coordinates):
+        value = obj.evaluate_at(list(coords), list(plane.directions))["loss"]
+        assert value == pytest.approx(_evaluate(model), rel=1e-5)
+    for v, a in zip(models[0].weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v.value), a)
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(tmp_path_factory):
+    keras.utils.set_random_seed(5)
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5)])
+    inner.get_layer(index=0).bias.assign(np.linspace(-1, 1, 5).astype("float32"))
+    path = str(tmp_path_factory.mktemp("sm") / "inner")
+    inner.export(path, verbose=False)
+    return path
+
+
+def _tfsm_model(path, trainable: bool):
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((6,))
+    h = keras.layers.TFSMLayer(path, trainable=trainable, name="saved")(inp)
+    return _compiled(keras.Model(inp, keras.layers.Dense(3)(h)))
+
+
+def test_a_trainable_savedmodel_layer_is_refused_naming_it(saved_model_dir):
+    model = _tfsm_model(saved_model_dir, trainable=True)
+    with pytest.raises(ValueError, match=r"^The layer 'saved' \(TFSMLayer: 2 variables\)") as e:
+        landscape.Objective(model, (X, Y))
+    assert "\n" not in str(e.value) and "trainable = False" in str(e.value)
+
+
+def test_a_frozen_savedmodel_layer_is_exact_and_cannot_be_moved(saved_model_dir):
+    model = _tfsm_model(saved_model_dir, trainable=False)
+    before = [keras.ops.convert_to_numpy(v.value).copy() for v in model.weights]
+    obj = landscape.Objective(model, (X, Y), batch_size=32)
+    assert obj.evaluate()["loss"] == pytest.approx(_evaluate(model), rel=1e-6)
+    d = landscape.random_direction(model, include="all", ignore=None, seed=0)
+    with pytest.raises(ValueError, match="moves variables of the layer 'saved'"):
+        obj.evaluate(d)
+    trainable = landscape.random_direction(model, seed=0)
+    obj.evaluate_at([0.5], [trainable])  # the trainable head moves
+    for v, a in zip(model.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v.value), a)
+
+
+# ------------------------------------------------------------------- losses coupling samples
+def test_a_loss_coupling_samples_is_exact_in_one_batch_and_refused_in_several():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    model.compile(loss=keras.losses.Circle())
+    one = landscape.Objective(model, (X, Y), batch_size=32)
+    assert one.evaluate()["loss"] == pytest.approx(_evaluate(model), rel=1e-5)
+    with pytest.raises(ValueError, match=r"'circle' couples the samples .*`batch_size`") as e:
+        landscape.Objective(model, (X, Y), batch_size=8)
+    assert "\n" not in str(e.value)
+
+
+def test_a_model_that_mixes_samples_is_named():
+    inp = keras.Input((6,))
+    centred = keras.layers.Lambda(lambda t: t - keras.ops.mean(t, axis=0, keepdims=True))(inp)
+    model = _compiled(keras.Model(inp, keras.layers.Dense(3)(centred)))
+    with pytest.raises(ValueError, match="The model itself"):
+        landscape.Objective(model, (X, Y), batch_size=8)
+    obj = landscape.Objective(model, (X, Y), batch_size=32)
+    assert obj.evaluate()["loss"] == pytest.approx(_evaluate(model), rel=1e-5)
+
+
+# --------------------------------------------------------------- add_loss and activity terms
+class _MeanPenalty(keras.layers.Layer):
+    """Adds 0.3·mean(x²) over its batch (a per-sample mean) and a weight-only term."""
+
+    def build(self, shape):
+        self.scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(0.7))
+
+    def call(self, x):
+        self.add_loss(0.3 * keras.ops.mean(keras.ops.square(x)))
+        self.add_loss(0.05 * keras.ops.square(self.scale))
+        return x * self.scale
+
+
+class _SumPenalty(keras.layers.Layer):
+    def call(self, x):
+        self.add_loss(0.01 * keras.ops.sum(keras.ops.square(x)))
+        return x
+
+
+def _with_model_losses(extra=None, dtype="float32"):
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((6,), dtype=dtype)
+    h = keras.layers.Dense(5, activation="tanh", activity_regularizer="l2", dtype=dtype)(inp)
+    h = (extra or _MeanPenalty(dtype=dtype))(h)
+    return _compiled(keras.Model(inp, keras.layers.Dense(3, dtype=dtype)(h)))
+
+
+@pytest.mark.parametrize("batch_size", [32, 8, 5])
+def test_add_loss_and_activity_terms_are_in_the_loss_as_model_evaluate_has_them(batch_size):
+    model = _with_model_losses()
+    obj = landscape.Objective(model, (X, Y), batch_size=batch_size)
+    assert obj.included == ("data", "model_losses")
+    assert obj.evaluate()["loss"] == pytest.approx(_evaluate(model), rel=1e-6)
+    bare = landscape.Objective(model, (X, Y), batch_size=batch_size, model_losses=False)
+    assert bare.included == ("data",)
+    assert bare.evaluate()["loss"] < obj.evaluate()["loss"]
+
+
+def test_a_batch_sum_add_loss_is_exact_in_one_batch_and_refused_in_several():
+    model = _with_model_losses(_SumPenalty())
+    obj = landscape.Objective(model, (X, Y), batch_size=32)
+    assert obj.evaluate()["loss"] == pytest.approx(_evaluate(model), rel=1e-6)
+    with pytest.raises(ValueError, match="model's own losses .* couples the samples"):
+        landscape.Objective(model, (X, Y), batch_size=16)
+
+
+def test_the_model_losses_are_differentiated_gradient_and_hvp_against_finite_differences():
+    keras.config.set_floatx("float64")
+    model = _with_model_losses(dtype="float64")
+    x = X.astype(np.float64)
+    obj = landscape.Objective(model, (x, Y), batch_size=8)
+    _, grads = obj.value_and_gradient()
+    v = [np.asarray(RNG.normal(size=tuple(w.shape))) for w in obj.trainable_variables]
+    offsets = obj.flat.offsets
+    flat_v = obj.flat.concat(v)
+    h = 1e-5
+    plus = obj.evaluate(offsets(h * flat_v))["loss"]
+    minus = obj.evaluate(offsets(-h * flat_v))["loss"]
+    directional = float(np.dot(obj.flat.concat(grads), flat_v))
+    assert directional == pytest.approx((plus - minus) / (2 * h), rel=1e-7)
+    hv = obj.flat.concat(obj.hessian_vector_product(v))
+    g_plus = obj.flat.concat(obj.value_and_gradient(offsets(h * flat_v))[1])
+    g_minus = obj.flat.concat(obj.value_and_gradient(offsets(-h * flat_v))[1])
+    np.testing.assert_allclose(hv, (g_plus - g_minus) / (2 * h), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="model_losses=False"):
+        obj.gauss_newton_vector_product(v)
+
+
+# ------------------------------------------------------------------- no flat surface, no NaN
+def _int8_model():
+    keras.utils.set_random_seed(7)
+    model = _compiled(
+        keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(3)])
+    )
+    model.quantize("int8")
+    return model
+
+
+def test_a_quantized_model_gives_no_silent_flat_direction():
+    model = _int8_model()
+    with pytest.raises(ValueError, match=r"zero on every variable.*quantized") as e:
+        landscape.random_direction(model, seed=0)
+    assert "\n" not in str(e.value)
+    obj = landscape.Objective(model, (X, Y), batch_size=32)
+    zero = landscape.Direction({v.path: np.zeros(v.shape, "float32") for v in obj.variables})
+    with pytest.raises(ValueError, match=r"`directions`: direction 0 is zero"):
+        landscape.compute_surface(obj, [zero], x="-1:1:3")
+
+
+def test_a_diverged_model_is_refused_before_any_work():
+    keras.utils.set_random_seed(8)
+    model = _compiled(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]))
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel).copy()
+    kernel[0, 0] = np.nan
+    model.layers[0].kernel.assign(kernel)
+    with pytest.raises(ValueError, match=r"1 non-finite weight values .*diverged"):
+        landscape.Objective(model, (X, Y))
+    kernel[0, 0] = 1.0
+    model.layers[0].kernel.assign(kernel)
+    bad = X.copy()
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="The loss is nan at the model's own weights"):
+        landscape.Objective(model, (bad, Y))
