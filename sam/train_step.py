@@ -19,7 +19,14 @@ import warnings
 import keras
 import tensorflow as tf
 
-from sam._compat import init_as_functional, is_functional_call, symbolic_build, unbuilt_layers
+from sam._compat import (
+    all_layers,
+    init_as_functional,
+    is_functional_call,
+    record_reads,
+    symbolic_build,
+    unbuilt_layers,
+)
 from sam.optimizer import RHO, SAM, all_finite, sam_perturbation
 
 
@@ -104,16 +111,42 @@ def clean_pass(model, x, y, sample_weight, scaler, inner):
     return state, y_pred, _unscale(tape.gradient(scaled, model.trainable_variables), scaler, inner)
 
 
-def perturbed_pass(model, x, y, sample_weight, perturbed, mapping):
+def perturbed_pass(model, x, y, sample_weight, perturbed, mapping, clean=None):
     """The loss-scaled gradient at w + ε (``perturbed``): a stateless pass in which the
-    variables read as ``mapping`` says, so BN statistics and RNG state are left untouched."""
+    variables read as ``mapping`` says, so BN statistics and RNG state are left untouched.
+
+    With the clean pass's gradients ``clean``, a trainable variable that the clean pass
+    differentiates but the stateless pass never reads (a layer that captured its handle, e.g.
+    ``TFSMLayer``) is refused: ε cannot reach it and it would be trained with a zero gradient.
+    """
     with tf.GradientTape() as tape:
         tape.watch(perturbed)
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+        scope = keras.StatelessScope(state_mapping=mapping, collect_losses=True)
+        reads = record_reads(scope)
+        with scope:
             y_adv = model(x, training=True)
             loss_adv = _compute_loss(model, x, y, y_adv, sample_weight)
             scaled_adv = model.optimizer.scale_loss(loss_adv)
+    if clean is not None:
+        _refuse_unreached(model, [v for v, _ in mapping[: len(perturbed)]], clean, reads)
     return tape.gradient(scaled_adv, perturbed)
+
+
+def _refuse_unreached(model, tvars, clean, reads) -> None:
+    missed = [v for v, g in zip(tvars, clean) if g is not None and id(v) not in reads]
+    if not missed:
+        return
+    owners = {}
+    for layer in all_layers(model):
+        for v in layer.variables:
+            owners[id(v)] = layer  # outer layers come first: the innermost owner wins
+    names = sorted({f"{owners[id(v)].name!r} ({type(owners[id(v)]).__name__})" for v in missed})
+    raise ValueError(
+        f"SAM cannot perturb the trainable variables of the layer {', '.join(names)}: it reads "
+        "them outside Keras's variable access (e.g. a SavedModel's captured handles), so the "
+        "perturbed pass would see no ε there and train them with a zero gradient; set "
+        "`layer.trainable = False`, or rebuild the layer from Keras layers."
+    )
 
 
 def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
@@ -140,7 +173,8 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     e_w = _perturbation(sam, grads, weights)
     perturbed = [w if e is None else w + e for w, e in zip(weights, e_w)]  # w + ε(w)
     mapping = list(zip(tvars, perturbed)) + list(zip(model.non_trainable_variables, state))
-    return perturbed_pass(model, x, y, sample_weight, perturbed, mapping), y_pred, finite
+    adv = perturbed_pass(model, x, y, sample_weight, perturbed, mapping, clean=grads)
+    return adv, y_pred, finite
 
 
 def _slice(structure, lo, hi):

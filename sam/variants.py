@@ -634,7 +634,7 @@ class SAMVariant(SAM):
                 args = (model, x, y, sample_weight, y_pred, perturbed, mapping)
                 adv = _selected_gradients(self.sds_gamma, *args)
             else:
-                adv = perturbed_pass(model, x, y, sample_weight, perturbed, mapping)
+                adv = perturbed_pass(model, x, y, sample_weight, perturbed, mapping, clean=local)
             adv = [_dense(a) for a in _unscale(adv, scaler, inner)]
             adv = [a if a is not None or g is None else tf.zeros_like(g)
                    for a, g in zip(adv, grads)]  # fmt: skip

@@ -275,3 +275,23 @@ def test_a_diverged_model_is_refused_before_any_work():
     bad[3, 2] = np.inf
     with pytest.raises(ValueError, match="The loss is nan at the model's own weights"):
         landscape.Objective(model, (bad, Y))
+
+
+def test_sam_refuses_a_layer_its_perturbation_cannot_reach(saved_model_dir):
+    import sam
+
+    model = _tfsm_model(saved_model_dir, trainable=True)
+    sam_model = sam.SAMModel(model.inputs, model.outputs)
+    sam_model.compile(
+        optimizer=sam.SAM(keras.optimizers.SGD(0.1), rho=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    with pytest.raises(ValueError, match=r"SAM cannot perturb .*'saved' \(TFSMLayer\)"):
+        sam_model.fit(X, Y, batch_size=16, epochs=1, verbose=0)
+    model.get_layer("saved").trainable = False
+    frozen = sam.SAMModel(model.inputs, model.outputs)
+    frozen.compile(
+        optimizer=sam.SAM(keras.optimizers.SGD(0.1), rho=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    frozen.fit(X, Y, batch_size=16, epochs=1, verbose=0)  # the rest of the model trains
