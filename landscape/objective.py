@@ -776,7 +776,104 @@ class _GaussNewtonLoop:
         return fn
 
 
-class Objective(_GaussNewtonLoop, _BatchLoop):
+class _Construction:
+    """The checks ``Objective`` runs once when it is built: the probe of the first batch and the
+    metrics set-up (a mixin, so that the class stays readable)."""
+
+    def _probe(self, metrics, loss) -> None:
+        """Run the model on a few samples: check the structures, build and check loss/metrics."""
+        x, y, w = self._splits["train"].first_batch(min(max(self.batch_size, 2), 64))
+        _model_checks.finite_weights(self.trainable_variables)
+        reads, added = set(), []
+        try:
+            y_pred = self._run_model(x, reads=reads, added=added)
+        except Exception as error:  # any failure here is the data not fitting the model
+            raise ValueError(
+                f"Argument `data` does not fit the model: x is {describe(x)} but the model's "
+                f"inputs are {model_inputs(self.model)} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})."
+            ) from error
+        try:
+            keras_value = self._loss.build(y, y_pred, w)
+            pairs = self._loss.pairs(x, y, w, y_pred)
+            ours = self._loss.combine(tf.stack([tf.cast(t, tf.float64) for t in pairs]))
+        except (ValueError, TypeError, KeyError, tf.errors.InvalidArgumentError) as error:
+            if isinstance(error, _terms.Refusal):
+                raise
+            weights = "" if w is None else f" and sample_weight is {describe(w)}"
+            raise ValueError(
+                f"Argument `data` does not fit the loss: y is {describe(y)}{weights} but the "
+                f"model's outputs are {describe(y_pred)} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})."
+            ) from error
+        ours = float(ours["loss"])
+        self._with_model_losses = self._model_losses and bool(added) and self._loss.n_pairs > 0
+        self._with_model_losses &= isinstance(self._loss, _terms.CompiledLoss)
+        _model_checks.reach(self, x, reads)
+        _model_checks.finite_loss(ours + sum(float(a) for a in added), x)
+        if self._loss.per_batch and any(not s.single_batch for s in self._splits.values()):
+            raise _terms.per_batch_refusal(sorted(self._loss.per_batch)[0])
+        _model_checks.batch_coupling(self, (x, y, w), y_pred, added)
+        if np.isfinite(keras_value) and not np.isclose(
+            ours, keras_value, rtol=LOSS_CHECK_RTOL, atol=1e-7
+        ):
+            raise ValueError(
+                f"The Objective could not reproduce the model's compiled loss on the first "
+                f"batch (Keras: {keras_value:.8g}, Objective: {ours:.8g}); if the sample weights "
+                "are per sample on a per-entry output, give one weight per entry; otherwise pass "
+                "`loss=` explicitly."
+            )
+        self._setup_metrics(metrics, loss, y, y_pred, w)
+        self._precision.check_outputs(y_pred)
+
+    def _setup_metrics(self, metrics, loss, y, y_pred, w) -> None:
+        compiled = _compat.compiled_metrics(self.model)
+        if isinstance(metrics, str):
+            if metrics not in ("auto", "compiled"):
+                raise ValueError(
+                    f"Unknown metrics {metrics!r}; expected 'auto', 'compiled' or a sequence "
+                    "of 'accuracy' and callables."
+                )
+            if compiled is not None:
+                if not compiled.built:
+                    compiled.build(y, y_pred)
+                state = compiled.stateless_reset_state()
+                names = tuple(compiled.stateless_result(state))
+                if names:
+                    self._keras_metrics = compiled
+                    self._keras_metric_names = names
+                    return
+            if metrics == "compiled" or not _terms.is_classification(self.model, loss):
+                return
+            metrics = ("accuracy",)
+        if tf.nest.is_nested(y_pred) and len(tf.nest.flatten(y_pred)) > 1 and metrics:
+            raise ValueError(
+                "Argument `metrics`: 'accuracy' and callables take single-output models; for "
+                "several outputs compile the model with metrics and use metrics='auto'."
+            )
+        from_logits, ignore_class = _terms.loss_options(self.model, loss)
+        for m in metrics:
+            if isinstance(m, str) and m in _terms.ACCURACY_NAMES:
+
+                def accuracy(y_true, y_pred, s, t=0.0 if from_logits else 0.5):
+                    return _terms.accuracy_pair(
+                        y_true, y_pred, s, threshold=t, ignore_class=ignore_class
+                    )
+
+                self._pair_metrics["acc"] = accuracy
+            elif isinstance(m, str):
+                raise ValueError(f"Unknown metric {m!r}; expected 'accuracy' or a callable.")
+            elif callable(m):
+
+                def pair(y_true, y_pred, s, fn=m):
+                    return _terms.callable_pair(fn, y_true, y_pred, s)
+
+                self._pair_metrics[getattr(m, "__name__", type(m).__name__)] = pair
+            else:
+                raise ValueError(f"Argument `metrics` entries must be names or callables: {m!r}.")
+
+
+class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
     """The loss (and metrics) of a model over a data set, as a function of its weights.
 
     Args:
@@ -907,99 +1004,6 @@ class Objective(_GaussNewtonLoop, _BatchLoop):
         self._scales: dict[str, tf.Tensor] = {}
         self.trace_count: dict[str, int] = {}
         self._flat: FlatView | None = None
-
-    # ------------------------------------------------------------------------- construction
-    def _probe(self, metrics, loss) -> None:
-        """Run the model on a few samples: check the structures, build and check loss/metrics."""
-        x, y, w = self._splits["train"].first_batch(min(max(self.batch_size, 2), 64))
-        _model_checks.finite_weights(self.trainable_variables)
-        reads, added = set(), []
-        try:
-            y_pred = self._run_model(x, reads=reads, added=added)
-        except Exception as error:  # any failure here is the data not fitting the model
-            raise ValueError(
-                f"Argument `data` does not fit the model: x is {describe(x)} but the model's "
-                f"inputs are {model_inputs(self.model)} ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''})."
-            ) from error
-        try:
-            keras_value = self._loss.build(y, y_pred, w)
-            pairs = self._loss.pairs(x, y, w, y_pred)
-            ours = self._loss.combine(tf.stack([tf.cast(t, tf.float64) for t in pairs]))
-        except (ValueError, TypeError, KeyError, tf.errors.InvalidArgumentError) as error:
-            if isinstance(error, _terms.Refusal):
-                raise
-            weights = "" if w is None else f" and sample_weight is {describe(w)}"
-            raise ValueError(
-                f"Argument `data` does not fit the loss: y is {describe(y)}{weights} but the "
-                f"model's outputs are {describe(y_pred)} ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''})."
-            ) from error
-        ours = float(ours["loss"])
-        self._with_model_losses = self._model_losses and bool(added) and self._loss.n_pairs > 0
-        self._with_model_losses &= isinstance(self._loss, _terms.CompiledLoss)
-        _model_checks.reach(self, x, reads)
-        _model_checks.finite_loss(ours + sum(float(a) for a in added), x)
-        if self._loss.per_batch and any(not s.single_batch for s in self._splits.values()):
-            raise _terms.per_batch_refusal(sorted(self._loss.per_batch)[0])
-        _model_checks.batch_coupling(self, (x, y, w), y_pred, added)
-        if np.isfinite(keras_value) and not np.isclose(
-            ours, keras_value, rtol=LOSS_CHECK_RTOL, atol=1e-7
-        ):
-            raise ValueError(
-                f"The Objective could not reproduce the model's compiled loss on the first "
-                f"batch (Keras: {keras_value:.8g}, Objective: {ours:.8g}); if the sample weights "
-                "are per sample on a per-entry output, give one weight per entry; otherwise pass "
-                "`loss=` explicitly."
-            )
-        self._setup_metrics(metrics, loss, y, y_pred, w)
-        self._precision.check_outputs(y_pred)
-
-    def _setup_metrics(self, metrics, loss, y, y_pred, w) -> None:
-        compiled = _compat.compiled_metrics(self.model)
-        if isinstance(metrics, str):
-            if metrics not in ("auto", "compiled"):
-                raise ValueError(
-                    f"Unknown metrics {metrics!r}; expected 'auto', 'compiled' or a sequence "
-                    "of 'accuracy' and callables."
-                )
-            if compiled is not None:
-                if not compiled.built:
-                    compiled.build(y, y_pred)
-                state = compiled.stateless_reset_state()
-                names = tuple(compiled.stateless_result(state))
-                if names:
-                    self._keras_metrics = compiled
-                    self._keras_metric_names = names
-                    return
-            if metrics == "compiled" or not _terms.is_classification(self.model, loss):
-                return
-            metrics = ("accuracy",)
-        if tf.nest.is_nested(y_pred) and len(tf.nest.flatten(y_pred)) > 1 and metrics:
-            raise ValueError(
-                "Argument `metrics`: 'accuracy' and callables take single-output models; for "
-                "several outputs compile the model with metrics and use metrics='auto'."
-            )
-        from_logits, ignore_class = _terms.loss_options(self.model, loss)
-        for m in metrics:
-            if isinstance(m, str) and m in _terms.ACCURACY_NAMES:
-
-                def accuracy(y_true, y_pred, s, t=0.0 if from_logits else 0.5):
-                    return _terms.accuracy_pair(
-                        y_true, y_pred, s, threshold=t, ignore_class=ignore_class
-                    )
-
-                self._pair_metrics["acc"] = accuracy
-            elif isinstance(m, str):
-                raise ValueError(f"Unknown metric {m!r}; expected 'accuracy' or a callable.")
-            elif callable(m):
-
-                def pair(y_true, y_pred, s, fn=m):
-                    return _terms.callable_pair(fn, y_true, y_pred, s)
-
-                self._pair_metrics[getattr(m, "__name__", type(m).__name__)] = pair
-            else:
-                raise ValueError(f"Argument `metrics` entries must be names or callables: {m!r}.")
 
     # ----------------------------------------------------------------------------- properties
     @property
