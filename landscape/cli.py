@@ -609,7 +609,8 @@ def _trace_options(tol: float) -> list:
     return [
         click.option("--trace-probes", type=int, default=1000, show_default=True,
                      help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
-                          "each); a run that reaches it says so."),
+                          "each); a run that reaches it says so. A model (or block) of at "
+                          "most this many parameters is traced exactly instead."),
         click.option("--trace-tol", type=float, default=tol, show_default=True,
                      help="Trace: stop at this relative standard error."),
     ]  # fmt: skip
@@ -690,12 +691,19 @@ def _eigen_summary(eig) -> dict:
 
 
 def _trace_summary(tr) -> dict:
-    """The trace estimate as printed and as JSON, with its probes and whether it converged."""
-    stop = "converged" if tr.converged else f"stopped at the cap --trace-probes {tr.max_samples}"
-    click.echo(f"trace {tr.estimate:.6g} ± {tr.stderr:.2g} ({tr.samples} probes, {stop})")
+    """The trace as printed and as JSON: exact, or estimated with its probes and whether it
+    converged."""
+    if tr.method == "exact":
+        click.echo(f"trace {tr.estimate:.6g} (exact: {tr.n_hvp} unit-vector products)")
+    else:
+        stop = (
+            "converged" if tr.converged else f"stopped at the cap --trace-probes {tr.max_samples}"
+        )
+        click.echo(f"trace {tr.estimate:.6g} ± {tr.stderr:.2g} ({tr.samples} probes, {stop})")
     return {
         "estimate": tr.estimate,
         "stderr": tr.stderr,
+        "method": tr.method,
         "n_hvp": int(tr.n_hvp),
         "samples": int(tr.samples),
         "converged": bool(tr.converged),
@@ -714,11 +722,11 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
                              seed=seed, verbose=verbose)  # fmt: skip
     width = max(len("layer"), *(len(n) for n in report.names))
     click.echo(f"{'layer':<{width}} {'params':>9} {'lambda_max':>12} {'residual':>9} "
-               f"{'trace':>12} {'stderr':>9}")  # fmt: skip
+               f"{'trace':>12} {'stderr':>9} {'method':>10}")  # fmt: skip
     for row in report.rows():
         click.echo(f"{row['name']:<{width}} {row['n_params']:>9,} {row['lambda_max']:>12.6g} "
                    f"{row['residual']:>9.1e} {row['trace']:>12.6g} "
-                   f"{row['trace_stderr']:>9.2g}")  # fmt: skip
+                   f"{row['trace_stderr']:>9.2g} {row['trace_method'] or '-':>10}")  # fmt: skip
     click.echo(f"{curvature}, {report.precision}: {report.n_hvp} products; certified: "
                f"{bool(report.converged.all())}")  # fmt: skip
     if json_path:
@@ -741,7 +749,13 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
 @click.option("--which", type=click.Choice(_checks.options(_checks.Which)),
               default="largest", show_default=True)  # fmt: skip
 @_options(eigen_options)
-@click.option("--trace", "with_trace", is_flag=True, help="Also Hutchinson's trace estimate.")
+@click.option(
+    "--trace",
+    "with_trace",
+    is_flag=True,
+    help="Also the trace (exact for at most --trace-probes parameters, else "
+    "Hutchinson's estimate).",
+)
 @_options(_trace_options(0.05))
 @click.option("--density", type=click.Path(dir_okay=False), default=None,
               help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip

@@ -37,6 +37,16 @@ PyTorch's ``train()`` mode. The recomputation is done at every evaluated point o
 endpoints included, so the losses at t = 0 and 1 of a BatchNorm model are those of w_a and w_b
 with recomputed statistics, not with the models' own moving averages.
 
+With ``batchnorm=False`` nothing is recomputed: each end is evaluated with its own model's
+moving statistics (t = 0 with ``model_a``'s, t = 1 with ``model_b``'s, so the ends' values are
+``model_a.evaluate`` and ``model_b.evaluate``), and the point at t of either path with the
+statistics interpolated linearly, (1 − t)·s_a + t·s_b for every moving mean and variance, as
+loss-landscape interpolates a model's whole state. On the curve this is also its own
+parametrization applied to the statistics with the bend's at their midpoint: c_a(t) s_a +
+c_θ(t) (s_a + s_b)/2 + c_b(t) s_b = (1 − t) s_a + t s_b for both curves. A point (x, y) of
+``connection_plane`` takes the statistics at t = x / ‖w_b − w_a‖ clipped to [0, 1] (its
+position along w_a → w_b).
+
 Departures from the paper
 -------------------------
 * The curve is trained for ``epochs`` passes with the given optimizer (default SGD, learning
@@ -191,7 +201,8 @@ class ConnectResult:
         history: ``{"loss": [...]}``: the mean training loss along the curve in each epoch
             (each minibatch at its own t), in loss units; empty with ``epochs=0``.
         steps: The optimizer steps taken on θ.
-        batchnorm: Whether BatchNorm statistics were recomputed at every point.
+        batchnorm: Whether BatchNorm statistics were recomputed at every point (False: the
+            two models' own, interpolated linearly in t between them).
         segment_norm: ‖w_b − w_a‖ over the trainable weights (L2, float64).
     """
 
@@ -263,8 +274,9 @@ class _Pair:
     """Two models of one architecture: their weights, and how to run ``model_a`` at others.
 
     ``trainable`` and ``non_trainable`` are ``model_a``'s variable lists (the order
-    ``stateless_call`` takes); ``bn`` holds (slot in ``non_trainable``, momentum) of every
-    BatchNorm moving statistic.
+    ``stateless_call`` takes); ``nt_values`` and ``nt_values_b`` the two models' values of
+    them; ``bn`` holds (slot in ``non_trainable``, momentum) of every BatchNorm moving
+    statistic.
     """
 
     def __init__(self, model_a: keras.Model, model_b: keras.Model):
@@ -301,7 +313,7 @@ class _Pair:
             raise ValueError("Argument `model_a` must have trainable variables. Received: none.")
         self.w_a = _values(self.trainable)
         self.w_b = _values(other_tr)
-        self.nt_values = _values(self.non_trainable)
+        self.nt_values, self.nt_values_b = _values(self.non_trainable), _values(other_nt)
         slot_of = {id(v): i for i, v in enumerate(self.non_trainable)}
         self.bn: list[tuple[int, float]] = []
         for layer in _bn_layers(model_a):
@@ -488,6 +500,8 @@ class _Evaluator:
     """Loss and metrics at given trainable weights, BatchNorm statistics recomputed there."""
 
     def __init__(self, pair, data, test_data, *, batch_size, bn_batch_size, loss, recompute):
+        """``recompute``: BatchNorm statistics recomputed at every point; else interpolated
+        between the two models' own (``at``'s ``s``)."""
         self.pair = pair
         self.objective = Objective(pair.model, data, loss, batch_size=batch_size,
                                    test_data=test_data)  # fmt: skip
@@ -503,14 +517,24 @@ class _Evaluator:
         for batch in self._bn_data:
             yield _split_batch(batch)[0]
 
-    def at(self, weights: Sequence[np.ndarray]) -> dict[str, float]:
+    def at(self, weights: Sequence[np.ndarray], s: float) -> dict[str, float]:
+        """The values at trainable ``weights``; without recomputation the BatchNorm moving
+        statistics are (1 − s)·model_a's + s·model_b's (s = 0: model_a's own, s = 1:
+        model_b's)."""
         offsets = [np.zeros(w.shape, np.float64) for w in self.w0]
         for slot, w in zip(self.trainable_slots, weights):
             offsets[slot] = np.asarray(w, np.float64) - self.w0[slot]
         if self.recompute:
-            for i, stat in self.pair.bn_statistics(weights, self._batches).items():
-                slot = self.bn_slots[i]
-                offsets[slot] = stat - self.w0[slot]
+            stats = self.pair.bn_statistics(weights, self._batches)
+        else:
+            a, b = self.pair.nt_values, self.pair.nt_values_b
+            stats = {
+                i: (1 - s) * a[i].astype(np.float64) + s * b[i].astype(np.float64)
+                for i, _ in self.pair.bn
+            }
+        for i, stat in stats.items():
+            slot = self.bn_slots[i]
+            offsets[slot] = stat - self.w0[slot]
         out = {}
         for split in self.objective.splits:
             for name, value in self.objective.evaluate(offsets, split=split).items():
@@ -533,12 +557,12 @@ def _evaluate_paths(evaluator, pair, bend, grid, curve, verbose):
     done = 0
     for s in grid:
         at_linear = [(1 - s) * a.astype(np.float64) + s * b for a, b in zip(pair.w_a, pair.w_b)]
-        row_linear = evaluator.at(at_linear)
+        row_linear = evaluator.at(at_linear, s)
         ends = s in (0.0, 1.0)
         row_curve = (
             row_linear
             if ends
-            else evaluator.at(curve_weights(pair.w_a, bend, pair.w_b, s, curve=curve))
+            else evaluator.at(curve_weights(pair.w_a, bend, pair.w_b, s, curve=curve), s)
         )
         for path, row in (("linear", row_linear), ("curve", row_curve)):
             for k, v in row.items():
@@ -600,8 +624,9 @@ def connect(
         eval_batch_size: Batch size of the evaluation (memory and speed, not the values).
             Defaults to 256.
         batchnorm: Recompute BatchNorm statistics at every evaluated point (the paper's
-            method); False evaluates every point with ``model_a``'s moving statistics.
-            Defaults to True.
+            method). False uses the models' own moving statistics: ``model_a``'s at t = 0,
+            ``model_b``'s at t = 1, and (1 − t)·``model_a``'s + t·``model_b``'s in between, on
+            both paths (see the module docstring). Defaults to True.
         seed: Seeds the t draws and the shuffling. Defaults to 0.
         verbose: 0, 1, 2 or ``"auto"``: a progress bar over epochs and points. Defaults to 0.
 
@@ -704,8 +729,10 @@ def connection_plane(
     w_a + x u + y v, so x and y are Euclidean distances in weight space (w_a at (0, 0), w_b at
     (‖w_b − w_a‖, 0)). The grid spans the three points plus ``margin`` · ‖w_b − w_a‖ on every
     side. Every point is evaluated as ``connect`` evaluates its paths (BatchNorm statistics
-    recomputed there when ``result.batchnorm``), which is the paper's figure 1 (arXiv
-    1802.10026) on a ``points`` × ``points`` grid.
+    recomputed there when ``result.batchnorm``; else the two models' moving statistics
+    interpolated at t = x / ‖w_b − w_a‖ clipped to [0, 1], so w_a has ``model_a``'s and w_b
+    ``model_b``'s), which is the paper's figure 1 (arXiv 1802.10026) on a ``points`` ×
+    ``points`` grid.
 
     Args:
         model_a: The model at t = 0 given to ``connect``.
@@ -752,7 +779,8 @@ def connection_plane(
     for iy, y in enumerate(ys):
         for ix, x in enumerate(xs):
             w = a + x * u + y * v
-            row = evaluator.at([p.reshape(s) for p, s in zip(np.split(w, bounds), shapes)])
+            weights = [p.reshape(s) for p, s in zip(np.split(w, bounds), shapes)]
+            row = evaluator.at(weights, min(max(x / length, 0.0), 1.0))
             for k, val in row.items():
                 values.setdefault(k, np.full((points, points), np.nan))[iy, ix] = val
     s = np.linspace(0.0, 1.0, CURVE_DRAW_POINTS)

@@ -11,7 +11,8 @@ the trainable weights, summed in float64. The algorithms work on flat float64 ve
   restarts); or ``"power"``, power iteration stopped PyHessian's way (relative change of λ below
   tol), for comparison. Every result carries residuals recomputed with fresh products: a
   certificate, not a promise; and says whether the run stopped at its cap (``capped``).
-- ``hessian_trace``: Hutchinson's estimator with Rademacher probes, stopped on its standard error.
+- ``hessian_trace``: Hutchinson's estimator with Rademacher probes, stopped on its standard error;
+  exact (Σᵢ eᵢᵀHeᵢ, n unit-vector products) when n is no larger than its cap of probes.
 - ``hessian_spectrum``: stochastic Lanczos quadrature (SLQ) of the spectral density.
 
 Before any product, the memory a solver's basis needs is compared with ``available_memory()``
@@ -57,6 +58,10 @@ WHICH = _checks.options(Which)
 #: matrix G = Jᵀ H_ℓ J (``Objective.gauss_newton_vector_product``; positive semi-definite).
 Curvature = Literal["hessian", "ggn"]
 CURVATURES = _checks.options(Curvature)
+#: How ``hessian_trace`` computes tr(H): ``"exact"`` (Σᵢ eᵢᵀHeᵢ, n products), ``"hutchinson"``
+#: (random probes), or ``"auto"``: exact when n is at most the cap of probes, else Hutchinson.
+TraceMethod = Literal["auto", "exact", "hutchinson"]
+TRACE_METHODS = _checks.options(TraceMethod)
 
 # Lanczos stops on an invariant subspace when β_j ≤ BREAKDOWN · max|θ| (β = 0 in exact arithmetic).
 BREAKDOWN = 1e-12
@@ -145,22 +150,26 @@ class EigenResult:
 
 @dataclass(frozen=True)
 class TraceResult:
-    """Hutchinson's estimate of tr(H).
+    """tr(H): exact, or Hutchinson's estimate.
 
     Attributes:
-        estimate: Mean of the probe values zᵀHz.
-        stderr: Standard error of that mean (sample standard deviation / √samples).
-        n_hvp: Hessian-vector products used (one per probe).
-        samples: Number of probes used.
-        converged: True when ``stderr ≤ tol · |estimate|``; False when the run stopped at
-            its cap of ``max_samples`` probes first (``capped``).
-        values: The individual probe values zᵀHz.
+        estimate: tr(H): the sum of the diagonal entries eᵢᵀHeᵢ (``method="exact"``), or the
+            mean of the probe values zᵀHz (``"hutchinson"``).
+        stderr: Standard error of that mean (sample standard deviation / √samples); 0 for
+            the exact trace.
+        n_hvp: Hessian-vector products used (one per probe or unit vector).
+        samples: Number of probes used (the n unit vectors of the exact trace).
+        converged: True when ``stderr ≤ tol · |estimate|`` (always for the exact trace);
+            False when the run stopped at its cap of ``max_samples`` probes first
+            (``capped``).
+        values: The individual probe values zᵀHz, or the diagonal entries eᵢᵀHeᵢ.
         n_params: Dimension of the Hessian.
         tol: The requested relative standard error.
         max_samples: The cap on probes (``hessian_trace``'s ``samples``).
         precision: The dtype the products were computed in (``Objective.precision``).
         curvature: ``"hessian"`` or ``"ggn"``.
         variables: The paths of the variables of the (block of the) operator.
+        method: ``"exact"`` or ``"hutchinson"``: how the trace was computed.
     """
 
     estimate: float
@@ -175,11 +184,29 @@ class TraceResult:
     precision: str | None = None
     curvature: str = "hessian"
     variables: tuple[str, ...] = field(default=(), repr=False)
+    method: str = "hutchinson"
 
     @property
     def capped(self) -> bool:
         """True when the run stopped at its cap of probes before reaching ``tol``."""
         return not self.converged
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the trace, how it was computed and what it cost (not the values)."""
+        return {
+            "estimate": float(self.estimate),
+            "stderr": float(self.stderr),
+            "method": self.method,
+            "n_hvp": int(self.n_hvp),
+            "samples": int(self.samples),
+            "converged": bool(self.converged),
+            "capped": bool(self.capped),
+            "tol": float(self.tol),
+            "max_samples": self.max_samples,
+            "n_params": int(self.n_params),
+            "precision": self.precision,
+            "curvature": self.curvature,
+        }
 
 
 @dataclass(frozen=True)
@@ -1102,19 +1129,26 @@ def hessian_trace(
     hvp_mode: HVPMode = "backward_over_backward",
     variables=None,
     curvature: Curvature = "hessian",
+    method: TraceMethod = "auto",
     verbose: int = 0,
 ) -> TraceResult:
-    """tr(H) by Hutchinson's estimator: the mean of zᵀHz over Rademacher probes z.
+    """tr(H): exactly from n unit vectors, or by Hutchinson's estimator over Rademacher probes.
 
-    Stops when the standard error of the mean is at most ``tol · |estimate|`` (checked from
-    ``TRACE_MIN_SAMPLES`` probes on), or after ``samples`` probes. PyHessian stops on the
-    change of the running mean instead, which can be small while the estimate is still far off.
+    The exact trace is Σᵢ eᵢᵀHeᵢ over the n unit vectors of the operator's dimension (the
+    block's parameters with ``variables``, else the whole model's): n products, rounding
+    error only, ``stderr=0``. Hutchinson's estimate is the mean of zᵀHz over Rademacher probes
+    z; it stops when the standard error of the mean is at most ``tol · |estimate|`` (checked
+    from ``TRACE_MIN_SAMPLES`` probes on), or after ``samples`` probes. PyHessian stops on the
+    change of the running mean instead, which can be small while the estimate is still far
+    off. ``method="auto"`` computes the exact trace whenever n ≤ ``samples``: then it costs
+    no more products than the estimator was allowed to spend, and has no error.
 
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
         samples: The cap on probes (one product each), which bounds the time: a run that
-            has not reached ``tol`` by then stops with ``converged=False``. Defaults to 1000.
-        tol: Relative standard error to reach. Defaults to 1e-2.
+            has not reached ``tol`` by then stops with ``converged=False``. With
+            ``method="auto"``, also the largest n traced exactly. Defaults to 1000.
+        tol: Relative standard error to reach (Hutchinson). Defaults to 1e-2.
         seed: Seed of the probes. Defaults to None (fresh entropy).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
@@ -1123,17 +1157,23 @@ def hessian_trace(
             Defaults to None (all).
         curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
             ``"hessian"``.
+        method: ``"auto"`` (exact when n ≤ ``samples``, else Hutchinson), ``"exact"`` (n
+            products whatever n is) or ``"hutchinson"`` (random probes even for a small n).
+            Defaults to ``"auto"``.
         verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes: the running estimate
             (``trace``) and, from the second probe on, its standard error (``stderr``). Its
             length is open (the stopping probe is not known in advance) unless ``samples`` is
-            at most ``TRACE_MIN_SAMPLES``. Defaults to 0.
+            at most ``TRACE_MIN_SAMPLES``; the exact trace's is n, with the partial sum.
+            Defaults to 0.
 
     Returns:
         A ``TraceResult`` (``estimate``, ``stderr``, ``n_hvp``, ``samples`` used,
-        ``converged``, ``capped``: stopped at ``samples`` probes before reaching ``tol``).
+        ``converged``, ``capped``: stopped at ``samples`` probes before reaching ``tol``;
+        ``method``: ``"exact"`` or ``"hutchinson"``).
 
     Raises:
-        ValueError: a ``samples`` below 1 or a ``tol`` outside (0, 1).
+        ValueError: a ``samples`` below 1, a ``tol`` outside (0, 1) or an unknown
+            ``method``.
 
     References:
         Hutchinson 1990, "A stochastic estimator of the trace of the influence matrix for
@@ -1141,7 +1181,48 @@ def hessian_trace(
     """
     samples = _checks.integer("samples", samples, 1)
     tol = _checks.fraction("tol", tol)
+    method = _checks.choice("method", method, TraceMethod)
     op = _Hessian(objective, split, hvp_mode, variables=variables, curvature=curvature)
+    if method == "exact" or (method == "auto" and op.n <= samples):
+        values = _exact_trace(op, verbose)
+        estimate, stderr, converged, method = float(np.sum(values)), 0.0, True, "exact"
+        logger.info("Hessian trace %.6g (exact, %d products)", estimate, op.n_hvp)
+    else:
+        values, estimate, stderr, converged = _hutchinson(op, samples, tol, seed, verbose)
+        method = "hutchinson"
+    return TraceResult(
+        estimate=estimate,
+        stderr=stderr,
+        n_hvp=op.n_hvp,
+        samples=len(values),
+        converged=converged,
+        values=values,
+        n_params=op.n,
+        tol=tol,
+        max_samples=samples,
+        method=method,
+        **op.result_fields(),
+    )
+
+
+def _exact_trace(op: _Hessian, verbose: int) -> np.ndarray:
+    """The diagonal entries eᵢᵀHeᵢ of the operator, one unit-vector product each."""
+    bar = progbar(op.n, verbose, "product")
+    diagonal = np.empty(op.n)
+    e = np.zeros(op.n)
+    for i in range(op.n):
+        e[i] = 1.0
+        diagonal[i] = op(e)[i]
+        e[i] = 0.0
+        if bar is not None:
+            bar.update(i + 1, [("trace", float(diagonal[: i + 1].sum()))], finalize=False)
+    finish(bar, op.n)
+    return diagonal
+
+
+def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
+    """Hutchinson's probes until the standard error reaches ``tol`` or ``samples`` probes:
+    (values, estimate, stderr, converged)."""
     rng = np.random.default_rng(seed)
     # The run stops at an unknown probe; only a cap it cannot stop before is a known target.
     bar = progbar(samples if samples <= TRACE_MIN_SAMPLES else None, verbose, "probe")
@@ -1168,18 +1249,7 @@ def hessian_trace(
             stderr / abs(estimate) if estimate else np.inf,
             tol,
         )
-    return TraceResult(
-        estimate=estimate,
-        stderr=stderr,
-        n_hvp=op.n_hvp,
-        samples=len(values),
-        converged=converged,
-        values=np.asarray(values),
-        n_params=op.n,
-        tol=tol,
-        max_samples=samples,
-        **op.result_fields(),
-    )
+    return np.asarray(values), estimate, stderr, converged
 
 
 # --------------------------------------------------------------------------------- spectrum
@@ -1316,13 +1386,17 @@ class LayerCurvature:
             squared weight unit).
         residuals: ``(groups,)`` its certificate ‖H_BB v − λv‖ / |λ|, a fresh product.
         converged: ``(groups,)`` True where the residual is ≤ ``tol``.
-        trace: ``(groups,)`` Hutchinson's estimate of tr(H_BB) (NaN when not computed).
-        trace_stderr: ``(groups,)`` its standard error.
-        trace_converged: ``(groups,)`` True where the trace reached ``trace_tol``.
+        trace: ``(groups,)`` tr(H_BB) (NaN when not computed): exact for a block of at most
+            ``trace_samples`` parameters, else Hutchinson's estimate (see ``trace_method``).
+        trace_stderr: ``(groups,)`` its standard error (0 where exact).
+        trace_converged: ``(groups,)`` True where the trace is exact or reached
+            ``trace_tol``.
         n_hvp: Products used in all.
         curvature: ``"hessian"`` or ``"ggn"``.
         precision: The dtype of the products (``Objective.precision``).
         tol: The eigenvalue tolerance.
+        trace_method: ``(groups,)`` how each trace was computed: ``"exact"`` or
+            ``"hutchinson"`` (None where no trace was computed).
     """
 
     names: tuple[str, ...]
@@ -1338,6 +1412,7 @@ class LayerCurvature:
     curvature: str = "hessian"
     precision: str | None = None
     tol: float = float("nan")
+    trace_method: tuple[str | None, ...] = ()
 
     def rows(self) -> list[dict[str, Any]]:
         """One JSON-ready dict per group."""
@@ -1352,6 +1427,7 @@ class LayerCurvature:
                 "trace": float(self.trace[i]),
                 "trace_stderr": float(self.trace_stderr[i]),
                 "trace_converged": bool(self.trace_converged[i]),
+                "trace_method": self.trace_method[i] if self.trace_method else None,
             }
             for i in range(len(self.names))
         ]
@@ -1420,6 +1496,7 @@ def layer_curvature(
     trace: bool = True,
     trace_samples: int = 100,
     trace_tol: float = 0.05,
+    trace_method: TraceMethod = "auto",
     seed: int | None = 0,
     split: Split = "train",
     hvp_mode: HVPMode = "backward_over_backward",
@@ -1429,12 +1506,13 @@ def layer_curvature(
 
     For each group B of trainable variables (by default one per layer that owns trainable
     variables), the largest eigenvalue of the diagonal block H_BB (``hessian_eigenvalues``
-    with ``variables=B``: thick-restart Lanczos, certified by a fresh residual) and
-    Hutchinson's estimate of tr(H_BB) (``hessian_trace``). The blocks ignore the coupling
-    between layers: λ_max(H_BB) ≤ λ_max(H) for a positive semi-definite H (Cauchy
-    interlacing), and the traces of all layers add up to tr(H). The cost is about one
-    eigenvalue run and ``trace_samples`` products per group, each product a full one (the
-    backward pass goes through the whole model).
+    with ``variables=B``: thick-restart Lanczos, certified by a fresh residual) and tr(H_BB)
+    (``hessian_trace``): exact, from |B| unit vectors, for a block of at most
+    ``trace_samples`` parameters (a BatchNorm's, a small layer's), else Hutchinson's estimate.
+    The blocks ignore the coupling between layers: λ_max(H_BB) ≤ λ_max(H) for a positive
+    semi-definite H (Cauchy interlacing), and the traces of all layers add up to tr(H). The
+    cost is about one eigenvalue run and at most ``trace_samples`` products per group, each
+    product a full one (the backward pass goes through the whole model).
 
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
@@ -1447,9 +1525,13 @@ def layer_curvature(
         tol: Relative residual that certifies each top eigenvalue. Defaults to 1e-4.
         max_iter: Cap on the products of each eigenvalue run. Defaults to None
             (``LANCZOS_MAX_ITER``).
-        trace: Also estimate each block's trace. Defaults to True.
-        trace_samples: Cap on the Hutchinson probes per group. Defaults to 100.
-        trace_tol: Relative standard error at which a trace stops. Defaults to 0.05.
+        trace: Also compute each block's trace. Defaults to True.
+        trace_samples: Cap on the Hutchinson probes per group; with ``trace_method="auto"``
+            a block of at most this many parameters is traced exactly. Defaults to 100.
+        trace_tol: Relative standard error at which a Hutchinson trace stops. Defaults to
+            0.05.
+        trace_method: ``"auto"``, ``"exact"`` or ``"hutchinson"`` (``hessian_trace``'s
+            ``method``). Defaults to ``"auto"``.
         seed: Seed of the start vectors and probes (the same for every group). Defaults to 0.
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
@@ -1458,12 +1540,13 @@ def layer_curvature(
 
     Returns:
         A ``LayerCurvature`` (``names``, ``n_params``, ``lambda_max``, ``residuals``,
-        ``converged``, ``trace``, ``trace_stderr``; ``rows()`` and ``as_dict()`` for JSON).
+        ``converged``, ``trace``, ``trace_stderr``, ``trace_method``; ``rows()`` and
+        ``as_dict()`` for JSON).
 
     Raises:
         ValueError: ``groups`` of another type, a selector that selects nothing (naming
-            ``variables``), a loss without a GGN for ``curvature="ggn"``, or a bad cap or
-            tolerance (named).
+            ``variables``), a loss without a GGN for ``curvature="ggn"``, an unknown
+            ``trace_method``, or a bad cap or tolerance (named).
 
     Example:
         >>> report = landscape.layer_curvature(obj)
@@ -1476,6 +1559,7 @@ def layer_curvature(
     """
     curvature = _checks.choice("curvature", curvature, Curvature)
     trace = _checks.boolean("trace", trace)
+    trace_method = _checks.choice("trace_method", trace_method, TraceMethod)
     selected = _selected_groups(objective, groups)
     rows, n_hvp, precision = [], 0, None
     for name, sel in selected.items():
@@ -1485,14 +1569,15 @@ def layer_curvature(
         )  # fmt: skip
         n_hvp += eig.n_hvp
         precision = eig.precision
-        tr_values = (np.nan, np.nan, False)
+        tr_values = (np.nan, np.nan, False, None)
         if trace:
             tr = hessian_trace(
                 objective, samples=trace_samples, tol=trace_tol, seed=seed, split=split,
-                hvp_mode=hvp_mode, variables=sel, curvature=curvature, verbose=verbose,
+                hvp_mode=hvp_mode, variables=sel, curvature=curvature, method=trace_method,
+                verbose=verbose,
             )  # fmt: skip
             n_hvp += tr.n_hvp
-            tr_values = (tr.estimate, tr.stderr, tr.converged)
+            tr_values = (tr.estimate, tr.stderr, tr.converged, tr.method)
         rows.append((name, eig, tr_values))
         logger.info(
             "%s block %s (%d parameters): lambda_max %.6g (residual %.2g), trace %.6g",
@@ -1512,4 +1597,5 @@ def layer_curvature(
         curvature=curvature,
         precision=precision,
         tol=float(tol),
+        trace_method=tuple(t[3] for _, _, t in rows),
     )

@@ -277,3 +277,51 @@ def test_cli_connect(tmp_path):
         result = CliRunner().invoke(main, ["connect", *map(str, bad)])
         assert result.exit_code == 2 and message in result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("curve", ["bezier", "polychain"])
+def test_without_batchnorm_recomputation_each_end_has_its_own_statistics(xy, curve):
+    """batchnorm=False: t = 0 is model_a.evaluate, t = 1 model_b.evaluate (each with its own
+    moving statistics), and a point in between has (1 − t)·a's + t·b's statistics."""
+    model_a = _trained(xy, 0, batch_norm=True)
+    model_b = _trained(xy, 1, batch_norm=True)
+    stats = [
+        [keras.ops.convert_to_numpy(v) for v in (m.get_layer("bn").moving_mean,
+                                                 m.get_layer("bn").moving_variance)]
+        for m in (model_a, model_b)
+    ]  # fmt: skip
+    assert np.abs(stats[0][0] - stats[1][0]).max() > 1e-2  # the two models' statistics differ
+    own_a, acc_a = model_a.evaluate(*xy, batch_size=96, verbose=0)
+    own_b, acc_b = model_b.evaluate(*xy, batch_size=96, verbose=0)
+    # the fault this guards against: w_b with model_a's statistics is another loss
+    with_a_stats, _ = _at(model_a, _weights(model_b)).evaluate(*xy, batch_size=96, verbose=0)
+    assert with_a_stats != pytest.approx(own_b, rel=1e-3)
+
+    before = _state(model_a, model_b)
+    res = landscape.connect(model_a, model_b, xy, curve=curve, epochs=1, batch_size=32,
+                            t=[0.3], batchnorm=False)  # fmt: skip
+    assert all(np.array_equal(p, q) for p, q in zip(before, _state(model_a, model_b)))
+    assert not res.batchnorm and list(res.t) == [0.0, 0.3, 1.0]
+    for path in (res.linear, res.curve):
+        assert path["train_loss"][0] == pytest.approx(own_a, rel=1e-5)
+        assert path["train_loss"][-1] == pytest.approx(own_b, rel=1e-5)
+        assert path["train_acc"][0] == pytest.approx(acc_a, abs=1e-6)
+        assert path["train_acc"][-1] == pytest.approx(acc_b, abs=1e-6)
+    # in between: the statistics interpolated linearly in t, on both paths
+    s = 0.3
+    mixed = tuple((1 - s) * a.astype(np.float64) + s * b for a, b in zip(*stats))
+    wa, wb = _weights(model_a), _weights(model_b)
+    bend = res.bend.aligned(model_a.trainable_variables)
+    points = {
+        "linear": [(1 - s) * a.astype(np.float64) + s * b for a, b in zip(wa, wb)],
+        "curve": curve_weights(wa, bend, wb, s, curve=curve),
+    }
+    for name, path in (("linear", res.linear), ("curve", res.curve)):
+        loss, _ = _at(model_a, points[name], mixed).evaluate(*xy, batch_size=96, verbose=0)
+        assert path["train_loss"][1] == pytest.approx(loss, rel=1e-5)
+    # the plane's corners w_a (0, 0) and w_b (‖w_b − w_a‖, 0), with no margin
+    plane = landscape.connection_plane(model_a, model_b, res, xy, points=2, margin=0.0)
+    (xm, _), xb = plane.metadata["points"]["bend"], plane.metadata["points"]["w_b"][0]
+    assert 0.0 <= xm <= xb  # so the grid's first row runs from w_a to w_b
+    assert plane.values["train_loss"][0, 0] == pytest.approx(own_a, rel=1e-5)
+    assert plane.values["train_loss"][0, -1] == pytest.approx(own_b, rel=1e-5)

@@ -135,7 +135,9 @@ def test_each_block_of_a_block_diagonal_hessian_has_the_dense_blocks_eigenvalues
         block = h[np.ix_(mask, mask)]
         assert report.lambda_max[i] == pytest.approx(_top(block, 1)[0], rel=RTOL)
         assert report.n_params[i] == mask.sum()
-        assert abs(report.trace[i] - np.trace(block)) < 5 * report.trace_stderr[i] + 1e-12
+        # blocks of 13 and 16 parameters ≤ trace_samples: traced exactly
+        assert report.trace[i] == pytest.approx(np.trace(block), rel=1e-10)
+        assert report.trace_method[i] == "exact" and report.trace_stderr[i] == 0.0
 
 
 def test_a_restricted_run_gives_the_eigenvalues_of_the_dense_hessians_block(float64):
@@ -269,8 +271,12 @@ def test_ggn_of_two_outputs_with_loss_weights_and_its_trace(float64):
     g = _operator_matrix(obj)
     np.testing.assert_allclose(g, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
     tr = hessian.hessian_trace(obj, samples=300, tol=0.01, curvature="ggn", seed=0)
-    assert abs(tr.estimate - np.trace(expected)) < 5 * tr.stderr
+    assert tr.method == "exact" and tr.n_hvp == obj.flat.n  # 41 parameters ≤ 300 probes
+    assert tr.estimate == pytest.approx(np.trace(expected), rel=1e-10)
     assert tr.curvature == "ggn" and tr.n_params == obj.flat.n
+    probes = hessian.hessian_trace(obj, tol=0.05, curvature="ggn", seed=0, method="hutchinson")
+    assert probes.method == "hutchinson" and probes.curvature == "ggn"
+    assert abs(probes.estimate - np.trace(expected)) < 5 * probes.stderr
 
 
 # --------------------------------------------------------------------------- report, plot

@@ -167,7 +167,10 @@ def test_linear_regression_eigenvalues_and_trace_closed_form(float64, n_out, des
     assert eig.converged and np.all(eig.residuals <= 1e-10)
     low = landscape.hessian_eigenvalues(obj, which="smallest", method=method, tol=1e-10, seed=0)
     np.testing.assert_allclose(low.values, want[:1], rtol=1e-8)
-    tr = landscape.hessian_trace(obj, samples=200, tol=1e-3, seed=0)
+    exact = landscape.hessian_trace(obj, samples=200, tol=1e-3, seed=0)  # n ≤ 200: exact
+    assert exact.method == "exact" and exact.n_hvp == h.shape[0] and exact.stderr == 0.0
+    assert exact.estimate == pytest.approx(want.sum(), rel=1e-10)
+    tr = landscape.hessian_trace(obj, samples=200, tol=1e-3, seed=0, method="hutchinson")
     if design == "orthogonal":
         assert tr.estimate == pytest.approx(want.sum(), rel=1e-8)
         assert tr.samples == hessian.TRACE_MIN_SAMPLES and tr.converged
@@ -411,7 +414,7 @@ def test_hutchinson_is_exact_on_a_diagonal_quadratic(float64):
     d = np.random.default_rng(4).uniform(-2.0, 7.0, 25)
     model, obj = _quadratic_objective(np.diag(d))
     before = _snapshot(model)
-    tr = landscape.hessian_trace(obj, seed=0)
+    tr = landscape.hessian_trace(obj, seed=0, method="hutchinson")  # n = 25: auto is exact
     assert tr.estimate == pytest.approx(d.sum(), rel=1e-12)
     assert tr.stderr == pytest.approx(0.0, abs=1e-10)
     assert tr.converged and tr.samples == tr.n_hvp == hessian.TRACE_MIN_SAMPLES
@@ -421,7 +424,7 @@ def test_hutchinson_is_exact_on_a_diagonal_quadratic(float64):
 
 def test_hutchinson_stops_on_standard_error_not_running_mean(quadratic):
     eig, model, obj = quadratic
-    tr = landscape.hessian_trace(obj, samples=2000, tol=0.05, seed=0)
+    tr = landscape.hessian_trace(obj, samples=2000, tol=0.05, seed=0, method="hutchinson")
     assert tr.converged and tr.stderr <= 0.05 * abs(tr.estimate)
     assert tr.stderr == pytest.approx(np.std(tr.values, ddof=1) / np.sqrt(tr.samples))
     assert abs(tr.estimate - eig.sum()) <= 4 * tr.stderr
