@@ -104,6 +104,9 @@ def main(argv=None) -> int:
     with ctx.Pool(args.workers, initializer=_init_worker, maxtasksperchild=50) as pool:
         for r in pool.imap_unordered(_run, seeds):
             results.append(r)
+            for check, kind, message, known in r.get("failures", []):
+                tag = f"KNOWN {known}" if known else "NEW"
+                print(f"  seed {r['seed']} [{tag}] ({check}) {kind}: {message}", flush=True)
             bad = sum(1 for x in results if x.get("failures"))
             if len(results) % 10 == 0 or len(results) == len(seeds):
                 print(

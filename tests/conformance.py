@@ -180,7 +180,8 @@ def check_surface_point(res: Result, model, data, obj) -> None:
     finally:
         for v, w in zip(obj.variables, saved):
             v.assign(w)
-    tol = 1e-10 if case.float64 else (3e-2 if case.mixed else 1e-4)
+    all64 = all(keras.backend.standardize_dtype(v.dtype) == "float64" for v in obj.variables)
+    tol = 1e-10 if all64 else (3e-2 if case.mixed else 1e-4)
     if not _rel(ours, ref) <= tol:
         msg = f"evaluate_at {ours:.10g} vs assign+evaluate {ref:.10g} (include={include})"
         res.fail("c", "surface-point", msg)
@@ -384,8 +385,9 @@ def run_case(case: Case, *, sam_step: bool = True) -> Result:
         res.ran.append("f")
         if _snapshot(model) != before:
             res.fail("f", "model-state-changed", "weights or optimizer state changed")
-        if not sam_step or "dropout" in case.extras:
-            res.skipped["g"] = "dropout is random" if sam_step else "not asked"
+        if not sam_step or "dropout" in case.extras or case.policy == "mixed_float16":
+            # mixed_float16: dynamic loss scaling may skip the first step (overflow), by design
+            res.skipped["g"] = "not asked" if not sam_step else "dropout or loss scaling"
         else:
             _guarded(res, "g", check_sam_step, model, data)
     res.seconds = time.perf_counter() - start
@@ -395,37 +397,63 @@ def run_case(case: Case, *, sam_step: bool = True) -> Result:
 # ------------------------------------------------------------------ faults being fixed now
 # kind -> (reason, predicate(case, failure)). The lead removes an entry once its fix is merged;
 # tests/test_conformance.py xfails a case only when every failure it has matches an entry.
+VALUE_KINDS = ("objective-vs-evaluate", "surface-point", "refused", "refusal-not-one-sentence")
 KNOWN_FAULTS = {
     "normalization-hessian": (
         "TF's moments stop a gradient: Hessians through LayerNormalization/GroupNormalization",
-        lambda c, f: f.check == "d" and c.norm in ("layernorm", "groupnorm"),
+        lambda c, f: f.kind == "hvp-vs-finite-difference" and c.norm in ("layernorm", "groupnorm"),
     ),
     "bfloat16-dropped": (
         "bfloat16 variables dropped (numpy does not call bfloat16 floating)",
-        lambda c, f: c.policy == "bf16_layer" and f.check in ("a", "b", "c", "g", "h"),
+        lambda c, f: (
+            c.policy == "bf16_layer" and (f.kind == "variable-left-out" or f.kind in VALUE_KINDS)
+        ),
     ),
     "batch-coupled-loss": (
         "losses coupling samples within a batch (Circle) depend on batch_size",
-        lambda c, f: c.loss == "circle" and f.check in ("a", "c", "h"),
+        lambda c, f: c.loss == "circle" and f.kind in VALUE_KINDS,
     ),
     "add-loss-missing": (
         "add_loss / activity-regularizer terms missing from the Objective",
-        lambda c, f: bool({"add_loss", "activity_reg"} & set(c.extras)) and f.check in "ac",
+        lambda c, f: (
+            bool({"add_loss", "activity_reg"} & set(c.extras))
+            and f.kind in ("objective-vs-evaluate", "surface-point")
+        ),
     ),
     "unreachable-state": (
         "variables the stateless scope cannot reach (adapted Normalization's mean/variance)",
-        lambda c, f: c.preprocess == "normalization" and f.check == "c",
+        lambda c, f: c.preprocess == "normalization" and f.kind == "surface-point",
     ),
     "quantized-zero-direction": (
         "zero directions on quantized models",
-        lambda c, f: c.policy == "int8" and f.check in ("c", "e", "h"),
+        lambda c, f: c.policy == "int8" and f.kind in (*VALUE_KINDS, "filter-norm"),
+    ),
+}
+
+
+# Found by this harness on main (51c8fd7), not yet fixed: xfailed in the CI profile likewise.
+HARNESS_FINDINGS = {
+    "mixed-variable-dtypes-hvp": (
+        "HVP crashes (AddN of float64 and float32) when a float64 model holds float32 variables "
+        "(LoRA factors enabled under floatx float64)",
+        lambda c, f: f.check == "d" and f.kind.startswith("crash"),
+    ),
+    "spectral-normalization-sam": (
+        "a SAM step on a model with SpectralNormalization differs from the hand rule (its "
+        "training-mode call writes the kernel)",
+        lambda c, f: f.kind == "sam-step-vs-hand-rule" and c.body == "spectral",
+    ),
+    "pydataset-crash": (
+        "the Objective crashes (TypeError output_signature for list inputs; reshape "
+        "InvalidArgumentError for one-hot targets) on a keras.utils.PyDataset",
+        lambda c, f: f.check == "a" and c.data_form == "pydataset" and "crash" in f.kind,
     ),
 }
 
 
 def known_fault(case: Case, failure: Failure) -> str | None:
     """The KNOWN_FAULTS kind that explains ``failure``, or None."""
-    for kind, (_, matches) in KNOWN_FAULTS.items():
+    for kind, (_, matches) in {**KNOWN_FAULTS, **HARNESS_FINDINGS}.items():
         if matches(case, failure):
             return kind
     return None

@@ -190,7 +190,8 @@ def draw(seed: int, profile: str = "long") -> Case:
     if kw["structure"] == "sequential" and body in SELF_ATTENTION:
         kw["structure"] = "functional"  # a layer called on (x, x) has no Sequential form
     _draw_loss(rng, kw)
-    kw["per_step"] = kind == "tok" and body != "embedding_mha" and rng.random() < 0.3
+    single = kw["structure"] not in ("multi_io", "dict_io")
+    kw["per_step"] = single and kind == "tok" and body != "embedding_mha" and rng.random() < 0.3
     if kw["per_step"] and kw["loss"] in ("circle", "dice", "tversky"):
         kw["per_step"] = False
     kw["weighting"] = _pick(rng, ("none", "none", "sample", "class", "loss_weights"))

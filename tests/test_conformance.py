@@ -13,7 +13,7 @@ import keras
 import model_grammar
 import pytest
 
-CI_SEEDS = range(30)
+CI_SEEDS = range(20)  # about 3 s of one core each
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS, ids=lambda s: f"seed{s}")
@@ -27,7 +27,8 @@ def test_generated_model_conforms(seed):
     assert not unknown, case.describe() + "\n" + "\n".join(f.line() for f in unknown)
     known = sorted({conformance.known_fault(case, f) for f in result.failures})
     if known:
-        reasons = "; ".join(conformance.KNOWN_FAULTS[k][0] for k in known)
+        table = {**conformance.KNOWN_FAULTS, **conformance.HARNESS_FINDINGS}
+        reasons = "; ".join(table[k][0] for k in known)
         pytest.xfail(f"{case.describe()}: {reasons}")
     assert result.ran, case.describe()
 
