@@ -62,6 +62,7 @@ def _run(seed: int) -> dict:
         "ran": sorted(set(res.ran)),
         "failures": failures,
         "invalid": res.invalid,
+        "refusals": {"a": res.refusal, **res.refusals} if res.refusal else dict(res.refusals),
         "seconds": res.seconds,
     }
 
@@ -74,6 +75,13 @@ def _report(results: list[dict], elapsed: float) -> None:
     for r in results:
         if "harness" in r:
             print(f"HARNESS ERROR seed {r['seed']}: {r['harness']}")
+    refused = collections.defaultdict(list)
+    for r in tried:
+        for check, message in r.get("refusals", {}).items():
+            refused[(check, message[:90])].append(r["seed"])
+    print(f"one-sentence refusals (allowed outcomes, listed for review): {len(refused)} kinds")
+    for (check, message), seeds in sorted(refused.items(), key=lambda kv: -len(kv[1])):
+        print(f"    ({check}) {len(seeds)}x {message}... seeds {seeds[:8]}")
     for check in "abcdefgh":
         ran = [r for r in tried if check in r["ran"]]
         failed = [r for r in ran if any(f[0] == check for f in r["failures"])]

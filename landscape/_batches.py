@@ -56,10 +56,40 @@ def _to_tensor(t):
     return tf.convert_to_tensor(t)
 
 
+def _tuples(structure):
+    """Lists in a batch's structure as tuples (tf.data's structures have no lists)."""
+    if isinstance(structure, dict):
+        return {k: _tuples(v) for k, v in structure.items()}
+    if isinstance(structure, list | tuple):
+        return tuple(_tuples(v) for v in structure)
+    return structure
+
+
+#: how many batches of a PyDataset its tf.data signature is read from (as Keras's adapter does)
+SPEC_BATCHES = 3
+
+
+def _spec(batches: list):
+    """The TensorSpec nest of ``batches``: the batch axis free, every other axis fixed where the
+    batches agree on it (free where they differ, e.g. per-batch padding)."""
+
+    def leaf(*arrays):
+        shapes = [np.shape(a) for a in arrays]
+        dims = [None] + [
+            shapes[0][i] if all(len(s) == len(shapes[0]) and s[i] == shapes[0][i] for s in shapes)
+            else None
+            for i in range(1, len(shapes[0]))
+        ]  # fmt: skip
+        return tf.TensorSpec(dims, tf.as_dtype(np.asarray(arrays[0]).dtype))
+
+    return tf.nest.map_structure(leaf, *batches)
+
+
 def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Dataset:
     """A finite tf.data view of a ``keras.utils.PyDataset`` (batches in index order).
 
-    Every axis is left free, so batches may differ in length and in padding.
+    The batch axis is free; another axis is fixed where the first batches agree on it (so a
+    one-hot target keeps its class axis), free where they differ (padding).
     """
     count = data.num_batches
     if count is None:
@@ -70,15 +100,11 @@ def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Datas
             )
         count = steps
     count = count if steps is None else min(count, steps)
-    first = data[0]
-    spec = tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None] * np.ndim(t), tf.as_dtype(np.asarray(t).dtype)),
-        tuple(first),
-    )
+    spec = _spec([_tuples(tuple(data[i])) for i in range(min(count, SPEC_BATCHES))])
 
     def batches():
         for i in range(count):
-            yield tuple(data[i])
+            yield _tuples(tuple(data[i]))
 
     return tf.data.Dataset.from_generator(batches, output_signature=spec)
 

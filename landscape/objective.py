@@ -276,7 +276,14 @@ def _hvp_of(mode: str, scalar_of, vals: list, slots: list[int], vectors: list):
                 scalar, aux = scalar_of(vals)
             g = inner.gradient(scalar, watched, unconnected_gradients="zero")
             g = [tf.convert_to_tensor(a) for a in g]  # IndexedSlices of embeddings
-            gv = tf.add_n([tf.reduce_sum(a * tf.cast(b, a.dtype)) for a, b in zip(g, vectors)])
+            # each term in float64: the variables may differ in dtype (LoRA factors in float32
+            # beside a float64 model)
+            gv = tf.add_n(
+                [
+                    tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), tf.float64)
+                    for a, b in zip(g, vectors)
+                ]
+            )
         hv = outer.gradient(gv, watched, unconnected_gradients="zero")
     return aux, [tf.cast(tf.convert_to_tensor(h), tf.float64) for h in hv]
 
@@ -719,7 +726,9 @@ class _GaussNewtonLoop:
                 numerators = tf.stack([tf.cast(pairs[2 * k], tf.float64) for k in range(n_loss)])
                 scalar = tf.reduce_sum(scales * numerators)
             g = inner.gradient(scalar, zs, unconnected_gradients="zero")
-            gu = tf.add_n([tf.reduce_sum(a * tf.cast(b, a.dtype)) for a, b in zip(g, us)])
+            gu = tf.add_n(
+                [tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), tf.float64) for a, b in zip(g, us)]
+            )
         h = outer.gradient(gu, zs, unconnected_gradients="zero")
         return [tf.cast(a if d is None else a * d, out.dtype) for a, d, out in zip(h, dz, outputs)]
 

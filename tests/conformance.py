@@ -59,6 +59,7 @@ class Result:
     failures: list[Failure] = field(default_factory=list)
     invalid: str | None = None  # Keras itself cannot build or evaluate the case
     refusal: str | None = None
+    refusals: dict[str, str] = field(default_factory=dict)  # check -> one-sentence refusal
     seconds: float = 0.0
 
     def fail(self, check: str, kind: str, message: str) -> None:
@@ -194,6 +195,9 @@ def check_hvp(res: Result, obj) -> None:
     v = [rng.standard_normal(tuple(t.shape)) for t in tv]
     scale = np.sqrt(sum(float(np.sum(x * x)) for x in v))
     v = [x / scale for x in v]
+    # float64 arithmetic throughout (float32 variables beside float64 ones, e.g. LoRA factors,
+    # would leave the finite difference float32-noisy); the mixed-dtype HVP has its own test
+    obj = obj.with_precision("float64")
     hv = [keras.ops.convert_to_numpy(t).astype(np.float64) for t in obj.hessian_vector_product(v)]
     h = 1e-5
     index = {id(t): i for i, t in enumerate(tv)}
@@ -202,10 +206,6 @@ def check_hvp(res: Result, obj) -> None:
         offsets = [
             sign * h * v[index[id(t)]] if id(t) in index else np.zeros(tuple(t.shape))
             for t in obj.variables
-        ]
-        offsets = [
-            o.astype(keras.backend.standardize_dtype(t.dtype))
-            for o, t in zip(offsets, obj.variables)
         ]
         _, g = obj.value_and_gradient(offsets)
         return [keras.ops.convert_to_numpy(x).astype(np.float64) for x in g]
@@ -343,8 +343,8 @@ def _guarded(res: Result, check: str, fn, *args) -> None:
         res.ran.append(check)
         if not one_sentence(str(error)):
             res.fail("h", "refusal-not-one-sentence", f"in ({check}): {str(error)[:200]}")
-        else:
-            res.fail(check, "refused", str(error))
+        else:  # a one-sentence refusal is an allowed outcome; the long profile lists them all
+            res.refusals[check] = str(error)
     except Exception as error:  # noqa: BLE001 (a crash is what this reports)
         res.ran.append(check)
         res.fail(check, f"crash-{type(error).__name__}", _first_line(error))
@@ -388,6 +388,10 @@ def run_case(case: Case, *, sam_step: bool = True) -> Result:
         if not sam_step or "dropout" in case.extras or case.policy == "mixed_float16":
             # mixed_float16: dynamic loss scaling may skip the first step (overflow), by design
             res.skipped["g"] = "not asked" if not sam_step else "dropout or loss scaling"
+        elif case.body == "spectral":
+            # SpectralNormalization assigns its wrapped kernel in every training-mode call, so
+            # neither fit's step nor the tape reference starts from the weights w
+            res.skipped["g"] = "a training-mode call writes a trainable kernel"
         else:
             _guarded(res, "g", check_sam_step, model, data)
     res.seconds = time.perf_counter() - start
@@ -403,46 +407,11 @@ KNOWN_FAULTS = {
         "TF's moments stop a gradient: Hessians through LayerNormalization/GroupNormalization",
         lambda c, f: f.kind == "hvp-vs-finite-difference" and c.norm in ("layernorm", "groupnorm"),
     ),
-    "bfloat16-dropped": (
-        "bfloat16 variables dropped (numpy does not call bfloat16 floating)",
-        lambda c, f: (
-            c.policy == "bf16_layer" and (f.kind == "variable-left-out" or f.kind in VALUE_KINDS)
-        ),
-    ),
-    "batch-coupled-loss": (
-        "losses coupling samples within a batch (Circle) depend on batch_size",
-        lambda c, f: c.loss == "circle" and f.kind in VALUE_KINDS,
-    ),
-    "add-loss-missing": (
-        "add_loss / activity-regularizer terms missing from the Objective",
-        lambda c, f: (
-            bool({"add_loss", "activity_reg"} & set(c.extras))
-            and f.kind in ("objective-vs-evaluate", "surface-point")
-        ),
-    ),
-    "unreachable-state": (
-        "variables the stateless scope cannot reach (adapted Normalization's mean/variance)",
-        lambda c, f: c.preprocess == "normalization" and f.kind == "surface-point",
-    ),
-    "quantized-zero-direction": (
-        "zero directions on quantized models",
-        lambda c, f: c.policy == "int8" and f.kind in (*VALUE_KINDS, "filter-norm"),
-    ),
 }
 
 
 # Found by this harness on main (51c8fd7), not yet fixed: xfailed in the CI profile likewise.
 HARNESS_FINDINGS = {
-    "mixed-variable-dtypes-hvp": (
-        "HVP crashes (AddN of float64 and float32) when a float64 model holds float32 variables "
-        "(LoRA factors enabled under floatx float64)",
-        lambda c, f: f.check == "d" and f.kind.startswith("crash"),
-    ),
-    "spectral-normalization-sam": (
-        "a SAM step on a model with SpectralNormalization differs from the hand rule (its "
-        "training-mode call writes the kernel)",
-        lambda c, f: f.kind == "sam-step-vs-hand-rule" and c.body == "spectral",
-    ),
     "pydataset-crash": (
         "the Objective crashes (TypeError output_signature for list inputs; reshape "
         "InvalidArgumentError for one-hot targets) on a keras.utils.PyDataset",

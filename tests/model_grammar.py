@@ -279,7 +279,9 @@ def _inputs_for(case: Case, rng) -> tuple[np.ndarray, dict]:
         x[:, 3:] *= rng.random((n, 2)) < 0.5  # trailing padding (token 0)
         return x.astype("int32"), {"shape": (5,), "dtype": "int32"}
     if kind == "str":
-        return VOCAB[rng.integers(0, len(VOCAB), size=(n, 5))], {"shape": (5,), "dtype": "string"}
+        # a string tensor: Keras's evaluate refuses NumPy object arrays ("Invalid dtype: object")
+        words = VOCAB[rng.integers(0, len(VOCAB), size=(n, 5))].astype(str)
+        return tf.constant(words), {"shape": (5,), "dtype": "string"}
     return rng.integers(0, 8, size=(n, 5)).astype("int64"), {"shape": (5,), "dtype": "int64"}
 
 

@@ -295,3 +295,53 @@ def test_sam_refuses_a_layer_its_perturbation_cannot_reach(saved_model_dir):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     frozen.fit(X, Y, batch_size=16, epochs=1, verbose=0)  # the rest of the model trains
+
+
+# ------------------------------------------------- found by the conformance harness (issue 22)
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, size):
+        super().__init__()
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self):
+        return -(-len(self.y) // self.size)
+
+    def __getitem__(self, i):
+        part = slice(i * self.size, (i + 1) * self.size)
+        x = [a[part] for a in self.x] if isinstance(self.x, list) else self.x[part]
+        return x, self.y[part]
+
+
+def test_a_pydataset_of_list_inputs_and_one_hot_targets_equals_model_evaluate():
+    """Harness seeds 17/41 (list inputs: a TypeError) and 16/34/53 (one-hot targets in batches
+    of 5 of 15: a reshape error, the class axis was left unknown)."""
+    x1, x2 = X[:15, :4], X[:15, 4:]
+    onehot = keras.utils.to_categorical(Y[:15], 3)
+    a, b = keras.Input((4,)), keras.Input((2,))
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], out)
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    obj = landscape.Objective(model, _Batches([x1, x2], onehot, 5))
+    reference = model.evaluate([x1, x2], onehot, batch_size=15, verbose=0, return_dict=True)
+    got = obj.evaluate()
+    assert got["loss"] == pytest.approx(reference["loss"], rel=1e-6)
+    assert got["acc"] == pytest.approx(reference["accuracy"], rel=1e-6)
+
+
+def test_hvp_of_a_float64_model_with_float32_variables_against_finite_differences():
+    """Harness seed 27 (long): LoRA factors made under float32 beside float64 layers: the HVP
+    summed float32 and float64 terms in one AddN and raised a TypeError."""
+    inp = keras.Input((6,), dtype="float64")
+    h = keras.layers.Dense(4, activation="tanh", dtype="float64")(inp)
+    head = keras.layers.Dense(3, dtype="float32")
+    model = _compiled(keras.Model(inp, head(h)))
+    x = X.astype(np.float64)
+    obj = landscape.Objective(model, (x, Y), batch_size=16)
+    dtypes = {keras.backend.standardize_dtype(v.dtype) for v in obj.trainable_variables}
+    assert dtypes == {"float32", "float64"}
+    v = [RNG.normal(size=tuple(w.shape)) for w in obj.trainable_variables]
+    hv = obj.flat.concat(obj.hessian_vector_product(v))
+    flat_v, h = obj.flat.concat(v), 1e-3
+    plus = obj.flat.concat(obj.value_and_gradient(obj.flat.offsets(h * flat_v))[1])
+    minus = obj.flat.concat(obj.value_and_gradient(obj.flat.offsets(-h * flat_v))[1])
+    np.testing.assert_allclose(hv, (plus - minus) / (2 * h), rtol=1e-3, atol=1e-4)
