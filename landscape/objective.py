@@ -381,10 +381,10 @@ class _BatchLoop:
     def _run_model(self, x):
         """The model's outputs on ``x`` at w0, in the analysis precision (eagerly)."""
         if self._keeps_dtypes:
-            with self._precision.applied():
+            with self._precision.applied(), _compat.exact_second_derivatives():
                 return self.model(x, training=False)
         values = [tf.cast(v.value, d) for v, d in zip(self.variables, self._dtypes)]
-        with self._precision.applied(), self._scope(values):
+        with self._precision.applied(), self._scope(values), _compat.exact_second_derivatives():
             return self.model(x, training=False)
 
     def _scope(self, values):
@@ -396,7 +396,7 @@ class _BatchLoop:
 
     def _forward(self, values, x, y, w, with_metrics: bool):
         """(pairs, y_pred) at the variable values ``values`` (inference mode, one batch)."""
-        with self._precision.applied(), self._scope(values):
+        with self._precision.applied(), self._scope(values), _compat.exact_second_derivatives():
             y_pred = self.model(x, training=False)
             return self._batch_pairs(x, y, w, y_pred, with_metrics), y_pred
 
@@ -696,6 +696,7 @@ class _GaussNewtonLoop:
                         tf.autodiff.ForwardAccumulator(watched, list(vectors)) as acc,  # J v
                         self._precision.applied(),
                         self._scope(vals),
+                        _compat.exact_second_derivatives(),
                     ):
                         y_pred = self.model(x, training=False)
                 outputs = keras.tree.flatten(y_pred)
