@@ -266,6 +266,7 @@ def _hvp_of(mode: str, scalar_of, vals: list, slots: list[int], vectors: list):
                 tape.watch(watched)
                 scalar, aux = scalar_of(vals)
             g = tape.gradient(scalar, watched, unconnected_gradients="zero")
+            g = [tf.convert_to_tensor(a) for a in g]  # IndexedSlices of embeddings
         hv = acc.jvp(g, unconnected_gradients="zero")
     else:
         # H v = ∇(∇L(w) · v), the gradient of a scalar: two reverse passes.
@@ -425,16 +426,23 @@ class _BatchLoop:
 
     @contextlib.contextmanager
     def _model_scope(self, values, reads: set | None = None):
-        """Where the model runs at ``values``: the analysis precision, the StatelessScope, and
-        the cached state of layers that keep one recomputed from the values (``_reach``); the
-        ids of the variables read in it are added to ``reads``."""
+        """Where the model runs at ``values``: the analysis precision, the StatelessScope, the
+        cached state of layers that keep one recomputed from the values (``_reach``), and
+        TensorFlow's ops whose second derivatives are wrong replaced by exact ones
+        (``sam._compat.exact_second_derivatives``); the ids of the variables read in it are
+        added to ``reads``."""
         scope = self._scope(values)
         seen = _compat.record_reads(scope) if reads is not None else set()
         try:
+            widened = contextlib.nullcontext()
+            if not self._keeps_dtypes:  # variables read in a wider dtype: type them so
+                widened = _compat.autocast_scope(self._precision.name)
             with (
                 self._precision.applied(),
+                widened,
                 scope,
                 _reach.recomputed_state(self._cached_layers),
+                _compat.exact_second_derivatives(),
             ):
                 yield scope
         finally:
@@ -1242,7 +1250,17 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         _checks.choice("mode", mode, HVPMode)
         vector = self._trainable_vector(vector)
         scales = self._normalizers(split)
-        return self._hvp_fn(split, mode)(*self._offset_args(offsets), vector, scales)
+        try:
+            return self._hvp_fn(split, mode)(*self._offset_args(offsets), vector, scales)
+        except TypeError as error:
+            if mode != "forward_over_backward":
+                raise
+            raise ValueError(
+                "Argument `mode='forward_over_backward'` cannot differentiate this model: "
+                "TensorFlow's forward-mode accumulator fails inside it (e.g. the tf.while_loop "
+                "of an RNN layer); use mode='backward_over_backward' (the default), which is "
+                "exact here."
+            ) from error
 
     def gauss_newton_vector_product(
         self, vector, offsets=None, *, split: Split = "train"

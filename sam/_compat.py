@@ -10,6 +10,7 @@ inside each function, so that this module loads before the TensorFlow check.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from typing import Any, NamedTuple
 
@@ -352,3 +353,157 @@ def record_reads(scope) -> set[int]:
 
     scope.get_current_value = get_current_value
     return seen
+
+
+# -- for landscape: exact second derivatives ----------------------------------------------------
+# First derivatives of Keras's built-in layers on TensorFlow are exact; some second derivatives
+# are not. ``landscape.Objective`` runs the model inside ``exact_second_derivatives()`` while it
+# traces, so that the graphs it differentiates twice hold exact operations instead; the user's
+# model, its training and every other caller keep TensorFlow's own operations.
+
+
+def _exact_moments(x, axes, keepdims):
+    """``tf.nn.moments`` without its ``stop_gradient``: the same mean and variance to rounding.
+
+    ``tf.nn.moments`` computes the variance as mean((x − stop_gradient(mean))²). The stopped
+    gradient is zero at the mean, so first derivatives are exact, but the second derivatives
+    miss the terms through the mean (relative errors of 1e-3 to 5e-2 in a Hessian-vector
+    product through LayerNormalization or GroupNormalization).
+    """
+    import tensorflow as tf
+
+    y = tf.cast(x, tf.float32) if x.dtype == tf.float16 else x  # as tf.nn.moments does
+    mean = tf.reduce_mean(y, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.math.squared_difference(y, mean), axes, keepdims=True)
+    if not keepdims:
+        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+    if x.dtype == tf.float16:
+        return tf.cast(mean, tf.float16), tf.cast(variance, tf.float16)
+    return mean, variance
+
+
+def _interpolation_taps(original, length, new_length, taps, kwargs):
+    """The 1-D interpolation of ``original`` from ``length`` to ``new_length`` points, as
+    (indices, weights) of shape [new_length, taps]: the resize of each unit vector, by the
+    original operation itself (so its conventions are kept), read as a matrix."""
+    import tensorflow as tf
+
+    basis = tf.reshape(tf.eye(length, dtype=tf.float32), [length, length, 1, 1])
+    matrix = tf.transpose(original(basis, tf.stack([new_length, 1]), **kwargs)[:, :, 0, 0])
+    matrix = tf.cast(matrix, tf.float32)
+    indices = tf.math.top_k(tf.abs(matrix), k=tf.minimum(taps, length)).indices
+    return indices, tf.gather(matrix, indices, batch_dims=1)
+
+
+def _separable_resize(original, taps):
+    """An exact stand-in for a resize operation whose gradient TensorFlow cannot differentiate.
+
+    ``ResizeBilinearGrad`` is registered not differentiable (a Hessian-vector product through
+    bilinear resizing silently misses every term through it), and ``ResizeNearestNeighborGrad``
+    and ``ResizeBicubicGrad`` have no gradient (it raises). The resize is linear and separable:
+    the stand-in gathers each output's ``taps`` nearest inputs along the height, then the width,
+    and weights them by the original operation's own interpolation weights; gathers and sums
+    are differentiable to any order. Nearest-neighbour (one tap) keeps the dtype; bilinear and
+    bicubic compute in float64 for float64 images (the kernels compute in float32), else
+    float32, as the kernels return.
+    """
+
+    def resize(images, size, align_corners=False, half_pixel_centers=False, name=None):
+        import tensorflow as tf
+
+        kwargs = {"align_corners": align_corners, "half_pixel_centers": half_pixel_centers}
+        images = tf.convert_to_tensor(images)
+        if taps > 1:
+            images = tf.cast(images, tf.float64 if images.dtype == tf.float64 else tf.float32)
+        size = tf.convert_to_tensor(size, tf.int32)
+        shape = tf.shape(images)
+        for axis in (1, 2):
+            indices, weights = _interpolation_taps(
+                original, shape[axis], size[axis - 1], taps, kwargs
+            )
+            if taps == 1:
+                images = tf.gather(images, indices[:, 0], axis=axis)
+                continue
+            gathered = tf.gather(images, indices, axis=axis)  # the new axis after `axis`
+            pattern = "bokwc,ok->bowc" if axis == 1 else "bhokc,ok->bhoc"
+            images = tf.einsum(pattern, gathered, tf.cast(weights, images.dtype))
+        return images
+
+    return resize
+
+
+def _exact_replacements() -> list:
+    """(module, attribute, exact stand-in) for each operation patched while active."""
+    from keras.src.backend.tensorflow import nn as keras_tf_nn
+    from tensorflow.python.ops import gen_image_ops
+
+    return [
+        (keras_tf_nn, "_compute_moments", _exact_moments),
+        *(
+            (gen_image_ops, op, _separable_resize(_module_attribute(gen_image_ops, op), taps))
+            for op, taps in (
+                ("resize_nearest_neighbor", 1),
+                ("resize_bilinear", 2),
+                ("resize_bicubic", 4),
+            )
+        ),
+    ]
+
+
+def _module_attribute(module, name: str):
+    """``module.name``, or a RuntimeError naming this Keras/TF version (never a silent no-op)."""
+    if not hasattr(module, name):
+        import keras
+        import tensorflow as tf
+
+        raise RuntimeError(
+            f"This Keras/TensorFlow version ({keras.__version__} / {tf.__version__}) has no "
+            f"`{module.__name__}.{name}`, which sam-landscape replaces for exact second "
+            "derivatives (sam/_compat.py); please report it."
+        )
+    return getattr(module, name)
+
+
+@contextlib.contextmanager
+def exact_second_derivatives():
+    """While active, Keras's layers on TensorFlow build operations with exact second derivatives.
+
+    Replaced (module attributes, looked up at each call): Keras's ``_compute_moments`` (behind
+    ``ops.moments``: LayerNormalization, GroupNormalization, BatchNormalization in training) by
+    the variance without ``tf.nn.moments``'s ``stop_gradient``; TensorFlow's
+    ``resize_nearest_neighbor``, ``resize_bilinear`` and ``resize_bicubic`` (behind
+    ``tf.image.resize``: Resizing, UpSampling2D bilinear) by gathers weighted with the
+    operations' own interpolation weights. The values are the same to rounding. Everything is
+    put back on exit, also when the body raises; nested use is fine. Operations built outside
+    (the user's model and training) are untouched. A no-op on other backends.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    saved = []
+    try:
+        for module, name, replacement in _exact_replacements():
+            saved.append((module, name, _module_attribute(module, name)))
+            setattr(module, name, replacement)
+        yield
+    finally:
+        for module, name, original in reversed(saved):
+            setattr(module, name, original)
+
+
+def autocast_scope(dtype: str):
+    """Keras's ``AutocastScope(dtype)``: inside it, every float variable with ``autocast`` reads
+    as, and reports its ``dtype`` as, ``dtype``.
+
+    ``landscape.Objective`` enters it when it reads variables in a wider dtype than their own
+    (float32 weights in a float64 analysis, bfloat16 ones in float32): Keras's ops take an
+    operand's dtype from ``variable.dtype``, so two float32 variables meeting directly (a LoRA
+    update ``a @ b``) would otherwise be computed in float32 even from float64 values.
+    ``Layer.__call__`` keeps the scope for layers computing in ``dtype`` and replaces it for the
+    others (checked with Keras 3.15: ``keras.src.backend.common.variables.AutocastScope``).
+    """
+    from keras.src.backend.common.variables import AutocastScope
+
+    return AutocastScope(dtype)

@@ -111,3 +111,135 @@ def test_adam_velocity_is_adams_second_moment_of_that_variable():
     opt.apply([np.full(3, 2.0), np.full((2, 2), 4.0)], [a, b])
     np.testing.assert_allclose(_compat.adam_velocity(opt, a).numpy(), np.full(3, 0.5 * 4.0))
     np.testing.assert_allclose(_compat.adam_velocity(opt, b).numpy(), np.full((2, 2), 0.5 * 16.0))
+
+
+# -- exact second derivatives -------------------------------------------------------------------
+_PATCHED = [
+    ("keras.src.backend.tensorflow.nn", "_compute_moments"),
+    ("tensorflow.python.ops.gen_image_ops", "resize_nearest_neighbor"),
+    ("tensorflow.python.ops.gen_image_ops", "resize_bilinear"),
+    ("tensorflow.python.ops.gen_image_ops", "resize_bicubic"),
+]
+
+
+def _attributes():
+    import importlib
+
+    return [getattr(importlib.import_module(m), name) for m, name in _PATCHED]
+
+
+def test_exact_second_derivatives_replaces_the_named_attributes_and_restores_them():
+    originals = _attributes()  # each exists: a Keras/TF upgrade that moves one fails here
+    with _compat.exact_second_derivatives():
+        assert all(a is not b for a, b in zip(_attributes(), originals))
+        with _compat.exact_second_derivatives():  # nested
+            pass
+        assert all(a is not b for a, b in zip(_attributes(), originals))
+    assert all(a is b for a, b in zip(_attributes(), originals))
+    with pytest.raises(ZeroDivisionError), _compat.exact_second_derivatives():
+        raise ZeroDivisionError("the body raises")
+    assert all(a is b for a, b in zip(_attributes(), originals))
+
+
+def test_a_moved_attribute_of_exact_second_derivatives_fails_loudly():
+    with pytest.raises(RuntimeError, match="has no `math.no_such_op`"):
+        import math
+
+        _compat._module_attribute(math, "no_such_op")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_exact_moments_equal_tf_nn_moments(dtype):
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 6)), dtype)
+    tol = {"float16": 1e-3, "float32": 1e-6, "float64": 1e-13}[dtype]
+    for axes, keepdims in (([-1], False), ([0, 1], True), ([0, 2], False)):
+        expected = tf.nn.moments(x, axes, keepdims=keepdims)
+        got = _compat._exact_moments(x, axes, keepdims)
+        for e, g in zip(expected, got):
+            assert g.dtype == e.dtype and g.shape == e.shape
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=tol, atol=tol)
+    with _compat.exact_second_derivatives():  # keras.ops.moments (fp16 handling kept)
+        inside = keras.ops.moments(x, [1])
+    for e, g in zip(keras.ops.moments(x, [1]), inside):
+        assert g.dtype == e.dtype
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=tol, atol=tol)
+
+
+def _variance_hessian():
+    x = tf.constant(np.random.default_rng(1).normal(size=5))
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            variance = keras.ops.moments(x, [0])[1]
+        g = inner.gradient(variance, x)
+    return outer.jacobian(g, x).numpy()
+
+
+def test_variance_has_its_exact_hessian_only_under_exact_second_derivatives():
+    n = 5
+    exact = 2 / n * (np.eye(n) - np.ones((n, n)) / n)  # var = mean((x - mean x)²)
+    with _compat.exact_second_derivatives():
+        np.testing.assert_allclose(_variance_hessian(), exact, atol=1e-14)
+    # TensorFlow's own rule drops the terms through the mean (if this fails, TF fixed
+    # tf.nn.moments and the replacement of _compute_moments can go).
+    np.testing.assert_allclose(_variance_hessian(), 2 / n * np.eye(n), atol=1e-14)
+
+
+_RESIZES = [
+    (method, size, dtype)
+    for method in ("nearest", "bilinear", "bicubic")
+    for size in ((7, 5), (3, 2), (4, 9))
+    for dtype in ("float32", "float64")
+]
+
+
+@pytest.mark.parametrize(("method", "size", "dtype"), _RESIZES)
+def test_exact_resize_equals_tf_image_resize(method, size, dtype):
+    images = tf.constant(np.random.default_rng(2).normal(size=(2, 4, 6, 3)), dtype)
+    expected = tf.image.resize(images, size, method=method)
+    with _compat.exact_second_derivatives():
+        got = tf.image.resize(images, size, method=method)
+        legacy = tf.compat.v1.image.resize(images, size, method=method, align_corners=True)
+    assert got.shape == expected.shape and got.dtype.is_floating
+    tol = 0 if method == "nearest" else 1e-6  # the kernels compute in float32
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=tol, atol=tol)
+    v1 = tf.compat.v1.image.resize(images, size, method=method, align_corners=True)
+    np.testing.assert_allclose(legacy.numpy(), v1.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear", "bicubic"])
+def test_exact_resize_has_its_second_derivative(method):
+    """f(x) = ½‖R x‖² has H v = Rᵀ R v; R v is a resize, Rᵀ u a first derivative (exact)."""
+    rng = np.random.default_rng(3)
+    x, v = (tf.constant(rng.normal(size=(1, 4, 5, 2))) for _ in range(2))
+
+    def resize(t):
+        return tf.image.resize(t, (7, 3), method=method)
+
+    with _compat.exact_second_derivatives():
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = 0.5 * tf.reduce_sum(tf.cast(resize(x), tf.float64) ** 2)
+            g = inner.gradient(loss, x)
+            gv = tf.reduce_sum(g * v)
+        hv = outer.gradient(gv, x)
+        rv = tf.cast(resize(v), tf.float64)  # R v, exact in float64 here
+    with tf.GradientTape() as tape:  # Rᵀ (R v) by TF's own first derivative
+        tape.watch(x)
+        inner_product = tf.reduce_sum(tf.cast(resize(x), tf.float64) * rv)
+    expected = tape.gradient(inner_product, x)
+    np.testing.assert_allclose(hv.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.abs(expected.numpy()).max() > 0.1
+
+
+def test_autocast_scope_types_float32_variables_as_the_wider_dtype():
+    v = keras.Variable(np.ones((2, 2), "float32"))
+    w = keras.Variable(np.ones((2, 2), "float32"))
+    assert keras.ops.matmul(v, w).dtype == "float32"
+    with _compat.autocast_scope("float64"):
+        assert keras.backend.standardize_dtype(v.dtype) == "float64"
+        assert keras.backend.standardize_dtype(keras.ops.matmul(v, w).dtype) == "float64"
+    assert keras.backend.standardize_dtype(v.dtype) == "float32"

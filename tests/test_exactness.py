@@ -345,3 +345,23 @@ def test_hvp_of_a_float64_model_with_float32_variables_against_finite_difference
     plus = obj.flat.concat(obj.value_and_gradient(obj.flat.offsets(h * flat_v))[1])
     minus = obj.flat.concat(obj.value_and_gradient(obj.flat.offsets(-h * flat_v))[1])
     np.testing.assert_allclose(hv, (plus - minus) / (2 * h), rtol=1e-3, atol=1e-4)
+
+
+def test_precision_float64_computes_float32_variables_in_float64():
+    """Harness seed 6 (ci): LoRA factors are float32 in a float64 model; Keras's ops typed
+    ``a @ b`` by the variables' float32 dtype, so precision='float64' still rounded it."""
+    inp = keras.Input((6,), dtype="float64")
+    dense = keras.layers.Dense(4, activation="tanh", dtype="float64")
+    h = dense(inp)
+    dense.enable_lora(2)
+    dense.lora_kernel_b.assign(RNG.normal(size=tuple(dense.lora_kernel_b.shape)))
+    model = _compiled(keras.Model(inp, keras.layers.Dense(3, dtype="float64")(h)))
+    obj = landscape.Objective(model, (X.astype(np.float64), Y), precision="float64")
+    assert "float32" in {keras.backend.standardize_dtype(v.dtype) for v in obj.variables}
+    v = RNG.normal(size=obj.flat.n)
+    hv = obj.flat.concat(obj.hessian_vector_product(obj.flat.split(v)))
+    h = 1e-5
+    plus = obj.flat.concat(obj.value_and_gradient(obj.flat.offsets(h * v))[1])
+    minus = obj.flat.concat(obj.value_and_gradient(obj.flat.offsets(-h * v))[1])
+    fd = (plus - minus) / (2 * h)
+    assert np.linalg.norm(hv - fd) <= 1e-7 * np.linalg.norm(fd)
