@@ -1,0 +1,53 @@
+"""Inputs found by outside testing: each works as Keras does, or is refused in one sentence."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import scipy.sparse
+import tensorflow as tf
+
+import landscape
+
+
+def _sparse_problem(rng, n=21, d=7):
+    x = rng.random((n, d)).astype("float32")
+    x[x < 0.6] = 0.0  # mostly zeros
+    y = rng.integers(0, 3, n)
+    model = keras.Sequential(
+        [keras.Input((d,)), keras.layers.Dense(4, "tanh"), keras.layers.Dense(3)]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    return model, x, y
+
+
+@pytest.mark.parametrize("kind", ["scipy_csr", "tf_sparse", "dataset"])
+def test_sparse_x_is_evaluated_as_model_evaluate_does(rng, kind):
+    model, x, y = _sparse_problem(rng)
+    xs = scipy.sparse.csr_matrix(x) if kind == "scipy_csr" else tf.sparse.from_dense(x)
+    # n = 21, batch 21: one batch, so Keras's batch-size-weighted mean is the data-set mean.
+    ref = model.evaluate(xs, y, batch_size=21, verbose=0, return_dict=True)
+    data = (xs, y)
+    if kind == "dataset":
+        data = tf.data.Dataset.from_tensor_slices((xs, y)).batch(8)
+    objective = landscape.Objective(model, data, batch_size=8)  # three batches, last partial
+    got = objective.evaluate()
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    assert got["acc"] == pytest.approx(ref["accuracy"], abs=1e-12)
+    # The same numbers on the dense array: the gradient and an HVP run through sparse batches.
+    dense = landscape.Objective(model, (x, y), batch_size=8)
+    for a, b in zip(objective.value_and_gradient()[1], dense.value_and_gradient()[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    v = [rng.standard_normal(w.shape) for w in model.trainable_weights]
+    for mode in ("forward_over_backward", "backward_over_backward"):
+        for a, b in zip(
+            objective.hessian_vector_product(v, mode=mode),
+            dense.hessian_vector_product(v, mode=mode),
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    if kind != "dataset":  # a dataset has no fingerprint
+        assert objective.data_fingerprint() == objective.data_fingerprint()
+        assert objective.data_fingerprint() != dense.data_fingerprint()
