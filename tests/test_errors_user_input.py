@@ -51,3 +51,38 @@ def test_sparse_x_is_evaluated_as_model_evaluate_does(rng, kind):
     if kind != "dataset":  # a dataset has no fingerprint
         assert objective.data_fingerprint() == objective.data_fingerprint()
         assert objective.data_fingerprint() != dense.data_fingerprint()
+
+
+def _string_model(vocabulary):
+    model = keras.Sequential(
+        [
+            keras.Input((1,), dtype="string"),
+            keras.layers.StringLookup(vocabulary=vocabulary, output_mode="one_hot"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.parametrize("dtype", [str, object])
+def test_string_data_fingerprint_is_deterministic_and_a_surface_resumes(tmp_path, rng, dtype):
+    words = ["red", "green", "blue", "cyan"]
+    model = _string_model(words)
+    x = np.array([[w] for w in rng.choice(words, 12)], dtype=dtype)
+    y = rng.integers(0, 2, 12)
+    obj = landscape.Objective(model, (x, y), batch_size=5)
+    again = landscape.Objective(model, (x.copy(), y), batch_size=5)  # other objects, same text
+    assert obj.data_fingerprint() == obj.data_fingerprint() == again.data_fingerprint()
+    d = landscape.random_direction(model, seed=1)
+    path = tmp_path / "strings.h5"
+    first = landscape.compute_surface(obj, [d], x="-1:1:3", path=path, verbose=0)
+    resumed = landscape.compute_surface(again, [d], x="-1:1:3", path=path, verbose=0)
+    np.testing.assert_array_equal(resumed.values["train_loss"], first.values["train_loss"])
+    other = x.copy()
+    other[0, 0] = "magenta" if other[0, 0] != "magenta" else "red"
+    changed = landscape.Objective(model, (other, y), batch_size=5)
+    assert changed.data_fingerprint() != obj.data_fingerprint()
+    with pytest.raises(ValueError, match="data differ"):
+        landscape.compute_surface(changed, [d], x="-1:1:3", path=path, verbose=0)
