@@ -9,6 +9,7 @@ import scipy.sparse
 import tensorflow as tf
 
 import landscape
+import sam
 
 
 def _sparse_problem(rng, n=21, d=7):
@@ -86,3 +87,61 @@ def test_string_data_fingerprint_is_deterministic_and_a_surface_resumes(tmp_path
     assert changed.data_fingerprint() != obj.data_fingerprint()
     with pytest.raises(ValueError, match="data differ"):
         landscape.compute_surface(changed, [d], x="-1:1:3", path=path, verbose=0)
+
+
+class _Weights(keras.callbacks.Callback):
+    """Records the model's weights after every training step and when evaluation begins/ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.test_begin, self.test_end = [], [], []
+
+    def _now(self):
+        return [np.array(w) for w in self.model.trainable_weights]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append(self._now())
+
+    def on_test_begin(self, logs=None):
+        self.test_begin.append(self._now())
+
+    def on_test_end(self, logs=None):
+        self.test_end.append(self._now())
+
+
+@pytest.mark.parametrize("family", ["SAM", "GSAM"])
+def test_swap_ema_weights_works_with_sam(rng, tmp_path, family):
+    momentum = 0.6
+    base = keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=momentum)
+    optimizer = getattr(sam, family)(base, rho=0.05)
+    inputs = keras.Input((3,))
+    model = sam.SAMModel(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, "tanh")(inputs)))
+    model.compile(optimizer=optimizer, loss="mse")
+    x, y = rng.standard_normal((32, 3)), rng.standard_normal((32, 2))
+    record = _Weights()
+    model.fit(x, y, batch_size=8, epochs=1, validation_data=(x, y), verbose=0,
+              callbacks=[keras.callbacks.SwapEMAWeights(), record])  # fmt: skip
+    # Keras's EMA by hand: a₁ = w₁, aₜ = m aₜ₋₁ + (1 - m) wₜ over the weights after each step.
+    ema = record.steps[0]
+    for weights in record.steps[1:]:
+        ema = [momentum * a + (1 - momentum) * w for a, w in zip(ema, weights)]
+    assert len(record.steps) == 4
+    for swapped, by_hand in zip(record.test_begin[0], ema):  # evaluation sees the EMA
+        np.testing.assert_allclose(swapped, by_hand, rtol=1e-6, atol=1e-7)
+    for back, raw in zip(record.test_end[0], record.steps[-1]):  # and the raw weights after
+        np.testing.assert_allclose(back, raw, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(ema[0], record.steps[-1][0])  # the two differ: the test can fail
+    model.save(tmp_path / "ema.keras")  # the forwarded EMA is saved once, by the base
+    loaded = keras.saving.load_model(tmp_path / "ema.keras")
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_swap_ema_weights_without_ema_on_the_base_is_refused(rng):
+    model = sam.SAMModel(inputs := keras.Input((3,)), keras.layers.Dense(2)(inputs))
+    model.compile(optimizer=sam.SAM(keras.optimizers.SGD(0.1)), loss="mse")
+    x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 2))
+    with pytest.raises(ValueError, match="use_ema=True"):
+        model.fit(x, y, epochs=1, validation_data=(x, y), verbose=0,
+                  callbacks=[keras.callbacks.SwapEMAWeights()])  # fmt: skip
