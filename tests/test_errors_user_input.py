@@ -145,3 +145,24 @@ def test_swap_ema_weights_without_ema_on_the_base_is_refused(rng):
     with pytest.raises(ValueError, match="use_ema=True"):
         model.fit(x, y, epochs=1, validation_data=(x, y), verbose=0,
                   callbacks=[keras.callbacks.SwapEMAWeights()])  # fmt: skip
+
+
+def test_quantized_model_in_float64_is_refused_in_one_sentence(rng):
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(5, name="first"), keras.layers.Dense(2, name="head")]
+    )
+    model.compile(loss="mse")
+    with pytest.warns(UserWarning):  # Keras: the InputLayer has no quantize method
+        model.quantize("int8")
+    x, y = rng.standard_normal((8, 4)), rng.standard_normal((8, 2))
+    with pytest.raises(ValueError) as info:
+        landscape.Objective(model, (x, y), precision="float64")
+    message = str(info.value)
+    assert "\n" not in message and "'first' is quantized" in message
+    assert "Received: precision='float64'" in message
+    # Its own float32 arithmetic works, as model.evaluate computes it.
+    for precision in ("auto", "float32", "model"):
+        objective = landscape.Objective(model, (x, y), precision=precision)
+        assert objective.precision == "float32"
+        reference = model.evaluate(x, y, batch_size=8, verbose=0)
+        assert objective.evaluate()["loss"] == pytest.approx(reference, rel=1e-6)
