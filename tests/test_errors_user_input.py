@@ -166,3 +166,118 @@ def test_quantized_model_in_float64_is_refused_in_one_sentence(rng):
         assert objective.precision == "float32"
         reference = model.evaluate(x, y, batch_size=8, verbose=0)
         assert objective.evaluate()["loss"] == pytest.approx(reference, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+# Every command's numbers are checked at parsing, before any model is loaded: the model files
+# below do not exist, so a message about the option (and not about the model) shows that the
+# option was refused first.
+_BAD_OPTIONS = {
+    "train": [("--lr", "nan"), ("--lr", "0"), ("--rho", "inf"), ("--rho", "-1"),
+              ("--momentum", "nan"), ("--momentum", "1.5"), ("--epochs", "0"),
+              ("--batch-size", "0"), ("--weight-decay", "-inf"), ("--alpha", "nan"),
+              ("--lmbda", "1"), ("--beta", "0"), ("--sam-last", "nan"), ("--seed", "-1"),
+              ("--depth", "9"), ("--scale", "nan"), ("--track-samples", "0")],
+    "surface": [("--scale", "nan"), ("--scale", "0"), ("--batch-size", "nan"),
+                ("--samples", "-1"), ("--workers", "0"), ("--seed", "-3"), ("--x", "nan:1:3"),
+                ("--y", "-inf:1:3")],
+    "plot": [("--vmin", "nan"), ("--vmax", "inf"), ("--levels", "0")],
+    "hessian": [("--tol", "nan"), ("--tol", "1"), ("--trace-tol", "inf"), ("--k", "0"),
+                ("--runs", "0"), ("--max-iter", "-2"), ("--scale", "-inf")],
+    "sharpness": [("--epsilon", "nan"), ("--epsilon", "-1"), ("--trace-tol", "nan"),
+                  ("--steps", "0"), ("--batch-size", "-5")],
+    "figures": [("--lr", "nan"), ("--rho", "-0.1"), ("--label-noise", "nan"),
+                ("--label-noise", "2"), ("--basin-rise", "inf"), ("--seeds", "0"),
+                ("--depth", "10"), ("--grid", "nan:1:3")],
+    "connect": [("--lr", "nan"), ("--lr", "-1"), ("--momentum", "inf"), ("--epochs", "-1"),
+                ("--points", "1"), ("--plane-points", "nan")],
+}  # fmt: skip
+_POSITIONAL = {
+    "train": [], "surface": ["m.keras"], "plot": ["s.h5"], "hessian": ["m.keras"],
+    "sharpness": ["m.keras"], "figures": [], "connect": ["a.keras", "b.keras"],
+}  # fmt: skip
+_OUTPUTS = {
+    "train": ["--out"], "surface": ["--out"], "plot": ["--out", "--vtk"],
+    "hessian": ["--json", "--density", "--layers-plot"], "sharpness": ["--json"],
+    "connect": ["--out", "--plot", "--plane"],
+}  # fmt: skip
+
+
+def _cli(tmp_path, monkeypatch, *args):
+    from click.testing import CliRunner
+
+    from landscape import cli, executors
+
+    def never(*_, **__):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(executors, "load_model", never)
+    result = CliRunner().invoke(cli.main, list(args))
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [(c, o, v) for c, pairs in _BAD_OPTIONS.items() for o, v in pairs],
+)
+def test_cli_refuses_a_bad_number_before_any_work(tmp_path, monkeypatch, command, option, value):
+    line = _cli(tmp_path, monkeypatch, command, *_POSITIONAL[command], f"{option}={value}")
+    name = option.lstrip("-")
+    assert f"'{option}'" in line or f"`{name}`" in line, line
+    assert "does not exist" not in line  # the option, not the (missing) model file
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [(c, o) for c, options in _OUTPUTS.items() for o in options]
+)
+def test_cli_refuses_an_output_in_a_missing_folder_up_front(tmp_path, monkeypatch, command, option):
+    line = _cli(tmp_path, monkeypatch, command, *_POSITIONAL[command], option, "nope/out.file")
+    assert line == f"Error: Invalid value for '{option}': the folder 'nope' does not exist."
+
+
+@pytest.mark.parametrize("command", ["surface", "hessian", "sharpness", "connect"])
+def test_cli_says_what_a_savedmodel_directory_is(tmp_path, monkeypatch, command):
+    saved = tmp_path / "exported"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"")
+    line = _cli_in(saved, monkeypatch, command, str(saved), str(saved))
+    assert "is a TensorFlow SavedModel directory, not a .keras model file" in line
+    assert "TFSMLayer" in line
+
+
+def _cli_in(folder, monkeypatch, command, *models):
+    """Like _cli, but in a folder that holds the model (so only the model's files are there)."""
+    from click.testing import CliRunner
+
+    from landscape import cli
+
+    monkeypatch.chdir(folder)
+    before = sorted(folder.rglob("*"))
+    args = [command, *models[: 2 if command == "connect" else 1]]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result.output
+    assert sorted(folder.rglob("*")) == before
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_load_model_says_what_a_savedmodel_directory_is(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.export(tmp_path / "exported", verbose=False)  # a real SavedModel
+    from landscape.executors import load_model
+
+    with pytest.raises(ValueError) as info:
+        load_model(tmp_path / "exported")
+    message = str(info.value)
+    assert message.startswith(f"Model {str(tmp_path / 'exported')!r} is a TensorFlow SavedModel")
+    assert "\n" not in message and "keras.layers.TFSMLayer" in message
+    with pytest.raises(ValueError, match="is a directory, not a .keras model file"):
+        load_model(tmp_path)
