@@ -2,6 +2,9 @@
 
 ``DataSplit`` holds one data set as device tensors sliced in a graph loop, or as a finite
 ``tf.data.Dataset``; ``describe`` names a nest of arrays by its shapes for error messages.
+Sparse inputs (a SciPy sparse matrix or a ``tf.SparseTensor``, which ``model.fit`` accepts) are
+kept sparse and made dense one batch at a time, so the model sees the dense batch that its own
+dense layers would compute with.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from collections.abc import Iterator
 
 import keras
 import numpy as np
+import scipy.sparse
 import tensorflow as tf
 
 
@@ -53,6 +57,14 @@ def unpack(batch, argument: str):
 
 
 def _to_tensor(t):
+    """A tensor of ``t``; a SciPy sparse matrix or a ``tf.SparseTensor`` as a canonically
+    ordered ``tf.SparseTensor`` (``tf.sparse.slice`` takes rows from it)."""
+    if scipy.sparse.issparse(t):
+        coo = scipy.sparse.coo_array(t)
+        indices = np.stack([np.asarray(i, np.int64) for i in coo.coords], axis=1)
+        t = tf.SparseTensor(indices.reshape(-1, coo.ndim), coo.data, coo.shape)
+    if isinstance(t, tf.SparseTensor):
+        return tf.sparse.reorder(t)
     return tf.convert_to_tensor(t)
 
 
@@ -83,6 +95,37 @@ def _spec(batches: list):
         return tf.TensorSpec(dims, tf.as_dtype(np.asarray(arrays[0]).dtype))
 
     return tf.nest.map_structure(leaf, *batches)
+
+
+def _rows(t, start, size: int):
+    """Rows ``start : start + size`` of a tensor; dense for a ``tf.SparseTensor`` (graph-safe)."""
+    if not isinstance(t, tf.SparseTensor):
+        return t[start : start + size]
+    begin = tf.concat(
+        [tf.reshape(tf.cast(start, tf.int64), [1]), tf.zeros([t.shape.rank - 1], tf.int64)], 0
+    )
+    part = tf.sparse.slice(t, begin, tf.concat([[size], t.dense_shape[1:]], 0))
+    part.set_shape([None, *t.shape[1:]])
+    return tf.sparse.to_dense(part)
+
+
+def _dense(t):
+    return tf.sparse.to_dense(t) if isinstance(t, tf.SparseTensor) else t
+
+
+def _dense_batch(batch, argument: str = "data") -> tuple:
+    """(x, y, w) of a dataset's batch, its sparse tensors made dense."""
+    return tuple(
+        None if part is None else tf.nest.map_structure(_dense, part)
+        for part in unpack(batch, argument)
+    )
+
+
+def _numpy(t) -> list[np.ndarray]:
+    """The arrays that define ``t``: its values, or a sparse tensor's indices, values, shape."""
+    if isinstance(t, tf.SparseTensor):
+        return [keras.ops.convert_to_numpy(a) for a in (t.indices, t.values, t.dense_shape)]
+    return [keras.ops.convert_to_numpy(t)]
 
 
 def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Dataset:
@@ -133,9 +176,11 @@ class DataSplit:
             self.dataset = data
             return
         x, y, w = unpack(data, argument)
+        # Only x stays sparse (batches are densified as they are cut); targets and weights
+        # are made dense once.
         self.x = tf.nest.map_structure(_to_tensor, x)
-        self.y = tf.nest.map_structure(_to_tensor, y)
-        self.w = None if w is None else tf.nest.map_structure(_to_tensor, w)
+        self.y = tf.nest.map_structure(lambda t: _dense(_to_tensor(t)), y)
+        self.w = None if w is None else tf.nest.map_structure(lambda t: _dense(_to_tensor(t)), w)
         counts = {int(t.shape[0]) if t.shape.rank else -1 for t in tf.nest.flatten(self.x)}
         n = min(counts)
         for name, part in (("y", self.y), ("sample_weight", self.w)):
@@ -167,11 +212,11 @@ class DataSplit:
         """(x, y, w) of the first ``size`` samples (or the dataset's first batch), eagerly."""
         if self.dataset is not None:
             for batch in self.dataset.take(1):
-                return unpack(batch, "data")
+                return _dense_batch(batch)
             raise ValueError("Argument `data` is an empty dataset.")
 
         def take(t):
-            return t[:size]
+            return _rows(t, 0, size)
 
         return tuple(
             None if part is None else tf.nest.map_structure(take, part)
@@ -182,12 +227,12 @@ class DataSplit:
         """Consecutive (x, y, w) slices of ``size`` samples, eagerly."""
         if self.dataset is not None:
             for batch in self.dataset.unbatch().batch(size):
-                yield unpack(batch, "data")
+                yield _dense_batch(batch)
             return
         for start in range(0, self.n, size):
 
             def take(t, s=start):
-                return t[s : s + size]
+                return _rows(t, s, size)
 
             yield tuple(
                 None if part is None else tf.nest.map_structure(take, part)
@@ -199,14 +244,14 @@ class DataSplit:
             return None
         parts = tf.nest.flatten(self.x) + tf.nest.flatten(self.y)
         parts += [] if self.w is None else tf.nest.flatten(self.w)
-        return [keras.ops.convert_to_numpy(t) for t in parts]
+        return [a for t in parts for a in _numpy(t)]
 
     def reduce(self, init, body):
         """state ← body(state, x, y, w) over all batches (in a graph loop); w may be None."""
         if self.dataset is not None:
 
             def step(state, batch):
-                return body(state, *unpack(batch, "data"))
+                return body(state, *_dense_batch(batch))
 
             return self.dataset.reduce(init, step)
 
@@ -216,7 +261,7 @@ class DataSplit:
             start = i * bs
 
             def take(t):
-                return t[start : start + bs]
+                return _rows(t, start, bs)
 
             x = tf.nest.map_structure(take, self.x)
             y = tf.nest.map_structure(take, self.y)

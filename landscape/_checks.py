@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import typing
 from typing import Any, Literal
 
@@ -97,3 +98,24 @@ def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise ValueError(f"Argument `{name}` must be a bool. Received: {name}={value!r}.")
     return bool(value)
+
+
+def model_file(path: Any) -> str:
+    """``path`` as a str if it names an existing model file; a missing file, a directory, and
+    above all a TensorFlow SavedModel directory (which Keras 3 cannot load as a model) are
+    refused in one sentence that says what to do."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        saved = ("saved_model.pb", "saved_model.pbtxt")
+        if any(os.path.isfile(os.path.join(path, name)) for name in saved):
+            raise ValueError(
+                f"Model {path!r} is a TensorFlow SavedModel directory, not a .keras model file: "
+                "Keras 3 runs it only as a layer, keras.layers.TFSMLayer(path, "
+                "call_endpoint='serving_default') in a keras.Model, whose weights no analysis "
+                "can move (the SavedModel's graph holds them), so rebuild the model in Keras, "
+                "load its weights, compile it and save it with model.save('model.keras')."
+            )
+        raise ValueError(f"Model file {path!r} is a directory, not a .keras model file.")
+    if not os.path.isfile(path):
+        raise ValueError(f"Model file {path!r} does not exist.")
+    return path

@@ -3,7 +3,9 @@
 Every command parses its options, calls the library, writes files and reports. A user error
 (missing file, bad grid, unknown data set, incompatible surface file, failed download, a model
 file that cannot be loaded, a module given to --import that fails, data that do not fit the
-model) ends with exit code 2 and one sentence on stderr, without a traceback.
+model) ends with exit code 2 and one sentence on stderr, without a traceback. Every number is
+checked (range, finite) by its click type and every output's folder by a callback while the
+options are parsed, so such an error comes before any model is loaded or anything is written.
 
 The user's own model and data: ``--data FILE.npz`` uses the arrays as stored (only uint8 x is
 scaled to [0, 1], or x divided by ``--scale``), and ``--import MODULE`` imports the module that
@@ -13,6 +15,7 @@ defines the model's custom classes, here and in every worker process.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
 import re
@@ -68,6 +71,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # a subcommand's options: one line, without the usage
+            raise UserError(err.format_message()) from None
         except (ValueError, OSError) as err:
             raise UserError(_one_sentence(err)) from None
         except Exception as err:
@@ -110,10 +115,89 @@ def _at_least(flag: str, value, minimum: int = 1) -> None:
         raise UserError(f"{flag} must be at least {minimum} (received {value}).")
 
 
-def _fraction(flag: str, value) -> None:
-    """A relative tolerance outside (0, 1) as one sentence naming the flag."""
-    if value is not None and not 0 < value < 1:
-        raise UserError(f"{flag} must be between 0 and 1, exclusive (received {value}).")
+class Int(click.IntRange):
+    """``click.IntRange`` whose errors say "integer" (click's own says "integer range")."""
+
+    name = "integer"
+
+
+class Finite(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and ±inf (a NaN passes every comparison)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number.", param, ctx)
+        return rv
+
+
+# The option types of the commands: every number is range-checked and finite at parsing,
+# before a command does anything (click's message names the option, the rule and the value).
+POSITIVE = Finite(min=0, min_open=True)
+NONNEGATIVE = Finite(min=0)
+OPEN_UNIT = Finite(0, 1, min_open=True, max_open=True)  # a relative tolerance
+UNIT = Finite(0, 1)
+COUNT = Int(min=1)
+SIZE = Int(min=0)  # a number of samples, 0 for all
+SEED = Int(0, 2**32 - 1)  # NumPy's and Keras's seeds
+
+
+def _resnet_depth(ctx, param, value):
+    """A ResNet depth of the form 6n + 2 (the type already says it is at least 8)."""
+    if value is not None and (value - 2) % 6:
+        raise click.BadParameter(f"{value} is not of the form 6n + 2 (8, 14, 20, ...).", ctx, param)
+    return value
+
+
+def _output_path(ctx, param, value):
+    """An output file (or folder) whose parent folder exists and is writable, checked before
+    any work: the command would otherwise fail only when it writes, at the end."""
+    if value is None:
+        return value
+    parent = os.path.dirname(os.path.abspath(os.fspath(value)))
+    shown = os.path.dirname(os.fspath(value)) or "."
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"the folder {shown!r} does not exist.", ctx, param)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"the folder {shown!r} is not writable.", ctx, param)
+    return value
+
+
+def _output_folder(ctx, param, value):
+    """An output folder that may be created: its nearest existing ancestor must be a
+    writable folder."""
+    if value is None:
+        return value
+    ancestor = os.path.abspath(os.fspath(value))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if os.path.isdir(ancestor) and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"the folder {ancestor!r} is not writable.", ctx, param)
+    return value
+
+
+def _model_paths(*paths) -> None:
+    """Each model path names a model file (not missing, not a SavedModel directory), checked
+    before the first model is loaded."""
+    for path in paths:
+        if path:
+            _checks.model_file(path)
+
+
+def _grids(**specs) -> None:
+    """Grid options (``min:max:num``) parsed before any work: finite, ordered, enough points."""
+    from landscape.surface import parse_grid  # NumPy and h5py only
+
+    for name, spec in specs.items():
+        if spec is not None:
+            parse_grid(spec, name=name)
+
+
+def _out(*args, **kwargs):
+    """An option naming an output file: its folder is checked at parsing (``_output_path``)."""
+    return click.option(*args, type=click.Path(dir_okay=False), callback=_output_path, **kwargs)
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only errors; no progress bars.")
@@ -127,7 +211,7 @@ data_option = click.option(
 )
 scale_option = click.option(
     "--scale",
-    type=float,
+    type=POSITIVE,
     default=None,
     help="Divide x of the --data .npz by this number, e.g. 255 for float images in [0, 255] "
     "[only uint8 x, by 255].",
@@ -178,24 +262,26 @@ def main() -> None:
 @main.command()
 @click.option("--model", "model_name", type=click.Choice(_checks.options(_checks.ModelName)),
               default="cnn", show_default=True, help="Architecture from the zoo.")  # fmt: skip
-@click.option("--depth", type=int, default=8, show_default=True, help="ResNet depth (6n+2).")
-@click.option("--width", type=int, default=16, show_default=True, help="ResNet base width.")
+@click.option("--depth", type=Int(min=8), default=8, show_default=True,
+              callback=_resnet_depth, help="ResNet depth (6n+2).")  # fmt: skip
+@click.option("--width", type=COUNT, default=16, show_default=True, help="ResNet base width.")
 @data_option
 @scale_option
 @click.option("--optimizer", type=click.Choice(_checks.options(_checks.OptimizerName)),
               default="sam", show_default=True)  # fmt: skip
-@click.option("--rho", type=float, default=None, help="SAM radius [0.05; ASAM 0.5].")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate.")
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, default=None, help="Decoupled weight decay of SGD.")
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--samples", type=int, default=0, help="Train on the first N samples [all].")
+@click.option("--rho", type=NONNEGATIVE, default=None, help="SAM radius [0.05; ASAM 0.5].")
+@click.option("--lr", type=POSITIVE, default=0.01, show_default=True, help="Learning rate.")
+@click.option("--momentum", type=UNIT, default=0.9, show_default=True)
+@click.option("--weight-decay", type=NONNEGATIVE, default=None,
+              help="Decoupled weight decay of SGD.")  # fmt: skip
+@click.option("--epochs", type=COUNT, default=3, show_default=True)
+@click.option("--batch-size", type=COUNT, default=128, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--samples", type=SIZE, default=0, help="Train on the first N samples [all].")
 @click.option("--augment", is_flag=True, help="Random flips and shifts of the training images.")
-@click.option("--save-every", type=int, default=0,
+@click.option("--save-every", type=SIZE, default=0,
               help="Save weights every N epochs (and at start) for trajectory plots.")  # fmt: skip
-@click.option("--out", type=click.Path(dir_okay=False), default="model.keras", show_default=True)
+@_out("--out", default="model.keras", show_default=True)
 @click.option("--strategy", type=click.Choice(_checks.options(_checks.StrategyName)),
               default="default", show_default=True,
               help="default: one device; mirrored: all local GPUs (else CPUs); multi-worker: "
@@ -204,27 +290,32 @@ def main() -> None:
               help="SAM/ASAM under mirrored or multi-worker: every replica uses the "
                    "all-reduced perturbation (single-device SAM on the global batch), not its "
                    "own.")  # fmt: skip
-@click.option("--alpha", type=float, default=None, help="gsam/looksam α [gsam 0.1; looksam 0.7].")
-@click.option("--looksam-k", type=int, default=None, help="looksam: a SAM step every K [5].")
-@click.option("--sigma", type=float, default=None, help="friendlysam σ [1].")
-@click.option("--lmbda", type=float, default=None, help="friendlysam λ (moving average) [0.9].")
-@click.option("--beta", type=float, default=None, help="esam β: weight perturbation rate [0.6].")
-@click.option("--gamma", type=float, default=None, help="esam γ: data selection ratio [0.5].")
+@click.option("--alpha", type=NONNEGATIVE, default=None,
+              help="gsam/looksam α [gsam 0.1; looksam 0.7].")  # fmt: skip
+@click.option("--looksam-k", type=COUNT, default=None,
+              help="looksam: a SAM step every K [5].")  # fmt: skip
+@click.option("--sigma", type=NONNEGATIVE, default=None, help="friendlysam σ [1].")
+@click.option("--lmbda", type=Finite(0, 1, max_open=True), default=None,
+              help="friendlysam λ (moving average) [0.9].")  # fmt: skip
+@click.option("--beta", type=Finite(0, 1, min_open=True), default=None,
+              help="esam β: weight perturbation rate [0.6].")  # fmt: skip
+@click.option("--gamma", type=Finite(0, 1, min_open=True), default=None,
+              help="esam γ: data selection ratio [0.5].")  # fmt: skip
 @click.option("--perturbed", default=None, metavar="REGEX",
               help="SAM members: perturb only these variables, 'normalization' (SAM-ON) or a "
                    "regular expression on variable.path [all].")  # fmt: skip
-@click.option("--sam-every", type=int, default=None, help="SAM members: SAM every K steps, "
-              "plain steps in between.")  # fmt: skip
-@click.option("--sam-last", type=float, default=None, help="SAM members: SAM only in this last "
-              "fraction of the steps.")  # fmt: skip
-@click.option("--sam-probability", type=float, default=None, help="SAM members: SAM with this "
-              "probability per step (seeded by --seed).")  # fmt: skip
-@click.option("--track-sharpness", "track_every", type=int, default=0, metavar="EVERY",
+@click.option("--sam-every", type=COUNT, default=None, help="SAM members: SAM every K "
+              "steps, plain steps in between.")  # fmt: skip
+@click.option("--sam-last", type=Finite(0, 1, min_open=True), default=None, help="SAM members: "
+              "SAM only in this last fraction of the steps.")  # fmt: skip
+@click.option("--sam-probability", type=UNIT, default=None, help="SAM members: SAM with "
+              "this probability per step (seeded by --seed).")  # fmt: skip
+@click.option("--track-sharpness", "track_every", type=SIZE, default=0, metavar="EVERY",
               help="Record λ_max and the stability threshold every EVERY epochs (or steps, "
                    "--track-unit) on a probe set: OUT_sharpness.json and .png [off].")  # fmt: skip
 @click.option("--track-unit", type=click.Choice(["epoch", "step"]), default="epoch",
               show_default=True, help="Unit of --track-sharpness.")  # fmt: skip
-@click.option("--track-samples", type=int, default=1000, show_default=True,
+@click.option("--track-samples", type=COUNT, default=1000, show_default=True,
               help="Probe set of --track-sharpness: the first N training examples.")  # fmt: skip
 @quiet_option
 def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, weight_decay, epochs,
@@ -307,12 +398,7 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
 
 
 def _check_tracking(every: int, samples: int, strategy) -> None:
-    """--track-sharpness and --track-samples in range, and a strategy the tracker runs under."""
-    if every < 0 or samples < 1:
-        raise UserError(
-            "--track-sharpness must be ≥ 0 and --track-samples ≥ 1. Received: "
-            f"--track-sharpness {every}, --track-samples {samples}."
-        )
+    """A strategy the tracker runs under (the types of the options check their ranges)."""
     if every and strategy not in (None, "default"):
         raise UserError(
             f"--track-sharpness runs with the default strategy only. Received: --strategy "
@@ -391,19 +477,21 @@ def _recipe(model_path, data, samples, test_samples, batch_size, scale, imports,
               show_default=True)  # fmt: skip
 @click.option("--ignore", type=click.Choice(_checks.options(_checks.Ignore)), default="biasbn",
               show_default=True)  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random directions.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed of random directions.")  # fmt: skip
 @data_option
 @scale_option
 @import_option
 @regularization_option
-@click.option("--samples", type=int, default=0, help="Use the first N training samples [all].")
-@click.option("--test-samples", type=int, default=-1,
+@click.option("--samples", type=SIZE, default=0,
+              help="Use the first N training samples [all].")  # fmt: skip
+@click.option("--test-samples", type=Int(min=-1), default=-1,
               help="Use the first N test samples; 0 skips the test set [all].")  # fmt: skip
-@click.option("--batch-size", type=int, default=256, show_default=True,
+@click.option("--batch-size", type=COUNT, default=256, show_default=True,
               help="Examples per batch of every grid point's evaluation (memory and speed, "
                    "not the values).")  # fmt: skip
-@click.option("--out", type=click.Path(dir_okay=False), default="surface.h5", show_default=True)
-@click.option("--workers", type=int, default=None,
+@_out("--out", default="surface.h5", show_default=True)
+@click.option("--workers", type=COUNT, default=None,
               help="Evaluate on N local worker processes (a process pool; --backend dask "
                    "starts a Dask LocalCluster) [in-process].")  # fmt: skip
 @click.option("--scheduler", default=None,
@@ -433,14 +521,13 @@ def surface(model_path, model2, plane, direction_kind, eigen_pair, x_spec, y_spe
     if sum([bool(model2), bool(plane), direction_kind != "random"]) > 1:
         raise UserError("--model2, --plane and --directions eigen each choose the directions; "
                         "give one of them.")  # fmt: skip
-    _at_least("--samples", samples, 0)
-    _at_least("--batch-size", batch_size)
-    _at_least("--workers", workers)
     if precision != "auto" and (workers is not None or scheduler is not None or backend == "mpi"):
         raise UserError(
             f"--precision {precision} applies in this process only: worker processes rebuild "
             "the objective with --precision auto; drop --workers/--scheduler or the option."
         )
+    _grids(x=x_spec, y=y_spec)
+    _model_paths(model_path, model2, *(plane or ()))
     verbose = _setup(quiet)
     from landscape.executors import make_executor
     from landscape.surface import compute_surface
@@ -522,12 +609,12 @@ def _model_directions(model, model2, imports, x_spec, y_spec, norm, ignore, seed
               default=None, help="Plot kind [contour for 2D, line for 1D].")  # fmt: skip
 @click.option("--metric", default="train_loss", show_default=True)
 @click.option("--log", is_flag=True, help="Logarithmic colour scale / y axis.")
-@click.option("--levels", type=int, default=None, help="Number of contour levels [15].")
-@click.option("--vmin", type=float, default=None)
-@click.option("--vmax", type=float, default=None)
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Image file (.png, .pdf, .svg) [SURF with .png; none with --vtk].")  # fmt: skip
-@click.option("--vtk", "vtk_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--levels", type=COUNT, default=None, help="Number of contour levels [15].")
+@click.option("--vmin", type=Finite(), default=None)
+@click.option("--vmax", type=Finite(), default=None)
+@_out("--out", default=None,
+      help="Image file (.png, .pdf, .svg) [SURF with .png; none with --vtk].")  # fmt: skip
+@_out("--vtk", "vtk_path", default=None,
               help="Also (or, without --out, only) write the surface for ParaView, .vtk or "
                    ".vtu: z = --metric (log10 with --log), every metric as point data; "
                    "NaN points are holes.")  # fmt: skip
@@ -541,6 +628,8 @@ def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, vtk_path, qui
       landscape plot sgd_to_sam.h5 --out interpolation.pdf
       landscape plot sam.h5 --vtk sam.vtk
     """
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise UserError(f"--vmin must be less than --vmax (received {vmin} and {vmax}).")
     _setup(quiet, tensorflow=False)  # a surface file is read and drawn without TensorFlow
     if not os.path.isfile(surface_path):
         raise UserError(f"Surface file {surface_path!r} does not exist.")
@@ -575,30 +664,30 @@ analysis_data = [
     precision_option,
     click.option(
         "--samples",
-        type=int,
+        type=SIZE,
         default=2000,
         show_default=True,
         help="Use the first N training samples (0: all).",
     ),  # fmt: skip
     click.option(
         "--batch-size",
-        type=int,
+        type=COUNT,
         default=500,
         show_default=True,
         help="Examples per batch of every loss, gradient and Hessian-vector "
         "product (memory and speed, not the values).",
     ),  # fmt: skip
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=SEED, default=0, show_default=True),
 ]
 
 # The cost knobs of hessian_eigenvalues (thick-restart Lanczos), shared by hessian and sharpness.
 eigen_options = [
-    click.option("--tol", type=float, default=1e-4, show_default=True,
+    click.option("--tol", type=OPEN_UNIT, default=1e-4, show_default=True,
                  help="Eigenvalues: relative residual |Hv - lv| / |l| that certifies them."),
-    click.option("--max-iter", type=int, default=None,
+    click.option("--max-iter", type=COUNT, default=None,
                  help="Eigenvalues: cap on the Hessian-vector products of the Lanczos run; "
                       "a run that reaches it says so (not converged) [1000]."),
-    click.option("--basis-size", type=int, default=None,
+    click.option("--basis-size", type=Int(min=3), default=None,
                  help="Eigenvalues: Lanczos basis, at least k + 2; memory is "
                       "(basis size + k + 5) x parameters x 8 bytes [max(2k + 10, 20)]."),
 ]  # fmt: skip
@@ -607,11 +696,11 @@ eigen_options = [
 def _trace_options(tol: float) -> list:
     """The cost knobs of hessian_trace (Hutchinson), with this command's tolerance."""
     return [
-        click.option("--trace-probes", type=int, default=1000, show_default=True,
+        click.option("--trace-probes", type=COUNT, default=1000, show_default=True,
                      help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
                           "each); a run that reaches it says so. A model (or block) of at "
                           "most this many parameters is traced exactly instead."),
-        click.option("--trace-tol", type=float, default=tol, show_default=True,
+        click.option("--trace-tol", type=OPEN_UNIT, default=tol, show_default=True,
                      help="Trace: stop at this relative standard error."),
     ]  # fmt: skip
 
@@ -631,17 +720,10 @@ def _analysis_options(fn):
     return _options(analysis_data)(fn)
 
 
-def _check_costs(*, k, tol, max_iter, basis_size, trace_probes, trace_tol, samples,
-                 batch_size) -> None:  # fmt: skip
-    """The shared cost knobs, checked before the model is loaded: one sentence naming the flag."""
-    _at_least("--samples", samples, 0)
-    _at_least("--k", k)
-    _fraction("--tol", tol)
-    _at_least("--max-iter", max_iter)
+def _check_costs(*, k, basis_size) -> None:
+    """The knob whose range depends on another (the types check the others' ranges at
+    parsing), before the model is loaded: one sentence naming the flag."""
     _at_least("--basis-size", basis_size, k + 2)
-    _at_least("--trace-probes", trace_probes)
-    _fraction("--trace-tol", trace_tol)
-    _at_least("--batch-size", batch_size)
 
 
 def _write_json_file(path: str, payload: dict) -> None:
@@ -745,7 +827,8 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
 
 @main.command()
 @click.argument("model_path", metavar="MODEL.keras")
-@click.option("--k", type=int, default=5, show_default=True, help="Top eigenvalues to compute.")
+@click.option("--k", type=COUNT, default=5, show_default=True,
+              help="Top eigenvalues to compute.")  # fmt: skip
 @click.option("--which", type=click.Choice(_checks.options(_checks.Which)),
               default="largest", show_default=True)  # fmt: skip
 @_options(eigen_options)
@@ -757,14 +840,13 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
     "Hutchinson's estimate).",
 )
 @_options(_trace_options(0.05))
-@click.option("--density", type=click.Path(dir_okay=False), default=None,
-              help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
-@click.option("--steps", type=int, default=80, show_default=True,
+@_out("--density", default=None,
+      help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
+@click.option("--steps", type=COUNT, default=80, show_default=True,
               help="Lanczos steps per SLQ run (memory: steps + 5 vectors of the "
                    "parameters).")  # fmt: skip
-@click.option("--runs", type=int, default=10, show_default=True, help="SLQ runs.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the results as JSON.")  # fmt: skip
+@click.option("--runs", type=COUNT, default=10, show_default=True, help="SLQ runs.")
+@_out("--json", "json_path", default=None, help="Write the results as JSON.")
 @click.option("--curvature", type=click.Choice(("hessian", "ggn")), default="hessian",
               show_default=True,
               help="The Hessian, or the generalized Gauss-Newton matrix J^T H_l J (PSD; "
@@ -775,8 +857,8 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
 @click.option("--layers", "layers", is_flag=True,
               help="Instead: the certified top eigenvalue (and with --trace the trace) of "
                    "each layer's block, as a table.")  # fmt: skip
-@click.option("--layers-plot", type=click.Path(dir_okay=False), default=None,
-              help="With --layers: draw the per-layer table to this image file.")  # fmt: skip
+@_out("--layers-plot", default=None,
+      help="With --layers: draw the per-layer table to this image file.")  # fmt: skip
 @_analysis_options
 @quiet_option
 def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_probes, trace_tol,
@@ -800,11 +882,8 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
         raise UserError("Option --layers-plot needs --layers.")
     if layers and (density or variables):
         raise UserError("Option --layers cannot be combined with --density or --variables.")
-    _check_costs(k=k, tol=tol, max_iter=max_iter, basis_size=basis_size,
-                 trace_probes=trace_probes, trace_tol=trace_tol, samples=samples,
-                 batch_size=batch_size)  # fmt: skip
-    _at_least("--steps", steps)
-    _at_least("--runs", runs)
+    _check_costs(k=k, basis_size=basis_size)
+    _model_paths(model_path)
     verbose = _setup(quiet)
     from landscape.hessian import hessian_eigenvalues, hessian_spectrum, hessian_trace
 
@@ -846,20 +925,20 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
 
 @main.command()
 @click.argument("model_path", metavar="MODEL.keras")
-@click.option("--k", type=int, default=5, show_default=True, help="Top Hessian eigenvalues.")
+@click.option("--k", type=COUNT, default=5, show_default=True,
+              help="Top Hessian eigenvalues.")  # fmt: skip
 @click.option("--no-hessian", is_flag=True, help="Leave out the Hessian rows (faster).")
 @_options(eigen_options, _trace_options(0.01))
-@click.option("--epsilon", type=float, default=1e-3, show_default=True,
+@click.option("--epsilon", type=POSITIVE, default=1e-3, show_default=True,
               help="Box size of Keskar et al.'s ε-sharpness (about ten gradients).")  # fmt: skip
 @click.option("--no-epsilon", is_flag=True, help="Leave out the ε-sharpness.")
-@click.option("--steps", type=int, default=20, show_default=True,
+@click.option("--steps", type=COUNT, default=20, show_default=True,
               help="Gradient-ascent steps of each worst-case metric (one gradient "
                    "each).")  # fmt: skip
-@click.option("--average-samples", type=int, default=20, show_default=True,
+@click.option("--average-samples", type=COUNT, default=20, show_default=True,
               help="Random perturbations of each average-case metric (one loss "
                    "each).")  # fmt: skip
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the report as JSON.")  # fmt: skip
+@_out("--json", "json_path", default=None, help="Write the report as JSON.")
 @_analysis_options
 @quiet_option
 def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes, trace_tol,
@@ -877,13 +956,8 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
       landscape sharpness big.keras --k 1 --max-iter 100 --trace-probes 50 --no-epsilon \\
         --steps 5 --average-samples 5 --samples 256
     """
-    _check_costs(k=k, tol=tol, max_iter=max_iter, basis_size=basis_size,
-                 trace_probes=trace_probes, trace_tol=trace_tol, samples=samples,
-                 batch_size=batch_size)  # fmt: skip
-    _at_least("--steps", steps)
-    _at_least("--average-samples", average_samples)
-    if not no_epsilon and not epsilon > 0:
-        raise UserError(f"--epsilon must be greater than 0 (received {epsilon}).")
+    _check_costs(k=k, basis_size=basis_size)
+    _model_paths(model_path)
     verbose = _setup(quiet)
     from landscape.sharpness import sharpness_report
 
@@ -910,30 +984,33 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
 @main.command()
 @data_option
 @click.option("--out-dir", type=click.Path(file_okay=False), default="out/figures",
-              show_default=True,
+              show_default=True, callback=_output_folder,
               help="New or empty directory, or one this configuration wrote (then resumed); "
               "another configuration's directory is refused before any training.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="A tiny preset (seconds; what the tests run).")
-@click.option("--seeds", type=int, default=None, help="Seeds 0..N-1 for both optimizers [3].")
-@click.option("--label-noise", type=float, default=None,
+@click.option("--seeds", type=COUNT, default=None,
+              help="Seeds 0..N-1 for both optimizers [3].")  # fmt: skip
+@click.option("--label-noise", type=UNIT, default=None,
               help="Fraction of training labels changed to another class [0.4].")  # fmt: skip
-@click.option("--train-samples", type=int, default=None,
+@click.option("--train-samples", type=SIZE, default=None,
               help="Training examples, the first N (0: all) [2000].")  # fmt: skip
-@click.option("--epochs", type=int, default=None, help="Training epochs [30; quick 1].")
-@click.option("--depth", type=int, default=None, help="ResNet depth 6n+2 [8].")
-@click.option("--width", type=int, default=None, help="ResNet base width [8; quick 4].")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (cosine decay) [0.05].")
-@click.option("--rho", type=float, default=None, help="SAM radius [0.1].")
+@click.option("--epochs", type=COUNT, default=None, help="Training epochs [30; quick 1].")
+@click.option("--depth", type=Int(min=8), default=None, callback=_resnet_depth,
+              help="ResNet depth 6n+2 [8].")  # fmt: skip
+@click.option("--width", type=COUNT, default=None, help="ResNet base width [8; quick 4].")
+@click.option("--lr", type=POSITIVE, default=None,
+              help="Peak learning rate (cosine decay) [0.05].")  # fmt: skip
+@click.option("--rho", type=NONNEGATIVE, default=None, help="SAM radius [0.1].")
 @click.option("--augment", is_flag=True, default=None, help="Random flips/shifts in training.")
 @click.option("--grid", default=None, help="Grid of both surface axes, min:max:num, with 0 "
               "[-0.5:0.5:17].")  # fmt: skip
-@click.option("--basin-rise", type=float, default=None,
+@click.option("--basin-rise", type=POSITIVE, default=None,
               help="Basin = grid points within this loss of the centre's [1.0].")  # fmt: skip
-@click.option("--samples", type=int, default=None,
+@click.option("--samples", type=SIZE, default=None,
               help="Training examples of surfaces and reports (0: all) [500].")  # fmt: skip
-@click.option("--test-samples", type=int, default=None,
+@click.option("--test-samples", type=SIZE, default=None,
               help="Test examples of the interpolation (0: all) [500].")  # fmt: skip
-@click.option("--k", type=int, default=None, help="Hessian eigenvalues in the reports [3].")
+@click.option("--k", type=COUNT, default=None, help="Hessian eigenvalues in the reports [3].")
 @quiet_option
 def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, depth, width, lr,
             rho, augment, grid, basin_rise, samples, test_samples, k, quiet):  # fmt: skip
@@ -948,6 +1025,7 @@ def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, dep
       landscape figures --quick --out-dir /tmp/figs
       landscape figures --data ../shared/data/cifar10_10k.npz --train-samples 0 --out-dir figs
     """
+    _grids(grid=grid)
     verbose = _setup(quiet)
     import dataclasses
 
@@ -983,26 +1061,28 @@ def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, dep
 @data_option
 @scale_option
 @import_option
-@click.option("--samples", type=int, default=0, help="Use the first N training samples [all].")
-@click.option("--test-samples", type=int, default=-1,
+@click.option("--samples", type=SIZE, default=0,
+              help="Use the first N training samples [all].")  # fmt: skip
+@click.option("--test-samples", type=Int(min=-1), default=-1,
               help="Use the first N test samples; 0 skips the test set [all].")  # fmt: skip
-@click.option("--epochs", type=int, default=10, show_default=True,
+@click.option("--epochs", type=SIZE, default=10, show_default=True,
               help="Passes over the training data fitting the bend (0: none).")  # fmt: skip
-@click.option("--batch-size", type=int, default=128, show_default=True,
+@click.option("--batch-size", type=COUNT, default=128, show_default=True,
               help="Minibatch of the curve's training and of the BatchNorm passes.")  # fmt: skip
-@click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate.")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--points", type=int, default=21, show_default=True,
+@click.option("--lr", type=POSITIVE, default=0.01, show_default=True,
+              help="SGD learning rate.")  # fmt: skip
+@click.option("--momentum", type=UNIT, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--points", type=Int(min=2), default=21, show_default=True,
               help="Evenly spaced t in [0, 1] evaluated on both paths.")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the t draws and the shuffling.")  # fmt: skip
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Write the result (t, paths' values, barriers, history) as JSON.")  # fmt: skip
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Draw both paths' training loss against t to this image.")  # fmt: skip
-@click.option("--plane", "plane_path", type=click.Path(dir_okay=False), default=None,
-              help="Draw the plane through a, the bend and b (and the curve) here.")  # fmt: skip
-@click.option("--plane-points", type=int, default=9, show_default=True,
+@_out("--out", default=None,
+      help="Write the result (t, paths' values, barriers, history) as JSON.")  # fmt: skip
+@_out("--plot", "plot_path", default=None,
+      help="Draw both paths' training loss against t to this image.")  # fmt: skip
+@_out("--plane", "plane_path", default=None,
+      help="Draw the plane through a, the bend and b (and the curve) here.")  # fmt: skip
+@click.option("--plane-points", type=Int(min=2), default=9, show_default=True,
               help="Grid points per axis of --plane (points^2 evaluations).")  # fmt: skip
 @quiet_option
 def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples, epochs,
@@ -1021,15 +1101,9 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
       landscape connect sgd_seed0.keras sgd_seed1.keras --epochs 10 --out connect.json
       landscape connect a.keras b.keras --curve polychain --plot paths.png --plane plane.png
     """
-    _at_least("--samples", samples, 0)
-    _at_least("--epochs", epochs, 0)
-    _at_least("--batch-size", batch_size)
-    _at_least("--points", points, 2)
-    _at_least("--plane-points", plane_points, 2)
-    if not lr > 0:
-        raise UserError(f"--lr must be greater than 0 (received {lr}).")
     if plane_path and epochs == 0:
         raise UserError("--plane needs a trained bend (--epochs at least 1).")
+    _model_paths(model_a, model_b)
     verbose = _setup(quiet)
     import keras
 

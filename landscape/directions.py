@@ -71,7 +71,7 @@ import logging
 import warnings
 import weakref
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -105,11 +105,33 @@ def _check_choice(name: str, value: Any, mode: Any) -> str:
     return _checks.choice(name, value, mode)
 
 
+def _text_bytes(a: np.ndarray) -> Iterator[bytes]:
+    """The contents of a str, bytes or object array, entry by entry, each length-prefixed
+    (an object array's memory holds pointers, which differ from run to run)."""
+    for item in a.ravel(order="C"):
+        if isinstance(item, bytes | np.bytes_):
+            raw = b"b" + bytes(item)
+        elif isinstance(item, str):
+            raw = b"s" + item.encode("utf-8", "surrogatepass")
+        else:
+            raw = b"r" + repr(item).encode("utf-8", "surrogatepass")
+        yield f"{len(raw)}:".encode() + raw
+
+
 def fingerprint_arrays(arrays: Iterable[np.ndarray]) -> str:
-    """A SHA-256 hex digest of the shapes, dtypes and bytes of ``arrays`` in order."""
+    """A SHA-256 hex digest of the shapes, dtypes and contents of ``arrays`` in order.
+
+    Numeric arrays are hashed by their bytes; str, bytes and object arrays (text inputs) by
+    their encoded entries, so the same strings always give the same digest.
+    """
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)
+        if a.dtype.kind in "OSU":
+            h.update(f"text{a.shape};".encode())
+            for chunk in _text_bytes(a):
+                h.update(chunk)
+            continue
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()

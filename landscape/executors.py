@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 import sam  # noqa: F401 (registers SAM and SAMModel, so that models using them load)
-from landscape import io
+from landscape import _checks, io
 from landscape._checks import Backend, choice, integer
 from landscape.data import check_scale, is_file_name, match_model, read_dataset
 from landscape.directions import Direction, fingerprint_directions
@@ -191,9 +191,7 @@ def load_model(path: str, *, imports: Sequence[str] = ()):
         ValueError: one sentence for every failure: a missing file, a file that is not a
             Keras model, a class Keras cannot locate, a module that fails to import.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Model file {path!r} does not exist.")
+    path = _checks.model_file(path)  # a missing file, a directory, a SavedModel directory
     custom_objects = import_modules(imports)
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
         raise ValueError(f"Model file {path!r} is not a Keras model file (a .keras zip archive).")

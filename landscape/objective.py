@@ -131,8 +131,9 @@ class _Precision:
         layers = [(layer, _float_policy(layer)) for layer in _compat.all_layers(model)]
         layers = [(layer, dtype) for layer, dtype in layers if dtype is not None]
         own = keras.backend.standardize_dtype(model.compute_dtype)
+        quantized = self._quantized(model, precision)
         #: the model's own (narrowest) compute dtype
-        self.model_dtype = _narrowest(d for _, d in layers) or own
+        self.model_dtype = _narrowest([*(d for _, d in layers), *quantized]) or own
         if _SIGNIFICAND_BITS.get(precision, 0) and _SIGNIFICAND_BITS[precision] < max(
             (_SIGNIFICAND_BITS[d] for _, d in layers), default=0
         ):
@@ -152,9 +153,30 @@ class _Precision:
             for layer, _ in layers
             if id(layer) in targets
         ]
-        used = [targets.get(id(layer), dtype) for layer, dtype in layers]
+        used = [targets.get(id(layer), dtype) for layer, dtype in layers] + quantized
         #: the dtype the analysis computes in: the narrowest compute dtype in effect
         self.name = _narrowest(used) or (own if precision in ("auto", "model") else precision)
+
+    @staticmethod
+    def _quantized(model: keras.Model, precision: str) -> list[str]:
+        """The compute dtypes of the model's quantized layers (``model.quantize``), which keep
+        them: a quantized layer's kernel and scales are its own, and its arithmetic is fixed.
+        Refuses a ``precision`` that names another dtype."""
+        dtypes = []
+        for layer in _compat.all_layers(model):
+            policy = layer.dtype_policy
+            if _compat.is_graph_container(layer) or not getattr(policy, "quantization_mode", None):
+                continue
+            dtype = keras.backend.standardize_dtype(policy.compute_dtype)
+            if precision in _SIGNIFICAND_BITS and precision != dtype:
+                raise ValueError(
+                    f"Argument `precision` cannot be {precision!r} for this model: its layer "
+                    f"{layer.name!r} is quantized ({policy.name}), and a quantized layer "
+                    f"computes only in its own dtype, {dtype}. Received: "
+                    f"precision={precision!r}; use 'auto' or 'model'."
+                )
+            dtypes.append(dtype)
+        return dtypes
 
     def value_dtype(self, variable) -> tf.DType:
         """The dtype ``variable`` is read in during the analysis."""

@@ -356,6 +356,27 @@ class SAM(keras.optimizers.Optimizer):
     def iterations(self):
         return self.base_optimizer.iterations
 
+    @property
+    def _model_variables_moving_average(self):
+        """The base optimizer's EMA of the weights, for ``keras.callbacks.SwapEMAWeights``.
+
+        The EMA is the base optimizer's (``use_ema=True`` on it): its update updates it after
+        every SAM step. Keras's callback looks for this attribute on the compiled optimizer
+        (or a ``LossScaleOptimizer``'s inner one) and pairs it with ``_trainable_variables``;
+        without an EMA on the base it is missing (``hasattr`` is False), so the callback
+        gives its own message.
+        """
+        base = self.__dict__.get("base_optimizer")
+        if base is None or not base.use_ema or not hasattr(base, "_model_variables_moving_average"):
+            raise AttributeError("_model_variables_moving_average")
+        if [id(v) for v in base._trainable_variables] != [id(v) for v in self._trainable_variables]:
+            raise ValueError(
+                f"The base optimizer of {self.name!r} was built for other variables than "
+                "SAM, so its moving average cannot be paired with the model's weights; give "
+                "SAM a base optimizer that has not been built."
+            )
+        return base._model_variables_moving_average
+
     def scale_loss(self, loss):
         return self.base_optimizer.scale_loss(loss)
 

@@ -184,7 +184,7 @@ def test_bad_data_is_one_sentence(tmp_path, rng, image_model):
     result = invoke("sharpness", path, "--data", tmp_path / "text.npz")
     assert_one_sentence(result, "Data file")
     result = invoke("surface", path, "--data", tmp_path / "w.npz", "--scale", -1)
-    assert_one_sentence(result, "Argument `scale` must be a positive number")
+    assert_one_sentence(result, "Invalid value for '--scale': -1.0 is not in the range x>0.")
     labels = rng.integers(5, 9, size=8)  # out of the model's 3 classes: TensorFlow refuses
     images = rng.normal(size=(8, 6, 6, 1)).astype(np.float32)
     data = save_npz(tmp_path / "l.npz", images, labels)

@@ -272,7 +272,7 @@ def test_cli_connect(tmp_path):
     assert len(saved["t"]) == 3 and "test_acc" in saved["curve"] and png.stat().st_size > 0
     for bad, message in (
         ([paths[0], tmp_path / "missing.keras"], "does not exist"),
-        ([*paths, "--points", 1], "--points must be at least 2"),
+        ([*paths, "--points", 1], "Invalid value for '--points': 1 is not in the range x>=2."),
     ):
         result = CliRunner().invoke(main, ["connect", *map(str, bad)])
         assert result.exit_code == 2 and message in result.output
