@@ -33,6 +33,7 @@ import tensorflow as tf
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
 from sam._compat import compiled_loss, flat_losses, no_automatic_dependency_tracking, plain_error
+from sam._roles import NORMALIZATION_ROLES
 from sam.optimizer import (
     EPS,
     ETA,
@@ -48,11 +49,11 @@ from sam.train_step import _replica_count, _unscale, clean_pass, perturbed_pass
 
 logger = logging.getLogger("sam")
 
-# SAM-ON's "normalization layers only": the γ and β of Keras's BatchNormalization,
-# LayerNormalization and GroupNormalization (their variables are named gamma and beta), and the
-# `scale` of a layer whose name says norm (RMSNormalization's default name).
-NORMALIZATION = r"(^|/)(gamma|beta)$|norm[^/]*/scale$"
-PERTURBED_CHOICES = {"all": None, "normalization": NORMALIZATION}
+# SAM-ON's "normalization layers only": the γ and β of Keras's normalization layers, by the role
+# table sam._roles (the roles "norm_scale" and "norm_offset"; in a custom loop that never called
+# assign_roles, by the variable's name: gamma, beta, and the scale of a layer named *norm*).
+NORMALIZATION = "normalization"
+PERTURBED_CHOICES = {"all": None}
 
 # Salts of the stateless random draws, so that schedules and ESAM's weight draws differ.
 _SCHEDULE_SALT = 0
@@ -264,6 +265,8 @@ def _resolve_perturbed(perturbed):
     """``perturbed`` as None (all), a compiled regex, or a callable; refuses anything else."""
     if perturbed is None:
         return None
+    if perturbed == NORMALIZATION:
+        return NORMALIZATION
     if isinstance(perturbed, str):
         pattern = PERTURBED_CHOICES.get(perturbed, perturbed)
         if pattern is None:
@@ -303,12 +306,13 @@ class SAMVariant(SAM):
     * ``perturbed`` (SAM-ON, Mueller et al. 2023, arXiv 2306.04226, "Normalization Layers Are
       All That Sharpness-Aware Minimization Needs"): only the selected variables are perturbed,
       and the norm ‖·‖ is over them; every variable is still updated with the gradient taken at
-      w + ε. ``"normalization"`` selects the γ/β of Keras's normalization layers (the regular
-      expression ``sam.variants.NORMALIZATION`` on ``variable.path``: variables named ``gamma``
-      or ``beta``, and ``scale`` in a layer whose name contains "norm"); any other string is a
-      regular expression searched in ``variable.path``; a callable gets the variable and
-      returns a bool. The paper perturbs the affine parameters of BatchNorm/LayerNorm; the
-      selection by name is ours, since a Keras variable does not know its layer.
+      w + ε. ``"normalization"`` selects the γ/β (and RMSNormalization's scale) of Keras's
+      normalization layers by the layer that owns each variable (the role table
+      ``sam._roles``, which ``fit`` reads through ``assign_roles``; in a custom loop that does
+      not call ``assign_roles(model)``, by the variable's name: ``gamma``, ``beta``, and
+      ``scale`` in a layer whose name contains "norm"); any other string is a regular
+      expression searched in ``variable.path``; a callable gets the variable and returns a
+      bool. The paper perturbs the affine parameters of BatchNorm/LayerNorm.
     * ``swp_beta`` = β (ESAM's stochastic weight perturbation, Du et al. 2021,
       arXiv 2110.03141; official code dydjw9/Efficient_SAM, ``utils/Esam.py``): on each SAM
       step every variable (tensor) is perturbed with probability β and ε is scaled by 1/β, as
@@ -424,10 +428,18 @@ class SAMVariant(SAM):
     def _build_state(self, variables):
         """Per-member optimizer variables (saved with the model)."""
 
+    def assign_roles(self, model) -> None:
+        """As ``SAM.assign_roles``; the perturbed selection is made again from the roles."""
+        super().assign_roles(model)
+        if self._mask is not None:
+            self._mask = [self._is_perturbed(v) for v in self._trainable_variables]
+
     def _is_perturbed(self, variable):
         rule = self._perturbed_rule
         if rule is None:
             return True
+        if rule == NORMALIZATION:
+            return self.variable_role(variable) in NORMALIZATION_ROLES
         if isinstance(rule, re.Pattern):
             return rule.search(variable.path) is not None
         return bool(rule(variable))
@@ -480,7 +492,7 @@ class SAMVariant(SAM):
             scale = 1.0 / self.swp_beta
         if self.adaptive:
             unit = asam_perturbation(d, [v.value for v in tvars], rho=1.0, eta=self.eta,
-                                     eps=self.eps)  # fmt: skip
+                                     eps=self.eps, scaled=self.asam_scaled(tvars))  # fmt: skip
         else:
             unit = sam_perturbation(d, rho=1.0, eps=self.eps)
         rho = self._rho()
