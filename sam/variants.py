@@ -754,8 +754,10 @@ class GSAM(SAMVariant):
     ``minimize_fp=True``): the decomposition uses the global vectors of all variables.
 
     ρ schedule: with ``rho_min`` (and ``lr_max``, ``lr_min``) ρ follows the base optimizer's
-    current learning rate η_t linearly, as the paper's Algorithm 1 and the official code do;
-    without it ρ is constant.
+    current learning rate η_t linearly, as the paper's Algorithm 1 and the official code do,
+    clamped to [ρ_min, ρ]: a warm-up from below η_min gives ρ_min (the official code's ρ_t is
+    negative there, an ascent that descends), a rate above η_max gives ρ; without ``rho_min``
+    ρ is constant.
 
     tf.distribute: as the official code, each replica perturbs and decomposes with its own
     gradients and the replicas' GSAM gradients are averaged; with ``sync_perturbations=True``
@@ -807,7 +809,9 @@ class GSAM(SAMVariant):
         if self.rho_min is None:
             return self.rho
         lr = tf.cast(self.learning_rate, tf.float64)
-        frac = (lr - self.lr_min) / (self.lr_max - self.lr_min)
+        # Clamped: a warm-up below lr_min would make ρ_t negative (an ascent that descends),
+        # a rate above lr_max would take ρ_t beyond ρ.
+        frac = tf.clip_by_value((lr - self.lr_min) / (self.lr_max - self.lr_min), 0.0, 1.0)
         return self.rho_min + (self.rho - self.rho_min) * frac
 
     def _combine(self, grads, adv, tvars, finite):

@@ -264,9 +264,23 @@ def test_gsam_rho_follows_the_learning_rate():
     w = [v.numpy() for v in make_mlp().trainable_variables]
     for t in range(2):
         lr = float(schedule(t))
-        rho_t = 0.1 + (0.5 - 0.1) * (lr - 0.1) / (0.2 - 0.1)
+        rho_t = min(0.1 + (0.5 - 0.1) * (lr - 0.1) / (0.2 - 0.1), 0.5)  # float32 0.2 > 0.2
         w = add(w, gsam_update(w, data, rho=rho_t, alpha=0.3), -lr)
     assert_same(train(make, "fit", 2, data), w)
+
+
+@pytest.mark.parametrize("lr", [0.02, 0.15, 0.35])  # below lr_min, between, above lr_max
+def test_gsam_rho_is_clamped_to_its_range(lr):
+    data = make_data(n=12)
+
+    def make():
+        return GSAM(keras.optimizers.SGD(lr), rho=0.5, alpha=0.3, rho_min=0.1,
+                    lr_max=0.2, lr_min=0.1)  # fmt: skip
+
+    rho_t = min(max(0.1 + (0.5 - 0.1) * (lr - 0.1) / (0.2 - 0.1), 0.1), 0.5)
+    w = [v.numpy() for v in make_mlp().trainable_variables]
+    w = add(w, gsam_update(w, data, rho=rho_t, alpha=0.3), -lr)
+    assert_same(train(make, "fit", 1, data), w)
 
 
 def test_sds_selects_the_sharpest_examples_in_fit():
