@@ -55,6 +55,11 @@ logger = logging.getLogger("sam")
 NORMALIZATION = "normalization"
 PERTURBED_CHOICES = {"all": None}
 
+# LookSAM: an orthogonal part g_v with ‖g_v‖ ≤ ROUNDOFF_ULPS · ε_machine · ‖gₛ‖ is round-off of a
+# gₛ parallel to g (ε_machine of the dtype the norms are taken in, float32 or float64).
+ROUNDOFF_ULPS = 1024
+_MACHINE_EPS = {tf.float32: 2.0**-23, tf.float64: 2.0**-52}
+
 # Salts of the stateless random draws, so that schedules and ESAM's weight draws differ.
 _SCHEDULE_SALT = 0
 _SWP_SALT = 1
@@ -849,8 +854,14 @@ class LookSAM(SAMVariant):
     the second pass, so a step costs about (k + 1)/k passes. The stored g_v is an optimizer
     variable per model variable, saved with the model.
 
+    Round-off: when gₛ is parallel to g (an isotropic quadratic, or ρ = 0) the exact g_v is 0,
+    but the computed one is float noise, which the plain steps would scale up to α‖g‖. A g_v
+    with ‖g_v‖ ≤ 1024 ε_mach ‖gₛ‖ (ε_mach = 2⁻²³ for float32 gradients, 2⁻⁵² for float64;
+    ``ROUNDOFF_ULPS``) is stored as 0, and a plain step with g_v = 0 uses g itself; so LookSAM
+    with ρ = 0 is its base optimizer.
+
     Departures: the paper has no official code; the layer-wise Look-LayerSAM of the same paper
-    (for large batches) is not offered. ‖g_v‖ has ``eps`` added. A step whose perturbed
+    (for large batches) is not offered. A step whose perturbed
     gradient is not finite (a loss-scale overflow) keeps the previous g_v. tf.distribute with
     several replicas is refused (one g_v for the model, which per-replica gradients would
     each overwrite).
@@ -895,22 +906,32 @@ class LookSAM(SAMVariant):
 
     def _combine(self, grads, adv, tvars, finite):
         dtype = _norm_dtype(grads)
-        coef = _global_dot(grads, adv, dtype) / (_global_dot(grads, grads, dtype) + self.eps)
+        gg = _global_dot(grads, grads, dtype)
+        coef = _global_dot(grads, adv, dtype) / tf.where(gg > 0, gg, tf.ones_like(gg))
+        pairs = [(g, a, v) for g, a, v in zip(grads, adv, tvars) if g is not None and a is not None]
+        new = [a - tf.cast(coef, g.dtype) * g for g, a, _ in pairs]  # gₛ − (g·gₛ/‖g‖²) g
+        # Round-off, not a direction: gₛ parallel to g leaves float noise that _plain would scale
+        # up to α‖g‖. An orthogonal part within ROUNDOFF_ULPS ulp of ‖gₛ‖ is stored as zero.
+        tol = tf.constant(ROUNDOFF_ULPS * _MACHINE_EPS[dtype], dtype)
+        noise = tf.sqrt(_global_dot(new, new, dtype)) <= tol * tf.sqrt(
+            _global_dot([a for _, a, _ in pairs], [a for _, a, _ in pairs], dtype)
+        )
         keep = tf.logical_and(finite, all_finite(adv))
-        for g, a, v in zip(grads, adv, tvars):
-            if g is None or a is None:
-                continue
+        for (_, _, v), n in zip(pairs, new):
             g_v = self._g_v[self._get_variable_index(v)]
-            new = a - tf.cast(coef, g.dtype) * g  # gₛ − (g·gₛ/‖g‖²) g
-            g_v.assign(tf.where(keep, tf.cast(new, g_v.dtype), g_v))
+            n = tf.where(noise, tf.zeros_like(n), n)
+            g_v.assign(tf.where(keep, tf.cast(n, g_v.dtype), g_v))
         return adv
 
     def _plain(self, grads, tvars, finite):
         g_v = [None if g is None else self._g_v[self._get_variable_index(v)].value
                for g, v in zip(grads, tvars)]  # fmt: skip
         dtype = _norm_dtype(grads)
-        ratio = tf.sqrt(_global_dot(grads, grads, dtype)) / (
-            tf.sqrt(_global_dot(g_v, g_v, dtype)) + self.eps
+        norm_v = tf.sqrt(_global_dot(g_v, g_v, dtype))
+        ratio = tf.where(
+            norm_v > 0,
+            tf.sqrt(_global_dot(grads, grads, dtype)) / tf.where(norm_v > 0, norm_v, 1.0),
+            tf.zeros_like(norm_v),
         )
         return [
             None if g is None else g + tf.cast(self.alpha * ratio, g.dtype) * tf.cast(gv, g.dtype)

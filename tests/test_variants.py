@@ -283,6 +283,40 @@ def test_gsam_rho_is_clamped_to_its_range(lr):
     assert_same(train(make, "fit", 1, data), w)
 
 
+def quadratic_step(opt, w):
+    """One ``opt.step`` on the isotropic quadratic ½‖w‖² (gradient w: g(w + ε) ∥ g(w))."""
+
+    def gradient_fn():
+        with tf.GradientTape() as tape:
+            loss = 0.5 * tf.reduce_sum(tf.square(w))
+        return tape.gradient(loss, [w])
+
+    opt.step(gradient_fn, [w])
+
+
+def test_looksam_stores_no_round_off_on_an_isotropic_quadratic():
+    w = keras.Variable(np.random.default_rng(0).normal(size=(6, 7)).astype("float32"))
+    opt = LookSAM(keras.optimizers.SGD(LR), rho=0.3, k=2, alpha=0.7)
+    quadratic_step(opt, w)  # a SAM step: g_v = gₛ − (g·gₛ/‖g‖²) g = 0 exactly
+    g = w.numpy().astype("float64")  # the gradient of the plain step
+    quadratic_step(opt, w)
+    used = (g - w.numpy()) / LR
+    # the exact rule's used = g; w − η·used in float32 costs ~1e-7 relative (was 0.70)
+    assert np.linalg.norm(used - g) / np.linalg.norm(g) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_looksam_with_rho_zero_is_its_base_optimizer(dtype):
+    init = np.random.default_rng(1).normal(size=(5, 3)).astype(dtype)
+    a, b = keras.Variable(init), keras.Variable(init)
+    opt = LookSAM(keras.optimizers.SGD(LR, momentum=0.9), rho=0.0, k=3, alpha=0.7)
+    base = keras.optimizers.SGD(LR, momentum=0.9)
+    for _ in range(6):
+        quadratic_step(opt, a)
+        base.apply([b.value], [b])  # ∇ ½‖b‖² = b
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_sds_selects_the_sharpest_examples_in_fit():
     data = make_data(n=12)
     model = train(lambda: ESAM(sgd(), rho=RHO, beta=1.0, gamma=0.5), "fit", 2, data)
