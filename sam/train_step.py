@@ -181,7 +181,8 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
 
 
 def _slice(structure, lo, hi):
-    return keras.tree.map_structure(lambda t: t[lo:hi], structure)
+    """Rows lo:hi of every tensor of ``structure`` (None, e.g. no sample weights, stays None)."""
+    return keras.tree.map_structure(lambda t: None if t is None else t[lo:hi], structure)
 
 
 def _if_nonempty(nonempty, run, variables):
