@@ -466,8 +466,11 @@ class SAMVariant(SAM):
         return self.schedule.use_sam(self._step())
 
     def _direction(self, grads, tvars, finite):
-        """The vector the ascent follows; may update state. SAM: the gradient itself."""
+        """The vector the ascent follows; may stage a state update (``_commit`` applies it)."""
         return grads
+
+    def _commit(self, ok):
+        """Apply the state update ``_direction`` staged, where ``ok`` (every pass finite)."""
 
     def _rho(self):
         """ρ of this step (a float or a scalar tensor)."""
@@ -509,7 +512,11 @@ class SAMVariant(SAM):
     def _epsilon(self, gradients, trainable_variables):
         """ε for ``first_step``: the direction (state updated), then the scaled ε."""
         grads = [_dense(g) for g in gradients]
-        d = self._direction(grads, list(trainable_variables), all_finite(grads))
+        finite = all_finite(grads)
+        d = self._direction(grads, list(trainable_variables), finite)
+        # first_step/second_step may run in separate functions: the state cannot wait for the
+        # second pass here, so it changes when the clean gradient is finite.
+        self._commit(finite)
         return self._epsilon_from(d, list(trainable_variables))
 
     def _combine(self, grads, adv, tvars, finite):
@@ -615,6 +622,7 @@ class SAMVariant(SAM):
             self._use_sam(), sam_step, lambda: self._plain(grads, tvars, finite), present
         )
         final = final + [None] * (len(tvars) - len(final))
+        self._commit(tf.logical_and(finite, all_finite(final)))  # state only if all passes are
         with self.sam_update():
             self.apply(final, tvars)
 
@@ -669,6 +677,7 @@ class SAMVariant(SAM):
 
         final = _branch(self._use_sam(), sam_step, plain_step, present)
         final = final + [None] * (len(tvars) - len(final))
+        self._commit(tf.logical_and(finite, all_finite(final)))  # state only if all passes are
         return _rescale(final, scaler, inner), y_pred, finite
 
     # -- serialization -------------------------------------------------------------------------
@@ -961,10 +970,12 @@ class FriendlySAM(SAMVariant):
     code is what produced the paper's results.) m is an optimizer variable per model variable,
     saved with the model.
 
-    Departures: a step whose clean gradient is not finite (a loss-scale overflow) leaves m
-    unchanged. With a ``schedule``, m is updated on every step, the plain ones included (the
-    clean gradient is computed on every step; the paper has no schedule). tf.distribute with
-    several replicas is refused (one m for the model).
+    Departures: a step with a non-finite gradient in either pass (a loss-scale overflow, which
+    the scaler skips) leaves m and the started flag unchanged (with ``first_step``/
+    ``second_step``, which may run in separate functions, only the clean pass decides). With
+    a ``schedule``, m is updated on every step, the plain ones included (the clean gradient is
+    computed on every step; the paper has no schedule). tf.distribute with several replicas
+    is refused (one m for the model).
 
     Args:
         base_optimizer: The optimizer that makes the update.
@@ -1002,7 +1013,7 @@ class FriendlySAM(SAMVariant):
 
     def _direction(self, grads, tvars, finite):
         started = tf.identity(self._started.value) > 0.5  # read now, before the update
-        out = []
+        out, staged = [], []
         for g, v in zip(grads, tvars):
             if g is None:
                 out.append(None)
@@ -1011,10 +1022,14 @@ class FriendlySAM(SAMVariant):
             old = tf.cast(tf.identity(m.value), g.dtype)  # m before this step's update
             out.append(tf.where(started, g - _as(self.sigma, g.dtype) * old, g))
             lam = _as(self.lmbda, g.dtype)
-            new = tf.where(started, lam * old + (1 - lam) * g, g)
-            m.assign(tf.where(finite, tf.cast(new, m.dtype), m.value))
-        self._started.assign(tf.where(finite, 1.0, self._started.value))
+            staged.append((m, tf.cast(tf.where(started, lam * old + (1 - lam) * g, g), m.dtype)))
+        self.__dict__["_staged"] = staged  # applied by _commit once every pass is known finite
         return out
+
+    def _commit(self, ok):
+        for m, new in self.__dict__.pop("_staged", ()):
+            m.assign(tf.where(ok, new, m.value))
+        self._started.assign(tf.where(ok, 1.0, self._started.value))
 
     def get_config(self):
         config = super().get_config()

@@ -170,3 +170,20 @@ def asam_epsilon(paths, weights, g, rho, eta=0.01, offsets=ZOO_OFFSETS):
     t = [np.ones_like(w) if p in offsets else np.abs(w) + eta for p, w in zip(paths, weights)]
     norm = np.sqrt(sum(np.sum((ti * gi) ** 2) for ti, gi in zip(t, g)))
     return [rho * ti**2 * gi / norm for ti, gi in zip(t, g)]
+
+
+def make_second_pass_overflow(model_cls):
+    """A mixed_float16 model whose clean pass is finite and whose perturbed pass overflows.
+
+    x = 1 → h = k₁x (float16, k₁ = 60000 < 65504) → y = k₂h (float32, k₂ = 60000), MAE loss:
+    g = (∂k₁, ∂k₂) = (k₂, h) = (60000, 60000), all finite in float16; with ρ = 10⁴, ε ≈ 7071 on
+    each, so k₁ + ε₁ > 65504 overflows float16 and the perturbed pass's ∂k₂ = h = inf.
+    Returns (model, x, y); set the mixed_float16 policy first.
+    """
+    inputs = keras.Input((1,))
+    h = keras.layers.Dense(1, use_bias=False, name="f16")(inputs)
+    outputs = keras.layers.Dense(1, use_bias=False, dtype="float32", name="f32")(h)
+    model = model_cls(inputs, outputs)
+    model.get_layer("f16").kernel.assign([[60000.0]])
+    model.get_layer("f32").kernel.assign([[60000.0]])
+    return model, np.ones((2, 1), "float32"), np.zeros((2, 1), "float32")

@@ -14,7 +14,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sam_reference import L2, compile_mlp, grad, make_data, make_mlp
+from sam_reference import (
+    L2,
+    compile_mlp,
+    grad,
+    make_data,
+    make_mlp,
+    make_second_pass_overflow,
+)
 
 from sam import (
     ESAM,
@@ -480,6 +487,20 @@ def test_loss_scale_overflow_leaves_weights_and_moving_average():
         np.testing.assert_array_equal(a, b)
     assert float(fsam._started.numpy()) == 0.0
     assert all(not np.any(m.numpy()) for m in fsam._m)
+
+
+def test_overflow_in_the_second_pass_leaves_weights_and_friendly_sam_state():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model, x, y = make_second_pass_overflow(SAMModel)
+    fsam = FriendlySAM(sgd(), rho=1e4)
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(fsam, initial_scale=1.0),
+                  loss="mae")  # fmt: skip
+    before = model.get_weights()
+    model.train_on_batch(x, y)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert fsam._m and float(fsam._started.numpy()) == 0.0  # was 1: the next ε would be 0
+    assert all(not np.any(m.numpy()) for m in fsam._m)  # was m = g
 
 
 # -- tf.distribute ---------------------------------------------------------------------------------
