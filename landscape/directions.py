@@ -80,7 +80,7 @@ import numpy as np
 
 from landscape import _checks, io
 from landscape._checks import Ignore, Include, Norm
-from sam import _compat
+from sam import _compat, _roles
 
 logger = logging.getLogger("landscape")
 
@@ -336,122 +336,46 @@ def _einsum(layer, ndim: int) -> tuple[int, ...] | None:
     return einsum_filter_axes(layer.equation, ndim)
 
 
-_BIAS: tuple[Role, None] = ("bias", None)
-_NORMALIZATION: tuple[Role, None] = ("normalization", None)
-_SCALE: tuple[Role, None] = ("scale", None)
-_STATE: tuple[Role, None] = ("state", None)
-_QUANTIZATION_STATE = dict.fromkeys(  # int8/int4/GPTQ/AWQ scales, float8 bookkeeping (Keras 3.15)
-    (
-        "kernel_scale",
-        "kernel_zero",
-        "g_idx",
-        "awq_scales",
-        "inputs_scale",
-        "inputs_amax_history",
-        "kernel_amax_history",
-        "outputs_grad_scale",
-        "outputs_grad_amax_history",
-        "embeddings_scale",
-        "embeddings_zero",
-        "reverse_embeddings_scale",
-        "reverse_embeddings_zero",
-    ),
-    _STATE,
-)
-
-
-def _kernel_rules(kernel: AxesRule, **extra) -> dict[str, tuple[Role, AxesRule | None]]:
-    """kernel + bias + LoRA factors (a follows the kernel's rule; b is ``(rank, out)``)."""
-    return {
-        "kernel": ("kernel", kernel),
-        "bias": _BIAS,
-        "lora_kernel_a": ("kernel", kernel),
-        "lora_kernel_b": ("kernel", _last),
-        **extra,
-    }
-
-
-def _classes(*names: str) -> tuple[type, ...]:
-    """The ``keras.layers`` classes of these names that this Keras version has."""
-    return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n))
-
-
-def _normalization_and_other_rules() -> list:
-    """The rules of layers without kernels: normalization, attention scales, PReLU, ..."""
-    normalization_parameters = (
-        "gamma",
-        "beta",
-        "scale",  # RMSNormalization (Keras >= 3.9)
-        "moving_mean",
-        "moving_variance",
-        "moving_stddev",
-        "renorm_mean",
-        "renorm_stddev",
-    )
-    return [
-        (
-            _classes(
-                "BatchNormalization",
-                "LayerNormalization",
-                "GroupNormalization",
-                "RMSNormalization",
-            ),
-            dict.fromkeys(normalization_parameters, _NORMALIZATION),
-        ),
-        (
-            _classes("Normalization"),
-            dict.fromkeys(("adapt_mean", "adapt_variance"), _NORMALIZATION),
-        ),
-        (_classes("SpectralNormalization"), {"vector_u": _STATE}),
-        (_classes("PReLU"), {"alpha": _SCALE}),
-        # AdditiveAttention subclasses Attention.
-        (_classes("Attention"), dict.fromkeys(("scale", "concat_score_weight"), _SCALE)),
-        (
-            _classes("STFTSpectrogram"),
-            dict.fromkeys(("real_kernel", "imag_kernel"), ("kernel", _last)),
-        ),
-    ]
+# The filter axes of the roles "kernel" and "embedding", per entry of sam._roles.TABLE (the
+# roles themselves come from that one table, shared with SAM).
+_AXES: dict[str, dict[str, AxesRule]] = {
+    "dense": dict.fromkeys(("kernel", "lora_kernel_a"), _last) | {"lora_kernel_b": _last},
+    "einsum": dict.fromkeys(("kernel", "lora_kernel_a"), _einsum) | {"lora_kernel_b": _last},
+    "conv": dict.fromkeys(("kernel", "lora_kernel_a", "lora_kernel_b"), _last),
+    "conv_transpose": dict.fromkeys(("kernel", "lora_kernel_a"), _second_last)
+    | {"lora_kernel_b": _last},
+    "depthwise": dict.fromkeys(("kernel", "lora_kernel_a"), _last_two) | {"lora_kernel_b": _last},
+    "separable": {"depthwise_kernel": _last_two, "pointwise_kernel": _last},
+    "reversible_embedding": dict.fromkeys(("embeddings", "lora_embeddings_a"), _first)
+    | dict.fromkeys(("lora_embeddings_b", "reverse_embeddings"), _last),
+    "embedding": dict.fromkeys(("embeddings", "lora_embeddings_a"), _first)
+    | {"lora_embeddings_b": _last},
+    "rnn_cell": dict.fromkeys(("kernel", "recurrent_kernel"), _last),
+    "stft": dict.fromkeys(("real_kernel", "imag_kernel"), _last),
+}
 
 
 def _rule_table() -> list[tuple[tuple[type, ...], dict[str, tuple[Role, AxesRule | None]]]]:
-    """(layer classes, {attribute: (role, axes rule)}); the first matching class wins."""
-    rnn_cells = (
-        *_classes("LSTMCell", "GRUCell", "SimpleRNNCell"),
-        *filter(None, [_compat.conv_lstm_cell_class()]),
-    )
-    embedding = {
-        "embeddings": ("embedding", _first),
-        "lora_embeddings_a": ("embedding", _first),
-        "lora_embeddings_b": ("kernel", _last),
-        **_QUANTIZATION_STATE,
-    }
-    table = [
-        (_classes("Dense"), _kernel_rules(_last, **_QUANTIZATION_STATE)),
-        (_classes("EinsumDense"), _kernel_rules(_einsum, **_QUANTIZATION_STATE)),
-        (_classes("Conv1D", "Conv2D", "Conv3D"), _kernel_rules(_last)),
-        (
-            _classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
-            _kernel_rules(_second_last),
-        ),
-        (_classes("DepthwiseConv1D", "DepthwiseConv2D"), _kernel_rules(_last_two)),
-        (
-            _classes("SeparableConv1D", "SeparableConv2D"),
-            {
-                "depthwise_kernel": ("kernel", _last_two),
-                "pointwise_kernel": ("kernel", _last),
-                "bias": _BIAS,
-            },
-        ),
-        # ReversibleEmbedding subclasses Embedding, so it comes first.
-        (_classes("ReversibleEmbedding"), {**embedding, "reverse_embeddings": ("kernel", _last)}),
-        (_classes("Embedding"), embedding),
-        (
-            rnn_cells,
-            {"kernel": ("kernel", _last), "recurrent_kernel": ("kernel", _last), "bias": _BIAS},
-        ),
-        *_normalization_and_other_rules(),
-    ]
-    return [(classes, rules) for classes, rules in table if classes]
+    """(layer classes, {attribute: (role, axes rule)}); the first matching class wins.
+
+    The roles are ``sam._roles``'s (normalization γ, β and statistics as one "normalization").
+    """
+    table = []
+    for key, classes, roles in _roles.role_table():
+        axes = _AXES.get(key, {})
+        table.append(
+            (
+                classes,
+                {
+                    attribute: (
+                        _roles.COARSE.get(role, role),
+                        axes[attribute] if role in ("kernel", "embedding") else None,
+                    )
+                    for attribute, role in roles.items()
+                },
+            )
+        )
+    return table
 
 
 _RULES = _rule_table()

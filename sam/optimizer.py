@@ -4,7 +4,9 @@ SAM (Foret et al. 2020) minimizes the worst loss in a ρ-ball around the weights
 1. climbs to the local maximum  w + ε(w),  ε(w) = ρ · g / ‖g‖₂          (``first_step``)
 2. comes back to w and updates it with the gradient taken at w + ε(w)   (``second_step``)
 ASAM (Kwon et al. 2021) makes the ball adaptive to the weight scale:
-   ε(w) = ρ · T² g / ‖T g‖₂,  T = |w| + η for kernels, T = 1 for biases and normalization.
+   ε(w) = ρ · T² g / ‖T g‖₂,  T = |w| + η for weights (kernels, embeddings, normalization γ),
+   T = 1 for biases (of any rank) and normalization β: the role comes from the layer that owns
+   the tensor (``sam._roles``), as in the ASAM reference.
 
 The maths lives in two small pure functions (``sam_perturbation``, ``asam_perturbation``); the
 ``SAM`` class wraps a base optimizer the way ``keras.optimizers.LossScaleOptimizer`` does, so that
@@ -23,6 +25,7 @@ import tensorflow as tf
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
 from sam._compat import forget_traced_train_step, no_automatic_dependency_tracking, plain_error
+from sam._roles import OFFSET_ROLES, model_roles, name_role
 
 logger = logging.getLogger("sam")
 
@@ -116,13 +119,16 @@ def sam_perturbation(
     return _scaled_perturbation(grads, [None] * len(grads), rho, eps)
 
 
-def asam_trust(weight: tf.Tensor, eta: float = ETA) -> tf.Tensor | None:
-    """ASAM's T for one tensor: |w| + η for kernels (ndim ≥ 2), None (T = 1) otherwise."""
-    return (
-        tf.abs(weight) + tf.convert_to_tensor(eta, dtype=weight.dtype)
-        if len(weight.shape) >= 2
-        else None
-    )
+def asam_trust(weight: tf.Tensor, eta: float = ETA, scaled: bool | None = None) -> tf.Tensor | None:
+    """ASAM's T for one tensor: |w| + η if ``scaled``, None (T = 1) otherwise.
+
+    ``scaled`` is the tensor's role (True for weights, False for biases and normalization β,
+    see ``SAM.variable_role``); None, for a bare tensor whose role is unknown, guesses it from
+    the rank (ndim ≥ 2 scaled), which is wrong for attention biases and normalization γ.
+    """
+    if scaled is None:
+        scaled = len(weight.shape) >= 2
+    return tf.abs(weight) + tf.convert_to_tensor(eta, dtype=weight.dtype) if scaled else None
 
 
 def asam_perturbation(
@@ -132,12 +138,15 @@ def asam_perturbation(
     rho: float = RHO,
     eta: float = ETA,
     eps: float = EPS,
+    scaled: Sequence[bool] | None = None,
 ) -> list[tf.Tensor | None]:
-    """Adaptive SAM's ε(w) = ρ · T²g / (‖Tg‖₂ + eps), T = |w| + η for kernels, 1 otherwise.
+    """Adaptive SAM's ε(w) = ρ · T²g / (‖Tg‖₂ + eps), T = |w| + η for weights, 1 for offsets.
 
-    This follows the ASAM reference implementation (Kwon et al. 2021), which applies T only to
-    weight matrices and convolution kernels. davda54/sam differs: it uses T = |w| (no η) for
-    every tensor, biases and normalization parameters included.
+    The ASAM reference implementation (Kwon et al. 2021, SamsungLabs/ASAM ``asam.py``) uses
+    T = |w| + η for every parameter whose name contains "weight" (kernels, embeddings,
+    normalization γ, PReLU) and T = 1 for the others (every bias, normalization β). ``SAM``
+    passes that rule as ``scaled``, from each variable's role in its layer. davda54/sam differs:
+    it uses T = |w| (no η) for every tensor, biases and normalization parameters included.
 
     Args:
         grads: Gradients at w, one per variable; None entries stay None.
@@ -146,6 +155,9 @@ def asam_perturbation(
             e.g. 0.5 or 2.0).
         eta: Offset of T. Defaults to 0.01.
         eps: Added to the norm. Defaults to 1e-12.
+        scaled: Per tensor, True for T = |w| + η and False for T = 1. Defaults to None: a
+            bare tensor's rank decides (ndim ≥ 2 scaled), which misjudges rank-2 attention
+            biases and normalization γ; pass the roles when the tensors have them.
 
     Returns:
         One ε per gradient (None for None); all zero when a gradient is not finite.
@@ -158,9 +170,13 @@ def asam_perturbation(
         raise ValueError(
             f"Got {len(grads)} gradients for {len(weights)} weights; they must be aligned."
         )
+    if scaled is None:
+        scaled = [None] * len(grads)
+    elif len(scaled) != len(grads):
+        raise ValueError(f"Got {len(scaled)} roles (`scaled`) for {len(grads)} gradients.")
     trust = [
-        None if g is None else asam_trust(tf.convert_to_tensor(w), eta)
-        for g, w in zip(grads, weights)
+        None if g is None else asam_trust(tf.convert_to_tensor(w), eta, s)
+        for g, w, s in zip(grads, weights, scaled)
     ]
     return _scaled_perturbation(grads, trust, rho, eps)
 
@@ -299,6 +315,7 @@ class SAM(keras.optimizers.Optimizer):
         self.num_batch_splits = num_batch_splits
         self._sam_updates = 0  # SAM steps in progress, see sam_update
         self._remembered = None  # the copy of w, made by the first manual step (first_step)
+        self._roles = {}  # id(variable) -> role in its layer (sam._roles), see assign_roles
 
     # -- state -------------------------------------------------------------------------------
 
@@ -383,17 +400,49 @@ class SAM(keras.optimizers.Optimizer):
     def finalize_variable_values(self, var_list):
         self.base_optimizer.finalize_variable_values(var_list)
 
+    # -- roles -------------------------------------------------------------------------------
+
+    @no_automatic_dependency_tracking
+    def assign_roles(self, model) -> None:
+        """Learn each variable's role from the layer that owns it in ``model``.
+
+        ``sam_train_step`` (``fit``) calls it before the first step. ASAM's T and SAM-ON's
+        ``"normalization"`` selection use the roles; a variable without one (a custom loop that
+        never calls this) gets the role of its own name (``sam._roles.name_role``: ``bias`` and
+        ``beta`` → T = 1, every other name T = |w| + η).
+
+        Args:
+            model: The model (or layer) whose variables this optimizer trains.
+        """
+        self._roles = model_roles(model)
+
+    def variable_role(self, variable) -> str:
+        """The role of ``variable`` (one of ``sam._roles.ROLES``): by its layer, else its name."""
+        return self._roles.get(id(variable)) or name_role(variable)
+
+    def asam_scaled(self, variables) -> list[bool]:
+        """ASAM's rule per variable: True for T = |w| + η, False for T = 1 (biases and β)."""
+        return [self.variable_role(v) not in OFFSET_ROLES for v in variables]
+
     # -- the algorithm -----------------------------------------------------------------------
 
-    def perturbation(self, gradients, weights):
-        """ε(w) for these gradients and weights, by this optimizer's settings (SAM or ASAM)."""
+    def perturbation(self, gradients, weights, variables=None):
+        """ε(w) for these gradients and weights, by this optimizer's settings (SAM or ASAM).
+
+        ASAM's T per tensor comes from the role of ``variables`` (aligned with ``weights``);
+        without them, from the weights' ranks (see ``asam_perturbation``).
+        """
         if self.adaptive:
-            return asam_perturbation(gradients, weights, rho=self.rho, eta=self.eta, eps=self.eps)
+            scaled = None if variables is None else self.asam_scaled(variables)
+            return asam_perturbation(
+                gradients, weights, rho=self.rho, eta=self.eta, eps=self.eps, scaled=scaled
+            )
         return sam_perturbation(gradients, rho=self.rho, eps=self.eps)
 
     def _epsilon(self, gradients, trainable_variables):
         """ε(w) for ``first_step``; the SAM family (``sam.variants``) overrides it."""
-        return self.perturbation(gradients, [v.value for v in trainable_variables])
+        tvars = list(trainable_variables)
+        return self.perturbation(gradients, [v.value for v in tvars], tvars)
 
     def _build_for(self, trainable_variables):
         if not self.built:

@@ -51,6 +51,9 @@ def _build(model, x, optimizer):
                 f"(call it on a batch of data). Exception encountered: {e!r}"
             ) from e
     tvars = model.trainable_variables
+    sam = _split(optimizer)[0]
+    if sam is not None and any(id(v) not in sam._roles for v in tvars):
+        sam.assign_roles(model)  # ASAM's T and SAM-ON's selection by each variable's layer
     if tvars and not optimizer.built:  # the loss scale and SAM's state must exist before use
         optimizer.build(tvars)
     return tvars
@@ -85,10 +88,10 @@ def _compute_loss(model, x, y, y_pred, sample_weight):
     return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
 
 
-def _perturbation(sam, grads, weights):
+def _perturbation(sam, grads, weights, variables):
     if sam is None:  # a plain optimizer: SAM with the default radius around it, as the seed did
         return sam_perturbation(grads, rho=RHO)
-    return sam.perturbation(grads, weights)
+    return sam.perturbation(grads, weights, variables)
 
 
 def clean_pass(model, x, y, sample_weight, scaler, inner):
@@ -170,7 +173,7 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     finite = all_finite(grads)
 
     weights = [v.value for v in tvars]
-    e_w = _perturbation(sam, grads, weights)
+    e_w = _perturbation(sam, grads, weights, tvars)
     perturbed = [w if e is None else w + e for w, e in zip(weights, e_w)]  # w + ε(w)
     mapping = list(zip(tvars, perturbed)) + list(zip(model.non_trainable_variables, state))
     adv = perturbed_pass(model, x, y, sample_weight, perturbed, mapping, clean=grads)
@@ -178,7 +181,8 @@ def _sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
 
 
 def _slice(structure, lo, hi):
-    return keras.tree.map_structure(lambda t: t[lo:hi], structure)
+    """Rows lo:hi of every tensor of ``structure`` (None, e.g. no sample weights, stays None)."""
+    return keras.tree.map_structure(lambda t: None if t is None else t[lo:hi], structure)
 
 
 def _if_nonempty(nonempty, run, variables):

@@ -33,6 +33,7 @@ import tensorflow as tf
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
 from sam._compat import compiled_loss, flat_losses, no_automatic_dependency_tracking, plain_error
+from sam._roles import NORMALIZATION_ROLES
 from sam.optimizer import (
     EPS,
     ETA,
@@ -48,11 +49,16 @@ from sam.train_step import _replica_count, _unscale, clean_pass, perturbed_pass
 
 logger = logging.getLogger("sam")
 
-# SAM-ON's "normalization layers only": the γ and β of Keras's BatchNormalization,
-# LayerNormalization and GroupNormalization (their variables are named gamma and beta), and the
-# `scale` of a layer whose name says norm (RMSNormalization's default name).
-NORMALIZATION = r"(^|/)(gamma|beta)$|norm[^/]*/scale$"
-PERTURBED_CHOICES = {"all": None, "normalization": NORMALIZATION}
+# SAM-ON's "normalization layers only": the γ and β of Keras's normalization layers, by the role
+# table sam._roles (the roles "norm_scale" and "norm_offset"; in a custom loop that never called
+# assign_roles, by the variable's name: gamma, beta, and the scale of a layer named *norm*).
+NORMALIZATION = "normalization"
+PERTURBED_CHOICES = {"all": None}
+
+# LookSAM: an orthogonal part g_v with ‖g_v‖ ≤ ROUNDOFF_ULPS · ε_machine · ‖gₛ‖ is round-off of a
+# gₛ parallel to g (ε_machine of the dtype the norms are taken in, float32 or float64).
+ROUNDOFF_ULPS = 1024
+_MACHINE_EPS = {tf.float32: 2.0**-23, tf.float64: 2.0**-52}
 
 # Salts of the stateless random draws, so that schedules and ESAM's weight draws differ.
 _SCHEDULE_SALT = 0
@@ -264,6 +270,8 @@ def _resolve_perturbed(perturbed):
     """``perturbed`` as None (all), a compiled regex, or a callable; refuses anything else."""
     if perturbed is None:
         return None
+    if perturbed == NORMALIZATION:
+        return NORMALIZATION
     if isinstance(perturbed, str):
         pattern = PERTURBED_CHOICES.get(perturbed, perturbed)
         if pattern is None:
@@ -303,12 +311,13 @@ class SAMVariant(SAM):
     * ``perturbed`` (SAM-ON, Mueller et al. 2023, arXiv 2306.04226, "Normalization Layers Are
       All That Sharpness-Aware Minimization Needs"): only the selected variables are perturbed,
       and the norm ‖·‖ is over them; every variable is still updated with the gradient taken at
-      w + ε. ``"normalization"`` selects the γ/β of Keras's normalization layers (the regular
-      expression ``sam.variants.NORMALIZATION`` on ``variable.path``: variables named ``gamma``
-      or ``beta``, and ``scale`` in a layer whose name contains "norm"); any other string is a
-      regular expression searched in ``variable.path``; a callable gets the variable and
-      returns a bool. The paper perturbs the affine parameters of BatchNorm/LayerNorm; the
-      selection by name is ours, since a Keras variable does not know its layer.
+      w + ε. ``"normalization"`` selects the γ/β (and RMSNormalization's scale) of Keras's
+      normalization layers by the layer that owns each variable (the role table
+      ``sam._roles``, which ``fit`` reads through ``assign_roles``; in a custom loop that does
+      not call ``assign_roles(model)``, by the variable's name: ``gamma``, ``beta``, and
+      ``scale`` in a layer whose name contains "norm"); any other string is a regular
+      expression searched in ``variable.path``; a callable gets the variable and returns a
+      bool. The paper perturbs the affine parameters of BatchNorm/LayerNorm.
     * ``swp_beta`` = β (ESAM's stochastic weight perturbation, Du et al. 2021,
       arXiv 2110.03141; official code dydjw9/Efficient_SAM, ``utils/Esam.py``): on each SAM
       step every variable (tensor) is perturbed with probability β and ε is scaled by 1/β, as
@@ -424,10 +433,18 @@ class SAMVariant(SAM):
     def _build_state(self, variables):
         """Per-member optimizer variables (saved with the model)."""
 
+    def assign_roles(self, model) -> None:
+        """As ``SAM.assign_roles``; the perturbed selection is made again from the roles."""
+        super().assign_roles(model)
+        if self._mask is not None:
+            self._mask = [self._is_perturbed(v) for v in self._trainable_variables]
+
     def _is_perturbed(self, variable):
         rule = self._perturbed_rule
         if rule is None:
             return True
+        if rule == NORMALIZATION:
+            return self.variable_role(variable) in NORMALIZATION_ROLES
         if isinstance(rule, re.Pattern):
             return rule.search(variable.path) is not None
         return bool(rule(variable))
@@ -449,8 +466,11 @@ class SAMVariant(SAM):
         return self.schedule.use_sam(self._step())
 
     def _direction(self, grads, tvars, finite):
-        """The vector the ascent follows; may update state. SAM: the gradient itself."""
+        """The vector the ascent follows; may stage a state update (``_commit`` applies it)."""
         return grads
+
+    def _commit(self, ok):
+        """Apply the state update ``_direction`` staged, where ``ok`` (every pass finite)."""
 
     def _rho(self):
         """ρ of this step (a float or a scalar tensor)."""
@@ -480,7 +500,7 @@ class SAMVariant(SAM):
             scale = 1.0 / self.swp_beta
         if self.adaptive:
             unit = asam_perturbation(d, [v.value for v in tvars], rho=1.0, eta=self.eta,
-                                     eps=self.eps)  # fmt: skip
+                                     eps=self.eps, scaled=self.asam_scaled(tvars))  # fmt: skip
         else:
             unit = sam_perturbation(d, rho=1.0, eps=self.eps)
         rho = self._rho()
@@ -492,7 +512,11 @@ class SAMVariant(SAM):
     def _epsilon(self, gradients, trainable_variables):
         """ε for ``first_step``: the direction (state updated), then the scaled ε."""
         grads = [_dense(g) for g in gradients]
-        d = self._direction(grads, list(trainable_variables), all_finite(grads))
+        finite = all_finite(grads)
+        d = self._direction(grads, list(trainable_variables), finite)
+        # first_step/second_step may run in separate functions: the state cannot wait for the
+        # second pass here, so it changes when the clean gradient is finite.
+        self._commit(finite)
         return self._epsilon_from(d, list(trainable_variables))
 
     def _combine(self, grads, adv, tvars, finite):
@@ -598,6 +622,7 @@ class SAMVariant(SAM):
             self._use_sam(), sam_step, lambda: self._plain(grads, tvars, finite), present
         )
         final = final + [None] * (len(tvars) - len(final))
+        self._commit(tf.logical_and(finite, all_finite(final)))  # state only if all passes are
         with self.sam_update():
             self.apply(final, tvars)
 
@@ -652,6 +677,7 @@ class SAMVariant(SAM):
 
         final = _branch(self._use_sam(), sam_step, plain_step, present)
         final = final + [None] * (len(tvars) - len(final))
+        self._commit(tf.logical_and(finite, all_finite(final)))  # state only if all passes are
         return _rescale(final, scaler, inner), y_pred, finite
 
     # -- serialization -------------------------------------------------------------------------
@@ -742,8 +768,10 @@ class GSAM(SAMVariant):
     ``minimize_fp=True``): the decomposition uses the global vectors of all variables.
 
     ρ schedule: with ``rho_min`` (and ``lr_max``, ``lr_min``) ρ follows the base optimizer's
-    current learning rate η_t linearly, as the paper's Algorithm 1 and the official code do;
-    without it ρ is constant.
+    current learning rate η_t linearly, as the paper's Algorithm 1 and the official code do,
+    clamped to [ρ_min, ρ]: a warm-up from below η_min gives ρ_min (the official code's ρ_t is
+    negative there, an ascent that descends), a rate above η_max gives ρ; without ``rho_min``
+    ρ is constant.
 
     tf.distribute: as the official code, each replica perturbs and decomposes with its own
     gradients and the replicas' GSAM gradients are averaged; with ``sync_perturbations=True``
@@ -795,7 +823,9 @@ class GSAM(SAMVariant):
         if self.rho_min is None:
             return self.rho
         lr = tf.cast(self.learning_rate, tf.float64)
-        frac = (lr - self.lr_min) / (self.lr_max - self.lr_min)
+        # Clamped: a warm-up below lr_min would make ρ_t negative (an ascent that descends),
+        # a rate above lr_max would take ρ_t beyond ρ.
+        frac = tf.clip_by_value((lr - self.lr_min) / (self.lr_max - self.lr_min), 0.0, 1.0)
         return self.rho_min + (self.rho - self.rho_min) * frac
 
     def _combine(self, grads, adv, tvars, finite):
@@ -833,8 +863,14 @@ class LookSAM(SAMVariant):
     the second pass, so a step costs about (k + 1)/k passes. The stored g_v is an optimizer
     variable per model variable, saved with the model.
 
+    Round-off: when gₛ is parallel to g (an isotropic quadratic, or ρ = 0) the exact g_v is 0,
+    but the computed one is float noise, which the plain steps would scale up to α‖g‖. A g_v
+    with ‖g_v‖ ≤ 1024 ε_mach ‖gₛ‖ (ε_mach = 2⁻²³ for float32 gradients, 2⁻⁵² for float64;
+    ``ROUNDOFF_ULPS``) is stored as 0, and a plain step with g_v = 0 uses g itself; so LookSAM
+    with ρ = 0 is its base optimizer.
+
     Departures: the paper has no official code; the layer-wise Look-LayerSAM of the same paper
-    (for large batches) is not offered. ‖g_v‖ has ``eps`` added. A step whose perturbed
+    (for large batches) is not offered. A step whose perturbed
     gradient is not finite (a loss-scale overflow) keeps the previous g_v. tf.distribute with
     several replicas is refused (one g_v for the model, which per-replica gradients would
     each overwrite).
@@ -879,22 +915,32 @@ class LookSAM(SAMVariant):
 
     def _combine(self, grads, adv, tvars, finite):
         dtype = _norm_dtype(grads)
-        coef = _global_dot(grads, adv, dtype) / (_global_dot(grads, grads, dtype) + self.eps)
+        gg = _global_dot(grads, grads, dtype)
+        coef = _global_dot(grads, adv, dtype) / tf.where(gg > 0, gg, tf.ones_like(gg))
+        pairs = [(g, a, v) for g, a, v in zip(grads, adv, tvars) if g is not None and a is not None]
+        new = [a - tf.cast(coef, g.dtype) * g for g, a, _ in pairs]  # gₛ − (g·gₛ/‖g‖²) g
+        # Round-off, not a direction: gₛ parallel to g leaves float noise that _plain would scale
+        # up to α‖g‖. An orthogonal part within ROUNDOFF_ULPS ulp of ‖gₛ‖ is stored as zero.
+        tol = tf.constant(ROUNDOFF_ULPS * _MACHINE_EPS[dtype], dtype)
+        noise = tf.sqrt(_global_dot(new, new, dtype)) <= tol * tf.sqrt(
+            _global_dot([a for _, a, _ in pairs], [a for _, a, _ in pairs], dtype)
+        )
         keep = tf.logical_and(finite, all_finite(adv))
-        for g, a, v in zip(grads, adv, tvars):
-            if g is None or a is None:
-                continue
+        for (_, _, v), n in zip(pairs, new):
             g_v = self._g_v[self._get_variable_index(v)]
-            new = a - tf.cast(coef, g.dtype) * g  # gₛ − (g·gₛ/‖g‖²) g
-            g_v.assign(tf.where(keep, tf.cast(new, g_v.dtype), g_v))
+            n = tf.where(noise, tf.zeros_like(n), n)
+            g_v.assign(tf.where(keep, tf.cast(n, g_v.dtype), g_v))
         return adv
 
     def _plain(self, grads, tvars, finite):
         g_v = [None if g is None else self._g_v[self._get_variable_index(v)].value
                for g, v in zip(grads, tvars)]  # fmt: skip
         dtype = _norm_dtype(grads)
-        ratio = tf.sqrt(_global_dot(grads, grads, dtype)) / (
-            tf.sqrt(_global_dot(g_v, g_v, dtype)) + self.eps
+        norm_v = tf.sqrt(_global_dot(g_v, g_v, dtype))
+        ratio = tf.where(
+            norm_v > 0,
+            tf.sqrt(_global_dot(grads, grads, dtype)) / tf.where(norm_v > 0, norm_v, 1.0),
+            tf.zeros_like(norm_v),
         )
         return [
             None if g is None else g + tf.cast(self.alpha * ratio, g.dtype) * tf.cast(gv, g.dtype)
@@ -924,10 +970,12 @@ class FriendlySAM(SAMVariant):
     code is what produced the paper's results.) m is an optimizer variable per model variable,
     saved with the model.
 
-    Departures: a step whose clean gradient is not finite (a loss-scale overflow) leaves m
-    unchanged. With a ``schedule``, m is updated on every step, the plain ones included (the
-    clean gradient is computed on every step; the paper has no schedule). tf.distribute with
-    several replicas is refused (one m for the model).
+    Departures: a step with a non-finite gradient in either pass (a loss-scale overflow, which
+    the scaler skips) leaves m and the started flag unchanged (with ``first_step``/
+    ``second_step``, which may run in separate functions, only the clean pass decides). With
+    a ``schedule``, m is updated on every step, the plain ones included (the clean gradient is
+    computed on every step; the paper has no schedule). tf.distribute with several replicas
+    is refused (one m for the model).
 
     Args:
         base_optimizer: The optimizer that makes the update.
@@ -965,7 +1013,7 @@ class FriendlySAM(SAMVariant):
 
     def _direction(self, grads, tvars, finite):
         started = tf.identity(self._started.value) > 0.5  # read now, before the update
-        out = []
+        out, staged = [], []
         for g, v in zip(grads, tvars):
             if g is None:
                 out.append(None)
@@ -974,10 +1022,14 @@ class FriendlySAM(SAMVariant):
             old = tf.cast(tf.identity(m.value), g.dtype)  # m before this step's update
             out.append(tf.where(started, g - _as(self.sigma, g.dtype) * old, g))
             lam = _as(self.lmbda, g.dtype)
-            new = tf.where(started, lam * old + (1 - lam) * g, g)
-            m.assign(tf.where(finite, tf.cast(new, m.dtype), m.value))
-        self._started.assign(tf.where(finite, 1.0, self._started.value))
+            staged.append((m, tf.cast(tf.where(started, lam * old + (1 - lam) * g, g), m.dtype)))
+        self.__dict__["_staged"] = staged  # applied by _commit once every pass is known finite
         return out
+
+    def _commit(self, ok):
+        for m, new in self.__dict__.pop("_staged", ()):
+            m.assign(tf.where(ok, new, m.value))
+        self._started.assign(tf.where(ok, 1.0, self._started.value))
 
     def get_config(self):
         config = super().get_config()

@@ -161,6 +161,32 @@ def test_batch_splits_average_ragged_micro_batches(n):
         assert not np.allclose(weights_of(model)[0], whole[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("weights", ["none", "sample", "class"])
+def test_batch_splits_train_in_plain_fit(weights):
+    """m = 3 in fit over an epoch of 11 examples in batches of 4 (4, 4, 3: ragged last batch)."""
+    x, y, sw = make_data(n=11)
+    class_weight = {0: 0.5, 1: 2.0, 2: 1.25}
+    kwargs = {"sample": {"sample_weight": sw}, "class": {"class_weight": class_weight}}
+    per_example = {"none": None, "sample": sw, "class": np.array([class_weight[c] for c in y])}
+    model = make_mlp(model_cls=SAMModel)
+    w = weights_of(model)
+    compile_mlp(model, SAM(keras.optimizers.SGD(0.1), rho=0.3, num_batch_splits=3))
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, **kwargs.get(weights, {}))
+    weight = per_example[weights]
+    for start in range(0, 11, 4):
+        xb, yb = x[start : start + 4], y[start : start + 4]
+        wb = None if weight is None else weight[start : start + 4]
+        n = len(xb)
+        bounds = [(i * n) // 3 for i in range(4)]
+        g = [np.zeros_like(wi) for wi in w]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = None if wb is None else wb[lo:hi]
+            gi = sam_gradient(w, xb[lo:hi], yb[lo:hi], part, rho=0.3)
+            g = [a + (hi - lo) / n * b for a, b in zip(g, gi)]
+        w = [wi - 0.1 * gi for wi, gi in zip(w, g)]
+    assert_weights_close(weights_of(model), w)
+
+
 @pytest.mark.parametrize("wrapped", [True, False], ids=["SAM", "plain SGD"])
 def test_mixed_float16_fit_decreases_the_loss(mnist_small, wrapped):
     (x, y), _ = mnist_small

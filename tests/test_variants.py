@@ -14,7 +14,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from sam_reference import L2, compile_mlp, grad, make_data, make_mlp
+from sam_reference import (
+    L2,
+    compile_mlp,
+    grad,
+    make_data,
+    make_mlp,
+    make_second_pass_overflow,
+)
 
 from sam import (
     ESAM,
@@ -264,9 +271,57 @@ def test_gsam_rho_follows_the_learning_rate():
     w = [v.numpy() for v in make_mlp().trainable_variables]
     for t in range(2):
         lr = float(schedule(t))
-        rho_t = 0.1 + (0.5 - 0.1) * (lr - 0.1) / (0.2 - 0.1)
+        rho_t = min(0.1 + (0.5 - 0.1) * (lr - 0.1) / (0.2 - 0.1), 0.5)  # float32 0.2 > 0.2
         w = add(w, gsam_update(w, data, rho=rho_t, alpha=0.3), -lr)
     assert_same(train(make, "fit", 2, data), w)
+
+
+@pytest.mark.parametrize("lr", [0.02, 0.15, 0.35])  # below lr_min, between, above lr_max
+def test_gsam_rho_is_clamped_to_its_range(lr):
+    data = make_data(n=12)
+
+    def make():
+        return GSAM(keras.optimizers.SGD(lr), rho=0.5, alpha=0.3, rho_min=0.1,
+                    lr_max=0.2, lr_min=0.1)  # fmt: skip
+
+    rho_t = min(max(0.1 + (0.5 - 0.1) * (lr - 0.1) / (0.2 - 0.1), 0.1), 0.5)
+    w = [v.numpy() for v in make_mlp().trainable_variables]
+    w = add(w, gsam_update(w, data, rho=rho_t, alpha=0.3), -lr)
+    assert_same(train(make, "fit", 1, data), w)
+
+
+def quadratic_step(opt, w):
+    """One ``opt.step`` on the isotropic quadratic ½‖w‖² (gradient w: g(w + ε) ∥ g(w))."""
+
+    def gradient_fn():
+        with tf.GradientTape() as tape:
+            loss = 0.5 * tf.reduce_sum(tf.square(w))
+        return tape.gradient(loss, [w])
+
+    opt.step(gradient_fn, [w])
+
+
+def test_looksam_stores_no_round_off_on_an_isotropic_quadratic():
+    w = keras.Variable(np.random.default_rng(0).normal(size=(6, 7)).astype("float32"))
+    opt = LookSAM(keras.optimizers.SGD(LR), rho=0.3, k=2, alpha=0.7)
+    quadratic_step(opt, w)  # a SAM step: g_v = gₛ − (g·gₛ/‖g‖²) g = 0 exactly
+    g = w.numpy().astype("float64")  # the gradient of the plain step
+    quadratic_step(opt, w)
+    used = (g - w.numpy()) / LR
+    # the exact rule's used = g; w − η·used in float32 costs ~1e-7 relative (was 0.70)
+    assert np.linalg.norm(used - g) / np.linalg.norm(g) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_looksam_with_rho_zero_is_its_base_optimizer(dtype):
+    init = np.random.default_rng(1).normal(size=(5, 3)).astype(dtype)
+    a, b = keras.Variable(init), keras.Variable(init)
+    opt = LookSAM(keras.optimizers.SGD(LR, momentum=0.9), rho=0.0, k=3, alpha=0.7)
+    base = keras.optimizers.SGD(LR, momentum=0.9)
+    for _ in range(6):
+        quadratic_step(opt, a)
+        base.apply([b.value], [b])  # ∇ ½‖b‖² = b
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_sds_selects_the_sharpest_examples_in_fit():
@@ -432,6 +487,20 @@ def test_loss_scale_overflow_leaves_weights_and_moving_average():
         np.testing.assert_array_equal(a, b)
     assert float(fsam._started.numpy()) == 0.0
     assert all(not np.any(m.numpy()) for m in fsam._m)
+
+
+def test_overflow_in_the_second_pass_leaves_weights_and_friendly_sam_state():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model, x, y = make_second_pass_overflow(SAMModel)
+    fsam = FriendlySAM(sgd(), rho=1e4)
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(fsam, initial_scale=1.0),
+                  loss="mae")  # fmt: skip
+    before = model.get_weights()
+    model.train_on_batch(x, y)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert fsam._m and float(fsam._started.numpy()) == 0.0  # was 1: the next ε would be 0
+    assert all(not np.any(m.numpy()) for m in fsam._m)  # was m = g
 
 
 # -- tf.distribute ---------------------------------------------------------------------------------
