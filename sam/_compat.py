@@ -507,3 +507,18 @@ def autocast_scope(dtype: str):
     from keras.src.backend.common.variables import AutocastScope
 
     return AutocastScope(dtype)
+
+
+# -- for sam: keras.callbacks.SwapEMAWeights --------------------------------------------------
+# The callback reads ``optimizer._model_variables_moving_average`` (and the optimizer's
+# ``_trainable_variables``); SAM defines the former as its base optimizer's EMA (Keras 3.15).
+
+
+def ema_variables(optimizer):
+    """The EMA of the weights that ``optimizer`` keeps (``use_ema=True``), or None."""
+    return getattr(optimizer, "_model_variables_moving_average", None)
+
+
+def built_variables(optimizer) -> list:
+    """The variables ``optimizer`` was built for (``Optimizer._trainable_variables``)."""
+    return list(_private(optimizer, "_trainable_variables"))

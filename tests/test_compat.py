@@ -243,3 +243,13 @@ def test_autocast_scope_types_float32_variables_as_the_wider_dtype():
         assert keras.backend.standardize_dtype(v.dtype) == "float64"
         assert keras.backend.standardize_dtype(keras.ops.matmul(v, w).dtype) == "float64"
     assert keras.backend.standardize_dtype(v.dtype) == "float32"
+
+
+def test_an_ema_optimizer_exposes_its_average_and_built_variables():
+    v = keras.Variable(np.ones(3, "float32"))
+    opt = keras.optimizers.SGD(0.1, use_ema=True)
+    opt.build([v])
+    assert _compat.built_variables(opt) == [v]
+    average = _compat.ema_variables(opt)
+    assert len(average) == 1 and tuple(average[0].shape) == (3,)
+    assert _compat.ema_variables(keras.optimizers.SGD(0.1)) is None
