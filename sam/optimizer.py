@@ -24,8 +24,13 @@ import keras
 import tensorflow as tf
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
-from sam import _compat
-from sam._compat import forget_traced_train_step, no_automatic_dependency_tracking, plain_error
+from sam._compat import (
+    built_variables,
+    ema_variables,
+    forget_traced_train_step,
+    no_automatic_dependency_tracking,
+    plain_error,
+)
 from sam._roles import OFFSET_ROLES, model_roles, name_role
 
 logger = logging.getLogger("sam")
@@ -385,12 +390,10 @@ class SAM(keras.optimizers.Optimizer):
         gives its own message.
         """
         base = self.__dict__.get("base_optimizer")
-        average = None if base is None or not base.use_ema else _compat.ema_variables(base)
+        average = None if base is None or not base.use_ema else ema_variables(base)
         if average is None:
             raise AttributeError("_model_variables_moving_average")
-        if [id(v) for v in _compat.built_variables(base)] != [
-            id(v) for v in _compat.built_variables(self)
-        ]:
+        if [id(v) for v in built_variables(base)] != [id(v) for v in built_variables(self)]:
             raise ValueError(
                 f"The base optimizer of {self.name!r} was built for other variables than "
                 "SAM, so its moving average cannot be paired with the model's weights; give "

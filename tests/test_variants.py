@@ -641,8 +641,8 @@ def test_cli_trains_a_member_and_refuses_bad_options(tmp_path):
     assert type(optimizer) is LookSAM and (optimizer.k, optimizer.alpha) == (2, 0.5)
     for args, words in [
         (("--optimizer", "gsam", "--sigma", 1), "`sigma` applies to friendlysam, not gsam"),
-        (("--optimizer", "sam", "--sam-every", 0), "`every` must be an integer >= 1"),
-        (("--optimizer", "esam", "--beta", 2), "`beta` must be a number in (0, 1]"),
+        (("--optimizer", "sam", "--sam-every", 0), "'--sam-every': 0 is not in the range x>=1"),
+        (("--optimizer", "esam", "--beta", 2), "'--beta': 2.0 is not in the range 0<x<=1"),
         (("--optimizer", "looksam", "--sam-last", 0.5), "no schedule for looksam"),
     ]:
         result = invoke(*args, "--out", tmp_path / "bad.keras")
