@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint install clean
+.PHONY: test test-slow demo lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check --output-format concise .
 	$(BIN)/ruff format --check .
 
+# The whole suite but the tests marked slow (long end-to-end runs: ResNet-50, clusters,
+# kill -9); `make test-slow` runs those.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 # The main job: SGD and SAM ResNets on the embedded MNIST subset with 40 % wrong labels, 3 seeds;
 # landscapes, sharpness, statistics and figures into out/figures (rerunning resumes; a directory

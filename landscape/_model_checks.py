@@ -154,6 +154,8 @@ def batch_coupling(obj, batch: tuple, y_pred, added: list) -> None:
 
     A term that is not makes the Objective exact in one batch only: refused in several.
     """
+    if all(split.single_batch for split in obj._splits.values()):
+        return  # one batch: the Objective is model.evaluate's one-batch value, coupled or not
     x, y, w = batch
     n = _leading(x)
     if n is None or n < 2:
@@ -182,10 +184,7 @@ def batch_coupling(obj, batch: tuple, y_pred, added: list) -> None:
     what = sorted({names[k] for k in coupled})
     if mixes:
         what = ["the model itself (one of its layers mixes the samples of a batch)"]
-    obj._coupled = what
-    if any(not s.single_batch for s in obj._splits.values()):
-        raise coupling_refusal(what[0], n)
-    logger.info("%s couples the samples of a batch: exact here, in one batch.", what[0])
+    raise coupling_refusal(what[0], n)
 
 
 def _term_names(obj) -> list[str]:

@@ -1014,7 +1014,6 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         self._cached_layers: list = []  # layers whose cached state the offsets must reach
         self._unmovable: dict[int, Any] = {}  # id -> variable the scope cannot move
         self._owners: dict[int, Any] = {}  # id(variable) -> owning layer, when needed
-        self._coupled: list[str] = []  # terms that couple samples (exact in one batch only)
         self.model = model
         self.regularization = regularization
         self.batch_size = batch_size

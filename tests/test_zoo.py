@@ -266,7 +266,11 @@ ZOO = {
 }
 
 
-@pytest.fixture(scope="module", params=list(ZOO))
+# ResNet-50 (23.5 M parameters) takes about 3 minutes of the suite: `make test-slow` runs it.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(n, marks=pytest.mark.slow) if n == "resnet50" else n for n in ZOO],
+)
 def case(request):
     keras.utils.set_random_seed(0)
     built = ZOO[request.param]()
