@@ -128,6 +128,10 @@ def _numpy(t) -> list[np.ndarray]:
     return [keras.ops.convert_to_numpy(t)]
 
 
+def _joined(*tensors):
+    return tf.concat(tensors, 0)
+
+
 def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Dataset:
     """A finite tf.data view of a ``keras.utils.PyDataset`` (batches in index order).
 
@@ -222,6 +226,28 @@ class DataSplit:
             None if part is None else tf.nest.map_structure(take, part)
             for part in (self.x, self.y, self.w)
         )
+
+    def probe_batch(self, size: int):
+        """(x, y, w) of up to ``size`` samples from the start of the split, eagerly: the first
+        ``size`` samples of arrays, or a dataset's first batches joined (its first batch alone
+        where they do not join, e.g. padded to other lengths)."""
+        if self.dataset is None:
+            return self.first_batch(size)
+        parts, count = [], 0
+        for batch in self.dataset.take(size):
+            parts.append(_dense_batch(batch))
+            count += int(tf.shape(tf.nest.flatten(parts[-1][0])[0])[0])
+            if count >= size:
+                break
+        if not parts:
+            raise ValueError("Argument `data` is an empty dataset.")
+        try:
+            return tuple(
+                None if part[0] is None else tf.nest.map_structure(_joined, *part)
+                for part in zip(*parts)
+            )
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError):
+            return parts[0]
 
     def batches(self, size: int) -> Iterator[tuple]:
         """Consecutive (x, y, w) slices of ``size`` samples, eagerly."""

@@ -148,22 +148,30 @@ def _numpy(t) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(t), np.float64)
 
 
-def batch_coupling(obj, batch: tuple, y_pred, added: list) -> None:
-    """Check that the loss of the probe ``batch`` (x, y, w), whose outputs ``y_pred`` and own
-    losses ``added`` are known, is the sum of its halves' (see the module's doc).
+def batch_coupling(obj) -> None:
+    """Check that the loss of a probe batch (up to ``PROBE_SAMPLES`` samples from the start of
+    each split) is the sum of its halves' (see the module's doc).
 
     A term that is not makes the Objective exact in one batch only: refused in several.
     """
-    if all(split.single_batch for split in obj._splits.values()):
-        return  # one batch: the Objective is model.evaluate's one-batch value, coupled or not
+    for split in obj._splits.values():
+        if not split.single_batch:  # one batch: model.evaluate's one-batch value, coupled or not
+            _coupling(obj, split.probe_batch(PROBE_SAMPLES))
+
+
+#: samples of the probe batch of the coupling check (more samples, fewer degenerate batches:
+#: a pair loss needs pairs of one class in it)
+PROBE_SAMPLES = 64
+
+
+def _coupling(obj, batch: tuple) -> None:
     x, y, w = batch
     n = _leading(x)
     if n is None or n < 2:
         return
     h = n // 2
     try:
-        whole = np.asarray(obj._batch_pairs(x, y, w, y_pred, False, added), np.float64)
-        outputs = [_numpy(t) for t in tf.nest.flatten(y_pred)]
+        whole, outputs = _pairs(obj, x, y, w)
         first, out_a = _pairs(obj, *(_half(p, 0, h) for p in (x, y, w)))
         second, out_b = _pairs(obj, *(_half(p, h, n) for p in (x, y, w)))
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
@@ -183,7 +191,7 @@ def batch_coupling(obj, batch: tuple, y_pred, added: list) -> None:
     names = _term_names(obj)
     what = sorted({names[k] for k in coupled})
     if mixes:
-        what = ["the model itself (one of its layers mixes the samples of a batch)"]
+        what = ["the model itself (a layer mixes the samples of a batch)"]
     raise coupling_refusal(what[0], n)
 
 
@@ -199,9 +207,8 @@ def _term_names(obj) -> list[str]:
 
 def coupling_refusal(what: str, n: int) -> ValueError:
     return _terms.Refusal(
-        f"{what[0].upper()}{what[1:]} couples the samples of a batch (a sample's term changes "
-        f"with the other samples in its batch: the probe batch of {n} samples is not the sum "
-        "of its halves), so its value over the data set depends on how the data are batched; "
-        "put every sample in one batch (`batch_size` at least the number of samples, or a "
-        "dataset of one batch), as `model.evaluate` would need too."
+        f"{what[0].upper()}{what[1:]} couples the samples of a batch (the loss of a probe "
+        f"batch of {n} samples is not the sum of its halves'), so its value over the data set "
+        "depends on the batching; put every sample in one batch (`batch_size` at least the "
+        "number of samples, or a dataset of one batch)."
     )

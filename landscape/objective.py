@@ -852,7 +852,7 @@ class _Construction:
         _model_checks.finite_loss(ours + sum(float(a) for a in added), x)
         if self._loss.per_batch and any(not s.single_batch for s in self._splits.values()):
             raise _terms.per_batch_refusal(sorted(self._loss.per_batch)[0])
-        _model_checks.batch_coupling(self, (x, y, w), y_pred, added)
+        _model_checks.batch_coupling(self)
         if np.isfinite(keras_value) and not np.isclose(
             ours, keras_value, rtol=LOSS_CHECK_RTOL, atol=1e-7
         ):

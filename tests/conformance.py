@@ -399,30 +399,16 @@ def run_case(case: Case, *, sam_step: bool = True) -> Result:
 
 
 # ------------------------------------------------------------------ faults being fixed now
-# kind -> (reason, predicate(case, failure)). The lead removes an entry once its fix is merged;
-# tests/test_conformance.py xfails a case only when every failure it has matches an entry.
-VALUE_KINDS = ("objective-vs-evaluate", "surface-point", "refused", "refusal-not-one-sentence")
-KNOWN_FAULTS = {
-    "normalization-hessian": (
-        "TF's moments stop a gradient: Hessians through LayerNormalization/GroupNormalization",
-        lambda c, f: f.kind == "hvp-vs-finite-difference" and c.norm in ("layernorm", "groupnorm"),
-    ),
-}
-
-
-# Found by this harness on main (51c8fd7), not yet fixed: xfailed in the CI profile likewise.
-HARNESS_FINDINGS = {
-    "pydataset-crash": (
-        "the Objective crashes (TypeError output_signature for list inputs; reshape "
-        "InvalidArgumentError for one-hot targets) on a keras.utils.PyDataset",
-        lambda c, f: f.check == "a" and c.data_form == "pydataset" and "crash" in f.kind,
-    ),
-}
+# kind -> (reason, predicate(case, failure)): a fault found and not yet fixed, whose failures
+# tests/test_conformance.py xfails (a case xfails only when every failure it has matches one).
+# Every fault found so far is fixed and has a named regression test (tests/test_exactness.py,
+# tests/test_second_derivatives.py), so the table is empty; the long profile lists any new one.
+KNOWN_FAULTS: dict = {}
 
 
 def known_fault(case: Case, failure: Failure) -> str | None:
     """The KNOWN_FAULTS kind that explains ``failure``, or None."""
-    for kind, (_, matches) in {**KNOWN_FAULTS, **HARNESS_FINDINGS}.items():
+    for kind, (_, matches) in KNOWN_FAULTS.items():
         if matches(case, failure):
             return kind
     return None

@@ -251,7 +251,10 @@ class Data:
 
     def for_objective(self):
         if self.form == "dataset":
-            return tf.data.Dataset.from_tensor_slices(self.parts).batch(self.batch_size)
+            # tuples: tf.data reads a list of arrays as one (possibly ragged) tensor
+            parts = tf.nest.map_structure(lambda t: t, self.parts)
+            parts = tuple(tuple(p) if isinstance(p, list) else p for p in parts)
+            return tf.data.Dataset.from_tensor_slices(parts).batch(self.batch_size)
         if self.form == "pydataset":
             return ArrayData(self.parts, self.batch_size)
         if self.form == "sparse":
