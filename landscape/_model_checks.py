@@ -124,10 +124,9 @@ def zero_directions(obj, aligned: Sequence[Sequence[np.ndarray]], argument: str)
         if total == 0.0:
             raise ValueError(
                 f"Argument `{argument}`: direction {i} is zero on every variable of the model, "
-                "so a surface along it would be flat: the variables it could move are frozen, "
-                "ignored (ignore='biasbn' zeroes biases and normalization), quantized (int8 "
-                "kernels are not floating-point variables) or zero themselves (a reloaded LoRA "
-                "model's factors), and filter normalization scales each filter to its weights."
+                "so a surface along it would be flat: what it could move is ignored (biases, "
+                "normalization), quantized (int8 kernels), frozen, or zero itself (a reloaded "
+                "LoRA model's factors; filter normalization scales to them)."
             )
 
 

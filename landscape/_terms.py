@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from sam import _compat
@@ -152,7 +153,8 @@ class CompiledLoss:
         Calling the loss updates its per-output loss trackers; they are put back as they were.
         """
         trackers = list(self.compile_loss.metrics)
-        saved = [[keras.ops.convert_to_numpy(v) for v in m.variables] for m in trackers]
+        # copies: a variable's NumPy view can share its buffer, which the call updates in place
+        saved = [[np.array(keras.ops.convert_to_numpy(v)) for v in m.variables] for m in trackers]
         value = self.compile_loss(y, y_pred, w)
         for m in self.compile_loss.metrics:
             if m in trackers:

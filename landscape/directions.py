@@ -764,11 +764,10 @@ def random_direction(
         arrays[key] = d.astype(w.dtype)
     if not any(np.any(a != 0) for a in arrays.values()):
         raise ValueError(
-            f"Argument `model`: the random direction (include={include!r}, ignore={ignore!r}, "
-            f"norm={norm!r}) is zero on every variable, so a surface along it would be flat: "
-            "the variables it may move are biases or normalization (ignored), quantized (int8 "
-            "kernels are not floating-point variables), frozen, or zero themselves (a reloaded "
-            "LoRA model's factors), and filter normalization scales each filter to its weights."
+            f"Argument `model`: the random direction (include={include!r}, ignore={ignore!r}) "
+            "is zero on every variable, so a surface along it would be flat: what it may move "
+            "is ignored (biases, normalization), quantized (int8 kernels), frozen, or zero "
+            "itself (a reloaded LoRA model's factors; filter normalization scales to them)."
         )
     out = Direction(
         arrays,

@@ -172,20 +172,38 @@ def check_surface_point(res: Result, model, data, obj) -> None:
     (d1, d2), include = _directions_pair(model, case)
     a, b = 0.3, -0.2
     ours = obj.evaluate_at([a, b], [d1, d2])["loss"]
-    saved = [keras.ops.convert_to_numpy(v.value) for v in obj.variables]
+    # copies: a variable's NumPy view may share the buffer that assign updates in place
+    saved = [np.array(keras.ops.convert_to_numpy(v.value)) for v in obj.variables]
     arrays = zip(obj.variables, saved, d1.aligned(obj.variables), d2.aligned(obj.variables))
     try:
         for v, w, x, y in arrays:
             v.assign((w.astype(np.float64) + a * x.astype(np.float64) + b * y).astype(w.dtype))
+        _finalize(model)  # as Keras does after loading weights: cached state from the variables
         ref = _keras_loss(model, data)
     finally:
         for v, w in zip(obj.variables, saved):
             v.assign(w)
+        _finalize(model)
     all64 = all(keras.backend.standardize_dtype(v.dtype) == "float64" for v in obj.variables)
     tol = 1e-10 if all64 else (3e-2 if case.mixed else 1e-4)
     if not _rel(ours, ref) <= tol:
         msg = f"evaluate_at {ours:.10g} vs assign+evaluate {ref:.10g} (include={include})"
         res.fail("c", "surface-point", msg)
+
+
+def _finalize(model) -> None:
+    """``finalize_state()`` of every layer that caches state computed from its variables (an
+    adapted ``Normalization``'s mean and variance), as ``load_weights`` calls it; and a fresh
+    test function, since the traced one holds the cached tensors as constants."""
+    cached = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if hasattr(layer, "finalize_state") and layer.built
+    ]
+    for layer in cached:
+        layer.finalize_state()
+    if cached:
+        model.make_test_function(force=True)
 
 
 def check_hvp(res: Result, obj) -> None:
@@ -276,7 +294,7 @@ def _sample_weights(data) -> np.ndarray | None:
 
 def _tape_gradient(model, data, weights) -> list[np.ndarray]:
     """∇L at the model's current weights: Keras's own loss, training mode, through a tape."""
-    x = data.evaluate_x()
+    x = tf.nest.map_structure(tf.convert_to_tensor, data.evaluate_x())  # no mixed nests
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True)
         loss = model.compute_loss(x=x, y=data.y, y_pred=y_pred, sample_weight=weights)
@@ -292,7 +310,7 @@ def check_sam_step(res: Result, model, data) -> None:
     case = res.case
     copy, _ = case.build()
     copy.set_weights(model.get_weights())
-    state = [keras.ops.convert_to_numpy(v.value) for v in copy.variables]
+    state = [np.array(keras.ops.convert_to_numpy(v.value)) for v in copy.variables]
     tvars = copy.trainable_variables
     w0 = [keras.ops.convert_to_numpy(v.value).astype(np.float64) for v in tvars]
     weights = _sample_weights(data)

@@ -365,3 +365,16 @@ def test_precision_float64_computes_float32_variables_in_float64():
     minus = obj.flat.concat(obj.value_and_gradient(obj.flat.offsets(-h * v))[1])
     fd = (plus - minus) / (2 * h)
     assert np.linalg.norm(hv - fd) <= 1e-7 * np.linalg.norm(fd)
+
+
+def test_building_an_objective_leaves_the_models_metric_state_bit_identical():
+    """The loss trackers the Objective's build runs are put back from copies (a variable's NumPy
+    view may share the buffer its in-place update writes)."""
+    model = _with_model_losses()
+    model.evaluate(X, Y, batch_size=8, verbose=0)
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in model.metrics_variables]
+    landscape.Objective(model, (X, Y), batch_size=8)
+    after = [keras.ops.convert_to_numpy(v) for v in model.metrics_variables]
+    assert len(before) == len(after) > 0
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
