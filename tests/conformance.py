@@ -292,9 +292,13 @@ def _sample_weights(data) -> np.ndarray | None:
     return np.array([data.class_weight[c] for c in labels], np.float32)
 
 
+def _tensor(t):
+    return t if isinstance(t, tf.SparseTensor) else tf.convert_to_tensor(t)
+
+
 def _tape_gradient(model, data, weights) -> list[np.ndarray]:
     """∇L at the model's current weights: Keras's own loss, training mode, through a tape."""
-    x = tf.nest.map_structure(tf.convert_to_tensor, data.evaluate_x())  # no mixed nests
+    x = tf.nest.map_structure(_tensor, data.evaluate_x())  # no mixed nests of arrays/tensors
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True)
         loss = model.compute_loss(x=x, y=data.y, y_pred=y_pred, sample_weight=weights)
