@@ -311,6 +311,21 @@ def _hvp_of(mode: str, scalar_of, vals: list, slots: list[int], vectors: list):
     return aux, [tf.cast(tf.convert_to_tensor(h), tf.float64) for h in hv]
 
 
+def _finite_product(product: list, what: str) -> list:
+    """``product`` if every entry is finite, else one sentence: a curvature that TensorFlow's
+    autodiff cannot give here (NaN where the loss and gradient are finite)."""
+    total = sum(int(tf.size(p)) for p in product)
+    bad = total - sum(int(tf.math.count_nonzero(tf.math.is_finite(p))) for p in product)
+    if bad:
+        raise ValueError(
+            f"The {what}-vector product is not finite ({bad} of {total} entries are NaN or "
+            "inf): TensorFlow's second derivative of the model or its loss is undefined at "
+            "these weights (e.g. a loss built on where(mask, x, -inf), as "
+            "keras.losses.Circle is), so no curvature can be measured here."
+        )
+    return product
+
+
 #: Where the Gauss-Newton split is taken, per output: the outputs themselves, or the logits
 #: that a softmax / sigmoid output was computed from (recovered as log p, or log p - log(1 - p)).
 GGN_SPLITS = ("outputs", "softmax", "sigmoid")
@@ -1272,7 +1287,9 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         vector = self._trainable_vector(vector)
         scales = self._normalizers(split)
         try:
-            return self._hvp_fn(split, mode)(*self._offset_args(offsets), vector, scales)
+            return _finite_product(
+                self._hvp_fn(split, mode)(*self._offset_args(offsets), vector, scales), "Hessian"
+            )
         except TypeError as error:
             if mode != "forward_over_backward":
                 raise
@@ -1335,7 +1352,8 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         """
         vector = self._trainable_vector(vector)
         scales = self._normalizers(split)
-        return self._ggn_fn(split)(*self._offset_args(offsets), vector, scales)
+        product = self._ggn_fn(split)(*self._offset_args(offsets), vector, scales)
+        return _finite_product(product, "Gauss-Newton")
 
     def _trainable_vector(self, vector) -> list[tf.Tensor]:
         """A ``Direction`` or one array per trainable variable as tensors of their analysis

@@ -132,7 +132,9 @@ def check_objective(res: Result, model, data, ref: float):
         return None
     res.ran += ["a", "b"]
     try:
-        ours = obj.evaluate()["loss"]
+        # a mixed-precision model is analysed in float32 by default (documented); Keras
+        # evaluates it in float16/bfloat16, so the comparison is of its own arithmetic
+        ours = (obj.with_precision("model") if case.mixed else obj).evaluate()["loss"]
     except Exception as error:  # noqa: BLE001 (built, then crashed: the failure)
         res.fail("a", f"evaluate-crash-{type(error).__name__}", _first_line(error))
         return None
@@ -171,7 +173,8 @@ def check_surface_point(res: Result, model, data, obj) -> None:
     case = res.case
     (d1, d2), include = _directions_pair(model, case)
     a, b = 0.3, -0.2
-    ours = obj.evaluate_at([a, b], [d1, d2])["loss"]
+    ours = (obj.with_precision("model") if case.mixed else obj).evaluate_at([a, b], [d1, d2])
+    ours = ours["loss"]
     # copies: a variable's NumPy view may share the buffer that assign updates in place
     saved = [np.array(keras.ops.convert_to_numpy(v.value)) for v in obj.variables]
     arrays = zip(obj.variables, saved, d1.aligned(obj.variables), d2.aligned(obj.variables))
@@ -220,17 +223,28 @@ def check_hvp(res: Result, obj) -> None:
     h = 1e-5
     index = {id(t): i for i, t in enumerate(tv)}
 
-    def grad(sign):
+    def grad(step):
         offsets = [
-            sign * h * v[index[id(t)]] if id(t) in index else np.zeros(tuple(t.shape))
+            step * v[index[id(t)]] if id(t) in index else np.zeros(tuple(t.shape))
             for t in obj.variables
         ]
         _, g = obj.value_and_gradient(offsets)
         return [keras.ops.convert_to_numpy(x).astype(np.float64) for x in g]
 
-    fd = [(p - m) / (2 * h) for p, m in zip(grad(1.0), grad(-1.0))]
-    err = np.sqrt(sum(float(np.sum((x - y) ** 2)) for x, y in zip(hv, fd)))
-    size = np.sqrt(sum(float(np.sum(y * y)) for y in fd))
+    def difference(step):
+        return [(p - m) / (2 * step) for p, m in zip(grad(step), grad(-step))]
+
+    def norm(parts):
+        return np.sqrt(sum(float(np.sum(p * p)) for p in parts))
+
+    fd, fd4 = difference(h), difference(h / 4)
+    size = norm(fd)
+    if not norm([a - b for a, b in zip(fd, fd4)]) <= 1e-4 * size + 1e-9:
+        # the two differences disagree: a kink within h of w0 (hinge, ReLU, max), where the
+        # gradient jumps and no finite difference approximates H v
+        res.skipped["d"] = "the loss is not smooth within the finite-difference step"
+        return
+    err = norm([x - y for x, y in zip(hv, fd)])
     if not err <= 1e-5 * size + 1e-9:
         res.fail("d", "hvp-vs-finite-difference", f"relative error {err / max(size, 1e-300):.3g}")
 
@@ -360,7 +374,8 @@ def check_sam_step(res: Result, model, data) -> None:
 def _guarded(res: Result, check: str, fn, *args) -> None:
     try:
         fn(res, *args)
-        res.ran.append(check)
+        if check not in res.skipped:
+            res.ran.append(check)
     except ValueError as error:
         res.ran.append(check)
         if not one_sentence(str(error)):

@@ -378,3 +378,20 @@ def test_building_an_objective_leaves_the_models_metric_state_bit_identical():
     assert len(before) == len(after) > 0
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_curvature_tensorflow_cannot_differentiate_is_refused_not_returned_as_nan():
+    """Harness seeds 919/957 (long): keras.losses.Circle masks with where(mask, x, -inf) before
+    a logsumexp, whose second derivative TensorFlow returns as NaN while the loss and gradient
+    are finite (a finite difference of the gradient is finite)."""
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    model.compile(loss=keras.losses.Circle())
+    labels = np.array([0, 1] * 7 + [2, 3])  # classes 2 and 3 once: rows with no positive pair
+    obj = landscape.Objective(model, (X[:16], labels), batch_size=16)
+    _, grads = obj.value_and_gradient()
+    assert np.all(np.isfinite(obj.flat.concat(grads)))
+    vector = [np.ones(tuple(v.shape), "float32") for v in obj.trainable_variables]
+    with pytest.raises(ValueError, match=r"^The Hessian-vector product is not finite") as e:
+        obj.hessian_vector_product(vector)
+    assert "\n" not in str(e.value)
