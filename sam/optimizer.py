@@ -75,8 +75,12 @@ def _dense(g):
 
 
 def all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
-    """True when no entry of any (non-None) tensor is NaN or infinite."""
-    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
+    """True when no entry of any (non-None) tensor is NaN or infinite (IndexedSlices: its rows)."""
+    flags = [
+        tf.reduce_all(tf.math.is_finite(t.values if isinstance(t, tf.IndexedSlices) else t))
+        for t in tensors
+        if t is not None
+    ]
     return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
 
 

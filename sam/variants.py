@@ -118,21 +118,56 @@ def _rescale(grads, scaler, inner):
     return [None if g is None else g * _as(factor, g.dtype) for g in grads]
 
 
-def _branch(pred, true_fn, false_fn, present):
+def _sparse_where_unchanged(update, dense, raw, member):
+    """``update`` with every entry that is ``dense[i]`` itself given back as ``raw[i]``.
+
+    The family's rules work on dense vectors (an Embedding's IndexedSlices summed per row), but
+    where a member's update is the gradient unchanged, the base optimizer gets the gradient as
+    Keras's own step gives it: its sparse path scales each slice before summing duplicate rows,
+    so a dense update would differ from the base optimizer's by round-off (ρ = 0 bit for bit).
+    A ``member`` without ``_passes_sparse`` gets every update dense.
+    """
+    if not member._passes_sparse:
+        return [None if u is None else _dense(u) for u in update]
+    return [
+        r if (u is d and u is not None and isinstance(r, tf.IndexedSlices)) else u
+        for u, d, r in zip(update, dense, raw)
+    ] + list(update[len(dense) :])
+
+
+def _as_slices(g, like):
+    """``g`` as IndexedSlices typed as ``like`` (a dense ``g`` becomes all its rows, exact)."""
+    if isinstance(g, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            g.values,
+            tf.cast(g.indices, like.indices.dtype),
+            tf.cast(g.dense_shape, like.dense_shape.dtype),
+        )
+    rows = tf.range(tf.shape(g, out_type=like.indices.dtype)[0])
+    return tf.IndexedSlices(g, rows, tf.shape(g, out_type=like.dense_shape.dtype))
+
+
+def _branch(pred, true_fn, false_fn, present, raw=()):
     """``true_fn()`` or ``false_fn()`` (lists of gradients, None where not ``present``).
 
     A Python bool picks one function; eagerly the tensor's value does; in a graph a ``tf.cond``
-    runs only the branch taken, so a step without the perturbed pass costs one pass.
+    runs only the branch taken, so a step without the perturbed pass costs one pass. Where the
+    raw gradient ``raw[i]`` is IndexedSlices, both branches give IndexedSlices (a dense update
+    as all its rows), so that a pass-through gradient reaches the base optimizer as Keras's.
     """
     if isinstance(pred, bool):
         return true_fn() if pred else false_fn()
     if tf.executing_eagerly():
         return true_fn() if bool(pred) else false_fn()
+    like = {i: r for i, r in enumerate(raw) if isinstance(r, tf.IndexedSlices)}
 
     def only_present(fn):
         def run():
             out = fn()
-            return [tf.convert_to_tensor(out[i]) for i in present]
+            return [
+                _as_slices(out[i], like[i]) if i in like else tf.convert_to_tensor(out[i])
+                for i in present
+            ]
 
         return run
 
@@ -142,6 +177,22 @@ def _branch(pred, true_fn, false_fn, present):
     for i in present:
         out[i] = next(values)
     return out
+
+
+def _dense_adv(adv_raw, grads):
+    """g(w + ε) dense; zero where the perturbed pass gave None and the clean pass a gradient."""
+    return [a if a is not None or g is None else tf.zeros_like(g)
+            for a, g in zip(map(_dense, adv_raw), grads)]  # fmt: skip
+
+
+def _take_step(member, sam_step, plain_step, present, raw, tvars, finite):
+    """The update of the step the member's schedule takes; its state committed where every
+    pass is finite."""
+    sparse = raw if member._passes_sparse else ()
+    final = _branch(member._use_sam(), sam_step, plain_step, present, sparse)
+    final = final + [None] * (len(tvars) - len(final))
+    member._commit(tf.logical_and(finite, all_finite(final)))
+    return final
 
 
 @keras.saving.register_keras_serializable(package="sam")
@@ -523,6 +574,10 @@ class SAMVariant(SAM):
         """The update of a SAM step from g(w) and g(w + ε). SAM: g(w + ε)."""
         return adv
 
+    # False for a member whose update is a combination of dense vectors on some steps: all its
+    # updates stay dense, so the base optimizer sees one form on every step.
+    _passes_sparse = True
+
     def _plain(self, grads, tvars, finite):
         """The update of a step without the perturbed pass. Plain base step: g(w)."""
         return grads
@@ -596,7 +651,8 @@ class SAMVariant(SAM):
         tvars = list(variables)
         self._refuse_replica_context("step")
         self._build_for(tvars)
-        grads = [_dense(g) for g in gradient_fn()]
+        raw = list(gradient_fn())
+        grads = [_dense(g) for g in raw]
         if len(grads) != len(tvars):
             raise ValueError(
                 f"Got {len(grads)} gradients for {len(tvars)} variables; they must be aligned."
@@ -611,18 +667,17 @@ class SAMVariant(SAM):
             for v, e in zip(tvars, e_w):
                 if e is not None:
                     v.assign_add(e)  # w + ε
-            adv = [_dense(g) for g in gradient_fn()]
+            adv_raw = list(gradient_fn())
             for v, wi in zip(tvars, w):
                 v.assign(wi)  # back to w, bit-exactly
-            adv = [a if a is not None or g is None else tf.zeros_like(g)
-                   for a, g in zip(adv, grads)]  # fmt: skip
-            return self._combine(grads, adv, tvars, finite)
+            adv = _dense_adv(adv_raw, grads)
+            update = self._combine(grads, adv, tvars, finite)
+            return _sparse_where_unchanged(update, adv, adv_raw, self)
 
-        final = _branch(
-            self._use_sam(), sam_step, lambda: self._plain(grads, tvars, finite), present
-        )
-        final = final + [None] * (len(tvars) - len(final))
-        self._commit(tf.logical_and(finite, all_finite(final)))  # state only if all passes are
+        def plain_step():
+            return _sparse_where_unchanged(self._plain(grads, tvars, finite), grads, raw, self)
+
+        final = _take_step(self, sam_step, plain_step, present, raw, tvars, finite)
         with self.sam_update():
             self.apply(final, tvars)
 
@@ -636,9 +691,9 @@ class SAMVariant(SAM):
         """
         self._refuse_replicas()
         tvars = model.trainable_variables
-        state, y_pred, local = clean_pass(model, x, y, sample_weight, scaler, inner)
+        state, y_pred, raw = clean_pass(model, x, y, sample_weight, scaler, inner)
         # Dense gradients: an Embedding's IndexedSlices cannot enter GSAM's or LookSAM's products.
-        local = [_dense(g) for g in local]
+        local = [_dense(g) for g in raw]
         grads = list(local)
         ctx = tf.distribute.get_replica_context()
         synced = self.sync_perturbations and ctx is not None and _replica_count() > 1
@@ -660,9 +715,8 @@ class SAMVariant(SAM):
                 adv = _selected_gradients(self.sds_gamma, *args)
             else:
                 adv = perturbed_pass(model, x, y, sample_weight, perturbed, mapping, clean=local)
-            adv = [_dense(a) for a in _unscale(adv, scaler, inner)]
-            adv = [a if a is not None or g is None else tf.zeros_like(g)
-                   for a, g in zip(adv, grads)]  # fmt: skip
+            adv_raw = _unscale(adv, scaler, inner)
+            adv = _dense_adv(adv_raw, grads)
             if synced and self._needs_global_adv:
                 reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [adv[i] for i in present])
                 for i, a in zip(present, reduced):
@@ -670,14 +724,14 @@ class SAMVariant(SAM):
                 out = self._combine(grads, adv, tvars, finite)
                 share = 1.0 / _replica_count()  # apply sums the replicas' updates
                 return [None if g is None else g * _as(share, g.dtype) for g in out]
-            return self._combine(grads, adv, tvars, finite)
+            update = self._combine(grads, adv, tvars, finite)
+            return _sparse_where_unchanged(update, adv, adv_raw, self)
 
         def plain_step():
-            return self._plain(local if synced else grads, tvars, finite)
+            update = self._plain(local if synced else grads, tvars, finite)
+            return _sparse_where_unchanged(update, local, raw, self)  # grads[i] is local[i]
 
-        final = _branch(self._use_sam(), sam_step, plain_step, present)
-        final = final + [None] * (len(tvars) - len(final))
-        self._commit(tf.logical_and(finite, all_finite(final)))  # state only if all passes are
+        final = _take_step(self, sam_step, plain_step, present, raw, tvars, finite)
         return _rescale(final, scaler, inner), y_pred, finite
 
     # -- serialization -------------------------------------------------------------------------
@@ -765,7 +819,11 @@ class GSAM(SAMVariant):
     moves against the surrogate gap h = f(w + ε) − f(w) without changing the descent on
     f(w + ε) to first order. α = 0 and ρ_min = ρ is SAM. This follows the official code
     (google-research/big_vision, ``trainers/proj/gsam/gsam.py``, ``gsam_gradient`` with
-    ``minimize_fp=True``): the decomposition uses the global vectors of all variables.
+    ``minimize_fp=True``): the decomposition uses the global vectors of all variables. One
+    departure: g·ĝₐ ĝₐ is computed as (g·gₐ)/‖gₐ‖² gₐ exactly (0 where gₐ = 0), where the official
+    code normalizes gₐ by ‖gₐ‖ + eps: with eps the projection misses part of g whenever ‖gₐ‖ is
+    near √eps (a vanishing gradient), and at ρ = 0 (gₐ = g) g_⊥ is not 0. So ρ = 0 with any α is
+    the base optimizer, bit for bit.
 
     ρ schedule: with ``rho_min`` (and ``lr_max``, ``lr_min``) ρ follows the base optimizer's
     current learning rate η_t linearly, as the paper's Algorithm 1 and the official code do,
@@ -797,6 +855,7 @@ class GSAM(SAMVariant):
     """
 
     _needs_global_adv = True
+    _passes_sparse = False
 
     def __init__(self, base_optimizer, rho=RHO, alpha=0.1, *, rho_min=None, lr_max=None,
                  lr_min=None, **kwargs):  # fmt: skip
@@ -830,9 +889,10 @@ class GSAM(SAMVariant):
 
     def _combine(self, grads, adv, tvars, finite):
         dtype = _norm_dtype(adv)
-        norm_a = tf.sqrt(_global_dot(adv, adv, dtype))
-        # (g·gₐ)/‖gₐ‖², the length of g along ĝₐ divided by ‖gₐ‖
-        coef = _global_dot(grads, adv, dtype) / (norm_a * norm_a + self.eps)
+        # (g·gₐ)/‖gₐ‖², the length of g along ĝₐ divided by ‖gₐ‖; 0 where gₐ = 0. Exactly, not
+        # over ‖gₐ‖² + eps as the official code: eps would shrink every update whose ‖gₐ‖² is
+        # near eps, and g_⊥ of gₐ = g (ρ = 0) would not be 0.
+        coef = tf.math.divide_no_nan(_global_dot(grads, adv, dtype), _global_dot(adv, adv, dtype))
         out = []
         for g, a in zip(grads, adv):
             if a is None or g is None:
@@ -892,6 +952,7 @@ class LookSAM(SAMVariant):
 
     _replica_safe = False
     _state_name = "the stored orthogonal gradient g_v"
+    _passes_sparse = False
 
     def __init__(self, base_optimizer, rho=RHO, k=5, alpha=0.7, **kwargs):
         if kwargs.get("schedule") is not None:

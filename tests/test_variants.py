@@ -290,6 +290,28 @@ def test_gsam_rho_is_clamped_to_its_range(lr):
     assert_same(train(make, "fit", 1, data), w)
 
 
+@pytest.mark.parametrize("size", [1e-7, 1.0])
+def test_gsam_projection_is_exact_at_a_vanishing_gradient(size):
+    """‖gₐ‖² near eps (1e-12): the official code's (‖gₐ‖ + eps) would remove only part of g's
+    component along gₐ; the rule is scale-free, so the step is ``size`` times the unit one."""
+    h = np.array([1.0, 3.0, 0.5])
+    w0 = size * np.array([0.4, -0.2, 0.9])
+    w = keras.Variable(w0, dtype="float64")
+
+    def gradient_fn():
+        with tf.GradientTape() as tape:
+            loss = 0.5 * tf.reduce_sum(tf.constant(h) * tf.square(w))
+        return tape.gradient(loss, [w])
+
+    rho, alpha = 0.3 * size, 0.4
+    lr = 0.125  # exact in the float32 learning-rate variable
+    GSAM(keras.optimizers.SGD(lr), rho=rho, alpha=alpha).step(gradient_fn, [w])
+    g = h * w0
+    ga = h * (w0 + rho * g / (np.linalg.norm(g) + 1e-12))  # SAM's ε, eps as davda54/sam
+    update = ga - alpha * (g - (g @ ga) / (ga @ ga) * ga)
+    np.testing.assert_allclose(w.numpy(), w0 - lr * update, rtol=1e-12, atol=0)
+
+
 def quadratic_step(opt, w):
     """One ``opt.step`` on the isotropic quadratic ½‖w‖² (gradient w: g(w + ε) ∥ g(w))."""
 
