@@ -80,12 +80,23 @@ _WITHOUT_TENSORFLOW = frozenset({"_checks", "_version", "cli", "io", "plot", "su
 __all__ = sorted(_SUBMODULE_OF)
 
 
+# Submodules that run on Keras's JAX and PyTorch backends too (the analyses on the Objective).
+_PORTABLE = frozenset(
+    {"objective", "hessian", "sharpness", "directions", "planes", "data", "_portable"}
+)
+
+
 def _submodule(module: str):
-    """``landscape.<module>``, after the TensorFlow check unless the module is TensorFlow-free."""
-    if module not in _WITHOUT_TENSORFLOW:
+    """``landscape.<module>``, after the backend check: none for the TensorFlow-free modules,
+    any Keras backend for the portable ones, TensorFlow for the others."""
+    if module in _PORTABLE:
+        from sam._backend import adapter
+
+        adapter()
+    elif module not in _WITHOUT_TENSORFLOW:
         from sam._compat import require_tensorflow
 
-        require_tensorflow()
+        require_tensorflow(f"landscape.{module}")
     return importlib.import_module(f"{__name__}.{module}")
 
 

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from landscape import _reach, _terms
 from landscape.directions import variable_owners
+from sam._backend import adapter
 
 logger = logging.getLogger("landscape")
 
@@ -63,7 +63,7 @@ def finite_loss(value: float, x) -> None:
 
 
 def _leading(x) -> int | None:
-    leaves = [t for t in tf.nest.flatten(x) if getattr(t, "shape", None) is not None]
+    leaves = [t for t in keras.tree.flatten(x) if getattr(t, "shape", None) is not None]
     if not leaves or not leaves[0].shape or leaves[0].shape[0] is None:
         return None
     return int(leaves[0].shape[0])
@@ -133,14 +133,14 @@ def zero_directions(obj, aligned: Sequence[Sequence[np.ndarray]], argument: str)
 def _half(part, lo: int, hi: int):
     if part is None:
         return None
-    return tf.nest.map_structure(lambda t: t[lo:hi], part)
+    return keras.tree.map_structure(lambda t: t[lo:hi], part)
 
 
 def _pairs(obj, x, y, w) -> tuple[np.ndarray, list[np.ndarray]]:
     added: list = []
     y_pred = obj._run_model(x, added=added)
     pairs = obj._batch_pairs(x, y, w, y_pred, False, added)
-    return np.asarray(pairs, np.float64), [_numpy(t) for t in tf.nest.flatten(y_pred)]
+    return np.asarray(pairs, np.float64), [_numpy(t) for t in keras.tree.flatten(y_pred)]
 
 
 def _numpy(t) -> np.ndarray:
@@ -173,7 +173,7 @@ def _coupling(obj, batch: tuple) -> None:
         whole, outputs = _pairs(obj, x, y, w)
         first, out_a = _pairs(obj, *(_half(p, 0, h) for p in (x, y, w)))
         second, out_b = _pairs(obj, *(_half(p, h, n) for p in (x, y, w)))
-    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
+    except (ValueError, TypeError, *adapter().errors) as error:
         logger.debug("The batch-coupling check could not split the probe batch: %s", error)
         return
     rtol = COUPLING_RTOL.get(obj.precision, COUPLING_RTOL_DEFAULT)

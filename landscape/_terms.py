@@ -26,6 +26,12 @@ ACCURACY_NAMES = ("accuracy", "acc")
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
+def _wide() -> str:  # TEMPORARY until the keras.ops version lands
+    from sam._backend import adapter
+
+    return "float64" if adapter().float64() else "float32"
+
+
 def _same_rank(a, b):
     """Keras's rule: squeeze or expand a trailing unit axis so that a and b have equal rank."""
     ra, rb = a.shape.rank, b.shape.rank

@@ -38,11 +38,10 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from landscape import _checks, _model_checks, _reach, _terms
-from landscape._batches import DataSplit, describe, model_inputs
 from landscape._checks import HVPMode, Precision, Split
+from landscape._forms import describe, model_inputs
 from landscape.directions import (
     Direction,
     ModelVariables,
@@ -51,6 +50,7 @@ from landscape.directions import (
     storage_dtype,
 )
 from sam import _compat
+from sam._backend import adapter
 
 logger = logging.getLogger("landscape")
 
@@ -68,19 +68,8 @@ LOSS_CHECK_RTOL = 1e-4
 class Basis:
     """Directions converted to stacked device tensors ``[k, *variable.shape]``, one per variable."""
 
-    tensors: tuple[tf.Tensor, ...]
+    tensors: tuple[Any, ...]
     k: int
-
-
-def _compiled(python_function, signature):
-    """``tf.function`` with a fixed signature: one trace per Objective and split.
-
-    TensorFlow keys its "frequent retracing" warning by the code object, so several Objectives
-    (each tracing its own closure once) would trigger it wrongly; ``trace_count`` is the check.
-    """
-    fn = tf.function(python_function, input_signature=signature, autograph=False)
-    fn._omit_frequent_tracing_warning = True  # private TF flag; harmless if ignored
-    return fn
 
 
 # ------------------------------------------------------------------------------ precision
@@ -178,19 +167,19 @@ class _Precision:
             dtypes.append(dtype)
         return dtypes
 
-    def value_dtype(self, variable) -> tf.DType:
+    def value_dtype(self, variable) -> str:
         """The dtype ``variable`` is read in during the analysis."""
         dtype = keras.backend.standardize_dtype(variable.dtype)
         if self.requested == "auto" and dtype in LOW_PRECISIONS:
             dtype = "float32"
         elif self.requested in ("float32", "float64"):
             dtype = self.requested
-        return tf.as_dtype(dtype)
+        return dtype
 
     def check_outputs(self, y_pred) -> None:
         """Outputs narrower than the layers' dtype (the model's own casts) lower ``name`` to
         theirs, with a warning."""
-        dtypes = {keras.backend.standardize_dtype(t.dtype) for t in tf.nest.flatten(y_pred)}
+        dtypes = {keras.backend.standardize_dtype(t.dtype) for t in keras.tree.flatten(y_pred)}
         narrow = _narrowest(dtypes)
         if narrow is not None and _SIGNIFICAND_BITS[narrow] < _SIGNIFICAND_BITS.get(self.name, 0):
             logger.warning(
@@ -277,45 +266,12 @@ class FlatView:
 
 
 # ------------------------------------------------------------------------------- objective
-def _hvp_of(mode: str, scalar_of, vals: list, slots: list[int], vectors: list):
-    """(aux, H v) for the scalar ``scalar_of(vals)`` w.r.t. ``vals[i]`` for i in ``slots``."""
-    watched = [vals[i] for i in slots]
-    if mode == "forward_over_backward":
-        # The accumulator pushes v forward through the forward *and* the backward pass:
-        # the tangent of g = ∇L(w) along v is H v.
-        with tf.autodiff.ForwardAccumulator(watched, vectors) as acc:
-            with tf.GradientTape() as tape:
-                tape.watch(watched)
-                scalar, aux = scalar_of(vals)
-            g = tape.gradient(scalar, watched, unconnected_gradients="zero")
-            g = [tf.convert_to_tensor(a) for a in g]  # IndexedSlices of embeddings
-        hv = acc.jvp(g, unconnected_gradients="zero")
-    else:
-        # H v = ∇(∇L(w) · v), the gradient of a scalar: two reverse passes.
-        with tf.GradientTape() as outer:
-            outer.watch(watched)
-            with tf.GradientTape() as inner:
-                inner.watch(watched)
-                scalar, aux = scalar_of(vals)
-            g = inner.gradient(scalar, watched, unconnected_gradients="zero")
-            g = [tf.convert_to_tensor(a) for a in g]  # IndexedSlices of embeddings
-            # each term in float64: the variables may differ in dtype (LoRA factors in float32
-            # beside a float64 model)
-            gv = tf.add_n(
-                [
-                    tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), tf.float64)
-                    for a, b in zip(g, vectors)
-                ]
-            )
-        hv = outer.gradient(gv, watched, unconnected_gradients="zero")
-    return aux, [tf.cast(tf.convert_to_tensor(h), tf.float64) for h in hv]
-
-
 def _finite_product(product: list, what: str) -> list:
     """``product`` if every entry is finite, else one sentence: a curvature that TensorFlow's
     autodiff cannot give here (NaN where the loss and gradient are finite)."""
-    total = sum(int(tf.size(p)) for p in product)
-    bad = total - sum(int(tf.math.count_nonzero(tf.math.is_finite(p))) for p in product)
+    arrays = [keras.ops.convert_to_numpy(p) for p in product]
+    total = sum(a.size for a in arrays)
+    bad = total - sum(int(np.count_nonzero(np.isfinite(a))) for a in arrays)
     if bad:
         raise ValueError(
             f"The {what}-vector product is not finite ({bad} of {total} entries are NaN or "
@@ -369,26 +325,10 @@ def ggn_split(loss: keras.losses.Loss) -> str:
     raise _ggn_refusal(f"the loss {config.get('name', _terms.loss_name(loss))!r} is not one.")
 
 
-def _logit_view(p: tf.Tensor, split: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """(z, dz/dp): the logits a softmax / sigmoid output p was computed from, and the
-    elementwise derivative of z(p); log p is the logits up to a per-sample constant, which the
-    softmax ignores. Entries with p = 0 (underflow) have dp/dw = 0 too and get dz/dp = 0."""
-    tiny = tf.constant(np.finfo(p.dtype.as_numpy_dtype).tiny, p.dtype)
-    if split == "softmax":
-        return tf.math.log(tf.maximum(p, tiny)), tf.math.divide_no_nan(tf.ones_like(p), p)
-    z = tf.math.log(tf.maximum(p, tiny)) - tf.math.log(tf.maximum(1.0 - p, tiny))
-    return z, tf.math.divide_no_nan(tf.ones_like(p), p * (1.0 - p))
-
-
-class _BatchLoop:
-    """The one compiled batch loop of ``Objective``: values, gradients and HVPs at w0 + δ.
-
-    Every entry point runs the model in a ``keras.StatelessScope`` at the offset weights over
-    the batches of a split (``DataSplit.reduce``) and sums float64 (N, D) pairs per loss term
-    (``landscape._terms``); one ``tf.function`` per split and entry point, traced once. The
-    model runs in the analysis precision (``_set_precision``): its layers' policies switched
-    while it is traced, its variables read in ``self._dtypes``.
-    """
+class _ModelRunner:
+    """How ``Objective`` runs the model at offset weights, on every backend: the analysis
+    precision, the StatelessScope, the loss terms and metric state (a mixin; the batch loops
+    are the engines' own: ``landscape._tf_engine``, ``landscape._portable``)."""
 
     @property
     def _n_loss(self) -> int:
@@ -398,24 +338,12 @@ class _BatchLoop:
     def _n_pairs(self, with_metrics: bool) -> int:
         return self._n_loss + (len(self._pair_metrics) if with_metrics else 0)
 
-    def _batch_pairs(self, x, y, w, y_pred, with_metrics: bool, added=()) -> tf.Tensor:
-        """Float64 [N₁, D₁, N₂, D₂, ...] of one batch: the loss terms, the model's own losses
-        ``added`` in it (``add_loss``, activity regularizers: a batch-size-weighted mean), then
-        the metrics."""
-        terms = list(self._loss.pairs(x, y, w, y_pred))
-        if self._with_model_losses:
-            n = tf.cast(tf.shape(keras.tree.flatten(y_pred)[0])[0], tf.float64)
-            total = tf.add_n([tf.cast(a, tf.float64) for a in added]) if added else 0.0
-            terms += [total * n, n]
-        if with_metrics:
-            for fn in self._pair_metrics.values():
-                terms.extend(fn(y, y_pred, w))
-        return tf.stack([tf.cast(t, tf.float64) for t in terms])
-
     def _metric_state(self):
         if self._keras_metrics is None:
             return ()
-        return tuple(tf.convert_to_tensor(v) for v in self._keras_metrics.stateless_reset_state())
+        return tuple(
+            keras.ops.convert_to_tensor(v) for v in self._keras_metrics.stateless_reset_state()
+        )
 
     def _update_metrics(self, state, y, y_pred, w):
         if self._keras_metrics is None:
@@ -428,7 +356,7 @@ class _BatchLoop:
         #: the dtype each of ``self.variables`` is read in (and offsets and vectors are given in)
         self._dtypes = [self._precision.value_dtype(v) for v in self.variables]
         self._keeps_dtypes = all(
-            d.name == keras.backend.standardize_dtype(v.dtype)
+            keras.backend.standardize_dtype(d) == keras.backend.standardize_dtype(v.dtype)
             for d, v in zip(self._dtypes, self.variables)
         )
         if self._precision.name in LOW_PRECISIONS:
@@ -443,7 +371,7 @@ class _BatchLoop:
     def _run_model(self, x, *, reads: set | None = None, added: list | None = None):
         """The model's outputs on ``x`` at w0, in the analysis precision (eagerly); the ids of
         the variables it read are added to ``reads`` and its own losses to ``added``."""
-        values = [tf.cast(v.value, d) for v, d in zip(self.variables, self._dtypes)]
+        values = [keras.ops.cast(v.value, d) for v, d in zip(self.variables, self._dtypes)]
         with self._model_scope(values, reads) as scope:
             y_pred = self.model(x, training=False)
             if added is not None:
@@ -486,50 +414,6 @@ class _BatchLoop:
             if reads is not None:
                 reads.update(seen)
 
-    def _forward(self, values, x, y, w, with_metrics: bool):
-        """(pairs, y_pred) at the variable values ``values`` (inference mode, one batch)."""
-        with self._model_scope(values) as scope:
-            y_pred = self.model(x, training=False)
-            return self._batch_pairs(x, y, w, y_pred, with_metrics, scope.losses), y_pred
-
-    def _penalty(self, values) -> tf.Tensor:
-        """Float64 Σ regularizer(w) over trainable variables, at ``values`` (one per variable)."""
-        total = tf.constant(0.0, tf.float64)
-        trainable = {id(v) for v in self.trainable_variables}
-        for v, value in zip(self.variables, values):
-            regularizer = getattr(v, "regularizer", None)
-            if regularizer is not None and id(v) in trainable:
-                total += tf.cast(regularizer(value), tf.float64)
-        return total
-
-    def _finish(self, sums, metric_state, penalty=None) -> dict[str, tf.Tensor]:
-        out = self._loss.combine(sums)
-        k = 2 * self._n_loss
-        if self._with_model_losses:
-            out["loss"] += tf.math.divide_no_nan(sums[k - 2], sums[k - 1])
-        if penalty is not None:
-            out["loss"] += penalty
-        for i, name in enumerate(self._pair_metrics):
-            out[name] = tf.math.divide_no_nan(sums[k + 2 * i], sums[k + 2 * i + 1])
-        if self._keras_metrics is not None:
-            result = self._keras_metrics.stateless_result(list(metric_state))
-            for name in self._keras_metric_names:
-                out[_terms.short_name(name)] = tf.cast(result[name], tf.float64)
-        return out
-
-    def _values(self, coefficients, basis) -> list:
-        """w0 + Σₖ cₖ dₖ per variable, in its analysis dtype (the basis is in it already)."""
-        return [
-            tf.cast(v.value, b.dtype) + tf.tensordot(tf.cast(coefficients, b.dtype), b, axes=1)
-            for v, b in zip(self.variables, basis)
-        ]
-
-    def _signature(self):
-        return [
-            tf.TensorSpec([None], tf.float64),
-            [tf.TensorSpec([None, *v.shape], d) for v, d in zip(self.variables, self._dtypes)],
-        ]
-
     def _trainable_slots(self) -> list[int]:
         """Indices in ``self.variables`` of the trainable variables, in order."""
         trainable = {id(v) for v in self.trainable_variables}
@@ -537,156 +421,6 @@ class _BatchLoop:
 
     def _count(self, key: str) -> None:
         self.trace_count[key] = self.trace_count.get(key, 0) + 1
-
-    def _value_fn(self, split: str):
-        fn = self._value_fns.get(split)
-        if fn is not None:
-            return fn
-        data = self._split(split)
-        n_terms = 2 * self._n_pairs(True)
-
-        def value(coefficients, basis):
-            self._count(split)
-            values = self._values(coefficients, basis)
-
-            def body(state, x, y, w):
-                sums, metric_state = state
-                pairs, y_pred = self._forward(values, x, y, w, True)
-                return sums + pairs, self._update_metrics(metric_state, y, y_pred, w)
-
-            init = (tf.zeros([n_terms], tf.float64), self._metric_state())
-            sums, metric_state = data.reduce(init, body)
-            penalty = self._penalty(values) if self.regularization else None
-            return self._finish(sums, metric_state, penalty), sums
-
-        fn = _compiled(value, self._signature())
-        self._value_fns[split] = fn
-        return fn
-
-    def _grad_fn(self, split: str):
-        fn = self._grad_fns.get(split)
-        if fn is not None:
-            return fn
-        data = self._split(split)
-        n_terms = 2 * self._n_pairs(True)
-        slots = self._trainable_slots()
-
-        def value_and_grad(coefficients, basis):
-            self._count(f"{split}/gradient")
-            values = self._values(coefficients, basis)
-
-            # ∇ of Σₖ λₖ Nₖ/Dₖ: the Dₖ do not depend on w, so accumulate ∇Nₖ per term and
-            # combine once the data-set-wide Dₖ are known.
-            n_loss = self._n_loss
-            grads0 = tuple(tf.zeros([n_loss, *self.variables[i].shape], tf.float64) for i in slots)
-
-            def body(state, x, y, w):
-                sums, metric_state, grads = state
-                vals = [tf.identity(v) for v in values]  # the tape sees the body's tensors
-                watched = [vals[i] for i in slots]
-                with tf.GradientTape(persistent=n_loss > 1) as tape:
-                    tape.watch(watched)
-                    pairs, y_pred = self._forward(vals, x, y, w, True)
-                    numerators = [pairs[2 * k] for k in range(n_loss)]
-                per_term = []
-                for numerator in numerators:
-                    g = tape.gradient(numerator, watched, unconnected_gradients="zero")
-                    per_term.append([tf.cast(tf.convert_to_tensor(a), tf.float64) for a in g])
-                del tape
-                stacked = [tf.stack([t[j] for t in per_term]) for j in range(len(slots))]
-                grads = tuple(a + b for a, b in zip(grads, stacked))
-                metric_state = self._update_metrics(metric_state, y, y_pred, w)
-                return sums + pairs, metric_state, grads
-
-            init = (tf.zeros([n_terms], tf.float64), self._metric_state(), grads0)
-            sums, metric_state, grads = data.reduce(init, body)
-            scale = self._term_scales(sums)
-            grads = [tf.tensordot(scale, g, axes=1) for g in grads]
-            penalty = None
-            if self.regularization:
-                vals = [tf.identity(v) for v in values]
-                with tf.GradientTape() as tape:
-                    watched = [vals[i] for i in slots]
-                    tape.watch(watched)
-                    penalty = self._penalty(vals)
-                extra = tape.gradient(penalty, watched, unconnected_gradients="zero")
-                grads = [g + tf.cast(e, tf.float64) for g, e in zip(grads, extra)]
-            out = self._finish(sums, metric_state, penalty)
-            return out, [tf.cast(g, self._dtypes[i]) for g, i in zip(grads, slots)]
-
-        fn = _compiled(value_and_grad, self._signature())
-        self._grad_fns[split] = fn
-        return fn
-
-    def _term_scales(self, sums) -> tf.Tensor:
-        """λₖ / Dₖ for each loss term (float64 vector): L = Σₖ scaleₖ · Nₖ."""
-        if isinstance(self._loss, _terms.CompiledLoss):
-            weights = [1.0 if t.weight is None else float(t.weight) for t in self._loss.flat]
-        else:
-            weights = [1.0]
-        weights += [1.0] * int(self._with_model_losses)
-        return tf.stack(
-            [
-                tf.math.divide_no_nan(tf.constant(lam, tf.float64), sums[2 * k + 1])
-                for k, lam in enumerate(weights)
-            ]
-        )
-
-    def _hvp_fn(self, split: str, mode: str):
-        fn = self._hvp_fns.get((split, mode))
-        if fn is not None:
-            return fn
-        data = self._split(split)
-        slots = self._trainable_slots()
-        n_loss = self._n_loss
-
-        def hvp(coefficients, basis, vectors, scales):
-            self._count(f"{split}/hvp/{mode}")
-            values = self._values(coefficients, basis)
-            hv0 = tuple(tf.zeros(self.variables[i].shape, tf.float64) for i in slots)
-
-            def body(state, x, y, w):
-                sums, acc_hv = state
-                vals = [tf.identity(v) for v in values]  # the tapes see the body's tensors
-
-                def batch_loss(vs):
-                    pairs, _ = self._forward(vs, x, y, w, False)
-                    numerators = tf.stack([pairs[2 * k] for k in range(n_loss)])
-                    # Σₖ (λₖ/Dₖ) Nₖ with the data-set-wide Dₖ, sliced inside the tape
-                    return tf.reduce_sum(scales * numerators), pairs
-
-                pairs, hv = _hvp_of(mode, batch_loss, vals, slots, list(vectors))
-                return sums + pairs, tuple(a + b for a, b in zip(acc_hv, hv))
-
-            _, hv = data.reduce((tf.zeros([2 * n_loss], tf.float64), hv0), body)
-            if self.regularization:
-                vals = [tf.identity(v) for v in values]
-
-                def penalty(vs):
-                    return self._penalty(vs), tf.zeros([])
-
-                _, extra = _hvp_of(mode, penalty, vals, slots, list(vectors))
-                hv = [a + b for a, b in zip(hv, extra)]
-            return hv
-
-        signature = [
-            *self._signature(),
-            [tf.TensorSpec(self.variables[i].shape, self._dtypes[i]) for i in slots],
-            tf.TensorSpec([n_loss], tf.float64),
-        ]
-        fn = _compiled(hvp, signature)
-        self._hvp_fns[(split, mode)] = fn
-        return fn
-
-    def _normalizers(self, split: str) -> tf.Tensor:
-        """λₖ / Dₖ of the loss terms on ``split`` (they do not depend on the weights)."""
-        scales = self._scales.get(split)
-        if scales is None:
-            _, sums = self._value_fn(split)(*self._offset_args(None))
-            scales = self._scales[split] = self._term_scales(sums)
-        return scales
-
-    # --------------------------------------------------------------------------- public API
 
 
 class _GaussNewtonLoop:
@@ -739,96 +473,6 @@ class _GaussNewtonLoop:
         self._ggn_split_cache = tuple(splits)
         return self._ggn_split_cache
 
-    def _loss_hessian_product(self, x, y, w, y_pred, jv, scales, splits) -> list:
-        """H_ℓ u of one batch at the GGN splits, mapped back to the outputs (one per leaf).
-
-        ℓ = Σₖ (λₖ/Dₖ) Nₖ of the batch as a function of the split variables z (the outputs,
-        or logits z(p)); u = (dz/dp) ⊙ J v. Returns (dz/dp) ⊙ ∇²_z ℓ u, so that the caller's
-        Jᵀ product gives J_zᵀ H_ℓ J_z v.
-        """
-        n_loss = self._loss.n_pairs
-        outputs = keras.tree.flatten(y_pred)
-        zs, dz = [], []
-        for out, split in zip(outputs, splits):
-            if split == "outputs":
-                zs.append(out)  # the tensor itself: it carries the Keras mask of the output
-                dz.append(None)
-            else:
-                z, d = _logit_view(tf.stop_gradient(out), split)
-                zs.append(z)
-                dz.append(d)
-        us = [tf.stop_gradient(u if d is None else u * d) for u, d in zip(jv, dz)]
-        with tf.GradientTape() as outer:
-            outer.watch(zs)
-            with tf.GradientTape() as inner:
-                inner.watch(zs)
-                # A softmax / sigmoid op: Keras's cross-entropy reads its input, the logits z.
-                leaves = [
-                    z if s == "outputs" else (tf.nn.softmax(z) if s == "softmax" else tf.sigmoid(z))
-                    for z, s in zip(zs, splits)
-                ]
-                pairs = self._loss.pairs(x, y, w, keras.tree.pack_sequence_as(y_pred, leaves))
-                numerators = tf.stack([tf.cast(pairs[2 * k], tf.float64) for k in range(n_loss)])
-                scalar = tf.reduce_sum(scales * numerators)
-            g = inner.gradient(scalar, zs, unconnected_gradients="zero")
-            gu = tf.add_n(
-                [tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), tf.float64) for a, b in zip(g, us)]
-            )
-        h = outer.gradient(gu, zs, unconnected_gradients="zero")
-        return [tf.cast(a if d is None else a * d, out.dtype) for a, d, out in zip(h, dz, outputs)]
-
-    def _ggn_fn(self, split: str):
-        fn = self._ggn_fns.get(split)
-        if fn is not None:
-            return fn
-        data = self._split(split)
-        slots = self._trainable_slots()
-        splits = self._ggn_splits()
-
-        def ggn(coefficients, basis, vectors, scales):
-            self._count(f"{split}/ggn")
-            values = self._values(coefficients, basis)
-            gv0 = tuple(tf.zeros(self.variables[i].shape, tf.float64) for i in slots)
-
-            def body(acc_gv, x, y, w):
-                vals = [tf.identity(v) for v in values]  # the tapes see the body's tensors
-                watched = [vals[i] for i in slots]
-                with tf.GradientTape() as tape:  # for Jᵀ
-                    tape.watch(watched)
-                    with (
-                        tf.autodiff.ForwardAccumulator(watched, list(vectors)) as acc,  # J v
-                        self._model_scope(vals),
-                    ):
-                        y_pred = self.model(x, training=False)
-                outputs = keras.tree.flatten(y_pred)
-                jv = [acc.jvp(o, unconnected_gradients="zero") for o in outputs]
-                hjv = self._loss_hessian_product(x, y, w, y_pred, jv, scales, splits)
-                gv = tape.gradient(
-                    outputs, watched, output_gradients=hjv, unconnected_gradients="zero"
-                )
-                gv = [tf.cast(tf.convert_to_tensor(a), tf.float64) for a in gv]
-                return tuple(a + b for a, b in zip(acc_gv, gv))
-
-            gv = list(data.reduce(gv0, body))
-            if self.regularization:  # the penalties' own Hessian (PSD for L1 / L2)
-                vals = [tf.identity(v) for v in values]
-
-                def penalty(vs):
-                    return self._penalty(vs), tf.zeros([])
-
-                _, extra = _hvp_of("backward_over_backward", penalty, vals, slots, list(vectors))
-                gv = [a + b for a, b in zip(gv, extra)]
-            return gv
-
-        signature = [
-            *self._signature(),
-            [tf.TensorSpec(self.variables[i].shape, self._dtypes[i]) for i in slots],
-            tf.TensorSpec([self._loss.n_pairs], tf.float64),
-        ]
-        fn = _compiled(ggn, signature)
-        self._ggn_fns[split] = fn
-        return fn
-
 
 class _Construction:
     """The checks ``Objective`` runs once when it is built: the probe of the first batch and the
@@ -850,8 +494,9 @@ class _Construction:
         try:
             keras_value = self._loss.build(y, y_pred, w)
             pairs = self._loss.pairs(x, y, w, y_pred)
-            ours = self._loss.combine(tf.stack([tf.cast(t, tf.float64) for t in pairs]))
-        except (ValueError, TypeError, KeyError, tf.errors.InvalidArgumentError) as error:
+            wide = _terms._wide()
+            ours = self._loss.combine(keras.ops.stack([keras.ops.cast(t, wide) for t in pairs]))
+        except (ValueError, TypeError, KeyError, *adapter().errors) as error:
             if isinstance(error, _terms.Refusal):
                 raise
             weights = "" if w is None else f" and sample_weight is {describe(w)}"
@@ -900,7 +545,7 @@ class _Construction:
             if metrics == "compiled" or not _terms.is_classification(self.model, loss):
                 return
             metrics = ("accuracy",)
-        if tf.nest.is_nested(y_pred) and len(tf.nest.flatten(y_pred)) > 1 and metrics:
+        if keras.tree.is_nested(y_pred) and len(keras.tree.flatten(y_pred)) > 1 and metrics:
             raise ValueError(
                 "Argument `metrics`: 'accuracy' and callables take single-output models; for "
                 "several outputs compile the model with metrics and use metrics='auto'."
@@ -927,7 +572,7 @@ class _Construction:
                 raise ValueError(f"Argument `metrics` entries must be names or callables: {m!r}.")
 
 
-class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
+class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
     """The loss (and metrics) of a model over a data set, as a function of its weights.
 
     Args:
@@ -1001,6 +646,13 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         >>> obj.evaluate_at([0.5, -0.2], [d1, d2])  # at w0 + 0.5 d1 − 0.2 d2
     """
 
+    def __new__(cls, *args, **kwargs):
+        """An ``Objective`` of the engine of Keras's backend: ``landscape._tf_engine`` on
+        TensorFlow, ``landscape._portable`` on JAX and PyTorch (same API, same numbers)."""
+        if cls is Objective:
+            cls = _engine_class()
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: keras.Model,
@@ -1038,11 +690,11 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         pairs = [(v, k) for v, k in zip(self.variables, self.variables.paths) if id(v) in trainable]
         self.trainable_variables = ModelVariables([v for v, _ in pairs], [k for _, k in pairs])
         self._set_precision(precision)
-        self._splits: dict[str, DataSplit] = {
-            "train": DataSplit(data, self.batch_size, steps, "data")
+        self._splits: dict[str, Any] = {
+            "train": self._split_class(data, self.batch_size, steps, "data")
         }
         if test_data is not None:
-            self._splits["test"] = DataSplit(test_data, self.batch_size, steps, "test_data")
+            self._splits["test"] = self._split_class(test_data, self.batch_size, steps, "test_data")
         self._loss = _terms.resolve_loss(model, loss)
         self.loss_name = self._loss.name
         self._pair_metrics: dict[str, Callable] = {}
@@ -1054,7 +706,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         self._hvp_fns: dict[tuple[str, str], Any] = {}
         self._ggn_fns: dict[str, Any] = {}
         self._ggn_split_cache: tuple[str, ...] | None = None
-        self._scales: dict[str, tf.Tensor] = {}
+        self._scales: dict[str, Any] = {}
         self.trace_count: dict[str, int] = {}
         self._flat: FlatView | None = None
 
@@ -1127,7 +779,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         sub.trace_count, sub._scales = {}, {}
         sub._flat = None
         size = batch_size or self.batch_size
-        sub._splits = {"train": DataSplit(data, size, None, "data")}
+        sub._splits = {"train": self._split_class(data, size, None, "data")}
         return sub
 
     def with_precision(self, precision: Precision) -> Objective:
@@ -1168,21 +820,22 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         _model_checks.zero_directions(self, aligned, "directions")
         for arrays in aligned:
             _model_checks.check_offsets(self, arrays, "directions")
-        tensors = tuple(
-            tf.cast(tf.constant(np.stack([a[i] for a in aligned]).astype(storage_dtype(v))), d)
-            for i, (v, d) in enumerate(zip(self.variables, self._dtypes))
-        )
-        return Basis(tensors, len(directions))
+        stacked = [
+            np.stack([a[i] for a in aligned]).astype(storage_dtype(v))
+            for i, v in enumerate(self.variables)
+        ]
+        return Basis(self._tensors(stacked, self._dtypes), len(directions))
 
     # ---------------------------------------------------------------------- the batch loop
-    def _split(self, split: str) -> DataSplit:
+    def _split(self, split: str):
         if split not in self._splits:
             raise ValueError(f"Unknown split {split!r}; expected one of {self.splits}.")
         return self._splits[split]
 
     def _offset_args(self, offsets):
+        """(coefficients [1.0], basis) of ``w0 + offsets`` for the engines' functions."""
         if offsets is None:
-            basis = [tf.zeros([1, *v.shape], d) for v, d in zip(self.variables, self._dtypes)]
+            stacked = [np.zeros([1, *v.shape], storage_dtype(v)) for v in self.variables]
         else:
             if isinstance(offsets, Direction):
                 offsets = offsets.aligned(self.variables)
@@ -1192,8 +845,22 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
                     f"{len(self.variables)} variables (see `Objective.variables`)."
                 )
             _model_checks.check_offsets(self, offsets, "offsets")
-            basis = [tf.expand_dims(tf.cast(o, d), 0) for o, d in zip(offsets, self._dtypes)]
-        return tf.constant([1.0], tf.float64), basis
+            stacked = [keras.ops.expand_dims(o, 0) for o in offsets]
+        return self._coefficients(np.ones(1)), list(self._tensors(stacked, self._dtypes))
+
+    # -- conversions to the engine's tensors (``_tf_engine`` keeps TensorFlow's own) ---------
+
+    @staticmethod
+    def _tensors(arrays, dtypes) -> tuple:
+        """Arrays (or tensors) as the backend's tensors of ``dtypes``."""
+        return tuple(
+            keras.ops.cast(keras.ops.convert_to_tensor(a), d) for a, d in zip(arrays, dtypes)
+        )
+
+    @staticmethod
+    def _coefficients(coefficients: np.ndarray):
+        """A float64 coefficient vector for the engine's functions (NumPy off TensorFlow)."""
+        return np.asarray(coefficients, np.float64).reshape(-1)
 
     @staticmethod
     def _to_float(result) -> dict[str, float]:
@@ -1227,7 +894,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         every call (``compute_surface`` does).
         """
         basis = directions if isinstance(directions, Basis) else self.basis(directions)
-        coefficients = tf.constant(np.asarray(coefficients, np.float64).reshape(-1))
+        coefficients = self._coefficients(np.asarray(coefficients, np.float64).reshape(-1))
         if int(coefficients.shape[0]) != basis.k:
             raise ValueError(
                 f"Got {int(coefficients.shape[0])} coefficients for {basis.k} directions."
@@ -1236,7 +903,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
 
     def value_and_gradient(
         self, offsets=None, *, split: Split = "train"
-    ) -> tuple[dict[str, float], list[tf.Tensor]]:
+    ) -> tuple[dict[str, float], list]:
         """Loss/metrics and the gradient of the loss at ``w0 + offsets``.
 
         Returns:
@@ -1255,7 +922,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         *,
         split: Split = "train",
         mode: HVPMode = "backward_over_backward",
-    ) -> list[tf.Tensor]:
+    ) -> list:
         """The exact product ``H v`` of the loss's Hessian w.r.t. the trainable weights.
 
         H is the Hessian of the same data-set-wide loss that ``evaluate`` reports (inference
@@ -1300,9 +967,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
                 "exact here."
             ) from error
 
-    def gauss_newton_vector_product(
-        self, vector, offsets=None, *, split: Split = "train"
-    ) -> list[tf.Tensor]:
+    def gauss_newton_vector_product(self, vector, offsets=None, *, split: Split = "train") -> list:
         """The exact product ``G v`` of the generalized Gauss-Newton matrix G = Jᵀ H_ℓ J.
 
         J is the Jacobian of the model's outputs (at the split, below) w.r.t. the trainable
@@ -1355,7 +1020,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
         product = self._ggn_fn(split)(*self._offset_args(offsets), vector, scales)
         return _finite_product(product, "Gauss-Newton")
 
-    def _trainable_vector(self, vector) -> list[tf.Tensor]:
+    def _trainable_vector(self, vector) -> list:
         """A ``Direction`` or one array per trainable variable as tensors of their analysis
         dtypes, checked against the variables' number and shapes."""
         if isinstance(vector, Direction):
@@ -1367,7 +1032,7 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
                 f"{len(self.trainable_variables)} trainable variables."
             )
         dtypes = [self._dtypes[i] for i in self._trainable_slots()]
-        vector = [tf.cast(a, d) for a, d in zip(vector, dtypes)]
+        vector = list(self._tensors(vector, dtypes))
         for a, v in zip(vector, self.trainable_variables):
             if tuple(a.shape) != tuple(v.shape):
                 raise ValueError(
@@ -1375,3 +1040,15 @@ class Objective(_Construction, _GaussNewtonLoop, _BatchLoop):
                     f"has shape {tuple(v.shape)}."
                 )
         return vector
+
+
+def _engine_class() -> type:
+    """The Objective subclass with the batch loops of this process's Keras backend."""
+    adapter()  # one ImportError sentence where the backend's library is missing
+    if keras.backend.backend() == "tensorflow":
+        from landscape._tf_engine import TFObjective
+
+        return TFObjective
+    from landscape._portable import PortableObjective
+
+    return PortableObjective

@@ -1,36 +1,57 @@
-"""Sharpness-Aware Minimization (SAM, ASAM, m-sharpness) and its family, Keras 3 on TensorFlow."""
+"""Sharpness-Aware Minimization (SAM, ASAM, m-sharpness) and its family, for Keras 3.
 
+On TensorFlow (Keras's default) ``import sam`` loads every public name, registering the
+optimizers and ``SAMModel`` for ``keras.models.load_model``. On another backend the names load
+on first use (PEP 562), so that ``sam``'s backend-free modules (``sam._backend``, ``sam._roles``,
+``sam._compat``) serve ``landscape`` there; the optimizers and the train step run on TensorFlow
+only in this version (``require_tensorflow`` says so in one sentence).
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from sam._compat import require_tensorflow
-
-require_tensorflow()
-
-from sam.optimizer import SAM, asam_perturbation, sam_perturbation  # noqa: E402
-from sam.train_step import SAMModel, sam_train_step  # noqa: E402
-from sam.variants import (  # noqa: E402
-    ESAM,
-    GSAM,
-    FriendlySAM,
-    LookSAM,
-    SAMSchedule,
-    SAMVariant,
-)
-
-__all__ = [
-    "ESAM",
-    "GSAM",
-    "SAM",
-    "FriendlySAM",
-    "LookSAM",
-    "SAMModel",
-    "SAMSchedule",
-    "SAMVariant",
-    "asam_perturbation",
-    "sam_perturbation",
-    "sam_train_step",
-]
+_PUBLIC = {
+    "optimizer": ("SAM", "asam_perturbation", "sam_perturbation"),
+    "train_step": ("SAMModel", "sam_train_step"),
+    "variants": ("ESAM", "GSAM", "FriendlySAM", "LookSAM", "SAMSchedule", "SAMVariant"),
+}
+_SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+__all__ = sorted(_SUBMODULE_OF)
 try:  # the installed distribution's version (pyproject reads it from landscape/_version.py)
     __version__ = version("sam-landscape")
 except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported on first use after the TensorFlow check."""
+    if name not in _SUBMODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from sam._compat import require_tensorflow
+
+    require_tensorflow()
+    value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE_OF[name]}"), name)
+    globals()[name] = value  # later uses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+def _on_tensorflow() -> bool:
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as require_tensorflow, before keras
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+if _on_tensorflow():
+    for _name in __all__:
+        __getattr__(_name)

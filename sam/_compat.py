@@ -20,8 +20,9 @@ INSTALL_HINT = (
 )
 
 
-def require_tensorflow() -> None:
-    """Import TensorFlow and make sure Keras runs on it, or raise one ImportError sentence."""
+def require_tensorflow(what: str = "sam-landscape") -> None:
+    """Import TensorFlow and make sure Keras runs on it, or raise one ImportError sentence
+    naming ``what`` needs it."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     # TensorFlow's C++ start-up INFO/WARNING lines (CPU features, absl) are noise for our users;
     # a value set beforehand wins.
@@ -34,8 +35,8 @@ def require_tensorflow() -> None:
 
     if keras.backend.backend() != "tensorflow":
         raise ImportError(
-            f"sam-landscape runs on the TensorFlow backend of Keras, but KERAS_BACKEND is "
-            f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow before importing keras."
+            f"{what} runs on the TensorFlow backend of Keras in this version, but KERAS_BACKEND "
+            f"is {keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow before importing keras."
         )
 
 
@@ -522,3 +523,17 @@ def ema_variables(optimizer):
 def built_variables(optimizer) -> list:
     """The variables ``optimizer`` was built for (``Optimizer._trainable_variables``)."""
     return list(_private(optimizer, "_trainable_variables"))
+
+
+def numpy_batches(data, steps: int | None = None):
+    """The batches of a dataset (``tf.data``, ``keras.utils.PyDataset``, a PyTorch
+    ``DataLoader``, a generator) as NumPy, in order, through Keras's own data adapters
+    (``keras.src.trainers.data_adapters.get_data_adapter``, as ``fit`` reads them)."""
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    adapter = get_data_adapter(data, steps_per_epoch=steps, shuffle=False)
+    adapter.on_epoch_begin()
+    try:
+        yield from adapter.get_numpy_iterator()
+    finally:
+        adapter.on_epoch_end()

@@ -1,0 +1,44 @@
+"""The forms of data an Objective takes, named for error messages; backend-free."""
+
+from __future__ import annotations
+
+import keras
+
+
+def describe(value) -> str:
+    """A short description of a nested structure of arrays: ``{'a': (n, 3), 'b': (n,)}``."""
+
+    def leaf(t):
+        shape = getattr(t, "shape", None)
+        return "None" if t is None else str(tuple(shape)) if shape is not None else type(t).__name__
+
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        inner = ", ".join(describe(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return leaf(value)
+
+
+def model_inputs(model: keras.Model) -> str:
+    try:
+        return describe(keras.tree.map_structure(lambda t: t, model.input))
+    except (AttributeError, ValueError):
+        return "(not known for this model: it has no symbolic inputs)"
+
+
+def unpack(batch, argument: str):
+    """(x, y, sample_weight) of one element of ``data``; refuses x-only data."""
+    if not isinstance(batch, tuple | list):
+        raise ValueError(
+            f"Argument `{argument}` must be (x, y) or (x, y, sample_weight) arrays, a "
+            "tf.data.Dataset or a keras.utils.PyDataset of such batches. "
+            f"Received: {type(batch).__name__}."
+        )
+    x, y, w = keras.utils.unpack_x_y_sample_weight(tuple(batch))
+    if y is None or len(batch) > 3:
+        raise ValueError(
+            f"Argument `{argument}` must have 2 or 3 entries (x, y[, sample_weight]): the "
+            f"loss needs targets. Received {len(batch)} entries."
+        )
+    return x, y, w

@@ -1,0 +1,58 @@
+"""The JAX adapter (see ``sam._backend``): ``jax.value_and_grad``, ``jax.jvp``/``jax.vjp``,
+``jax.jit``. Float64 is float64 only with ``jax_enable_x64``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+errors = (ValueError, TypeError, IndexError)
+
+
+def float64() -> bool:
+    return bool(jax.config.jax_enable_x64)
+
+
+def value_and_grad(f, params):
+    (value, aux), grads = jax.value_and_grad(f, has_aux=True)(list(params))
+    return value, aux, grads
+
+
+def _dot(a, b):
+    return sum(jnp.sum(x * y.astype(x.dtype)) for x, y in zip(a, b))
+
+
+def hvp(f, params, vector, mode):
+    params, vector = list(params), list(vector)
+
+    def grad(p):
+        return jax.grad(f, has_aux=True)(p)
+
+    if mode == "forward_over_backward":
+        _, hv, aux = jax.jvp(grad, (params,), (vector,), has_aux=True)
+        return aux, hv
+
+    def gv(p):
+        g, aux = grad(p)
+        return _dot(g, vector), aux
+
+    hv, aux = jax.grad(gv, has_aux=True)(params)
+    return aux, hv
+
+
+def jvp(f, params, tangents):
+    return jax.jvp(f, (list(params),), (list(tangents),))
+
+
+def vjp(f, params, cotangents):
+    _, pullback = jax.vjp(f, list(params))
+    return pullback(list(cotangents))[0]
+
+
+def compile(fn):
+    return jax.jit(fn)
+
+
+def to_numpy(t) -> np.ndarray:
+    return np.asarray(t)

@@ -1,0 +1,70 @@
+"""The TensorFlow adapter (see ``sam._backend``): ``tf.GradientTape`` (nested for
+reverse-over-reverse), ``tf.autodiff.ForwardAccumulator`` for forward mode. The Objective's own
+compiled batch loops on TensorFlow (``tf.function`` over ``tf.data``/``tf.while_loop``) stay in
+``landscape.objective``; this adapter runs the backend-free engine on TensorFlow too, which the
+tests use as an independent path."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+errors = (ValueError, TypeError, IndexError, tf.errors.InvalidArgumentError)
+
+
+def float64() -> bool:
+    return True
+
+
+def _dense(gs, params):
+    return [tf.zeros_like(p) if g is None else tf.convert_to_tensor(g) for g, p in zip(gs, params)]
+
+
+def value_and_grad(f, params):
+    params = [tf.convert_to_tensor(p) for p in params]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        value, aux = f(params)
+    return value, aux, _dense(tape.gradient(value, params), params)
+
+
+def hvp(f, params, vector, mode):
+    params = [tf.convert_to_tensor(p) for p in params]
+    if mode == "forward_over_backward":
+        with tf.autodiff.ForwardAccumulator(params, list(vector)) as acc:
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                value, aux = f(params)
+            grads = _dense(tape.gradient(value, params), params)
+        return aux, _dense(acc.jvp(grads), params)
+    with tf.GradientTape() as outer:
+        outer.watch(params)
+        with tf.GradientTape() as inner:
+            inner.watch(params)
+            value, aux = f(params)
+        grads = _dense(inner.gradient(value, params), params)
+        gv = tf.add_n([tf.reduce_sum(g * tf.cast(v, g.dtype)) for g, v in zip(grads, vector)])
+    return aux, _dense(outer.gradient(gv, params), params)
+
+
+def jvp(f, params, tangents):
+    params = [tf.convert_to_tensor(p) for p in params]
+    with tf.autodiff.ForwardAccumulator(params, list(tangents)) as acc:
+        out = f(params)
+    return out, [tf.zeros_like(o) if j is None else j for j, o in zip(acc.jvp(out), out)]
+
+
+def vjp(f, params, cotangents):
+    params = [tf.convert_to_tensor(p) for p in params]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        out = f(params)
+    return _dense(tape.gradient(out, params, output_gradients=list(cotangents)), params)
+
+
+def compile(fn):
+    return fn
+
+
+def to_numpy(t) -> np.ndarray:
+    return t.numpy() if hasattr(t, "numpy") else np.asarray(t)

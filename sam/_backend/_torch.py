@@ -1,0 +1,80 @@
+"""The PyTorch adapter (see ``sam._backend``): ``torch.autograd`` with double backward for
+reverse-over-reverse, ``torch.func.jvp`` over ``torch.func.grad`` for forward-over-reverse;
+eager, as Keras's PyTorch trainer runs by default."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+errors = (ValueError, TypeError, IndexError, RuntimeError)
+
+
+def float64() -> bool:
+    return True
+
+
+def _leaves(params):
+    return [p.detach().requires_grad_(True) for p in params]
+
+
+def value_and_grad(f, params):
+    leaves = _leaves(params)
+    with torch.enable_grad():
+        value, aux = f(leaves)
+        grads = torch.autograd.grad(value, leaves, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+    return value.detach(), _detached(aux), grads
+
+
+def _detached(tree):
+    import keras
+
+    return keras.tree.map_structure(
+        lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree
+    )
+
+
+def hvp(f, params, vector, mode):
+    if mode == "forward_over_backward":
+        from torch.func import grad, jvp
+
+        def g(*p):
+            return grad(lambda *q: f(list(q)), argnums=tuple(range(len(p))), has_aux=True)(*p)
+
+        (_, aux), (hv, _) = jvp(g, tuple(p.detach() for p in params),
+                                tuple(v.detach() for v in vector))  # fmt: skip
+        return _detached(aux), list(hv)
+    leaves = _leaves(params)
+    with torch.enable_grad():
+        value, aux = f(leaves)
+        grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
+        gv = sum((g * v.to(g.dtype)).sum() for g, v in zip(grads, vector) if g is not None)
+        hv = torch.autograd.grad(gv, leaves, allow_unused=True) if gv.requires_grad else None
+    hv = [torch.zeros_like(p) for p in leaves] if hv is None else hv
+    hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, leaves)]
+    return _detached(aux), hv
+
+
+def jvp(f, params, tangents):
+    from torch.func import jvp as func_jvp
+
+    out, jv = func_jvp(lambda *p: f(list(p)), tuple(p.detach() for p in params),
+                       tuple(t.detach() for t in tangents))  # fmt: skip
+    return out, jv
+
+
+def vjp(f, params, cotangents):
+    leaves = _leaves(params)
+    with torch.enable_grad():
+        out = f(leaves)
+        grads = torch.autograd.grad(out, leaves, grad_outputs=list(cotangents), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+
+
+def compile(fn):
+    return fn
+
+
+def to_numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
