@@ -712,6 +712,12 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
 
     # ----------------------------------------------------------------------------- properties
     @property
+    def backend(self) -> str:
+        """The Keras backend the Objective computes on: ``"tensorflow"``, ``"jax"`` or
+        ``"torch"`` (surface files and results record it)."""
+        return keras.backend.backend()
+
+    @property
     def precision(self) -> str:
         """The dtype the analysis computes in: ``"float32"``, ``"float64"``, ``"float16"``….
 

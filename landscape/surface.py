@@ -312,6 +312,7 @@ def _attributes(objective: Objective, directions: Sequence[Direction], fingerpri
         "data_fingerprint": objective.data_fingerprint(),
         "loss": objective.loss_name,
         "precision": objective.precision,
+        "backend": objective.backend,
         "loss_terms": list(objective.included),
         "norm": meta[0].get("norm"),
         "ignore": meta[0].get("ignore"),
