@@ -80,23 +80,33 @@ _WITHOUT_TENSORFLOW = frozenset({"_checks", "_version", "cli", "io", "plot", "su
 __all__ = sorted(_SUBMODULE_OF)
 
 
-# Submodules that run on Keras's JAX and PyTorch backends too (the analyses on the Objective).
-_PORTABLE = frozenset(
-    {"objective", "hessian", "sharpness", "directions", "planes", "data", "_portable"}
+# Submodules that need TensorFlow as the Keras backend in this version; the others (the
+# Objective and the analyses on it) run on Keras's JAX and PyTorch backends too.
+_TENSORFLOW_ONLY = frozenset(
+    {
+        "_batches",
+        "_distribute",
+        "_tf_engine",
+        "connectivity",
+        "figures",
+        "models",
+        "tracking",
+        "train",
+    }
 )
 
 
 def _submodule(module: str):
     """``landscape.<module>``, after the backend check: none for the TensorFlow-free modules,
-    any Keras backend for the portable ones, TensorFlow for the others."""
-    if module in _PORTABLE:
-        from sam._backend import adapter
-
-        adapter()
-    elif module not in _WITHOUT_TENSORFLOW:
+    TensorFlow for ``_TENSORFLOW_ONLY``, any supported Keras backend for the others."""
+    if module in _TENSORFLOW_ONLY:
         from sam._compat import require_tensorflow
 
         require_tensorflow(f"landscape.{module}")
+    elif module not in _WITHOUT_TENSORFLOW:
+        from sam._backend import adapter
+
+        adapter()
     return importlib.import_module(f"{__name__}.{module}")
 
 

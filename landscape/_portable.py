@@ -169,7 +169,7 @@ class PortableObjective(Objective):
     _split_class = PortableSplit
 
     def _set_precision(self, precision) -> None:
-        if precision == "float64" and not adapter().float64():
+        if precision == "float64":
             raise ValueError(
                 f"Argument `precision` cannot be 'float64' on Keras's {keras.backend.backend()} "
                 "backend: Keras computes some ops' 64-bit results in 32 bits there "

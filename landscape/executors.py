@@ -45,7 +45,6 @@ from typing import Any
 import h5py
 import keras
 import numpy as np
-import tensorflow as tf
 
 import sam  # noqa: F401 (registers SAM and SAMModel, so that models using them load)
 from landscape import _checks, io
@@ -379,23 +378,33 @@ _PINNED = False
 
 
 def pin_threads(threads: int | None) -> None:
-    """Limit this process's TensorFlow (and BLAS) to ``threads`` threads, if not yet running."""
+    """Limit this process's backend (TensorFlow's or PyTorch's thread pools; BLAS and XLA's
+    through the OpenMP variables) to ``threads`` threads, if not yet running."""
     global _PINNED
     if threads is None or _PINNED:
         return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    backend = keras.backend.backend()
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already initialized in this process: keep its pools
-        logger.debug("TensorFlow already running; thread counts left unchanged.")
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        elif backend == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+    except RuntimeError:  # the backend already runs in this process: keep its pools
+        logger.debug("%s already running; thread counts left unchanged.", backend)
     _PINNED = True
 
 
-def _worker_init(threads: int | None) -> None:
+def _worker_init(threads: int | None, backend: str = "tensorflow") -> None:
+    """A spawned worker: the caller's Keras backend (set before Keras loads), quiet, pinned."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ["KERAS_BACKEND"] = backend
     pin_threads(threads)
 
 
@@ -465,7 +474,7 @@ class ProcessPool(cf.Executor):
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(self.threads_per_worker,),
+            initargs=(self.threads_per_worker, keras.backend.backend()),
         )
 
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:

@@ -1,0 +1,180 @@
+"""The Objective on every Keras backend, against references that share none of its code path.
+
+Runs in the backend's own process (``LANDSCAPE_TEST_BACKEND=jax pytest tests/backends``; the
+TensorFlow suite runs it too). References: softmax regression's loss, gradient and Hessian
+written in NumPy float64 by hand (H = Σᵢ sᵢ (diag pᵢ − pᵢpᵢᵀ) ⊗ xᵢxᵢᵀ / n), Keras's own
+``model.evaluate``, and central differences of the toolkit's gradient (itself checked against
+NumPy) for a nonlinear model's Hessian-vector product.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import landscape
+
+BACKEND = keras.backend.backend()
+# float32 arithmetic per batch on JAX/PyTorch (and in the model on TensorFlow)
+RTOL = 2e-5
+
+
+def softmax_regression(seed=0, d=5, k=3):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(k)])
+    rng = np.random.default_rng(seed)
+    kernel, bias = model.trainable_variables
+    kernel.assign(rng.normal(0, 0.5, (d, k)).astype("float32"))
+    bias.assign(rng.normal(0, 0.5, (k,)).astype("float32"))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    return model
+
+
+def data(n=37, d=5, k=3, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = rng.integers(0, k, n)
+    sw = rng.uniform(0.5, 2.0, n).astype("float32")
+    return x, y, sw
+
+
+def numpy_reference(model, x, y, sw):
+    """Loss, gradient (kernel, bias) and dense Hessian of the weighted mean cross-entropy."""
+    W, b = (np.asarray(keras.ops.convert_to_numpy(v.value), np.float64) for v in model.weights)
+    x = x.astype(np.float64)
+    z = x @ W + b
+    z -= z.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    n, k = p.shape
+    s = sw.astype(np.float64) / len(sw)  # Keras's "sum_over_batch_size": Σ sᵢℓᵢ / n
+    loss = -np.sum(s * np.log(p[np.arange(n), y]))
+    r = p.copy()
+    r[np.arange(n), y] -= 1.0
+    xb = np.concatenate([x, np.ones((n, 1))], 1)  # bias as a last input feature
+    g = (xb * s[:, None]).T @ r  # (d+1, k)
+    H = np.zeros(((x.shape[1] + 1) * k,) * 2)
+    for i in range(n):
+        A = np.diag(p[i]) - np.outer(p[i], p[i])
+        H += s[i] * np.kron(np.outer(xb[i], xb[i]), A)
+    return loss, g[:-1], g[-1], H
+
+
+def flat(kernel, bias):
+    """Kernel (d, k) and bias (k,) as one vector ordered as ``numpy_reference``'s Hessian."""
+    return np.concatenate([np.asarray(kernel).reshape(-1), np.asarray(bias).reshape(-1)])
+
+
+@pytest.fixture(scope="module")
+def problem():
+    model = softmax_regression()
+    x, y, sw = data()
+    return model, (x, y, sw), numpy_reference(model, x, y, sw)
+
+
+def test_the_objective_is_this_backends_engine(problem):
+    model, batch, _ = problem
+    objective = landscape.Objective(model, batch, batch_size=8)
+    assert objective.backend == BACKEND
+    engine = "TFObjective" if BACKEND == "tensorflow" else "PortableObjective"
+    assert type(objective).__name__ == engine
+
+
+@pytest.mark.parametrize("batch_size", [8, 37])
+def test_loss_and_gradient_equal_numpy_by_hand(problem, batch_size):
+    model, batch, (loss, g_kernel, g_bias, _) = problem
+    values, grads = landscape.Objective(model, batch, batch_size=batch_size).value_and_gradient()
+    np.testing.assert_allclose(values["loss"], loss, rtol=RTOL)
+    np.testing.assert_allclose(np.asarray(grads[0]), g_kernel, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grads[1]), g_bias, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluate_equals_model_evaluate_in_one_batch(problem):
+    model, (x, y, sw), _ = problem
+    ours = landscape.Objective(model, (x, y, sw), batch_size=8).evaluate()
+    keras_values = model.evaluate(x, y, sample_weight=sw, batch_size=len(x), verbose=0,
+                                  return_dict=True)  # fmt: skip
+    np.testing.assert_allclose(ours["loss"], keras_values["loss"], rtol=1e-5)
+    np.testing.assert_allclose(ours["acc"], keras_values["accuracy"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["backward_over_backward", "forward_over_backward"])
+def test_hessian_and_ggn_products_equal_the_dense_numpy_hessian(problem, mode):
+    model, batch, (_, _, _, H) = problem
+    objective = landscape.Objective(model, batch, batch_size=8)
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        v = [rng.normal(size=tuple(w.shape)).astype("float32") for w in model.trainable_variables]
+        expected = H @ flat(v[0], v[1])
+        hv = objective.hessian_vector_product(v, mode=mode)
+        np.testing.assert_allclose(flat(*hv), expected, rtol=1e-4, atol=1e-5)
+        gv = objective.gauss_newton_vector_product(v)  # a linear model: G = H
+        np.testing.assert_allclose(flat(*gv), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_top_eigenvalues_and_trace_equal_numpy(problem):
+    model, batch, (_, _, _, H) = problem
+    objective = landscape.Objective(model, batch, batch_size=16)
+    exact = np.sort(np.linalg.eigvalsh(H))[::-1]
+    top = landscape.hessian_eigenvalues(objective, k=2, verbose=0)
+    np.testing.assert_allclose(top.values, exact[:2], rtol=1e-4)
+    trace = landscape.hessian_trace(objective, method="exact", verbose=0)
+    np.testing.assert_allclose(trace.estimate, np.trace(H), rtol=1e-4)
+
+
+def mlp():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(6, activation="tanh")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.LayerNormalization()(h)
+    outputs = keras.layers.Dense(3, activation="softmax")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_hvp_of_a_nonlinear_model_equals_central_differences_of_its_gradient():
+    model = mlp()
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(24, 4)).astype("float32"), rng.integers(0, 3, 24)
+    objective = landscape.Objective(model, (x, y), batch_size=10)
+    v = [rng.normal(size=tuple(w.shape)).astype("float32") for w in model.trainable_variables]
+    h = 1e-3  # truncation O(h²) against float32 noise O(ε/h): 2e-4 of the product here
+    offsets = objective.flat.offsets(objective.flat.concat(v))
+    plus = objective.flat.concat(objective.value_and_gradient([h * o for o in offsets])[1])
+    minus = objective.flat.concat(objective.value_and_gradient([-h * o for o in offsets])[1])
+    fd = (plus - minus) / (2 * h)
+    hv = objective.flat.concat(objective.hessian_vector_product(v))
+    np.testing.assert_allclose(hv, fd, rtol=2e-2, atol=2e-3 * np.abs(fd).max())
+
+
+def test_surface_points_equal_evaluate_at_assigned_weights_and_leave_weights_alone(tmp_path):
+    model = mlp()
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(20, 4)).astype("float32"), rng.integers(0, 3, 20)
+    before = [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables]
+    objective = landscape.Objective(model, (x, y), batch_size=8)
+    d = landscape.random_direction(model, seed=0)
+    surface = landscape.compute_surface(objective, [d], "-1:1:3", path=tmp_path / "s.h5",
+                                        verbose=0)  # fmt: skip
+    for v, b in zip(model.variables, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v.value), b)
+    aligned = d.aligned(objective.variables)
+    for alpha, value in zip(surface.x, surface.values["train_loss"]):
+        for v, b, a in zip(objective.variables, before, aligned):
+            v.assign(b + alpha * a)
+        expected = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["loss"]
+        np.testing.assert_allclose(value, expected, rtol=1e-5)
+    for v, b in zip(objective.variables, before):
+        v.assign(b)
+    assert landscape.Surface.load(tmp_path / "s.h5").metadata["backend"] == BACKEND
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="float64 runs on TensorFlow")
+def test_float64_is_refused_off_tensorflow_in_one_sentence(problem):
+    model, batch, _ = problem
+    with pytest.raises(ValueError, match="precision.*float64.*32 bits"):
+        landscape.Objective(model, batch, precision="float64")
