@@ -1,10 +1,18 @@
-"""The model's own loss and metrics as float64 (numerator, denominator) pairs per batch.
+"""The model's own loss and metrics as wide-float (numerator, denominator) pairs per batch.
 
 A Keras loss reduces a batch to N / D; ``loss_pair`` returns N and D separately (masks,
 ``ignore_class`` and sample weights merged as ``keras.losses.Loss.__call__`` merges them), so
 that the Objective sums both over the whole data set. ``CompiledLoss`` does this for every
 output of a compiled (or given) loss with its ``loss_weights``; ``ModelComputeLoss`` wraps a
 model's own ``compute_loss`` override. Metrics: ``accuracy_pair`` and ``callable_pair``.
+
+Backend-neutral: only ``keras.ops``, ``keras.tree`` and the backend tensors' own operators, so
+the pairs run on every Keras backend (inside a ``keras.StatelessScope`` too). The pairs are in
+the dtype ``_wide()`` returns: "float64" where the backend computes in it (TensorFlow, PyTorch,
+JAX with ``jax_enable_x64``), else the widest float it has ("float32" on JAX without x64, which
+would silently turn float64 into float32). Keras's type promotion turns float64 into float32 on
+the backends other than TensorFlow (``keras.src.backend.common.dtypes.result_type``), so the
+wide arithmetic here keeps to ops that do not promote (``_divide_no_nan`` for one).
 """
 
 from __future__ import annotations
@@ -16,7 +24,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from sam import _compat
 
@@ -26,19 +33,43 @@ ACCURACY_NAMES = ("accuracy", "acc")
 MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
+def _wide() -> str:
+    """The dtype of the pairs: "float64" where the backend computes in it, else "float32".
+
+    TensorFlow and PyTorch have float64; JAX has it only with ``jax_enable_x64`` (read at each
+    call, so ``jax.experimental.enable_x64`` counts); without it JAX makes float64 into float32.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return keras.backend.standardize_dtype(jax.dtypes.canonicalize_dtype("float64"))
+    return "float64"
+
+
+def _rank(x) -> int:
+    return len(x.shape)
+
+
+def _divide_no_nan(a, b):
+    """``a / b``, 0 where ``b`` is 0 (``keras.ops.divide_no_nan`` gives float32 on torch)."""
+    ops = keras.ops
+    zero = ops.equal(b, 0)
+    return ops.where(zero, ops.zeros_like(a), a / ops.where(zero, ops.ones_like(b), b))
+
+
 def _same_rank(a, b):
     """Keras's rule: squeeze or expand a trailing unit axis so that a and b have equal rank."""
-    ra, rb = a.shape.rank, b.shape.rank
+    ra, rb = _rank(a), _rank(b)
     if ra == rb + 1 and a.shape[-1] == 1:
         if rb == 1:
-            b = tf.expand_dims(b, -1)
+            b = keras.ops.expand_dims(b, -1)
         else:
-            a = tf.squeeze(a, -1)
+            a = keras.ops.squeeze(a, -1)
     elif rb == ra + 1 and b.shape[-1] == 1:
         if ra == 1:
-            a = tf.expand_dims(a, -1)
+            a = keras.ops.expand_dims(a, -1)
         else:
-            b = tf.squeeze(b, -1)
+            b = keras.ops.squeeze(b, -1)
     return a, b
 
 
@@ -50,17 +81,22 @@ def _per_sample(weight, values):
     when that axis happens to have the batch's length; the check against Keras's own loss on the
     first batch then refuses the data rather than report either number.
     """
-    while 0 < weight.shape.rank < values.shape.rank:
+    while 0 < _rank(weight) < _rank(values):
         weight = weight[..., None]
     return weight
 
 
-def _size(t) -> tf.Tensor:
-    return tf.cast(tf.size(t), tf.float64)
+def _size(t):
+    return keras.ops.cast(keras.ops.size(t), _wide())
+
+
+def _batch_size(y_pred):
+    """The batch size of (the first output of) ``y_pred``, as a wide float."""
+    return keras.ops.cast(keras.ops.shape(keras.tree.flatten(y_pred)[0])[0], _wide())
 
 
 def loss_pair(loss: keras.losses.Loss, y_true, y_pred, sample_weight) -> tuple:
-    """Float64 (N, D, per_batch) of one batch: Keras's reduced ``loss(y_true, y_pred, s)`` is N / D.
+    """Wide (N, D, per_batch) of one batch: Keras's reduced ``loss(y_true, y_pred, s)`` is N / D.
 
     ``per_batch`` is True when ``loss.call`` returns one value for the batch rather than one per
     sample: then N / D is that value (weighted by the batch size), exact only in one batch.
@@ -71,27 +107,30 @@ def loss_pair(loss: keras.losses.Loss, y_true, y_pred, sample_weight) -> tuple:
     """
     in_mask = _compat.keras_mask(y_pred)
     # Keras computes in the loss's dtype (floatx); a float64 model keeps float64 here.
-    wide = any(t.dtype == tf.float64 for t in tf.nest.flatten(y_pred))
-    dtype = tf.float64 if wide else loss.dtype
-    y_pred = tf.nest.map_structure(lambda t: tf.cast(t, dtype), y_pred)
-    y_true = tf.nest.map_structure(lambda t: tf.cast(t, dtype), y_true)
+    standardize = keras.backend.standardize_dtype
+    wide = any(standardize(t.dtype) == "float64" for t in keras.tree.flatten(y_pred))
+    dtype = "float64" if wide else loss.dtype
+    y_pred = keras.tree.map_structure(lambda t: keras.ops.cast(t, dtype), y_pred)
+    y_true = keras.tree.map_structure(lambda t: keras.ops.cast(t, dtype), y_true)
     values = loss.call(y_true, y_pred)
     out_mask = _compat.keras_mask(values)
     if in_mask is not None and out_mask is not None:
-        mask = tf.logical_and(tf.cast(in_mask, tf.bool), tf.cast(out_mask, tf.bool))
+        mask = keras.ops.logical_and(
+            keras.ops.cast(in_mask, "bool"), keras.ops.cast(out_mask, "bool")
+        )
     else:
         mask = in_mask if in_mask is not None else out_mask
-    values = tf.cast(values, tf.float64)
-    if values.shape.rank == 0 and sample_weight is None and mask is None:
-        n = tf.cast(tf.shape(tf.nest.flatten(y_pred)[0])[0], tf.float64)
+    values = keras.ops.cast(values, _wide())
+    if _rank(values) == 0 and sample_weight is None and mask is None:
+        n = _batch_size(y_pred)
         return values * n, n, True  # one value per batch: exact only with one batch
-    per_batch = values.shape.rank == 0
+    per_batch = _rank(values) == 0
     weight, scale = None, None
     if mask is not None:
-        weight = tf.cast(mask, tf.float64)
-        scale = tf.reduce_sum(weight) / _size(weight)  # valid / total, as Keras's apply_mask
+        weight = keras.ops.cast(mask, _wide())
+        scale = keras.ops.sum(weight) / _size(weight)  # valid / total, as Keras's apply_mask
     if sample_weight is not None:
-        s = tf.cast(sample_weight, tf.float64)
+        s = keras.ops.cast(sample_weight, _wide())
         if weight is None:
             weight = s
         else:
@@ -100,9 +139,9 @@ def loss_pair(loss: keras.losses.Loss, y_true, y_pred, sample_weight) -> tuple:
     if weight is not None:
         values, weight = _same_rank(values, weight)
         values = values * _per_sample(weight, values)
-    numerator = tf.reduce_sum(values)
+    numerator = keras.ops.sum(values)
     if loss.reduction == "mean_with_sample_weight" and weight is not None:
-        return numerator, tf.reduce_sum(weight), per_batch
+        return numerator, keras.ops.sum(weight), per_batch
     if scale is not None:
         return numerator, scale * _size(values), per_batch
     return numerator, _size(values), per_batch
@@ -225,11 +264,11 @@ class CompiledLoss:
             out += [numerator, denominator]
         return out
 
-    def combine(self, sums) -> dict[str, tf.Tensor]:
-        total = tf.constant(0.0, tf.float64)
+    def combine(self, sums) -> dict[str, Any]:
+        total = keras.ops.zeros((), _wide())
         parts = {}
         for k, term in enumerate(self.flat):
-            value = tf.math.divide_no_nan(sums[2 * k], sums[2 * k + 1])
+            value = _divide_no_nan(sums[2 * k], sums[2 * k + 1])
             weight = 1.0 if term.weight is None else float(term.weight)
             total += weight * value
             parts[f"{term.name}_loss"] = value
@@ -258,10 +297,10 @@ class ModelComputeLoss:
             value = self.model.compute_loss(x, y, y_pred, w, training=False)
         else:  # overrides written before Keras 3.3 added the argument
             value = self.model.compute_loss(x, y, y_pred, w)
-        n = tf.cast(tf.shape(tf.nest.flatten(y_pred)[0])[0], tf.float64)
-        return [tf.cast(value, tf.float64) * n, n]
+        n = _batch_size(y_pred)
+        return [keras.ops.cast(value, _wide()) * n, n]
 
-    def combine(self, sums) -> dict[str, tf.Tensor]:
+    def combine(self, sums) -> dict[str, Any]:
         return {"loss": sums[0] / sums[1]}
 
 
@@ -292,48 +331,50 @@ def resolve_loss(model: keras.Model, loss):
 
 # --------------------------------------------------------------------------------- metrics
 def accuracy_pair(y_true, y_pred, sample_weight, *, threshold: float, ignore_class):
-    """Float64 (Σ s·m·[ŷ = y], Σ s·m): sparse, one-hot or binary accuracy, masks honoured."""
+    """Wide-float (Σ s·m·[ŷ = y], Σ s·m): sparse, one-hot or binary accuracy, masks honoured."""
+    ops = keras.ops
     mask = _compat.keras_mask(y_pred)
-    y_pred = tf.convert_to_tensor(y_pred)
-    y_true = tf.convert_to_tensor(y_true)
-    if y_pred.shape.rank == 1 or y_pred.shape[-1] == 1:  # binary
-        p = y_pred if y_pred.shape.rank == 1 else y_pred[..., 0]
-        t = tf.reshape(tf.cast(y_true, tf.float32), tf.shape(p)) > 0.5
-        correct = tf.cast(tf.equal(p > tf.cast(threshold, p.dtype), t), tf.float64)
-        valid = tf.ones_like(correct)
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if _rank(y_pred) == 1 or y_pred.shape[-1] == 1:  # binary
+        p = y_pred if _rank(y_pred) == 1 else y_pred[..., 0]
+        t = ops.reshape(ops.cast(y_true, "float32"), ops.shape(p)) > 0.5
+        correct = ops.cast(ops.equal(p > ops.cast(threshold, p.dtype), t), _wide())
+        valid = ops.ones_like(correct)
     else:
-        pred = tf.argmax(y_pred, axis=-1)
-        if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] == y_pred.shape[-1]:
-            true = tf.argmax(y_true, axis=-1)  # one-hot
+        pred = ops.argmax(y_pred, axis=-1)
+        if _rank(y_true) == _rank(y_pred) and y_true.shape[-1] == y_pred.shape[-1]:
+            true = ops.argmax(y_true, axis=-1)  # one-hot
         else:
-            true = tf.cast(tf.reshape(y_true, tf.shape(pred)), tf.int64)
-        correct = tf.cast(tf.equal(pred, true), tf.float64)
-        valid = tf.ones_like(correct)
+            true = ops.cast(ops.reshape(y_true, ops.shape(pred)), pred.dtype)
+        correct = ops.cast(ops.equal(pred, true), _wide())
+        valid = ops.ones_like(correct)
         if ignore_class is not None:
-            valid = tf.cast(tf.not_equal(true, ignore_class), tf.float64)
+            valid = ops.cast(ops.not_equal(true, ignore_class), _wide())
     if mask is not None:
-        valid = valid * tf.reshape(tf.cast(mask, tf.float64), tf.shape(correct))
+        valid = valid * ops.reshape(ops.cast(mask, _wide()), ops.shape(correct))
     if sample_weight is not None:
-        s = tf.cast(sample_weight, tf.float64)
-        if s.shape.rank > correct.shape.rank:
-            s = tf.reshape(s, tf.shape(correct))
-        while s.shape.rank < correct.shape.rank:
+        s = ops.cast(sample_weight, _wide())
+        if _rank(s) > _rank(correct):
+            s = ops.reshape(s, ops.shape(correct))
+        while _rank(s) < _rank(correct):
             s = s[..., None]
         valid = valid * s
-    return tf.reduce_sum(correct * valid), tf.reduce_sum(valid)
+    return ops.sum(correct * valid), ops.sum(valid)
 
 
 def callable_pair(fn: Callable, y_true, y_pred, sample_weight):
-    """Float64 (Σ sᵢ vᵢ, Σ sᵢ) of a per-sample metric (trailing axes averaged)."""
-    values = tf.cast(fn(y_true, y_pred), tf.float64)
-    n = tf.shape(tf.nest.flatten(y_pred)[0])[0]
-    if values.shape.rank == 0:
-        values = tf.fill([n], values)
-    elif values.shape.rank > 1:
-        values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-    s = tf.ones([n], tf.float64) if sample_weight is None else tf.cast(sample_weight, tf.float64)
-    s = tf.reshape(s, [-1])
-    return tf.reduce_sum(s * values), tf.reduce_sum(s)
+    """Wide-float (Σ sᵢ vᵢ, Σ sᵢ) of a per-sample metric (trailing axes averaged)."""
+    ops = keras.ops
+    values = ops.cast(fn(y_true, y_pred), _wide())
+    n = ops.shape(keras.tree.flatten(y_pred)[0])[0]
+    if _rank(values) == 0:
+        values = ops.broadcast_to(values, (n,))
+    elif _rank(values) > 1:
+        values = ops.mean(values, axis=list(range(1, _rank(values))))
+    s = ops.ones((n,), _wide()) if sample_weight is None else ops.cast(sample_weight, _wide())
+    s = ops.reshape(s, (-1,))
+    return ops.sum(s * values), ops.sum(s)
 
 
 def loss_options(model: keras.Model, loss) -> tuple[bool, Any]:
