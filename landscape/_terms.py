@@ -12,7 +12,10 @@ the dtype ``_wide()`` returns: "float64" where the backend computes in it (Tenso
 JAX with ``jax_enable_x64``), else the widest float it has ("float32" on JAX without x64, which
 would silently turn float64 into float32). Keras's type promotion turns float64 into float32 on
 the backends other than TensorFlow (``keras.src.backend.common.dtypes.result_type``), so the
-wide arithmetic here keeps to ops that do not promote (``_divide_no_nan`` for one).
+wide arithmetic here keeps to ops that do not promote (``_divide_no_nan``, ``_mean_trailing``
+instead of ``keras.ops.divide_no_nan`` and ``keras.ops.mean``, float32 on torch). Keras's own
+losses still compute in float32 there (``keras.ops.mean`` inside ``mean_squared_error``), so
+a float64 model's per-sample losses are float32-accurate on torch; the sums here are float64.
 """
 
 from __future__ import annotations
@@ -55,6 +58,16 @@ def _divide_no_nan(a, b):
     ops = keras.ops
     zero = ops.equal(b, 0)
     return ops.where(zero, ops.zeros_like(a), a / ops.where(zero, ops.ones_like(b), b))
+
+
+def _mean_trailing(values):
+    """The mean over every axis but the first (``keras.ops.mean`` gives float32 on torch)."""
+    count = 1
+    for dim in keras.ops.shape(values)[1:]:
+        count = count * dim
+    return keras.ops.sum(values, axis=list(range(1, _rank(values)))) / keras.ops.cast(
+        count, _wide()
+    )
 
 
 def _same_rank(a, b):
@@ -210,7 +223,7 @@ class CompiledLoss:
                     "batch size and 'none' is not one number. Pass `loss=` with a mean reduction."
                 )
         self.n_pairs = len(self.flat)
-        return float(value)
+        return float(keras.ops.convert_to_numpy(value))
 
     def _targets(self, y_true, y_pred) -> tuple[list, list]:
         """(y_true, y_pred) of each term, resolved as Keras's ``CompileLoss.call`` does."""
@@ -371,7 +384,7 @@ def callable_pair(fn: Callable, y_true, y_pred, sample_weight):
     if _rank(values) == 0:
         values = ops.broadcast_to(values, (n,))
     elif _rank(values) > 1:
-        values = ops.mean(values, axis=list(range(1, _rank(values))))
+        values = _mean_trailing(values)
     s = ops.ones((n,), _wide()) if sample_weight is None else ops.cast(sample_weight, _wide())
     s = ops.reshape(s, (-1,))
     return ops.sum(s * values), ops.sum(s)
