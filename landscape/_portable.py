@@ -23,7 +23,6 @@ import numpy as np
 
 from landscape import _terms
 from landscape._forms import describe, unpack
-from landscape.objective import Objective
 from sam import _compat
 from sam._backend import adapter
 
@@ -163,8 +162,8 @@ def _joined(*arrays):
     return np.concatenate([_numpy(a) for a in arrays], 0)
 
 
-class PortableObjective(Objective):
-    """``Objective`` on JAX and PyTorch (``Objective(...)`` makes one when Keras runs on them)."""
+class PortableEngine:
+    """The batch loops of ``Objective`` on JAX and PyTorch (a mixin before ``Objective``)."""
 
     _split_class = PortableSplit
 
@@ -459,3 +458,7 @@ def _ratio(a, b) -> float:
 
 def _as_wide(array: np.ndarray):
     return ops.convert_to_tensor(np.asarray(array), _terms._wide())
+
+
+#: The engine's mixins, in the order ``Objective`` puts them before itself.
+MIXINS = (PortableEngine,)

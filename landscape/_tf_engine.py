@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from landscape import _terms
 from landscape._batches import DataSplit
-from landscape.objective import Objective, logger  # noqa: F401
 
 
 def _compiled(python_function, signature):
@@ -384,8 +383,8 @@ class TFGaussNewtonLoop:
         return fn
 
 
-class TFObjective(TFGaussNewtonLoop, TFBatchLoop, Objective):
-    """``Objective`` on TensorFlow (``Objective(...)`` makes one when Keras runs on it)."""
+class TFConversions:
+    """The TensorFlow engine's data, dtypes and tensors (``DataSplit``; ``tf.DType``s)."""
 
     _split_class = DataSplit
 
@@ -401,3 +400,7 @@ class TFObjective(TFGaussNewtonLoop, TFBatchLoop, Objective):
     @staticmethod
     def _coefficients(coefficients: np.ndarray):
         return tf.constant(np.asarray(coefficients, np.float64).reshape(-1))
+
+
+#: The engine's mixins, in the order ``Objective`` puts them before itself.
+MIXINS = (TFConversions, TFGaussNewtonLoop, TFBatchLoop)

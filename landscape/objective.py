@@ -1048,13 +1048,24 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         return vector
 
 
+_ENGINES: dict[str, type] = {}
+
+
 def _engine_class() -> type:
-    """The Objective subclass with the batch loops of this process's Keras backend."""
-    adapter()  # one ImportError sentence where the backend's library is missing
-    if keras.backend.backend() == "tensorflow":
-        from landscape._tf_engine import TFObjective
+    """The Objective subclass with the batch loops of this process's Keras backend: the
+    engine module's mixins before ``Objective`` (the engines import no ``objective``)."""
+    backend = keras.backend.backend()
+    if backend not in _ENGINES:
+        adapter()  # one ImportError sentence where the backend's library is missing
+        if backend == "tensorflow":
+            from landscape import _tf_engine as engine
 
-        return TFObjective
-    from landscape._portable import PortableObjective
+            name = "TFObjective"
+        else:
+            from landscape import _portable as engine
 
-    return PortableObjective
+            name = "PortableObjective"
+        cls = type(name, (*engine.MIXINS, Objective), {"__module__": engine.__name__})
+        setattr(engine, name, cls)  # importable by name, so that pickle finds it
+        _ENGINES[backend] = cls
+    return _ENGINES[backend]
