@@ -3,15 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# PyTorch for the CPU. A plain `torch` (the test extra's torch>=2.4) resolves on Linux to a CUDA
+# build of several GB; pip's find-links on the project's machines (Python 3.11) hold
+# torch 2.13.0+cpu, which `torch==2.13.0` takes (a +cpu build sorts above the bare release).
+# Elsewhere pass TORCH_PIN= to let pip choose, or a pin of a torch CPU build that your pip reaches.
+TORCH_PIN ?= torch==2.13.0
+# The backend-neutral tests, run once per Keras backend, each backend in its own process.
+BACKEND_TESTS := -m "not slow" tests/backends
 
-.PHONY: test test-slow demo lint install clean
+.PHONY: test test-fast test-slow demo lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test]' $(TORCH_PIN)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,9 +28,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # The whole suite but the tests marked slow (long end-to-end runs: ResNet-50, clusters,
-# kill -9); `make test-slow` runs those.
+# kill -9) on TensorFlow, then tests/backends on JAX and on PyTorch (LANDSCAPE_TEST_BACKEND,
+# tests/conftest.py); `make test-slow` runs the slow ones.
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+	LANDSCAPE_TEST_BACKEND=jax $(BIN)/python -m pytest -q $(BACKEND_TESTS)
+	LANDSCAPE_TEST_BACKEND=torch $(BIN)/python -m pytest -q $(BACKEND_TESTS)
+
+# A quick check while editing: tests/backends and the objective's tests on TensorFlow, stopping at
+# the first failure; no lint.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x $(BACKEND_TESTS) tests/test_objective.py
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
