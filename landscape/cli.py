@@ -767,6 +767,7 @@ def _eigen_summary(eig) -> dict:
         "basis_size": eig.basis_size,
         "restarts": int(eig.restarts),
         "precision": eig.precision,
+        "backend": eig.backend,
         "tol": eig.tol,
         "which": eig.which,
     }

@@ -122,6 +122,7 @@ class EigenResult:
             then the eigenvalues of P⁻¹H, and ``vectors`` and ``residuals`` those of the
             symmetric P^(-1/2) H P^(-1/2) (its eigenvectors u; P^(-1/2) u are P⁻¹H's).
         warm_start: True when the run started from given vectors (``v0``).
+        backend: The Keras backend they were computed on (``Objective.backend``).
         curvature: ``"hessian"`` or ``"ggn"``: the matrix whose eigenpairs these are.
         variables: The paths (``Direction`` keys) of the variables the operator acts on, in
             model order: every trainable variable, or the block ``variables=`` selected
@@ -142,6 +143,7 @@ class EigenResult:
     basis_size: int | None = None
     restarts: int = 0
     precision: str | None = None
+    backend: str | None = None
     preconditioned: bool = False
     warm_start: bool = False
     curvature: str = "hessian"
@@ -167,6 +169,7 @@ class TraceResult:
         tol: The requested relative standard error.
         max_samples: The cap on probes (``hessian_trace``'s ``samples``).
         precision: The dtype the products were computed in (``Objective.precision``).
+        backend: The Keras backend they were computed on (``Objective.backend``).
         curvature: ``"hessian"`` or ``"ggn"``.
         variables: The paths of the variables of the (block of the) operator.
         method: ``"exact"`` or ``"hutchinson"``: how the trace was computed.
@@ -182,6 +185,7 @@ class TraceResult:
     tol: float = float("nan")
     max_samples: int | None = None
     precision: str | None = None
+    backend: str | None = None
     curvature: str = "hessian"
     variables: tuple[str, ...] = field(default=(), repr=False)
     method: str = "hutchinson"
@@ -205,6 +209,7 @@ class TraceResult:
             "max_samples": self.max_samples,
             "n_params": int(self.n_params),
             "precision": self.precision,
+            "backend": self.backend,
             "curvature": self.curvature,
         }
 
@@ -223,6 +228,7 @@ class SpectrumResult:
         n_params: Dimension of the Hessian.
         n_hvp: Hessian-vector products used.
         precision: The dtype the products were computed in (``Objective.precision``).
+        backend: The Keras backend they were computed on (``Objective.backend``).
         curvature: ``"hessian"`` or ``"ggn"``.
         variables: The paths of the variables of the (block of the) operator.
     """
@@ -232,6 +238,7 @@ class SpectrumResult:
     n_params: int
     n_hvp: int
     precision: str | None = None
+    backend: str | None = None
     curvature: str = "hessian"
     variables: tuple[str, ...] = field(default=(), repr=False)
 
@@ -477,6 +484,7 @@ class _Hessian:
         """What every result records about the operator."""
         return {
             "precision": self.objective.precision,
+            "backend": self.objective.backend,
             "curvature": self.curvature,
             "variables": self.paths,
         }
