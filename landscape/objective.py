@@ -372,7 +372,7 @@ class _ModelRunner:
         """The model's outputs on ``x`` at w0, in the analysis precision (eagerly); the ids of
         the variables it read are added to ``reads`` and its own losses to ``added``."""
         values = [keras.ops.cast(v.value, d) for v, d in zip(self.variables, self._dtypes)]
-        with self._model_scope(values, reads) as scope:
+        with adapter().no_grad(), self._model_scope(values, reads) as scope:
             y_pred = self.model(x, training=False)
             if added is not None:
                 added.extend(scope.losses)

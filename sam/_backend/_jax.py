@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,3 +58,7 @@ def compile(fn):
 
 def to_numpy(t) -> np.ndarray:
     return np.asarray(t)
+
+
+def no_grad():
+    return contextlib.nullcontext()

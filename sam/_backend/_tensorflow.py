@@ -6,6 +6,8 @@ tests use as an independent path."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -68,3 +70,7 @@ def compile(fn):
 
 def to_numpy(t) -> np.ndarray:
     return t.numpy() if hasattr(t, "numpy") else np.asarray(t)
+
+
+def no_grad():
+    return contextlib.nullcontext()

@@ -78,3 +78,8 @@ def compile(fn):
 
 def to_numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def no_grad():
+    """A context without gradient recording (the eager checks need no graph)."""
+    return torch.no_grad()
