@@ -18,10 +18,12 @@ The model runs in inference mode (BatchNorm moving statistics, no dropout), in t
 precision (``precision="auto"``: float32 for a mixed-precision model, else its own dtype; or
 float32, float64, or the model's own float16 on request), recorded as ``Objective.precision``.
 The offset is applied through ``keras.StatelessScope``: the model's variables are never
-assigned, so they stay bit-identical, also when evaluation raises. One compiled batch loop
-(``tf.function`` per data split and entry point, traced once) serves the values, the gradient
-and exact Hessian-vector products; the offset of a point is built on the device as
-δ = Σₖ αₖ dₖ.
+assigned, so they stay bit-identical, also when evaluation raises. The batch loops are the
+engine's of Keras's backend (``Objective(...)`` returns the backend's subclass): on TensorFlow
+one compiled loop per data split and entry point (``landscape._tf_engine``, a ``tf.function``
+traced once), on JAX and PyTorch a compiled function per batch whose sums are added on the host
+in float64 (``landscape._portable``); both serve the values, the gradient and exact Hessian- and
+Gauss-Newton-vector products, and build the offset of a point on the device as δ = Σₖ αₖ dₖ.
 
 Metrics are the model's compiled metrics (``metrics="auto"``), evaluated through Keras's own
 metric objects in the same loop (stateless: the model's metric state is not touched).
