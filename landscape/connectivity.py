@@ -16,6 +16,12 @@ No layer is rewritten: the model is called statelessly (``Model.stateless_call``
 with the weights supplied as values, so any Keras model qualifies, and neither model's variables
 (weights, BatchNorm statistics, optimizer or metric state) are ever assigned.
 
+The step runs on every Keras backend through ``sam._backend``: θ's gradient by the backend's
+autodiff (``value_and_grad``) and one compiled step per minibatch (``compile_step``:
+``tf.function``, ``jax.jit`` over θ's and the optimizer's variables, PyTorch eagerly). Array
+data are shuffled on the host at every epoch (NumPy, seeded by ``seed``) and fed in NumPy
+batches; a ``tf.data.Dataset`` is read as it comes, on any backend where TensorFlow is installed.
+
 Then the loss and metrics are evaluated along the straight line (1−t) w_a + t w_b and along the
 curve at a grid of t by the one evaluator, ``landscape.Objective`` (inference mode; the whole
 data set, float64 sums), on the training data and on ``test_data`` if given. The barrier of a
@@ -672,8 +678,8 @@ def connect(
             order); its weights w_b are the end (t = 1). Never modified.
         data: Training data: arrays ``(x, y)`` or ``(x, y, sample_weight)`` (shuffled each
             epoch, batches of ``batch_size``), or a finite ``tf.data.Dataset`` of such
-            batches (used as it comes). Also the data of the BatchNorm passes and of the
-            ``train_*`` values.
+            batches (used as it comes; on any backend, where TensorFlow is installed). Also
+            the data of the BatchNorm passes and of the ``train_*`` values.
         curve: ``"bezier"`` (quadratic Bézier) or ``"polychain"`` (w_a → θ → w_b). Defaults
             to ``"bezier"``.
         test_data: Optional data evaluated as ``test_*`` values (any form ``Objective`` takes).
