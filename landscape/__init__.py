@@ -87,7 +87,6 @@ _TENSORFLOW_ONLY = frozenset(
         "_batches",
         "_distribute",
         "_tf_engine",
-        "connectivity",
         "figures",
         "models",
         "tracking",

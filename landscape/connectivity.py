@@ -16,6 +16,12 @@ No layer is rewritten: the model is called statelessly (``Model.stateless_call``
 with the weights supplied as values, so any Keras model qualifies, and neither model's variables
 (weights, BatchNorm statistics, optimizer or metric state) are ever assigned.
 
+The step runs on every Keras backend through ``sam._backend``: θ's gradient by the backend's
+autodiff (``value_and_grad``) and one compiled step per minibatch (``compile_step``:
+``tf.function``, ``jax.jit`` over θ's and the optimizer's variables, PyTorch eagerly). Array
+data are shuffled on the host at every epoch (NumPy, seeded by ``seed``) and fed in NumPy
+batches; a ``tf.data.Dataset`` is read as it comes, on any backend where TensorFlow is installed.
+
 Then the loss and metrics are evaluated along the straight line (1−t) w_a + t w_b and along the
 curve at a grid of t by the one evaluator, ``landscape.Objective`` (inference mode; the whole
 data set, float64 sums), on the training data and on ``test_data`` if given. The barrier of a
@@ -70,21 +76,22 @@ from __future__ import annotations
 
 import logging
 import numbers
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from landscape import _checks
-from landscape._batches import unpack
+from landscape._forms import unpack
 from landscape._progress import finish, progbar
 from landscape.directions import Direction, float_variables
 from landscape.objective import Objective
 from landscape.surface import Surface
 from sam import _compat
+from sam._backend import adapter
 
 logger = logging.getLogger("landscape")
 
@@ -355,18 +362,20 @@ class _Pair:
                 _, updated = model.stateless_call(trainable, non_trainable, x, training=True)
                 return [updated[i] for i in slots]
 
-            self._bn_fn = tf.function(run, reduce_retracing=True, autograph=False)
-        trainable = [tf.constant(w.astype(v.dtype)) for w, v in zip(weights, self.trainable)]
-        nt = [tf.constant(a) for a in self.nt_values]
+            self._bn_fn = adapter().compile_step(run)
+        trainable = [
+            _tensor(np.asarray(w).astype(v.dtype)) for w, v in zip(weights, self.trainable)
+        ]
+        nt = [_tensor(a) for a in self.nt_values]
         for i, _ in self.bn:
-            nt[i] = tf.zeros_like(nt[i])
+            nt[i] = _tensor(np.zeros_like(self.nt_values[i]))
         sums = [np.zeros(self.nt_values[i].shape, np.float64) for i, _ in self.bn]
         total = 0
         for x in batches():
-            n = int(tf.nest.flatten(x)[0].shape[0])
-            out = self._bn_fn(trainable, nt, x)
+            n = int(keras.tree.flatten(x)[0].shape[0])
+            out = self._bn_fn(trainable, nt, _tensors(x))
             for k, ((_, momentum), value) in enumerate(zip(self.bn, out)):
-                sums[k] += n * np.asarray(value, np.float64) / (1.0 - momentum)
+                sums[k] += n * _numpy(value).astype(np.float64) / (1.0 - momentum)
             total += n
         return {i: s / total for (i, _), s in zip(self.bn, sums)}
 
@@ -375,11 +384,76 @@ def _is_float(variable) -> bool:
     return keras.backend.is_float_dtype(keras.backend.standardize_dtype(variable.dtype))
 
 
+def _numpy(t) -> np.ndarray:
+    return np.asarray(adapter().to_numpy(t))
+
+
+def _tensor(a):
+    return keras.ops.convert_to_tensor(a)
+
+
+def _tensors(structure):
+    """A nest of arrays (or None) as the backend's tensors."""
+    return None if structure is None else keras.tree.map_structure(_tensor, structure)
+
+
 # ------------------------------------------------------------------------------- the data
+def _is_tf_dataset(data) -> bool:
+    """Whether ``data`` is a ``tf.data.Dataset`` (only possible once TensorFlow is imported, so
+    no other backend's process imports TensorFlow to ask)."""
+    if "tensorflow" not in sys.modules:
+        return False
+    import tensorflow as tf
+
+    return isinstance(data, tf.data.Dataset)
+
+
+class _DatasetBatches:
+    """A finite ``tf.data.Dataset``'s batches as NumPy, in its own order, at every pass."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        yield from _compat.numpy_batches(self.dataset)
+
+
+class _ArrayBatches:
+    """Batches ``(x, y[, sample_weight])`` of host arrays; a new permutation at every pass when
+    shuffled (the generator is seeded once, so passes differ and runs repeat)."""
+
+    def __init__(self, parts: tuple, batch_size: int, seed: int | None, shuffle: bool):
+        self.parts = parts
+        self.batch_size = batch_size
+        self.n = int(keras.tree.flatten(parts[0])[0].shape[0])
+        self.rng = np.random.default_rng(seed) if shuffle else None
+
+    def __iter__(self):
+        order = None if self.rng is None else self.rng.permutation(self.n)
+        for start in range(0, self.n, self.batch_size):
+            if order is None:
+                index = slice(start, start + self.batch_size)
+            else:
+                index = order[start : start + self.batch_size]
+
+            def take(a, index=index):
+                return a[index]
+
+            yield tuple(keras.tree.map_structure(take, p) for p in self.parts)
+
+
+def _host_array(a) -> np.ndarray:
+    if hasattr(a, "toarray"):  # a SciPy sparse matrix
+        return np.asarray(a.toarray())
+    return np.asarray(keras.ops.convert_to_numpy(a))
+
+
 def _training_dataset(data, batch_size: int, seed: int | None, shuffle: bool):
-    """Batches ``(x, y, sample_weight or None)`` of ``data`` for training and BatchNorm passes."""
-    if isinstance(data, tf.data.Dataset):
-        return data
+    """NumPy batches ``(x, y[, sample_weight])`` of ``data`` for training and BatchNorm passes:
+    arrays sliced on the host (shuffled at every pass if ``shuffle``), a ``tf.data.Dataset``
+    read as it comes (where TensorFlow is installed)."""
+    if _is_tf_dataset(data):
+        return _DatasetBatches(data)
     if isinstance(data, keras.utils.PyDataset) or not isinstance(data, tuple | list):
         raise ValueError(
             "Argument `data` must be arrays (x, y) or (x, y, sample_weight), or a finite "
@@ -387,11 +461,8 @@ def _training_dataset(data, batch_size: int, seed: int | None, shuffle: bool):
         )
     x, y, w = unpack(tuple(data), "data")
     parts = (x, y) if w is None else (x, y, w)
-    ds = tf.data.Dataset.from_tensor_slices(parts)
-    if shuffle:
-        n = int(tf.nest.flatten(x)[0].shape[0])
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size)
+    parts = tuple(keras.tree.map_structure(_host_array, p) for p in parts)
+    return _ArrayBatches(parts, batch_size, seed, shuffle)
 
 
 def _split_batch(batch):
@@ -422,66 +493,69 @@ def _optimizer(optimizer) -> keras.optimizers.Optimizer:
     )
 
 
-def _coefficients_tf(curve: str, t):
-    if curve == "bezier":
-        return (1 - t) ** 2, 2 * t * (1 - t), t**2
-    first = t <= 0.5
-    zero = tf.zeros_like(t)
-    return (
-        tf.where(first, 1 - 2 * t, zero),
-        tf.where(first, 2 * t, 2 - 2 * t),
-        tf.where(first, zero, 2 * t - 1),
-    )
+def _bend_step(pair: _Pair, theta, opt):
+    """One optimizer step on θ at one t, compiled for the backend (``compile_step``).
+
+    ``step(coefficients, ends_a, ends_b, metric_values, non_trainable, x, y, w)`` runs the
+    model statelessly in training mode at φ(t) = c_a w_a + c_θ θ + c_b w_b (``coefficients``
+    = (c_a, c_θ, c_b)), differentiates its compiled loss with respect to θ and applies the
+    optimizer to θ's variables; it returns the loss and the updated non-trainable values.
+    """
+    model, back = pair.model, adapter()
+
+    def step(coefficients, ends_a, ends_b, metric_values, non_trainable, x, y, w):
+        def loss_of(bend):
+            weights = []
+            for a, m, b in zip(ends_a, bend, ends_b):
+                ca, cm, cb = (keras.ops.cast(coefficients[k], a.dtype) for k in range(3))
+                weights.append(ca * a + cm * m + cb * b)
+            y_pred, updated = model.stateless_call(weights, non_trainable, x, training=True)
+            loss, _ = model.stateless_compute_loss(
+                weights, updated, metric_values, x=x, y=y, y_pred=y_pred, sample_weight=w,
+                training=True,
+            )  # fmt: skip
+            return loss, updated
+
+        loss, updated, grads = back.value_and_grad(loss_of, [m.value for m in theta])
+        opt.apply_gradients(zip(grads, theta))
+        return loss, updated
+
+    return back.compile_step(step, [*theta, *opt.variables])
 
 
 def _train_bend(pair: _Pair, curve, data, *, epochs, batch_size, optimizer, seed, verbose):
     """Train θ (keras Variables, from the midpoint) to minimize E_t L(φ(t)); see the module."""
-    model = pair.model
     theta = [
         keras.Variable(((a.astype(np.float64) + b) / 2).astype(a.dtype), name=f"bend_{i}")
         for i, (a, b) in enumerate(zip(pair.w_a, pair.w_b))
     ]
     history: dict[str, list[float]] = {"loss": []}
     if epochs == 0:
-        return [np.asarray(v.numpy()) for v in theta], history, 0
+        return _values(theta), history, 0
     opt = _optimizer(optimizer)
     opt.build(theta)
-    ends_a = [tf.constant(a) for a in pair.w_a]
-    ends_b = [tf.constant(b) for b in pair.w_b]
-    metric_values = [
-        tf.constant(keras.ops.convert_to_numpy(v.value)) for v in model.metrics_variables
-    ]
-
-    def step(t, x, y, w, non_trainable):
-        with tf.GradientTape() as tape:
-            weights = []
-            for a, m, b in zip(ends_a, theta, ends_b):
-                ca, cm, cb = (tf.cast(c, a.dtype) for c in _coefficients_tf(curve, t))
-                weights.append(ca * a + cm * m.value + cb * b)
-            y_pred, updated = model.stateless_call(weights, non_trainable, x, training=True)
-            loss, _ = model.stateless_compute_loss(
-                weights, updated, metric_values, x=x, y=y, y_pred=y_pred, sample_weight=w,
-                training=True,
-            )  # fmt: skip
-        grads = tape.gradient(loss, [m.value for m in theta])
-        opt.apply_gradients(zip(grads, theta))
-        return loss, updated
-
-    step_fn = tf.function(step, reduce_retracing=True, autograph=False)
-    rng = np.random.default_rng(seed)
-    dataset = _training_dataset(data, batch_size, seed, shuffle=True)
+    step = _bend_step(pair, theta, opt)
+    ends = [_tensor(a) for a in pair.w_a], [_tensor(b) for b in pair.w_b]
+    metric_values = [_tensor(v) for v in _values(pair.model.metrics_variables)]
+    wide = np.result_type(*(a.dtype for a in pair.w_a))
+    # one seed, two independent streams: the t draws and the shuffling
+    t_seed, order_seed = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(t_seed)
+    dataset = _training_dataset(data, batch_size, order_seed, shuffle=True)
     # The non-trainable values (BatchNorm statistics, dropout seeds) carried from step to step:
     # a local copy, never the model's variables.
-    non_trainable = [tf.constant(a) for a in pair.nt_values]
+    non_trainable = [_tensor(a) for a in pair.nt_values]
     steps = 0
     bar = progbar(epochs, verbose, unit="epoch")
     for epoch in range(epochs):
         total, count = 0.0, 0
         for batch in dataset:
             x, y, w = _split_batch(batch)
-            t = tf.constant(rng.uniform(), tf.float32)
-            loss, non_trainable = step_fn(t, x, y, w, non_trainable)
-            total += float(loss)
+            coefficients = np.asarray(curve_coefficients(rng.uniform(), curve), wide)
+            batch = (_tensors(x), _tensors(y), _tensors(w))
+            loss, non_trainable = step(_tensor(coefficients), *ends, metric_values,
+                                       non_trainable, *batch)  # fmt: skip
+            total += float(_numpy(loss))
             count += 1
             steps += 1
         if count == 0:
@@ -492,7 +566,7 @@ def _train_bend(pair: _Pair, curve, data, *, epochs, batch_size, optimizer, seed
         if bar is not None:
             bar.update(epoch + 1, [("loss", total / count)])
     finish(bar, epochs)
-    return [np.asarray(v.numpy()) for v in theta], history, steps
+    return _values(theta), history, steps
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -604,8 +678,8 @@ def connect(
             order); its weights w_b are the end (t = 1). Never modified.
         data: Training data: arrays ``(x, y)`` or ``(x, y, sample_weight)`` (shuffled each
             epoch, batches of ``batch_size``), or a finite ``tf.data.Dataset`` of such
-            batches (used as it comes). Also the data of the BatchNorm passes and of the
-            ``train_*`` values.
+            batches (used as it comes; on any backend, where TensorFlow is installed). Also
+            the data of the BatchNorm passes and of the ``train_*`` values.
         curve: ``"bezier"`` (quadratic Bézier) or ``"polychain"`` (w_a → θ → w_b). Defaults
             to ``"bezier"``.
         test_data: Optional data evaluated as ``test_*`` values (any form ``Objective`` takes).

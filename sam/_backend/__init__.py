@@ -11,6 +11,10 @@ tensors (the parameters) and returns what the backend's autodiff gives:
   the Jacobian-vector product (outputs, J v) and the vector-Jacobian product Jᵀ u;
 - ``compile(fn)``: the backend's compiler (``jax.jit``; PyTorch runs eagerly, Keras's own
   default; TensorFlow's loops are compiled by ``landscape.objective`` itself);
+- ``compile_step(fn, variables)``: a step called from Python once per batch that may update
+  Keras ``variables`` in place (an optimizer's ``apply_gradients``), compiled as Keras's own
+  train step is: ``tf.function``; ``jax.jit`` of a pure function over the variables' values in
+  a ``keras.StatelessScope``, the new values assigned back after each call; PyTorch eagerly;
 - ``no_grad()``: a context in which the eager checks record no gradient (PyTorch);
 - ``to_numpy(t)``, ``float64()`` (whether float64 is computed as float64 end to end) and
   ``errors`` (the backend's exception types for a computation that does not fit).

@@ -56,6 +56,30 @@ def compile(fn):
     return jax.jit(fn)
 
 
+def compile_step(fn, variables=()):
+    """``jax.jit`` of ``fn`` made pure, as Keras's JAX trainer runs a step: the values of
+    ``variables`` go in as arguments, ``fn`` runs in a ``keras.StatelessScope`` over them (its
+    assignments land in the scope), and the new values are assigned back after each call."""
+    import keras
+
+    variables = list(variables)
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+            out = fn(*args)
+        return out, [scope.get_current_value(v) for v in variables]
+
+    jitted = jax.jit(pure)
+
+    def step(*args):
+        out, values = jitted([v.value for v in variables], *args)
+        for v, value in zip(variables, values):
+            v.assign(value)
+        return out
+
+    return step
+
+
 def to_numpy(t) -> np.ndarray:
     return np.asarray(t)
 

@@ -68,6 +68,12 @@ def compile(fn):
     return fn
 
 
+def compile_step(fn, variables=()):
+    """``tf.function`` of ``fn``, which may assign ``variables`` (captured, updated in place)."""
+    del variables
+    return tf.function(fn, reduce_retracing=True, autograph=False)
+
+
 def to_numpy(t) -> np.ndarray:
     return t.numpy() if hasattr(t, "numpy") else np.asarray(t)
 

@@ -76,6 +76,12 @@ def compile(fn):
     return fn
 
 
+def compile_step(fn, variables=()):
+    """``fn`` itself: eager, its variable updates in place (Keras's PyTorch trainer)."""
+    del variables
+    return fn
+
+
 def to_numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
