@@ -651,9 +651,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
     def __new__(cls, *args, **kwargs):
         """An ``Objective`` of the engine of Keras's backend: ``landscape._tf_engine`` on
         TensorFlow, ``landscape._portable`` on JAX and PyTorch (same API, same numbers)."""
-        if cls is Objective:
-            cls = _engine_class()
-        return super().__new__(cls)
+        return super().__new__(_engine_class(cls))
 
     def __init__(
         self,
@@ -1050,14 +1048,17 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         return vector
 
 
-_ENGINES: dict[str, type] = {}
+_ENGINES: dict[tuple[str, type], type] = {}
 
 
-def _engine_class() -> type:
-    """The Objective subclass with the batch loops of this process's Keras backend: the
-    engine module's mixins before ``Objective`` (the engines import no ``objective``)."""
+def _engine_class(base: type) -> type:
+    """``base`` (``Objective`` or a user's subclass) with the batch loops of this process's
+    Keras backend: the engine module's mixins before it (the engines import no ``objective``).
+    ``Objective`` itself becomes ``TFObjective`` or ``PortableObjective``; a subclass keeps
+    its name."""
     backend = keras.backend.backend()
-    if backend not in _ENGINES:
+    key = (backend, base)
+    if key not in _ENGINES:
         adapter()  # one ImportError sentence where the backend's library is missing
         if backend == "tensorflow":
             from landscape import _tf_engine as engine
@@ -1067,7 +1068,13 @@ def _engine_class() -> type:
             from landscape import _portable as engine
 
             name = "PortableObjective"
-        cls = type(name, (*engine.MIXINS, Objective), {"__module__": engine.__name__})
-        setattr(engine, name, cls)  # importable by name, so that pickle finds it
-        _ENGINES[backend] = cls
-    return _ENGINES[backend]
+        if issubclass(base, engine.MIXINS[0]):  # already an engine's class
+            return base
+        if base is Objective:
+            cls = type(name, (*engine.MIXINS, base), {"__module__": engine.__name__})
+            setattr(engine, name, cls)  # importable by name, so that pickle finds it
+        else:
+            cls = type(base.__name__, (*engine.MIXINS, base), {"__module__": base.__module__})
+            cls.__qualname__ = base.__qualname__
+        _ENGINES[key] = cls
+    return _ENGINES[key]
