@@ -210,7 +210,7 @@ class CompiledLoss:
                     "batch size and 'none' is not one number. Pass `loss=` with a mean reduction."
                 )
         self.n_pairs = len(self.flat)
-        return float(value)
+        return float(keras.ops.convert_to_numpy(value))  # PyTorch: detached, no warning
 
     def _targets(self, y_true, y_pred) -> tuple[list, list]:
         """(y_true, y_pred) of each term, resolved as Keras's ``CompileLoss.call`` does."""
