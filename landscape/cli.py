@@ -85,17 +85,29 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:
     click.echo(f"Warning: {message}", err=True)
 
 
-def _setup(quiet: bool, *, tensorflow: bool = True) -> int:
+def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
     """Logging and Keras verbosity for a command; returns the Keras ``verbose`` value.
 
-    With ``tensorflow`` (every command but ``plot``), TensorFlow's check runs first: one sentence
-    if it is missing, and its start-up log lines silenced, before the command imports the library.
+    The backend check runs first, before the command imports the library: ``needs="backend"``
+    (the analyses: surface, hessian, sharpness) accepts Keras's TensorFlow, JAX or PyTorch
+    backend (``KERAS_BACKEND``); ``needs="tensorflow"`` (train, figures, connect) requires
+    TensorFlow; None (plot) checks nothing. One sentence if the check fails; TensorFlow's
+    start-up log lines are silenced when it is the backend.
     """
-    if tensorflow:
+    if needs is not None:
         try:
+            from sam._backend import adapter
             from sam._compat import require_tensorflow
 
-            require_tensorflow()
+            # sam._backend's rule: KERAS_BACKEND, TensorFlow when unset (checked before Keras
+            # loads, so that a missing TensorFlow is the install hint)
+            if (
+                needs == "tensorflow"
+                or os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+            ):
+                require_tensorflow(f"landscape {click.get_current_context().info_name}")
+            else:
+                adapter()
         except ImportError as err:
             raise UserError(str(err)) from None
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
@@ -349,7 +361,7 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
                   "task": {"type": "worker", "index": 0}}' \\
         landscape train --strategy multi-worker --batch-size 256 --out sam.keras
     """
-    verbose = _setup(quiet)
+    verbose = _setup(quiet, needs="tensorflow")
     from landscape.data import read_dataset
     from landscape.train import CheckpointEvery
     from landscape.train import train as train_model
@@ -630,7 +642,7 @@ def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, vtk_path, qui
     """
     if vmin is not None and vmax is not None and not vmin < vmax:
         raise UserError(f"--vmin must be less than --vmax (received {vmin} and {vmax}).")
-    _setup(quiet, tensorflow=False)  # a surface file is read and drawn without TensorFlow
+    _setup(quiet, needs=None)  # a surface file is read and drawn without a backend
     if not os.path.isfile(surface_path):
         raise UserError(f"Surface file {surface_path!r} does not exist.")
     import matplotlib
@@ -1027,7 +1039,7 @@ def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, dep
       landscape figures --data ../shared/data/cifar10_10k.npz --train-samples 0 --out-dir figs
     """
     _grids(grid=grid)
-    verbose = _setup(quiet)
+    verbose = _setup(quiet, needs="tensorflow")
     import dataclasses
 
     from landscape.figures import QUICK, FiguresConfig, make_figures
@@ -1105,7 +1117,7 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
     if plane_path and epochs == 0:
         raise UserError("--plane needs a trained bend (--epochs at least 1).")
     _model_paths(model_a, model_b)
-    verbose = _setup(quiet)
+    verbose = _setup(quiet, needs="tensorflow")
     import keras
 
     from landscape.connectivity import connect as connect_models

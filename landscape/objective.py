@@ -507,11 +507,13 @@ class _Construction:
                 f"model's outputs are {describe(y_pred)} ({type(error).__name__}: "
                 f"{str(error).splitlines()[0] if str(error) else ''})."
             ) from error
-        ours = float(ours["loss"])
+        ours = float(keras.ops.convert_to_numpy(ours["loss"]))  # PyTorch: detached
         self._with_model_losses = self._model_losses and bool(added) and self._loss.n_pairs > 0
         self._with_model_losses &= isinstance(self._loss, _terms.CompiledLoss)
         _model_checks.reach(self, x, reads)
-        _model_checks.finite_loss(ours + sum(float(a) for a in added), x)
+        _model_checks.finite_loss(
+            ours + sum(float(keras.ops.convert_to_numpy(a)) for a in added), x
+        )
         if self._loss.per_batch and any(not s.single_batch for s in self._splits.values()):
             raise _terms.per_batch_refusal(sorted(self._loss.per_batch)[0])
         _model_checks.batch_coupling(self)

@@ -14,6 +14,14 @@ def float64() -> bool:
     return True
 
 
+def _twice_differentiable():
+    """PyTorch's math kernel of ``scaled_dot_product_attention`` (Keras's attention on PyTorch):
+    its fused CPU kernel has no derivative of its backward, nor a forward-mode one."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def _leaves(params):
     return [p.detach().requires_grad_(True) for p in params]
 
@@ -36,6 +44,11 @@ def _detached(tree):
 
 
 def hvp(f, params, vector, mode):
+    with _twice_differentiable():
+        return _hvp(f, params, vector, mode)
+
+
+def _hvp(f, params, vector, mode):
     if mode == "forward_over_backward":
         from torch.func import grad, jvp
 
@@ -59,8 +72,9 @@ def hvp(f, params, vector, mode):
 def jvp(f, params, tangents):
     from torch.func import jvp as func_jvp
 
-    out, jv = func_jvp(lambda *p: f(list(p)), tuple(p.detach() for p in params),
-                       tuple(t.detach() for t in tangents))  # fmt: skip
+    with _twice_differentiable():
+        out, jv = func_jvp(lambda *p: f(list(p)), tuple(p.detach() for p in params),
+                           tuple(t.detach() for t in tangents))  # fmt: skip
     return out, jv
 
 

@@ -1,0 +1,120 @@
+"""The command line's analyses run on the process's Keras backend; train needs TensorFlow.
+
+One process per backend (``KERAS_BACKEND`` in its environment) runs ``landscape surface`` on one
+tiny saved model and data file: it exits 0, the surface file records the backend, and the
+surfaces of the three backends agree to float32 rounding (each backend's own kernels; rtol 2e-6,
+as in ``test_cross_backend.py``); so do ``landscape hessian``'s top eigenvalues (rtol 1e-5: the
+Lanczos tolerance 1e-4 bounds the residual, the eigenvalue's error goes with its square).
+``landscape train`` on JAX exits 2 with one sentence (TensorFlow's own C++ start-up lines, which
+TF_CPP_MIN_LOG_LEVEL=2 does not silence with TensorFlow 2.21 here, are not the command's). Runs
+from the TensorFlow leg only (it starts every backend itself).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent.parent
+BACKENDS = ("tensorflow", "jax", "torch")
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow"
+    or any(importlib.util.find_spec(b) is None for b in BACKENDS),
+    reason="runs from the TensorFlow leg, with jax and torch installed",
+)
+
+
+def _start(backend: str, *args) -> subprocess.Popen:
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    command = [sys.executable, "-c", "from landscape.cli import main; main()", *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_backends")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(root / "tiny.keras")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(24, 4)).astype("float32"), rng.integers(0, 3, 24)
+    np.savez(root / "data.npz", x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
+    return root
+
+
+def test_surface_and_hessian_run_on_every_backend_and_agree(files):
+    surfaces = {}
+    procs = {
+        b: _start(
+            b,
+            "surface",
+            files / "tiny.keras",
+            "--data",
+            files / "data.npz",
+            "--x=-1:1:3",
+            "--y=-1:1:3",
+            "--out",
+            files / f"{b}.h5",
+            "-q",
+        )  # fmt: skip
+        for b in BACKENDS
+    }
+    procs.update(
+        {
+            f"{b}/hessian": _start(
+                b,
+                "hessian",
+                files / "tiny.keras",
+                "--data",
+                files / "data.npz",
+                "--k",
+                1,
+                "--json",
+                files / f"{b}.json",
+                "-q",
+            )  # fmt: skip
+            for b in BACKENDS
+        }
+    )
+    for name, proc in procs.items():
+        code, out, err = _finish(proc)
+        assert code == 0, f"{name}: {out}{err}"
+    for b in BACKENDS:
+        with h5py.File(files / f"{b}.h5") as f:
+            assert f.attrs["backend"] == b
+            surfaces[b] = np.asarray(f["train_loss"], np.float64)
+    top = {b: json.loads((files / f"{b}.json").read_text())["eigenvalues"][0] for b in BACKENDS}
+    for b in ("jax", "torch"):
+        np.testing.assert_allclose(surfaces[b], surfaces["tensorflow"], rtol=2e-6, err_msg=b)
+        np.testing.assert_allclose(top[b], top["tensorflow"], rtol=1e-5, err_msg=b)
+    assert np.ptp(surfaces["tensorflow"]) > 0
+
+
+def test_train_off_tensorflow_is_one_sentence(files):
+    code, out, err = _finish(_start("jax", "train", "--epochs", 1, "--out", files / "m.keras"))
+    assert code == 2 and out == ""
+    tf_log = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
+    lines = [line for line in err.strip().splitlines() if not tf_log.match(line)]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("Error: landscape train runs on the TensorFlow backend")
+    assert "'jax'" in lines[0] and not (files / "m.keras").exists()
