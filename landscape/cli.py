@@ -89,8 +89,8 @@ def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
     """Logging and Keras verbosity for a command; returns the Keras ``verbose`` value.
 
     The backend check runs first, before the command imports the library: ``needs="backend"``
-    (the analyses: surface, hessian, sharpness) accepts Keras's TensorFlow, JAX or PyTorch
-    backend (``KERAS_BACKEND``); ``needs="tensorflow"`` (train, figures, connect) requires
+    (the analyses: surface, hessian, sharpness, connect) accepts Keras's TensorFlow, JAX or
+    PyTorch backend (``KERAS_BACKEND``); ``needs="tensorflow"`` (train, figures) requires
     TensorFlow; None (plot) checks nothing. One sentence if the check fails; TensorFlow's
     start-up log lines are silenced when it is the backend.
     """
@@ -1117,7 +1117,7 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
     if plane_path and epochs == 0:
         raise UserError("--plane needs a trained bend (--epochs at least 1).")
     _model_paths(model_a, model_b)
-    verbose = _setup(quiet, needs="tensorflow")
+    verbose = _setup(quiet)
     import keras
 
     from landscape.connectivity import connect as connect_models
