@@ -92,7 +92,9 @@ def test_surface_and_hessian_run_on_every_backend_and_agree(files):
 
     model = keras.models.load_model(files / "tiny.keras")
     with np.load(files / "data.npz") as d:
-        objective = landscape.Objective(model, (d["x_train"], d["y_train"]))
+        objective = landscape.Objective(
+            model, (d["x_train"], d["y_train"]), test_data=(d["x_test"], d["y_test"])
+        )
     for b in other:
         surface = landscape.Surface.load(files / f"{b}.h5")
         assert surface.metadata["backend"] == b
@@ -102,6 +104,22 @@ def test_surface_and_hessian_run_on_every_backend_and_agree(files):
         )
         np.testing.assert_allclose(surface.values["train_loss"], expected, rtol=2e-6, err_msg=b)
         assert np.ptp(expected) > 0
+    # A file from JAX, half its points cleared, resumed here on TensorFlow: the same file goes
+    # on (its fingerprints match), the recomputed points agree, it keeps the backend it began on.
+    import shutil
+
+    import h5py
+
+    shutil.copy(files / "jax.h5", files / "resumed.h5")
+    with h5py.File(files / "resumed.h5", "r+") as f:
+        f["train_loss"][0, :] = np.nan
+        f["computed"][0, :] = 0
+    surface = landscape.Surface.load(files / "jax.h5")
+    resumed = landscape.compute_surface(objective, list(surface.directions), "-1:1:3", "-1:1:3",
+                                        path=files / "resumed.h5", verbose=0)  # fmt: skip
+    for name in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(resumed.values[name], surface.values[name], rtol=2e-6)
+    assert landscape.Surface.load(files / "resumed.h5").metadata["backend"] == "jax"
     top = json.loads((files / "jax.json").read_text())["eigenvalues"][0]
     ours = landscape.hessian_eigenvalues(objective, k=1).values[0]
     np.testing.assert_allclose(top, ours, rtol=1e-5)
