@@ -531,9 +531,11 @@ def numpy_batches(data, steps: int | None = None):
     (``keras.src.trainers.data_adapters.get_data_adapter``, as ``fit`` reads them)."""
     from keras.src.trainers.data_adapters import get_data_adapter
 
+    import itertools
+
     adapter = get_data_adapter(data, steps_per_epoch=steps, shuffle=False)
     adapter.on_epoch_begin()
-    try:
-        yield from adapter.get_numpy_iterator()
+    try:  # the first ``steps`` batches (Keras's adapters leave tf.data's steps to the caller)
+        yield from itertools.islice(adapter.get_numpy_iterator(), steps)
     finally:
         adapter.on_epoch_end()

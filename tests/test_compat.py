@@ -253,3 +253,25 @@ def test_an_ema_optimizer_exposes_its_average_and_built_variables():
     average = _compat.ema_variables(opt)
     assert len(average) == 1 and tuple(average[0].shape) == (3,)
     assert _compat.ema_variables(keras.optimizers.SGD(0.1)) is None
+
+
+def test_numpy_batches_reads_datasets_through_keras_adapters_in_order():
+    import tensorflow as tf
+
+    x = np.arange(10, dtype="float32").reshape(5, 2)
+    y = np.arange(5)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[2 * i : 2 * i + 2], y[2 * i : 2 * i + 2]
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    for source in (Batches(), dataset):
+        batches = list(_compat.numpy_batches(source))
+        assert all(isinstance(b[0], np.ndarray) for b in batches)
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+    assert len(list(_compat.numpy_batches(dataset, steps=2))) == 2
