@@ -178,3 +178,22 @@ def test_float64_is_refused_off_tensorflow_in_one_sentence(problem):
     model, batch, _ = problem
     with pytest.raises(ValueError, match="precision.*float64.*32 bits"):
         landscape.Objective(model, batch, precision="float64")
+
+
+def test_a_process_pool_computes_the_same_surface_on_this_backend(tmp_path):
+    """Workers are spawned on the caller's backend (not KERAS_BACKEND's default)."""
+    model = mlp()
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(12, 4)).astype("float32"), rng.integers(0, 3, 12)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
+    recipe = landscape.ObjectiveRecipe(model=str(tmp_path / "m.keras"),
+                                       data=str(tmp_path / "d.npz"))  # fmt: skip
+    objective = recipe()
+    directions = [landscape.random_direction(objective.model, seed=0)]
+    here = landscape.compute_surface(objective, directions, "-1:1:3", verbose=0)
+    with landscape.process_pool(1) as pool:
+        there = landscape.compute_surface(recipe=recipe, directions=directions, x="-1:1:3",
+                                          executor=pool, verbose=0)  # fmt: skip
+    for name, values in here.values.items():
+        np.testing.assert_array_equal(there.values[name], values)
