@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 import tensorflow as tf
 
-from landscape._forms import describe, model_inputs, unpack  # noqa: F401 (re-exported)
+from landscape._forms import describe, model_inputs, sample_count, unpack  # noqa: F401
 
 
 def _to_tensor(t):
@@ -148,23 +148,7 @@ class DataSplit:
         self.x = tf.nest.map_structure(_to_tensor, x)
         self.y = tf.nest.map_structure(lambda t: _dense(_to_tensor(t)), y)
         self.w = None if w is None else tf.nest.map_structure(lambda t: _dense(_to_tensor(t)), w)
-        counts = {int(t.shape[0]) if t.shape.rank else -1 for t in tf.nest.flatten(self.x)}
-        n = min(counts)
-        for name, part in (("y", self.y), ("sample_weight", self.w)):
-            for t in [] if part is None else tf.nest.flatten(part):
-                if t.shape.rank == 0 or int(t.shape[0]) != n:
-                    raise ValueError(
-                        f"Argument `{argument}`: x has {n} samples but {name} has shape "
-                        f"{tuple(t.shape)}."
-                    )
-        if len(counts) != 1:
-            raise ValueError(
-                f"Argument `{argument}`: the inputs have different numbers of samples: "
-                f"{describe(x)}."
-            )
-        if n <= 0:
-            raise ValueError(f"Argument `{argument}` is empty.")
-        self.n = n
+        n = self.n = sample_count(self.x, self.y, self.w, argument, x)
         self.batch_size = batch_size
         self.n_batches = -(-n // batch_size)
 

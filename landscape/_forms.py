@@ -42,3 +42,25 @@ def unpack(batch, argument: str):
             f"loss needs targets. Received {len(batch)} entries."
         )
     return x, y, w
+
+
+def sample_count(x, y, w, argument: str, given) -> int:
+    """The number of samples of array data (x, y, w: nests of arrays or tensors), or one
+    ValueError sentence naming ``argument`` when the parts disagree or are empty."""
+    counts = {int(t.shape[0]) if len(t.shape) else -1 for t in keras.tree.flatten(x)}
+    n = min(counts)
+    for name, part in (("y", y), ("sample_weight", w)):
+        for t in [] if part is None else keras.tree.flatten(part):
+            if len(t.shape) == 0 or int(t.shape[0]) != n:
+                raise ValueError(
+                    f"Argument `{argument}`: x has {n} samples but {name} has shape "
+                    f"{tuple(t.shape)}."
+                )
+    if len(counts) != 1:
+        raise ValueError(
+            f"Argument `{argument}`: the inputs have different numbers of samples: "
+            f"{describe(given)}."
+        )
+    if n <= 0:
+        raise ValueError(f"Argument `{argument}` is empty.")
+    return n

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from landscape import _terms
-from landscape._forms import describe, unpack
+from landscape._forms import sample_count, unpack
 from sam import _compat
 from sam._backend import adapter
 
@@ -57,24 +57,8 @@ class PortableSplit:
         self.x = keras.tree.map_structure(_dense_numpy, x)
         self.y = keras.tree.map_structure(_dense_numpy, y)
         self.w = None if w is None else keras.tree.map_structure(_dense_numpy, w)
-        counts = {a.shape[0] if a.ndim else -1 for a in keras.tree.flatten(self.x)}
-        n = min(counts)
-        for name, part in (("y", self.y), ("sample_weight", self.w)):
-            for a in [] if part is None else keras.tree.flatten(part):
-                if a.ndim == 0 or a.shape[0] != n:
-                    raise ValueError(
-                        f"Argument `{argument}`: x has {n} samples but {name} has shape "
-                        f"{tuple(a.shape)}."
-                    )
-        if len(counts) != 1:
-            raise ValueError(
-                f"Argument `{argument}`: the inputs have different numbers of samples: "
-                f"{describe(x)}."
-            )
-        if n <= 0:
-            raise ValueError(f"Argument `{argument}` is empty.")
-        self.n = n
-        self.n_batches = -(-n // batch_size)
+        self.n = sample_count(self.x, self.y, self.w, argument, x)
+        self.n_batches = -(-self.n // batch_size)
 
     def _source_batches(self) -> Iterator[tuple]:
         for i, batch in enumerate(_compat.numpy_batches(self.source, self.steps)):
@@ -349,18 +333,22 @@ class PortableEngine:
                 _, hv = step(values, x, y, w, _as_wide(scales), list(vectors))
                 total = [t + _numpy(h).astype(np.float64) for t, h in zip(total, hv)]
             if self.regularization:
-
-                def penalty(trainable):
-                    vals = list(values)
-                    for i, t in zip(slots, trainable):
-                        vals[i] = t
-                    return self._penalty(vals), ()
-
-                _, extra = back.hvp(penalty, [values[i] for i in slots], list(vectors), mode)
-                total = [t + _numpy(e).astype(np.float64) for t, e in zip(total, extra)]
+                total = self._plus_penalty_hvp(total, values, slots, vectors, mode)
             return total
 
         return hvp
+
+    def _plus_penalty_hvp(self, total, values, slots, vectors, mode) -> list:
+        """``total`` + the weight penalties' Hessian times the vectors (float64)."""
+
+        def penalty(trainable):
+            vals = list(values)
+            for i, t in zip(slots, trainable):
+                vals[i] = t
+            return self._penalty(vals), ()
+
+        _, extra = adapter().hvp(penalty, [values[i] for i in slots], list(vectors), mode)
+        return [t + _numpy(e).astype(np.float64) for t, e in zip(total, extra)]
 
     def _normalizers(self, split: str) -> np.ndarray:
         scales = self._scales.get(split)
@@ -398,17 +386,9 @@ class PortableEngine:
             for x, y, w in data.iterate():
                 gv = step(values, x, y, w, _as_wide(scales), list(vectors))
                 total = [t + _numpy(g).astype(np.float64) for t, g in zip(total, gv)]
-            if self.regularization:
-
-                def penalty(trainable):
-                    vals = list(values)
-                    for i, t in zip(slots, trainable):
-                        vals[i] = t
-                    return self._penalty(vals), ()
-
-                _, extra = back.hvp(penalty, [values[i] for i in slots], list(vectors),
-                                    "backward_over_backward")  # fmt: skip
-                total = [t + _numpy(e).astype(np.float64) for t, e in zip(total, extra)]
+            if self.regularization:  # the penalties' own Hessian (PSD for L1/L2)
+                mode = "backward_over_backward"
+                total = self._plus_penalty_hvp(total, values, slots, vectors, mode)
             return total
 
         return ggn
