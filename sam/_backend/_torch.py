@@ -35,7 +35,22 @@ def _detached(tree):
     )
 
 
+def _math_attention():
+    """Attention by PyTorch's composite "math" kernel: its fused kernels (the CPU flash kernel
+    that ``scaled_dot_product_attention`` picks for Keras's ``MultiHeadAttention``) have no
+    second derivative and no forward mode ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def hvp(f, params, vector, mode):
+    with _math_attention():
+        return _hvp(f, params, vector, mode)
+
+
+def _hvp(f, params, vector, mode):
     if mode == "forward_over_backward":
         from torch.func import grad, jvp
 
@@ -59,8 +74,9 @@ def hvp(f, params, vector, mode):
 def jvp(f, params, tangents):
     from torch.func import jvp as func_jvp
 
-    out, jv = func_jvp(lambda *p: f(list(p)), tuple(p.detach() for p in params),
-                       tuple(t.detach() for t in tangents))  # fmt: skip
+    with _math_attention():
+        out, jv = func_jvp(lambda *p: f(list(p)), tuple(p.detach() for p in params),
+                           tuple(t.detach() for t in tangents))  # fmt: skip
     return out, jv
 
 
