@@ -4,6 +4,8 @@ eager, as Keras's PyTorch trainer runs by default."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -89,7 +91,17 @@ def vjp(f, params, cotangents):
 
 
 def compile(fn):
-    return fn
+    """``fn`` eagerly (Keras's PyTorch default), recording no autograd graph: the adapter's
+    own derivatives above switch recording on where they need it (``torch.func`` ignores an
+    outer ``no_grad``); otherwise a forward pass at values derived from the variables (which
+    require grad) would record one for nothing."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def to_numpy(t) -> np.ndarray:
