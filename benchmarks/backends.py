@@ -5,7 +5,7 @@ backend, so every backend computes at the same weights on the same data): a CNN 
 BatchNormalization (two conv layers, 16×16×3 inputs, 10 classes) and a Transformer block
 (Embedding, MultiHeadAttention, LayerNorm, Dense; sequences of 16 tokens). Every backend runs in
 its own process (``KERAS_BACKEND`` set by this script, results returned as JSON on stdout), and
-times, interleaved in a new order in every repetition after a warm-up (compilation excluded):
+times, after a warm-up (compilation excluded):
 
 - bare: the mean cross-entropy over the data written with the backend's own tools, per batch on
   device-resident batches with one sync at the end: the forward pass (``model.stateless_call``
@@ -18,18 +18,24 @@ times, interleaved in a new order in every repetition after a warm-up (compilati
   backward-over-backward elsewhere; JAX's default mode too) and
   ``hessian_eigenvalues(obj, k=1)`` (wall time, with its number of products).
 
-Ratios are medians of per-repetition ratios inside one process. Before timing, the bare and
+Each ratio is timed in adjacent pairs (the two runs back to back, alternating which goes
+first, the pairs in a new order in every repetition; a run is the mean of ``--calls`` calls
+or of as many as last 0.1 s) and is the median of the per-repetition ratios inside one
+process. Every backend computes on ``--threads`` threads (default 1: on a few shared cores,
+multi-threaded kernels mostly measure the other workers' load). Before timing, the bare and
 the toolkit's loss and product are checked to agree (a benchmark of two different things
 would be meaningless). ``torch.compile`` of the bare forward pass is tried in a separate
 process, given ``--compile-timeout`` seconds.
 
-    .venv/bin/python benchmarks/backends.py [--reps 5] [--n 512] [--batch 128] [--quick]
+    .venv/bin/python benchmarks/backends.py [--reps 5] [--n 512] [--batch 128] [--threads 1]
+        [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -45,6 +51,7 @@ import numpy as np  # noqa: E402
 BACKENDS = ("tensorflow", "jax", "torch")
 MODELS = ("cnn", "transformer")
 VOCAB, SEQ, CLASSES = 64, 16, 10
+MIN_RUN_S = 0.1
 
 
 # ------------------------------------------------------------------ models and data (any backend)
@@ -296,11 +303,18 @@ PAIRS = (
 
 def interleave(runs: dict, reps: int, calls: int = 1, seed: int = 0):
     """(times per key, ratios per pair): in every repetition the pairs in a new order, each
-    pair's two runs back to back in alternating order, each ``calls`` calls (their mean)."""
-    for fn in runs.values():  # warm-up: tracing and compilation, first-call allocations
+    pair's two runs back to back in alternating order, each the mean of ``calls`` calls or of
+    as many as last ``MIN_RUN_S``."""
+    warm = {}
+    for key, fn in runs.items():  # warm-up: tracing and compilation, first-call allocations
         fn()
+        start = time.perf_counter()
+        fn()
+        warm[key] = time.perf_counter() - start
     rng = np.random.default_rng(seed)
     pairs = [p for p in PAIRS if p[0] in runs and p[1] in runs]
+    # at least MIN_RUN_S per timed run: a few-ms call is at the mercy of one preemption
+    n_calls = {p: max(calls, math.ceil(MIN_RUN_S / max(warm[p[0]], warm[p[1]]))) for p in pairs}
     times: dict[str, list[float]] = {key: [] for key in runs}
     ratios: dict[str, list[float]] = {f"{a}/{b}": [] for a, b in pairs}
     singles = [key for key in runs if not any(key in p for p in pairs)]
@@ -309,9 +323,9 @@ def interleave(runs: dict, reps: int, calls: int = 1, seed: int = 0):
             measured = {}
             for key in pairs[i][:: 1 if r % 2 else -1]:
                 start = time.perf_counter()
-                for _ in range(calls):
+                for _ in range(n_calls[pairs[i]]):
                     runs[key]()
-                measured[key] = (time.perf_counter() - start) / calls
+                measured[key] = (time.perf_counter() - start) / n_calls[pairs[i]]
                 times[key].append(measured[key])
             a, b = pairs[i]
             ratios[f"{a}/{b}"].append(measured[a] / measured[b])
@@ -446,7 +460,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--calls", type=int, default=3, help="calls per timed run (their mean)")
+    parser.add_argument(
+        "--calls", type=int, default=3, help=f"calls per timed run, at least {MIN_RUN_S} s"
+    )
     parser.add_argument("--quick", action="store_true", help="1 repetition, 128 samples of 64")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--compile-timeout", type=float, default=60.0)
