@@ -4,6 +4,8 @@ eager, as Keras's PyTorch trainer runs by default."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -12,14 +14,6 @@ errors = (ValueError, TypeError, IndexError, RuntimeError)
 
 def float64() -> bool:
     return True
-
-
-def _twice_differentiable():
-    """PyTorch's math kernel of ``scaled_dot_product_attention`` (Keras's attention on PyTorch):
-    its fused CPU kernel has no derivative of its backward, nor a forward-mode one."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _leaves(params):
@@ -43,8 +37,18 @@ def _detached(tree):
     )
 
 
+def _math_attention():
+    """Attention by PyTorch's composite "math" kernel: its fused kernels (the CPU flash kernel
+    that ``scaled_dot_product_attention`` picks for Keras's ``MultiHeadAttention``) have no
+    second derivative and no forward mode ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def hvp(f, params, vector, mode):
-    with _twice_differentiable():
+    with _math_attention():
         return _hvp(f, params, vector, mode)
 
 
@@ -72,7 +76,7 @@ def _hvp(f, params, vector, mode):
 def jvp(f, params, tangents):
     from torch.func import jvp as func_jvp
 
-    with _twice_differentiable():
+    with _math_attention():
         out, jv = func_jvp(lambda *p: f(list(p)), tuple(p.detach() for p in params),
                            tuple(t.detach() for t in tangents))  # fmt: skip
     return out, jv
@@ -87,7 +91,17 @@ def vjp(f, params, cotangents):
 
 
 def compile(fn):
-    return fn
+    """``fn`` eagerly (Keras's PyTorch default), recording no autograd graph: the adapter's
+    own derivatives above switch recording on where they need it (``torch.func`` ignores an
+    outer ``no_grad``); otherwise a forward pass at values derived from the variables (which
+    require grad) would record one for nothing."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def compile_step(fn, variables=()):

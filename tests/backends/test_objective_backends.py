@@ -151,6 +151,34 @@ def test_hvp_of_a_nonlinear_model_equals_central_differences_of_its_gradient():
     np.testing.assert_allclose(hv, fd, rtol=2e-2, atol=2e-3 * np.abs(fd).max())
 
 
+def attention_model():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(11, 8)(inputs)
+    h = keras.layers.LayerNormalization()(h + keras.layers.MultiHeadAttention(2, 4)(h, h))
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.parametrize("mode", ["backward_over_backward", "forward_over_backward"])
+def test_hvp_through_multi_head_attention_equals_central_differences(mode):
+    # PyTorch's CPU attention kernel has no second derivative: the products must not use it
+    model = attention_model()
+    rng = np.random.default_rng(6)
+    x, y = rng.integers(0, 11, (20, 6)).astype("int32"), rng.integers(0, 3, 20)
+    objective = landscape.Objective(model, (x, y), batch_size=8)
+    v = [rng.normal(size=tuple(w.shape)).astype("float32") for w in model.trainable_variables]
+    h = 1e-3
+    offsets = objective.flat.offsets(objective.flat.concat(v))
+    plus = objective.flat.concat(objective.value_and_gradient([h * o for o in offsets])[1])
+    minus = objective.flat.concat(objective.value_and_gradient([-h * o for o in offsets])[1])
+    fd = (plus - minus) / (2 * h)
+    hv = objective.flat.concat(objective.hessian_vector_product(v, mode=mode))
+    np.testing.assert_allclose(hv, fd, rtol=2e-2, atol=2e-3 * np.abs(fd).max())
+
+
 def test_surface_points_equal_evaluate_at_assigned_weights_and_leave_weights_alone(tmp_path):
     model = mlp()
     rng = np.random.default_rng(5)
