@@ -529,9 +529,9 @@ def numpy_batches(data, steps: int | None = None):
     """The batches of a dataset (``tf.data``, ``keras.utils.PyDataset``, a PyTorch
     ``DataLoader``, a generator) as NumPy, in order, through Keras's own data adapters
     (``keras.src.trainers.data_adapters.get_data_adapter``, as ``fit`` reads them)."""
-    from keras.src.trainers.data_adapters import get_data_adapter
-
     import itertools
+
+    from keras.src.trainers.data_adapters import get_data_adapter
 
     adapter = get_data_adapter(data, steps_per_epoch=steps, shuffle=False)
     adapter.on_epoch_begin()
