@@ -780,7 +780,7 @@ def hessian_eigenvalues(
     v0=None,
     preconditioner=None,
     split: Split = "train",
-    hvp_mode: HVPMode = "backward_over_backward",
+    hvp_mode: HVPMode = "auto",
     variables=None,
     curvature: Curvature = "hessian",
     verbose: int = 0,
@@ -839,7 +839,7 @@ def hessian_eigenvalues(
             w ← w − η P⁻¹m (Cohen et al. 2022, arXiv 2207.14484). Defaults to None (H).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: How products are computed, see ``Objective.hessian_vector_product``.
-            Defaults to ``"backward_over_backward"`` (measured faster in TensorFlow).
+            Defaults to ``"auto"`` (the faster measured on the backend).
         variables: Restrict the operator to a block of the trainable variables: the
             diagonal block H_BB (or G_BB) of the variables selected by a ``keras`` Layer, a
             layer name, a regular expression searched in the variables' paths, or a list of
@@ -1134,7 +1134,7 @@ def hessian_trace(
     tol: float = 1e-2,
     seed: int | None = None,
     split: Split = "train",
-    hvp_mode: HVPMode = "backward_over_backward",
+    hvp_mode: HVPMode = "auto",
     variables=None,
     curvature: Curvature = "hessian",
     method: TraceMethod = "auto",
@@ -1160,7 +1160,7 @@ def hessian_trace(
         seed: Seed of the probes. Defaults to None (fresh entropy).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
-            ``"backward_over_backward"``.
+            ``"auto"``.
         variables: A block of the trainable variables (see ``hessian_eigenvalues``).
             Defaults to None (all).
         curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
@@ -1307,7 +1307,7 @@ def hessian_spectrum(
     runs: int = 10,
     seed: int | None = None,
     split: Split = "train",
-    hvp_mode: HVPMode = "backward_over_backward",
+    hvp_mode: HVPMode = "auto",
     variables=None,
     curvature: Curvature = "hessian",
     verbose: int = 0,
@@ -1331,7 +1331,7 @@ def hessian_spectrum(
             entropy).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
-            ``"backward_over_backward"``.
+            ``"auto"``.
         variables: A block of the trainable variables (see ``hessian_eigenvalues``).
             Defaults to None (all).
         curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
@@ -1507,7 +1507,7 @@ def layer_curvature(
     trace_method: TraceMethod = "auto",
     seed: int | None = 0,
     split: Split = "train",
-    hvp_mode: HVPMode = "backward_over_backward",
+    hvp_mode: HVPMode = "auto",
     verbose: int = 0,
 ) -> LayerCurvature:
     """Which layers are sharp: the top eigenvalue and the trace of each layer's block of H.
@@ -1543,7 +1543,7 @@ def layer_curvature(
         seed: Seed of the start vectors and probes (the same for every group). Defaults to 0.
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
-            ``"backward_over_backward"``.
+            ``"auto"``.
         verbose: 1 or 2 shows the solvers' progress bars. Defaults to 0.
 
     Returns:

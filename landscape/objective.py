@@ -929,7 +929,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         offsets=None,
         *,
         split: Split = "train",
-        mode: HVPMode = "backward_over_backward",
+        mode: HVPMode = "auto",
     ) -> list:
         """The exact product ``H v`` of the loss's Hessian w.r.t. the trainable weights.
 
@@ -952,13 +952,19 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
                 most forward-mode rules by the double-VJP trick, so here it is the slower one:
                 on the CNN with BatchNorm of ``benchmarks/hessian.py`` 2.3–2.5× a gradient
                 for backward-over-backward against 2.5–2.7× (interleaved medians). Both give
-                the same product to rounding. Defaults to ``"backward_over_backward"``, the
-                faster measured.
+                the same product to rounding. ``"auto"``: the faster measured on this backend
+                (``benchmarks/hessian.py``, ``benchmarks/backends.py``): backward-over-backward
+                on TensorFlow and PyTorch (double backward; ``torch.func``'s forward mode lacks
+                rules for some layers, e.g. int8 ``Dense``), forward-over-backward on JAX
+                (``jax.jvp`` of ``jax.grad``: 1.5–3.7× faster than reverse-over-reverse there).
+                Defaults to ``"auto"``.
 
         Returns:
             ``H v`` as float64 tensors aligned with ``self.trainable_variables``.
         """
         _checks.choice("mode", mode, HVPMode)
+        if mode == "auto":
+            mode = adapter().HVP_MODE
         vector = self._trainable_vector(vector)
         scales = self._normalizers(split)
         try:

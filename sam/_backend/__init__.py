@@ -15,6 +15,7 @@ tensors (the parameters) and returns what the backend's autodiff gives:
   Keras ``variables`` in place (an optimizer's ``apply_gradients``), compiled as Keras's own
   train step is: ``tf.function``; ``jax.jit`` of a pure function over the variables' values in
   a ``keras.StatelessScope``, the new values assigned back after each call; PyTorch eagerly;
+- ``HVP_MODE``: the mode the Objective's ``mode="auto"`` picks (the faster measured);
 - ``no_grad()``: a context in which the eager checks record no gradient (PyTorch);
 - ``to_numpy(t)``, ``float64()`` (whether float64 is computed as float64 end to end) and
   ``errors`` (the backend's exception types for a computation that does not fit).
