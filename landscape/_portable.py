@@ -198,6 +198,16 @@ class PortableEngine:
             y_pred = self.model(x, training=False)
             return self._batch_pairs(x, y, w, y_pred, with_metrics, scope.losses), y_pred
 
+    def _penalized(self) -> bool:
+        """Whether ``regularization=True`` adds a term that depends on the weights: a trainable
+        variable with a regularizer. Without one the penalty is the constant 0, and PyTorch's
+        autograd refuses to differentiate a tensor that does not depend on its inputs."""
+        trainable = {id(v) for v in self.trainable_variables}
+        return self.regularization and any(
+            getattr(v, "regularizer", None) is not None and id(v) in trainable
+            for v in self.variables
+        )
+
     def _penalty(self, values):
         total = ops.zeros((), _terms._wide())
         trainable = {id(v) for v in self.trainable_variables}
@@ -322,6 +332,9 @@ class PortableEngine:
         return value_and_grad
 
     def _penalty_grad(self, values, slots):
+        if not self._penalized():
+            return 0.0, [np.zeros(self.variables[i].shape) for i in slots]
+
         def f(trainable):
             vals = list(values)
             for i, t in zip(slots, trainable):
@@ -348,7 +361,7 @@ class PortableEngine:
             for x, y, w in data.iterate():
                 _, hv = step(values, x, y, w, _as_wide(scales), list(vectors))
                 total = [t + _numpy(h).astype(np.float64) for t, h in zip(total, hv)]
-            if self.regularization:
+            if self._penalized():
 
                 def penalty(trainable):
                     vals = list(values)
@@ -398,7 +411,7 @@ class PortableEngine:
             for x, y, w in data.iterate():
                 gv = step(values, x, y, w, _as_wide(scales), list(vectors))
                 total = [t + _numpy(g).astype(np.float64) for t, g in zip(total, gv)]
-            if self.regularization:
+            if self._penalized():
 
                 def penalty(trainable):
                     vals = list(values)
