@@ -132,6 +132,18 @@ def test_regularization_without_regularizers_adds_nothing(problem, mode):
     np.testing.assert_allclose(flat(*gv), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_an_undefined_second_derivative_is_refused_naming_this_backend():
+    # regression (conformance harness, PyTorch): the refusal named TensorFlow on every backend
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="zeros")])
+    model.compile(loss=lambda y, p: keras.ops.sqrt(keras.ops.sum(keras.ops.square(p - y), -1)))
+    x, y = np.ones((4, 2), "float32"), np.zeros((4, 2), "float32")
+    objective = landscape.Objective(model, (x, y))
+    v = [np.ones(tuple(w.shape)) for w in model.trainable_variables]
+    with pytest.raises(ValueError, match=f"not finite.*Keras's {BACKEND} backend") as error:
+        objective.hessian_vector_product(v)
+    assert "\n" not in str(error.value)
+
+
 def test_top_eigenvalues_and_trace_equal_numpy(problem):
     model, batch, (_, _, _, H) = problem
     objective = landscape.Objective(model, batch, batch_size=16)
