@@ -586,14 +586,18 @@ KNOWN_FAULTS: dict = {
             and ("scaled_dot_product" in f.message or "Attention" in f.message)
         ),
     ),
-    "torch-func-mixed-dtypes": (
+    "torch-func-unsupported": (
         "torch.func's forward over backward fails on a Keras graph that mixes float32 and "
-        "float64 tensors (activity regularizer or add_loss terms), and the toolkit passes the "
-        "error through instead of refusing in one sentence",
+        "float64 tensors (activity regularizer or add_loss terms), or on the int8 Dense's "
+        "autograd.Function (no setup_context), and the toolkit passes the error through "
+        "instead of refusing in one sentence",
         lambda case, f: (
             keras.backend.backend() == "torch"
             and f.check == "d"
-            and "expected m1 and m2 to have the same dtype" in f.message
+            and (
+                "expected m1 and m2 to have the same dtype" in f.message
+                or (case.policy == "int8" and f.kind == "crash-RuntimeError")
+            )
         ),
     ),
 }
