@@ -525,6 +525,10 @@ def _checks_after_objective(res: Result, model, data, obj) -> None:
 def _hvp_off_tensorflow(res: Result, model, data, obj, n_params: int) -> None:
     if res.case.mixed:
         res.skipped["d"] = "mixed precision"
+    elif res.case.policy == "int8":
+        # Keras's int8 layers differentiate through a custom (straight-through) gradient: no
+        # Hessian exists, and JAX's two routes differ by O(1) (long jax profile, seeds 106, 113)
+        res.skipped["d"] = "int8 layers have a custom gradient, not a second derivative"
     elif n_params > MAX_HVP_PARAMS:
         res.skipped["d"] = f"{n_params} parameters"
     else:
@@ -588,16 +592,12 @@ KNOWN_FAULTS: dict = {
     ),
     "torch-func-unsupported": (
         "torch.func's forward over backward fails on a Keras graph that mixes float32 and "
-        "float64 tensors (activity regularizer or add_loss terms), or on the int8 Dense's "
-        "autograd.Function (no setup_context), and the toolkit passes the error through "
-        "instead of refusing in one sentence",
+        "float64 tensors (activity regularizer or add_loss terms), and the toolkit passes the "
+        "error through instead of refusing in one sentence",
         lambda case, f: (
             keras.backend.backend() == "torch"
             and f.check == "d"
-            and (
-                "expected m1 and m2 to have the same dtype" in f.message
-                or (case.policy == "int8" and f.kind == "crash-RuntimeError")
-            )
+            and "expected m1 and m2 to have the same dtype" in f.message
         ),
     ),
 }
