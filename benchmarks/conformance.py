@@ -1,12 +1,16 @@
 """The long profile of the conformance harness: N generated models, each checked.
 
     PYTHONPATH=. python benchmarks/conformance.py --models 2000 --seed 0 --workers 2
+    KERAS_BACKEND=jax PYTHONPATH=. python benchmarks/conformance.py --models 200 --seed 0
+    PYTHONPATH=. python benchmarks/conformance.py --backend torch --models 200 --workers 1
 
 Draws cases ``seed .. seed+N-1`` of the "long" profile of tests/model_grammar.py, runs the
 invariants of tests/conformance.py on each (one TensorFlow thread per worker process), prints
 progress, then how many models it tried, how many passed each invariant, and every failure with
 its seed and one-line description, grouped by kind (known faults being fixed marked as such).
-A case reproduces alone with ``--models 1 --seed S``.
+A case reproduces alone with ``--models 1 --seed S``. The Keras backend is KERAS_BACKEND
+(TensorFlow when unset), or ``--backend``, which re-runs the script with KERAS_BACKEND set; off
+TensorFlow the grammar draws only what the backend has and the SAM step (g) is skipped.
 """
 
 from __future__ import annotations
@@ -25,19 +29,23 @@ TESTS = str(pathlib.Path(__file__).resolve().parents[1] / "tests")
 def _init_worker() -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, TESTS)
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore")
-    import tensorflow as tf
-
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    import logging
-
     logging.getLogger("landscape").setLevel(logging.ERROR)
-    tf.get_logger().setLevel(logging.ERROR)
+    if os.environ["KERAS_BACKEND"] == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.get_logger().setLevel(logging.ERROR)
+    elif os.environ["KERAS_BACKEND"] == "torch":
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _run(seed: int) -> dict:
@@ -64,12 +72,17 @@ def _run(seed: int) -> dict:
         "invalid": res.invalid,
         "refusals": {"a": res.refusal, **res.refusals} if res.refusal else dict(res.refusals),
         "seconds": res.seconds,
+        "hvp_error": res.hvp_error,
     }
 
 
 def _report(results: list[dict], elapsed: float) -> None:
     tried = [r for r in results if not r.get("invalid") and "harness" not in r]
-    print(f"\nmodels tried: {len(results)} ({len(tried)} valid, {elapsed:.0f} s)")
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    print(f"\nmodels tried: {len(results)} ({len(tried)} valid, {elapsed:.0f} s, {backend})")
+    errors = [r["hvp_error"] for r in tried if r.get("hvp_error") is not None]
+    if errors:
+        print(f"(d) ‖Hv − reference‖/‖reference‖: max {max(errors):.3g} over {len(errors)} models")
     invalid = collections.Counter(r["invalid"].split(":")[0] for r in results if r.get("invalid"))
     print(f"Keras itself could not run: {sum(invalid.values())} {dict(invalid)}")
     for r in results:
@@ -105,7 +118,12 @@ def main(argv=None) -> int:
     parser.add_argument("--models", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     args = parser.parse_args(argv)
+    if args.backend and args.backend != os.environ.get("KERAS_BACKEND", "tensorflow"):
+        env = {**os.environ, "KERAS_BACKEND": args.backend}
+        rest = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, __file__, *rest], env)
     seeds = range(args.seed, args.seed + args.models)
     start, results = time.perf_counter(), []
     ctx = multiprocessing.get_context("spawn")

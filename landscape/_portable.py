@@ -182,6 +182,16 @@ class PortableEngine:
             y_pred = self.model(x, training=False)
             return self._batch_pairs(x, y, w, y_pred, with_metrics, scope.losses), y_pred
 
+    def _penalized(self) -> bool:
+        """Whether ``regularization=True`` adds a term that depends on the weights: a trainable
+        variable with a regularizer. Without one the penalty is the constant 0, and PyTorch's
+        autograd refuses to differentiate a tensor that does not depend on its inputs."""
+        trainable = {id(v) for v in self.trainable_variables}
+        return self.regularization and any(
+            getattr(v, "regularizer", None) is not None and id(v) in trainable
+            for v in self.variables
+        )
+
     def _penalty(self, values):
         total = ops.zeros((), _terms._wide())
         trainable = {id(v) for v in self.trainable_variables}
@@ -312,6 +322,9 @@ class PortableEngine:
         return value_and_grad
 
     def _penalty_grad(self, values, slots):
+        if not self._penalized():
+            return 0.0, [np.zeros(self.variables[i].shape) for i in slots]
+
         def f(trainable):
             vals = list(values)
             for i, t in zip(slots, trainable):
@@ -338,7 +351,7 @@ class PortableEngine:
             for x, y, w in data.iterate():
                 _, hv = step(values, x, y, w, wide, vectors)
                 total = [t + _numpy(h).astype(np.float64) for t, h in zip(total, hv)]
-            if self.regularization:
+            if self._penalized():
                 total = self._plus_penalty_hvp(total, values, slots, vectors, mode)
             return total
 
@@ -392,7 +405,7 @@ class PortableEngine:
             for x, y, w in data.iterate():
                 gv = step(values, x, y, w, wide, vectors)
                 total = [t + _numpy(g).astype(np.float64) for t, g in zip(total, gv)]
-            if self.regularization:  # the penalties' own Hessian (PSD for L1/L2)
+            if self._penalized():  # the penalties' own Hessian (PSD for L1/L2)
                 mode = "backward_over_backward"
                 total = self._plus_penalty_hvp(total, values, slots, vectors, mode)
             return total

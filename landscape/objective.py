@@ -269,7 +269,7 @@ class FlatView:
 
 # ------------------------------------------------------------------------------- objective
 def _finite_product(product: list, what: str) -> list:
-    """``product`` if every entry is finite, else one sentence: a curvature that TensorFlow's
+    """``product`` if every entry is finite, else one sentence: a curvature that the backend's
     autodiff cannot give here (NaN where the loss and gradient are finite)."""
     arrays = [keras.ops.convert_to_numpy(p) for p in product]
     total = sum(a.size for a in arrays)
@@ -277,7 +277,8 @@ def _finite_product(product: list, what: str) -> list:
     if bad:
         raise ValueError(
             f"The {what}-vector product is not finite ({bad} of {total} entries are NaN or "
-            "inf): TensorFlow's second derivative of the model or its loss is undefined at "
+            f"inf): the second derivative that Keras's {keras.backend.backend()} backend "
+            "computes of the model or its loss is undefined at "
             "these weights (e.g. a loss built on where(mask, x, -inf), as "
             "keras.losses.Circle is), so no curvature can be measured here."
         )

@@ -15,12 +15,24 @@ samples (tests/test_conformance.py).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import zlib
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+BACKEND = keras.backend.backend()
+ON_TF = BACKEND == "tensorflow"
+# Keras reads a tf.data.Dataset on every backend where TensorFlow is installed
+HAS_TF = ON_TF or importlib.util.find_spec("tensorflow") is not None
+
+
+# A float64 case computes in float64 on TensorFlow only: off it Keras computes some ops' 64-bit
+# results in 32 bits (keras/src/backend/common/dtypes.py), and JAX without jax_enable_x64 holds
+# float64 arrays as float32; the case is still drawn there (users do this), with float32
+# tolerances, and the Objective refuses precision="float64" in one sentence.
+FLOAT64 = ON_TF
 
 # Body layers by input kind: "vec" (n, 4) floats, "seq" (n, 5, 3), "img" (n, 5, 5, 2),
 # "tok" (n, 5) integer tokens (0 = padding), "str" (n, 5) strings, "int" (n, 5) integer ids.
@@ -42,6 +54,9 @@ BODIES = {
     "str": ("string_lookup",),
     "int": ("integer_lookup",),
 }
+KINDS = ("vec", "vec", "seq", "seq", "img", "tok", "str", "int")
+# string tensors, and the lookup layers (TensorFlow ops inside the model), exist on TF only
+PORTABLE_KINDS = KINDS[:6]
 NORMS = (None, "batchnorm", "layernorm", "groupnorm", "rmsnorm", "unitnorm")
 POLICIES = ("float32", "float64", "mixed_float16", "mixed_bfloat16", "bf16_layer", "int8")
 STRUCTURES = ("sequential", "functional", "nested", "shared", "subclassed", "multi_io", "dict_io")
@@ -123,6 +138,11 @@ class Case:
         return self.policy == "float64"
 
     @property
+    def exact64(self) -> bool:
+        """A float64 case whose arithmetic is float64 on this backend (``FLOAT64``: TF)."""
+        return self.float64 and FLOAT64
+
+    @property
     def mixed(self) -> bool:
         return self.policy in ("mixed_float16", "mixed_bfloat16", "bf16_layer")
 
@@ -166,7 +186,7 @@ def _draw_loss(rng, case_kw: dict) -> None:
 def draw(seed: int, profile: str = "long") -> Case:
     """The case of ``seed`` in ``profile`` (``"long"`` or ``"ci"``): same seed, same case."""
     rng = _case_rng(profile, seed)
-    kind = _pick(rng, ("vec", "vec", "seq", "seq", "img", "tok", "str", "int"))
+    kind = _pick(rng, KINDS if ON_TF else PORTABLE_KINDS)
     body = _pick(rng, BODIES[kind])
     kw: dict = {"profile": profile, "seed": seed, "input_kind": kind, "body": body}
     kw["norm"] = _pick(rng, NORMS) if kind in ("vec", "seq", "img") else None
@@ -197,7 +217,9 @@ def draw(seed: int, profile: str = "long") -> Case:
     kw["weighting"] = _pick(rng, ("none", "none", "sample", "class", "loss_weights"))
     sparse_ok = body in ("dense", "dense2", "prelu", "spectral") and kw["preprocess"] is None
     forms = DATA_FORMS if sparse_ok else DATA_FORMS[:3]
-    kw["data_form"] = _pick(rng, forms, p=None if len(forms) == 3 else [0.4, 0.2, 0.2, 0.2])
+    if not ON_TF:  # tf.SparseTensor only on TensorFlow; tf.data where TensorFlow is installed
+        forms = tuple(f for f in forms if f != "sparse" and (f != "dataset" or HAS_TF))
+    kw["data_form"] = _pick(rng, forms, p=[0.4, 0.2, 0.2, 0.2] if len(forms) == 4 else None)
     kw["n"] = int(_pick(rng, (8, 12, 16) if profile == "ci" else (8, 16, 24, 32)))
     kw["batch_size"] = int(_pick(rng, (kw["n"], kw["n"] // 2, 5)))
     return Case(**kw)
@@ -222,14 +244,14 @@ class ArrayData(keras.utils.PyDataset):
     def __init__(self, parts, batch_size):
         super().__init__()
         self.parts, self.batch_size = parts, batch_size
-        self.n = len(tf.nest.flatten(parts[0])[0])
+        self.n = len(keras.tree.flatten(parts[0])[0])
 
     def __len__(self):
         return -(-self.n // self.batch_size)
 
     def __getitem__(self, i):
         sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        return tuple(tf.nest.map_structure(lambda a: a[sl], p) for p in self.parts)
+        return tuple(keras.tree.map_structure(lambda a: a[sl], p) for p in self.parts)
 
 
 @dataclass
@@ -250,6 +272,8 @@ class Data:
         )
 
     def for_objective(self):
+        if self.form in ("dataset", "sparse"):
+            import tensorflow as tf  # drawn only where TensorFlow is installed (draw())
         if self.form == "dataset":
             # tuples: tf.data reads a list of arrays as one (possibly ragged) tensor
             parts = tf.nest.map_structure(lambda t: t, self.parts)
@@ -262,7 +286,11 @@ class Data:
         return self.parts
 
     def evaluate_x(self):
-        return tf.sparse.from_dense(self.x) if self.form == "sparse" else self.x
+        if self.form != "sparse":
+            return self.x
+        import tensorflow as tf  # drawn on the TensorFlow backend only (draw())
+
+        return tf.sparse.from_dense(self.x)
 
 
 def _inputs_for(case: Case, rng) -> tuple[np.ndarray, dict]:
@@ -283,6 +311,8 @@ def _inputs_for(case: Case, rng) -> tuple[np.ndarray, dict]:
         return x.astype("int32"), {"shape": (5,), "dtype": "int32"}
     if kind == "str":
         # a string tensor: Keras's evaluate refuses NumPy object arrays ("Invalid dtype: object")
+        import tensorflow as tf  # drawn on the TensorFlow backend only (draw())
+
         words = VOCAB[rng.integers(0, len(VOCAB), size=(n, 5))].astype(str)
         return tf.constant(words), {"shape": (5,), "dtype": "string"}
     return rng.integers(0, 8, size=(n, 5)).astype("int64"), {"shape": (5,), "dtype": "int64"}
@@ -574,7 +604,7 @@ def build(case: Case):
     model = _model(case, trunk, _heads(case), spec)
     data = _data(case, rng, x, model)
     if not model.built:
-        first = tf.nest.map_structure(lambda a: a[:1], data.x)
+        first = keras.tree.map_structure(lambda a: a[:1], data.x)
         model(first)
     _after_build(case, model, rng)
     compile_case(case, model)

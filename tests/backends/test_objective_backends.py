@@ -114,6 +114,36 @@ def test_hessian_and_ggn_products_equal_the_dense_numpy_hessian(problem, mode):
         np.testing.assert_allclose(flat(*gv), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["backward_over_backward", "forward_over_backward"])
+def test_regularization_without_regularizers_adds_nothing(problem, mode):
+    # regression (found by the conformance harness on PyTorch): with no regularizer the penalty
+    # is the constant 0, whose gradient autograd refused ("element 0 of tensors does not
+    # require grad"), so gradients and products crashed under regularization=True
+    model, batch, (loss, g_kernel, g_bias, H) = problem
+    objective = landscape.Objective(model, batch, batch_size=8, regularization=True)
+    values, grads = objective.value_and_gradient()
+    np.testing.assert_allclose(values["loss"], loss, rtol=RTOL)
+    np.testing.assert_allclose(flat(*grads), flat(g_kernel, g_bias), rtol=1e-4, atol=1e-6)
+    v = [np.random.default_rng(3).normal(size=tuple(w.shape)) for w in model.trainable_variables]
+    expected = H @ flat(v[0], v[1])
+    hv = objective.hessian_vector_product(v, mode=mode)
+    np.testing.assert_allclose(flat(*hv), expected, rtol=1e-4, atol=1e-5)
+    gv = objective.gauss_newton_vector_product(v)  # a linear model: G = H
+    np.testing.assert_allclose(flat(*gv), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_undefined_second_derivative_is_refused_naming_this_backend():
+    # regression (conformance harness, PyTorch): the refusal named TensorFlow on every backend
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, kernel_initializer="zeros")])
+    model.compile(loss=lambda y, p: keras.ops.sqrt(keras.ops.sum(keras.ops.square(p - y), -1)))
+    x, y = np.ones((4, 2), "float32"), np.zeros((4, 2), "float32")
+    objective = landscape.Objective(model, (x, y))
+    v = [np.ones(tuple(w.shape)) for w in model.trainable_variables]
+    with pytest.raises(ValueError, match=f"not finite.*Keras's {BACKEND} backend") as error:
+        objective.hessian_vector_product(v)
+    assert "\n" not in str(error.value)
+
+
 def test_top_eigenvalues_and_trace_equal_numpy(problem):
     model, batch, (_, _, _, H) = problem
     objective = landscape.Objective(model, batch, batch_size=16)
