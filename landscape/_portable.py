@@ -349,7 +349,10 @@ class PortableEngine:
             values, wide = self._values(coefficients, basis), _as_wide(scales)
             total = [np.zeros(self.variables[i].shape) for i in slots]
             for x, y, w in data.iterate():
-                _, hv = step(values, x, y, w, wide, vectors)
+                try:
+                    _, hv = step(values, x, y, w, wide, vectors)
+                except back.second_order_errors as error:
+                    raise _no_second_derivative(error, f"mode={mode!r}") from error
                 total = [t + _numpy(h).astype(np.float64) for t, h in zip(total, hv)]
             if self._penalized():
                 total = self._plus_penalty_hvp(total, values, slots, vectors, mode)
@@ -403,7 +406,10 @@ class PortableEngine:
             values, wide = self._values(coefficients, basis), _as_wide(scales)
             total = [np.zeros(self.variables[i].shape) for i in slots]
             for x, y, w in data.iterate():
-                gv = step(values, x, y, w, wide, vectors)
+                try:
+                    gv = step(values, x, y, w, wide, vectors)
+                except back.second_order_errors as error:
+                    raise _no_second_derivative(error, "curvature='ggn'") from error
                 total = [t + _numpy(g).astype(np.float64) for t, g in zip(total, gv)]
             if self._penalized():  # the penalties' own Hessian (PSD for L1/L2)
                 mode = "backward_over_backward"
@@ -474,3 +480,14 @@ def _as_wide(array: np.ndarray):
 
 #: The engine's mixins, in the order ``Objective`` puts them before itself.
 MIXINS = (PortableEngine,)
+
+
+def _no_second_derivative(error: Exception, what: str) -> ValueError:
+    """One sentence where the backend's autodiff has no rule for a product (PyTorch: a fused
+    kernel without double backward or forward mode, ``torch.func`` on mixed dtypes)."""
+    first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else "no message"
+    return ValueError(
+        f"The {keras.backend.backend()} backend's autodiff cannot take this model's curvature "
+        f"product with {what} ({type(error).__name__}: {first[:200]}); try "
+        "hvp_mode='backward_over_backward', or the model on another Keras backend."
+    )

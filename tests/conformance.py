@@ -578,29 +578,7 @@ def run_case(case: Case, *, sam_step: bool = True) -> Result:
 # tests/test_conformance.py xfails (a case xfails only when every failure it has matches one).
 # Every fault found on TensorFlow is fixed and has a named regression test
 # (tests/test_exactness.py, tests/test_second_derivatives.py); off TensorFlow one is open.
-KNOWN_FAULTS: dict = {
-    "torch-attention-second-derivative": (
-        "PyTorch has no second derivative (double backward or forward over backward) of its "
-        "CPU scaled-dot-product attention kernel, and the toolkit passes its error through "
-        "instead of refusing in one sentence",
-        lambda case, f: (
-            keras.backend.backend() == "torch"
-            and f.check == "d"
-            and f.kind.startswith("crash-")
-            and ("scaled_dot_product" in f.message or "Attention" in f.message)
-        ),
-    ),
-    "torch-func-unsupported": (
-        "torch.func's forward over backward fails on a Keras graph that mixes float32 and "
-        "float64 tensors (activity regularizer or add_loss terms), and the toolkit passes the "
-        "error through instead of refusing in one sentence",
-        lambda case, f: (
-            keras.backend.backend() == "torch"
-            and f.check == "d"
-            and "expected m1 and m2 to have the same dtype" in f.message
-        ),
-    ),
-}
+KNOWN_FAULTS: dict = {}
 
 
 def known_fault(case: Case, failure: Failure) -> str | None:

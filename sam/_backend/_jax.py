@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 errors = (ValueError, TypeError, IndexError)
+#: what the backend raises where its autodiff has no rule for a second-order product
+second_order_errors = ()
 
 
 #: the Hessian-vector mode ``mode="auto"`` picks here (the faster measured)

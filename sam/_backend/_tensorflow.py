@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 errors = (ValueError, TypeError, IndexError, tf.errors.InvalidArgumentError)
+#: what the backend raises where its autodiff has no rule for a second-order product
+second_order_errors = ()
 
 
 #: the Hessian-vector mode ``mode="auto"`` picks here (the faster measured)

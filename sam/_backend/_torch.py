@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 errors = (ValueError, TypeError, IndexError, RuntimeError)
+#: what the backend raises where its autodiff has no rule for a second-order product
+second_order_errors = (RuntimeError, NotImplementedError)
 
 
 #: the Hessian-vector mode ``mode="auto"`` picks here (the faster measured)

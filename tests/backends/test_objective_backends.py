@@ -255,3 +255,19 @@ def test_a_process_pool_computes_the_same_surface_on_this_backend(tmp_path):
                                           executor=pool, verbose=0)  # fmt: skip
     for name, values in here.values.items():
         np.testing.assert_array_equal(there.values[name], values)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.func's forward mode lacks this rule")
+def test_a_product_the_backend_cannot_differentiate_is_refused_in_one_sentence():
+    """torch.func's forward-over-reverse has no rule inside Keras's int8 Dense."""
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2)])  # fmt: skip
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.quantize("int8")
+    x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+    objective = landscape.Objective(model, (x, np.arange(10) % 2), batch_size=4)
+    v = [np.ones(tuple(t.shape), "float32") for t in objective.trainable_variables]
+    with pytest.raises(ValueError, match=r"^The torch backend's autodiff cannot") as info:
+        objective.hessian_vector_product(v, mode="forward_over_backward")
+    assert ". " not in str(info.value) and "\n" not in str(info.value)
