@@ -10,15 +10,16 @@ tensors (the parameters) and returns what the backend's autodiff gives:
 - ``jvp(f, params, tangents)`` / ``vjp(f, params, cotangents)``: f(params) -> list of tensors;
   the Jacobian-vector product (outputs, J v) and the vector-Jacobian product Jᵀ u;
 - ``compile(fn)``: the backend's compiler (``jax.jit``; PyTorch runs eagerly, Keras's own
-  default; TensorFlow's loops are compiled by ``landscape.objective`` itself);
+  default; the Objective's TensorFlow loops are compiled by ``landscape._tf_engine`` itself);
 - ``compile_step(fn, variables)``: a step called from Python once per batch that may update
   Keras ``variables`` in place (an optimizer's ``apply_gradients``), compiled as Keras's own
   train step is: ``tf.function``; ``jax.jit`` of a pure function over the variables' values in
   a ``keras.StatelessScope``, the new values assigned back after each call; PyTorch eagerly;
 - ``HVP_MODE``: the mode the Objective's ``mode="auto"`` picks (the faster measured);
 - ``no_grad()``: a context in which the eager checks record no gradient (PyTorch);
-- ``to_numpy(t)``, ``float64()`` (whether float64 is computed as float64 end to end) and
-  ``errors`` (the backend's exception types for a computation that does not fit).
+- ``to_numpy(t)``, ``float64()`` (whether float64 is computed as float64 end to end),
+  ``errors`` (the backend's exception types for a computation that does not fit) and
+  ``second_order_errors`` (what it raises where its autodiff has no second-order rule).
 
 Modelled on Keras's own trainers, one file per backend behind one interface
 (``keras/src/backend/{tensorflow,jax,torch}/trainer.py``). TensorFlow stays the default backend
