@@ -16,6 +16,7 @@ through Keras's own data adapters (``sam._compat.numpy_batches``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import keras
@@ -48,6 +49,7 @@ class PortableSplit:
         self.source = None
         self.n = None
         if not _is_arrays(data):
+            _check_source(data, steps, argument)
             self.source = data
             first = next(self._source_batches(), None)
             if first is None:
@@ -134,6 +136,50 @@ class PortableSplit:
             return None
         parts = keras.tree.flatten(self.x) + keras.tree.flatten(self.y)
         return parts + ([] if self.w is None else keras.tree.flatten(self.w))
+
+
+def _check_source(data, steps: int | None, argument: str) -> None:
+    """Refuse a dataset that never ends without ``steps=``, and one that draws another order
+    on every pass (each pass of an analysis must see the same data), in one sentence each."""
+    if isinstance(data, keras.utils.PyDataset):
+        if data.num_batches is None and steps is None:
+            raise ValueError(
+                f"Argument `{argument}` is a PyDataset with no length (`num_batches` is None); "
+                "pass `steps=` to say how many batches the objective covers."
+            )
+        return
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY) and steps is None:
+            raise ValueError(
+                f"Argument `{argument}` is an infinite tf.data.Dataset (it ends in "
+                "`.repeat()`); drop the `.repeat()` or pass `steps=` (the number of batches "
+                "the objective covers)."
+            )
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(data, torch.utils.data.DataLoader):
+        if isinstance(data.sampler, torch.utils.data.RandomSampler):
+            raise ValueError(
+                f"Argument `{argument}` is a DataLoader that shuffles (a RandomSampler draws "
+                "another order on every pass, and with `steps=` other samples), but every "
+                "pass of an analysis must see the same data: build it with shuffle=False."
+            )
+        try:
+            len(data)
+        except TypeError:
+            if steps is None:
+                raise ValueError(
+                    f"Argument `{argument}` is a DataLoader with no length (an "
+                    "IterableDataset); pass `steps=` to say how many batches the objective "
+                    "covers."
+                ) from None
+        return
+    if steps is None and not hasattr(data, "__len__"):
+        raise ValueError(
+            f"Argument `{argument}` is a {type(data).__name__} with no length; pass `steps=` "
+            "to say how many batches the objective covers."
+        )
 
 
 def _dense_numpy(a) -> np.ndarray:

@@ -271,3 +271,36 @@ def test_a_product_the_backend_cannot_differentiate_is_refused_in_one_sentence()
     with pytest.raises(ValueError, match=r"^The torch backend's autodiff cannot") as info:
         objective.hessian_vector_product(v, mode="forward_over_backward")
     assert ". " not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the TensorFlow engine's own test covers it")
+def test_data_that_never_ends_or_reshuffles_is_refused_in_one_sentence():
+    model = softmax_regression()
+    x, y, _ = data()
+
+    class Endless(keras.utils.PyDataset):
+        @property
+        def num_batches(self):
+            return None
+
+        def __getitem__(self, i):
+            return x[:8], y[:8]
+
+    with pytest.raises(ValueError, match=r"PyDataset with no length .* pass `steps=`"):
+        landscape.Objective(model, Endless())
+    assert np.isfinite(landscape.Objective(model, Endless(), steps=2).evaluate()["loss"])
+    if BACKEND == "torch":
+        import torch
+
+        rows = torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y))
+        shuffled = torch.utils.data.DataLoader(rows, batch_size=8, shuffle=True)
+        with pytest.raises(ValueError, match=r"DataLoader that shuffles .* shuffle=False"):
+            landscape.Objective(model, shuffled)
+
+        class Stream(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                while True:
+                    yield torch.tensor(x[0]), torch.tensor(y[0])
+
+        with pytest.raises(ValueError, match=r"DataLoader with no length .* pass `steps=`"):
+            landscape.Objective(model, torch.utils.data.DataLoader(Stream(), batch_size=4))
