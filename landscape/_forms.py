@@ -23,7 +23,10 @@ def describe(value) -> str:
 def model_inputs(model: keras.Model) -> str:
     try:
         return describe(keras.tree.map_structure(lambda t: t, model.input))
-    except (AttributeError, ValueError):
+    except (AttributeError, ValueError):  # a Sequential model never called has only .inputs
+        inputs = getattr(model, "inputs", None)
+        if inputs:
+            return describe(inputs[0] if len(inputs) == 1 else list(inputs))
         return "(not known for this model: it has no symbolic inputs)"
 
 
