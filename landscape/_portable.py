@@ -328,10 +328,7 @@ class PortableEngine:
         n_loss = self._n_loss
 
         def f(trainable):
-            vals = list(values)
-            for i, t in zip(slots, trainable):
-                vals[i] = t
-            pairs, y_pred = self._forward(vals, x, y, w, with_metrics)
+            pairs, y_pred = self._forward(_with(values, slots, trainable), x, y, w, with_metrics)
             numerators = ops.stack([pairs[2 * k] for k in range(n_loss)])
             return ops.sum(ops.cast(scales, numerators.dtype) * numerators), (pairs, y_pred)
 
@@ -373,12 +370,7 @@ class PortableEngine:
         if not self._penalized():
             return 0.0, [np.zeros(self.variables[i].shape) for i in slots]
 
-        def f(trainable):
-            vals = list(values)
-            for i, t in zip(slots, trainable):
-                vals[i] = t
-            return self._penalty(vals), ()
-
+        f = self._penalty_of(values, slots)
         value, _, grads = adapter().value_and_grad(f, [values[i] for i in slots])
         return float(_numpy(value)), [_numpy(g).astype(np.float64) for g in grads]
 
@@ -411,14 +403,13 @@ class PortableEngine:
     def _plus_penalty_hvp(self, total, values, slots, vectors, mode) -> list:
         """``total`` + the weight penalties' Hessian times the vectors (float64)."""
 
-        def penalty(trainable):
-            vals = list(values)
-            for i, t in zip(slots, trainable):
-                vals[i] = t
-            return self._penalty(vals), ()
-
+        penalty = self._penalty_of(values, slots)
         _, extra = adapter().hvp(penalty, [values[i] for i in slots], list(vectors), mode)
         return [t + _numpy(e).astype(np.float64) for t, e in zip(total, extra)]
+
+    def _penalty_of(self, values, slots):
+        """f(trainable values) -> (the weight penalties, no aux), the rest held at ``values``."""
+        return lambda trainable: (self._penalty(_with(values, slots, trainable)), ())
 
     def _normalizers(self, split: str) -> np.ndarray:
         scales = self._scales.get(split)
@@ -437,10 +428,7 @@ class PortableEngine:
             trainable = [values[i] for i in slots]
 
             def outputs(t):
-                vals = list(values)
-                for i, a in zip(slots, t):
-                    vals[i] = a
-                with self._model_scope(vals):
+                with self._model_scope(_with(values, slots, t)):
                     return keras.tree.flatten(self.model(x, training=False))
 
             outs, jv = back.jvp(outputs, trainable, list(vectors))
@@ -516,6 +504,14 @@ def _logit_view(p, split: str):
     q = p * (1.0 - p)
     z = ops.log(ops.maximum(p, tiny)) - ops.log(ops.maximum(1.0 - p, tiny))
     return z, ops.where(q > 0, 1.0 / ops.maximum(q, tiny), 0.0)
+
+
+def _with(values: list, slots: list[int], trainable) -> list:
+    """``values`` with the entries at ``slots`` replaced by ``trainable`` (in order)."""
+    out = list(values)
+    for i, t in zip(slots, trainable):
+        out[i] = t
+    return out
 
 
 def _ratio(a, b) -> float:
