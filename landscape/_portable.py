@@ -260,7 +260,8 @@ class PortableEngine:
         """w0 + Σₖ cₖ bₖ of every variable, in one compiled call (eagerly, the five operations
         per variable cost more than a forward pass of a small model on JAX)."""
         offset = self._compiled(("values",), _offset_values)
-        return offset([v.value for v in self.variables], coefficients, list(basis))
+        with adapter().no_grad():  # constants: PyTorch would record a graph of the trainables
+            return offset([v.value for v in self.variables], coefficients, list(basis))
 
     # -- the fold over batches on the host (float64) ----------------------------------------
 
@@ -314,10 +315,11 @@ class PortableEngine:
         def value(coefficients, basis):
             self._count(split)
             values = self._values(coefficients, basis)
-            sums, state = np.zeros(2 * self._n_pairs(True)), self._metric_state()
+            sums, state = _HostSum([np.zeros(2 * self._n_pairs(True))]), self._metric_state()
             for x, y, w in data.iterate():
                 pairs, state = step(values, x, y, w, state)
-                sums += _numpy(pairs).astype(np.float64)
+                sums.add([pairs])
+            sums = sums.result()[0]
             penalty = float(_numpy(self._penalty(values))) if self.regularization else None
             return self._finish_np(sums, state, penalty), sums
 
@@ -348,12 +350,12 @@ class PortableEngine:
             self._count(f"{split}/gradient")
             scales = self._normalizers(split)
             values, wide = self._values(coefficients, basis), _as_wide(scales)
-            sums, state = np.zeros(2 * self._n_pairs(True)), self._metric_state()
-            total = [np.zeros(self.variables[i].shape) for i in slots]
+            state = self._metric_state()
+            fold = _HostSum([np.zeros(2 * self._n_pairs(True))] + self._zeros(slots))
             for x, y, w in data.iterate():
                 pairs, state, grads = step(values, x, y, w, state, wide)
-                sums += _numpy(pairs).astype(np.float64)
-                total = [t + _numpy(g).astype(np.float64) for t, g in zip(total, grads)]
+                fold.add([pairs, *grads])
+            sums, *total = fold.result()
             penalty = None
             if self.regularization:
                 penalty, extra = self._penalty_grad(values, slots)
@@ -365,6 +367,9 @@ class PortableEngine:
             ]
 
         return value_and_grad
+
+    def _zeros(self, slots) -> list[np.ndarray]:
+        return [np.zeros(self.variables[i].shape) for i in slots]
 
     def _penalty_grad(self, values, slots):
         if not self._penalized():
@@ -387,13 +392,14 @@ class PortableEngine:
         def hvp(coefficients, basis, vectors, scales):
             self._count(f"{split}/hvp/{mode}")
             values, wide = self._values(coefficients, basis), _as_wide(scales)
-            total = [np.zeros(self.variables[i].shape) for i in slots]
+            total = _HostSum(self._zeros(slots))
             for x, y, w in data.iterate():
                 try:
                     _, hv = step(values, x, y, w, wide, vectors)
                 except back.second_order_errors as error:
                     raise _no_second_derivative(error, f"mode={mode!r}") from error
-                total = [t + _numpy(h).astype(np.float64) for t, h in zip(total, hv)]
+                total.add(hv)
+            total = total.result()
             if self._penalized():
                 total = self._plus_penalty_hvp(total, values, slots, vectors, mode)
             return total
@@ -440,13 +446,14 @@ class PortableEngine:
         def ggn(coefficients, basis, vectors, scales):
             self._count(f"{split}/ggn")
             values, wide = self._values(coefficients, basis), _as_wide(scales)
-            total = [np.zeros(self.variables[i].shape) for i in slots]
+            total = _HostSum(self._zeros(slots))
             for x, y, w in data.iterate():
                 try:
                     gv = step(values, x, y, w, wide, vectors)
                 except back.second_order_errors as error:
                     raise _no_second_derivative(error, "curvature='ggn'") from error
-                total = [t + _numpy(g).astype(np.float64) for t, g in zip(total, gv)]
+                total.add(gv)
+            total = total.result()
             if self._penalized():  # the penalties' own Hessian (PSD for L1/L2)
                 mode = "backward_over_backward"
                 total = self._plus_penalty_hvp(total, values, slots, vectors, mode)
@@ -483,12 +490,40 @@ class PortableEngine:
         return [a if d is None else a * d for a, d in zip(h, dz)]
 
 
+class _HostSum:
+    """Float64 sums on the host of lists of per-batch device tensors, one batch behind: batch
+    k is copied to the host after batch k + 1 has been dispatched, so on an asynchronous backend
+    (JAX) the copy and the sum overlap the device's work on the next batch. The additions run
+    in the batches' order, as a sum in the loop would."""
+
+    def __init__(self, zeros: list[np.ndarray]):
+        self._total, self._pending = zeros, None
+
+    def add(self, parts: list) -> None:
+        if self._pending is not None:
+            self._fold(self._pending)
+        self._pending = parts
+
+    def result(self) -> list[np.ndarray]:
+        if self._pending is not None:
+            self._fold(self._pending)
+            self._pending = None
+        return self._total
+
+    def _fold(self, parts) -> None:
+        self._total = [t + _numpy(p).astype(np.float64) for t, p in zip(self._total, parts)]
+
+
 def _offset_values(w0, coefficients, basis) -> list:
     coefficients = ops.convert_to_tensor(coefficients)
-    return [
-        _cast(w, b.dtype) + ops.tensordot(_cast(coefficients, b.dtype), b, axes=1)
-        for w, b in zip(w0, basis)
-    ]
+    as_dtype = {}  # the coefficients cast once per dtype of the basis (eagerly, each op counts)
+    out = []
+    for w, b in zip(w0, basis):
+        key = keras.backend.standardize_dtype(b.dtype)
+        if key not in as_dtype:
+            as_dtype[key] = _cast(coefficients, key)
+        out.append(_cast(w, key) + ops.tensordot(as_dtype[key], b, axes=1))
+    return out
 
 
 def _cast(t, dtype):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,10 @@ def _per_sample(weight, values):
 
 
 def _size(t):
+    """The number of entries of ``t`` as a wide float: a constant where the shape is static
+    (one op fewer per batch where ops run eagerly)."""
+    if all(isinstance(d, int) for d in t.shape):
+        return keras.ops.convert_to_tensor(float(math.prod(t.shape)), _wide())
     return keras.ops.cast(keras.ops.size(t), _wide())
 
 
@@ -353,7 +358,7 @@ def accuracy_pair(y_true, y_pred, sample_weight, *, threshold: float, ignore_cla
         p = y_pred if _rank(y_pred) == 1 else y_pred[..., 0]
         t = ops.reshape(ops.cast(y_true, "float32"), ops.shape(p)) > 0.5
         correct = ops.cast(ops.equal(p > ops.cast(threshold, p.dtype), t), _wide())
-        valid = ops.ones_like(correct)
+        valid = None  # every entry counts (the common case: no ones_like, no product)
     else:
         pred = ops.argmax(y_pred, axis=-1)
         if _rank(y_true) == _rank(y_pred) and y_true.shape[-1] == y_pred.shape[-1]:
@@ -361,18 +366,21 @@ def accuracy_pair(y_true, y_pred, sample_weight, *, threshold: float, ignore_cla
         else:
             true = ops.cast(ops.reshape(y_true, ops.shape(pred)), pred.dtype)
         correct = ops.cast(ops.equal(pred, true), _wide())
-        valid = ops.ones_like(correct)
+        valid = None
         if ignore_class is not None:
             valid = ops.cast(ops.not_equal(true, ignore_class), _wide())
     if mask is not None:
-        valid = valid * ops.reshape(ops.cast(mask, _wide()), ops.shape(correct))
+        mask = ops.reshape(ops.cast(mask, _wide()), ops.shape(correct))
+        valid = mask if valid is None else valid * mask
     if sample_weight is not None:
         s = ops.cast(sample_weight, _wide())
         if _rank(s) > _rank(correct):
             s = ops.reshape(s, ops.shape(correct))
         while _rank(s) < _rank(correct):
             s = s[..., None]
-        valid = valid * s
+        valid = s * ops.ones_like(correct) if valid is None else valid * s  # s broadcast
+    if valid is None:
+        return ops.sum(correct), _size(correct)
     return ops.sum(correct * valid), ops.sum(valid)
 
 

@@ -385,7 +385,7 @@ class _ModelRunner:
         """The StatelessScope in which the variables read as ``values`` (analysis dtypes); it
         collects the losses the model adds in its call."""
         mapping = list(zip(self.variables, values))
-        if self._keeps_dtypes:
+        if self._keeps_dtypes and not _cheap_scope(mapping):
             scope = keras.StatelessScope(state_mapping=mapping, collect_losses=True)
         else:
             scope = _compat.stateless_scope_keeping_dtypes(mapping)
@@ -424,6 +424,20 @@ class _ModelRunner:
 
     def _count(self, key: str) -> None:
         self.trace_count[key] = self.trace_count.get(key, 0) + 1
+
+
+def _cheap_scope(mapping) -> bool:
+    """Whether the values of ``mapping`` can go into a StatelessScope as they are: off
+    TensorFlow (compiled there, the scope costs only at trace time), every value a tensor of
+    its variable's dtype. ``keras.StatelessScope`` converts and checks each value at every entry,
+    which costs PyTorch's eager loop about 0.06 ms per batch on a 19-variable model."""
+    if keras.backend.backend() == "tensorflow":
+        return False
+    standardize = keras.backend.standardize_dtype
+    return all(
+        keras.ops.is_tensor(value) and standardize(value.dtype) == standardize(v.dtype)
+        for v, value in mapping
+    )
 
 
 class _GaussNewtonLoop:
