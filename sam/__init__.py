@@ -3,8 +3,10 @@
 On TensorFlow (Keras's default) ``import sam`` loads every public name, registering the
 optimizers and ``SAMModel`` for ``keras.models.load_model``. On another backend the names load
 on first use (PEP 562), so that ``sam``'s backend-free modules (``sam._backend``, ``sam._roles``,
-``sam._compat``) serve ``landscape`` there; the optimizers and the train step run on TensorFlow
-only in this version (``require_tensorflow`` says so in one sentence).
+``sam._compat``) serve ``landscape`` there without loading Keras models' machinery. ``SAM`` and
+its perturbations (``sam.optimizer``) run on every backend (eagerly on JAX and PyTorch: the
+custom loop's ``first_step``/``second_step``); the train step and the SAM family run on
+TensorFlow only in this version (``require_tensorflow`` says so in one sentence).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _PUBLIC = {
     "variants": ("ESAM", "GSAM", "FriendlySAM", "LookSAM", "SAMSchedule", "SAMVariant"),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+_ANY_BACKEND = {"optimizer"}  # the submodules that run on every Keras backend
 __all__ = sorted(_SUBMODULE_OF)
 try:  # the installed distribution's version (pyproject reads it from landscape/_version.py)
     __version__ = version("sam-landscape")
@@ -27,12 +30,13 @@ except PackageNotFoundError:  # a source tree that is not installed
 
 
 def __getattr__(name: str) -> Any:
-    """A public name, imported on first use after the TensorFlow check."""
+    """A public name, imported on first use (after the TensorFlow check where it needs it)."""
     if name not in _SUBMODULE_OF:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from sam._compat import require_tensorflow
+    if _SUBMODULE_OF[name] not in _ANY_BACKEND:
+        from sam._compat import require_tensorflow
 
-    require_tensorflow()
+        require_tensorflow(f"sam.{name}")
     value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE_OF[name]}"), name)
     globals()[name] = value  # later uses skip __getattr__
     return value
