@@ -1,12 +1,12 @@
 """Sharpness-Aware Minimization (SAM, ASAM, m-sharpness) and its family, for Keras 3.
 
 On TensorFlow (Keras's default) ``import sam`` loads every public name, registering the
-optimizers and ``SAMModel`` for ``keras.models.load_model``. On another backend the names load
-on first use (PEP 562), so that ``sam``'s backend-free modules (``sam._backend``, ``sam._roles``,
-``sam._compat``) serve ``landscape`` there without loading Keras models' machinery. ``SAM`` and
-its perturbations (``sam.optimizer``) run on every backend (eagerly on JAX and PyTorch: the
-custom loop's ``first_step``/``second_step``); the train step and the SAM family run on
-TensorFlow only in this version (``require_tensorflow`` says so in one sentence).
+optimizers and ``SAMModel`` for ``keras.models.load_model``. On JAX and PyTorch it loads
+``sam.optimizer``'s names (registering ``SAM``): ``SAM`` and its perturbations run there,
+eagerly (a custom loop's ``first_step``/``second_step``). The train step and the SAM family
+run on TensorFlow only in this version: their names load on first use (PEP 562), where
+``require_tensorflow`` says so in one sentence, so that ``sam``'s backend-free modules
+(``sam._backend``, ``sam._roles``, ``sam._compat``) serve ``landscape`` on any backend.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def _on_tensorflow() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
-if _on_tensorflow():
-    for _name in __all__:
+_everything = _on_tensorflow()
+for _name in __all__:  # registers SAM (on TensorFlow all) for keras.models.load_model
+    if _everything or _SUBMODULE_OF[_name] in _ANY_BACKEND:
         __getattr__(_name)

@@ -11,6 +11,8 @@ ASAM (Kwon et al. 2021) makes the ball adaptive to the weight scale:
 The maths lives in two small pure functions (``sam_perturbation``, ``asam_perturbation``); the
 ``SAM`` class wraps a base optimizer the way ``keras.optimizers.LossScaleOptimizer`` does, so that
 ``compile``, learning-rate callbacks, saving and mixed precision see the real optimizer.
+Everything is ``keras.ops`` on any backend; what differs per backend (eager or traced, replicas,
+TensorFlow's IndexedSlices and its ``tf.cond`` restore in a graph) is asked of ``sam._backend``.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ def test_the_analyses_run_where_tensorflow_cannot_be_imported():
         "s = landscape.compute_surface(o, [d], '-1:1:3', verbose=0)\n"
         "assert np.isfinite(s.values['train_loss']).all()\n"
         "import sam  # SAM's custom loop too\n"
+        "assert keras.saving.get_registered_object('sam>SAM') is not None  # for load_model\n"
         "opt = sam.SAM(keras.optimizers.SGD(0.1))\n"
         "g = [keras.ops.ones(v.shape) for v in m.trainable_variables]\n"
         "opt.first_step(g, m.trainable_variables)\n"
