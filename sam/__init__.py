@@ -1,10 +1,12 @@
 """Sharpness-Aware Minimization (SAM, ASAM, m-sharpness) and its family, for Keras 3.
 
 On TensorFlow (Keras's default) ``import sam`` loads every public name, registering the
-optimizers and ``SAMModel`` for ``keras.models.load_model``. On another backend the names load
-on first use (PEP 562), so that ``sam``'s backend-free modules (``sam._backend``, ``sam._roles``,
-``sam._compat``) serve ``landscape`` there; the optimizers and the train step run on TensorFlow
-only in this version (``require_tensorflow`` says so in one sentence).
+optimizers and ``SAMModel`` for ``keras.models.load_model``. On JAX and PyTorch it loads
+``sam.optimizer``'s names (registering ``SAM``): ``SAM`` and its perturbations run there,
+eagerly (a custom loop's ``first_step``/``second_step``). The train step and the SAM family
+run on TensorFlow only in this version: their names load on first use (PEP 562), where
+``require_tensorflow`` says so in one sentence, so that ``sam``'s backend-free modules
+(``sam._backend``, ``sam._roles``, ``sam._compat``) serve ``landscape`` on any backend.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _PUBLIC = {
     "variants": ("ESAM", "GSAM", "FriendlySAM", "LookSAM", "SAMSchedule", "SAMVariant"),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+_ANY_BACKEND = {"optimizer"}  # the submodules that run on every Keras backend
 __all__ = sorted(_SUBMODULE_OF)
 try:  # the installed distribution's version (pyproject reads it from landscape/_version.py)
     __version__ = version("sam-landscape")
@@ -27,12 +30,13 @@ except PackageNotFoundError:  # a source tree that is not installed
 
 
 def __getattr__(name: str) -> Any:
-    """A public name, imported on first use after the TensorFlow check."""
+    """A public name, imported on first use (after the TensorFlow check where it needs it)."""
     if name not in _SUBMODULE_OF:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from sam._compat import require_tensorflow
+    if _SUBMODULE_OF[name] not in _ANY_BACKEND:
+        from sam._compat import require_tensorflow
 
-    require_tensorflow()
+        require_tensorflow(f"sam.{name}")
     value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE_OF[name]}"), name)
     globals()[name] = value  # later uses skip __getattr__
     return value
@@ -52,6 +56,7 @@ def _on_tensorflow() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
-if _on_tensorflow():
-    for _name in __all__:
+_everything = _on_tensorflow()
+for _name in __all__:  # registers SAM (on TensorFlow all) for keras.models.load_model
+    if _everything or _SUBMODULE_OF[_name] in _ANY_BACKEND:
         __getattr__(_name)

@@ -11,6 +11,8 @@ ASAM (Kwon et al. 2021) makes the ball adaptive to the weight scale:
 The maths lives in two small pure functions (``sam_perturbation``, ``asam_perturbation``); the
 ``SAM`` class wraps a base optimizer the way ``keras.optimizers.LossScaleOptimizer`` does, so that
 ``compile``, learning-rate callbacks, saving and mixed precision see the real optimizer.
+Everything is ``keras.ops`` on any backend; what differs per backend (eager or traced, replicas,
+TensorFlow's IndexedSlices and its ``tf.cond`` restore in a graph) is asked of ``sam._backend``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
+from sam._backend import adapter
 from sam._compat import (
     built_variables,
     ema_variables,
@@ -34,6 +38,8 @@ from sam._compat import (
 from sam._roles import OFFSET_ROLES, model_roles, name_role
 
 logger = logging.getLogger("sam")
+
+Tensor = Any  # a tensor of the Keras backend (tf.Tensor, jax.Array, torch.Tensor)
 
 RHO = 0.05  # radius of the neighbourhood, the paper's default for CIFAR
 ETA = 0.01  # ASAM's offset in T = |w| + η, so that zero weights still move
@@ -65,23 +71,25 @@ _BASE_ONLY_ARGUMENTS = {
 }
 
 
-def _compute_dtype(tensors: Sequence[tf.Tensor]) -> tf.DType:
+def _compute_dtype(tensors) -> str:
     """float32 for the norm, or float64 when the model itself is float64."""
-    return tf.float64 if any(t.dtype == tf.float64 for t in tensors) else tf.float32
+    return "float64" if any(_dtype(t) == "float64" for t in tensors) else "float32"
+
+
+def _dtype(t) -> str:
+    return keras.backend.standardize_dtype(t.dtype)
 
 
 def _dense(g):
-    return None if g is None else tf.convert_to_tensor(g)
+    """A gradient as a dense tensor of the backend (TensorFlow's IndexedSlices scattered)."""
+    return None if g is None else adapter().dense(g)
 
 
-def all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
+def all_finite(tensors):
     """True when no entry of any (non-None) tensor is NaN or infinite (IndexedSlices: its rows)."""
-    flags = [
-        tf.reduce_all(tf.math.is_finite(t.values if isinstance(t, tf.IndexedSlices) else t))
-        for t in tensors
-        if t is not None
-    ]
-    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+    rows = adapter().rows
+    flags = [ops.all(ops.isfinite(rows(t))) for t in tensors if t is not None]
+    return ops.all(ops.stack(flags)) if flags else ops.convert_to_tensor(True)
 
 
 def _scaled_perturbation(grads, trust, rho, eps):
@@ -96,23 +104,23 @@ def _scaled_perturbation(grads, trust, rho, eps):
         if g is None:
             tg.append(None)
             continue
-        g = tf.where(finite, tf.cast(g, dtype), tf.zeros_like(g, dtype=dtype))
-        tg.append(g if t is None else tf.cast(t, dtype) * g)
-    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(x)) for x in tg if x is not None]))
-    scale = tf.convert_to_tensor(rho, dtype) / (norm + tf.convert_to_tensor(eps, dtype))
+        g = ops.where(finite, ops.cast(g, dtype), ops.zeros_like(g, dtype=dtype))
+        tg.append(g if t is None else ops.cast(t, dtype) * g)
+    norm = ops.sqrt(adapter().add_n([ops.sum(ops.square(x)) for x in tg if x is not None]))
+    scale = ops.convert_to_tensor(rho, dtype) / (norm + ops.convert_to_tensor(eps, dtype))
     out = []
     for g, t, x in zip(grads, trust, tg):
         if g is None:
             out.append(None)
             continue
-        e = scale * x if t is None else scale * tf.cast(t, dtype) * x
-        out.append(tf.cast(e, g.dtype))
+        e = scale * x if t is None else scale * ops.cast(t, dtype) * x
+        out.append(ops.cast(e, _dtype(g)))
     return out
 
 
 def sam_perturbation(
-    grads: Sequence[tf.Tensor | None], *, rho: float = RHO, eps: float = EPS
-) -> list[tf.Tensor | None]:
+    grads: Sequence[Tensor | None], *, rho: float = RHO, eps: float = EPS
+) -> list[Tensor | None]:
     """SAM's ε(w) = ρ · g / (‖g‖₂ + eps), with the global norm over all non-None gradients.
 
     Args:
@@ -129,7 +137,7 @@ def sam_perturbation(
     return _scaled_perturbation(grads, [None] * len(grads), rho, eps)
 
 
-def asam_trust(weight: tf.Tensor, eta: float = ETA, scaled: bool | None = None) -> tf.Tensor | None:
+def asam_trust(weight: Tensor, eta: float = ETA, scaled: bool | None = None) -> Tensor | None:
     """ASAM's T for one tensor: |w| + η if ``scaled``, None (T = 1) otherwise.
 
     ``scaled`` is the tensor's role (True for weights, False for biases and normalization β,
@@ -138,18 +146,18 @@ def asam_trust(weight: tf.Tensor, eta: float = ETA, scaled: bool | None = None) 
     """
     if scaled is None:
         scaled = len(weight.shape) >= 2
-    return tf.abs(weight) + tf.convert_to_tensor(eta, dtype=weight.dtype) if scaled else None
+    return ops.abs(weight) + ops.convert_to_tensor(eta, dtype=_dtype(weight)) if scaled else None
 
 
 def asam_perturbation(
-    grads: Sequence[tf.Tensor | None],
-    weights: Sequence[tf.Tensor],
+    grads: Sequence[Tensor | None],
+    weights: Sequence[Tensor],
     *,
     rho: float = RHO,
     eta: float = ETA,
     eps: float = EPS,
     scaled: Sequence[bool] | None = None,
-) -> list[tf.Tensor | None]:
+) -> list[Tensor | None]:
     """Adaptive SAM's ε(w) = ρ · T²g / (‖Tg‖₂ + eps), T = |w| + η for weights, 1 for offsets.
 
     The ASAM reference implementation (Kwon et al. 2021, SamsungLabs/ASAM ``asam.py``) uses
@@ -185,7 +193,7 @@ def asam_perturbation(
     elif len(scaled) != len(grads):
         raise ValueError(f"Got {len(scaled)} roles (`scaled`) for {len(grads)} gradients.")
     trust = [
-        None if g is None else asam_trust(tf.convert_to_tensor(w), eta, s)
+        None if g is None else asam_trust(ops.convert_to_tensor(w), eta, s)
         for g, w, s in zip(grads, weights, scaled)
     ]
     return _scaled_perturbation(grads, trust, rho, eps)
@@ -210,6 +218,11 @@ def _unexpected(kwargs) -> ValueError:
         else ""
     )
     return ValueError(f"SAM got unexpected arguments: {sorted(kwargs)}{hint}.")
+
+
+def _is_pending(optimizer) -> bool:
+    """Whether a first_step of ``optimizer`` is pending (eagerly: its flag's value now)."""
+    return bool(optimizer._pending.numpy() > 0.5)
 
 
 @keras.saving.register_keras_serializable(package="sam")
@@ -462,8 +475,8 @@ class SAM(keras.optimizers.Optimizer):
             self.built = True
 
     def _refuse_replica_context(self, method):
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
+        adapter().refuse_traced(method)
+        if adapter().replica_count() > 1:
             raise ValueError(
                 f"SAM.{method} assigns to the model's variables and cannot run inside "
                 "strategy.run with several replicas; train with SAMModel or sam_train_step, "
@@ -493,14 +506,15 @@ class SAM(keras.optimizers.Optimizer):
             )
         self._refuse_replica_context("first_step")
         self._build_for(tvars)
-        if tf.executing_eagerly() and bool(self._pending.numpy() > 0.5):
+        if adapter().executing_eagerly() and _is_pending(self):
             raise ValueError(
                 "SAM.first_step was called twice without second_step in between; call "
                 "second_step (or restore()) to come back to w first."
             )
         self.restore(tvars)
         remembered = self._weight_copy()
-        e_w = self._epsilon(grads, tvars)
+        with adapter().no_grad():  # PyTorch: ε needs no autograd graph
+            e_w = self._epsilon(grads, tvars)
         for v, e in zip(tvars, e_w):
             remembered[self._get_variable_index(v)].assign(v)  # remember w exactly
             if e is not None:
@@ -512,19 +526,19 @@ class SAM(keras.optimizers.Optimizer):
         tvars = list(trainable_variables)
         if not self.built:
             return
-        if tf.executing_eagerly():
-            if self._remembered is not None and bool(self._pending.numpy() > 0.5):
+        adapter().refuse_traced("restore")
+        if adapter().executing_eagerly():
+            if self._remembered is not None and _is_pending(self):
                 self._undo(tvars)
             return
-        # A graph may run after a first_step of another function: it must hold the restore op.
+        # A graph (TensorFlow's) may run after another function's first_step: it must restore.
         self._weight_copy()
-        tf.cond(self._pending.value > 0.5, lambda: self._undo(tvars), lambda: tf.constant(False))
+        adapter().run_if(self._pending.value > 0.5, lambda: self._undo(tvars))
 
     def _undo(self, tvars):
         for v in tvars:
             v.assign(self._remembered[self._get_variable_index(v)])
         self._pending.assign(0.0)
-        return tf.constant(True)
 
     def second_step(self, gradients, trainable_variables):
         """Come back to w and update it with the gradient taken at w + ε(w).
@@ -540,7 +554,7 @@ class SAM(keras.optimizers.Optimizer):
         """
         grads, tvars = list(gradients), list(trainable_variables)
         self._refuse_replica_context("second_step")
-        if not self.built or (tf.executing_eagerly() and bool(self._pending.numpy() < 0.5)):
+        if not self.built or (adapter().executing_eagerly() and not _is_pending(self)):
             raise ValueError(
                 "SAM.second_step was called without a pending first_step; call "
                 "first_step(gradients, variables) first."
@@ -576,7 +590,7 @@ class SAM(keras.optimizers.Optimizer):
             ValueError: When called outside a SAM step.
         """
         if not self._sam_updates:
-            if not tf.executing_eagerly():
+            if not adapter().executing_eagerly():
                 forget_traced_train_step(self)  # so that the next call raises this too
             raise plain_error(ValueError(NOT_A_SAM_STEP))
         if trainable_variables is not None:

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 
 errors = (ValueError, TypeError, IndexError)
@@ -92,3 +95,41 @@ def to_numpy(t) -> np.ndarray:
 
 def no_grad():
     return contextlib.nullcontext()
+
+
+def executing_eagerly() -> bool:
+    """Whether ops run now: False inside a JAX trace (``jax.jit``, ``jax.grad``), where even a
+    new constant is a tracer (as ``keras.src.utils.jax_utils.is_in_jax_tracing_scope``)."""
+    return not isinstance(jnp.ones(()), jax.core.Tracer)
+
+
+# -- what SAM's optimizer asks of the backend (sam.optimizer) --------------------------------
+
+
+def replica_count() -> int:
+    """One: SAM's manual steps see no replicas here (distribution is SPMD or refused)."""
+    return 1
+
+
+def add_n(values):
+    """The sum of equally shaped tensors, left to right."""
+    return functools.reduce(operator.add, values)
+
+
+def dense(g):
+    """A gradient as a tensor (this backend's gradients are dense)."""
+    return keras.ops.convert_to_tensor(g)
+
+
+def rows(g):
+    """The entries of a gradient that hold values: all of them (gradients are dense here)."""
+    return g
+
+
+def refuse_traced(method: str) -> None:
+    """One sentence when SAM's manual ``method`` (which assigns to variables) runs in a trace."""
+    if not executing_eagerly():
+        raise ValueError(
+            f"SAM.{method} assigns to the model's variables, which JAX allows only eagerly, "
+            "not inside jax.jit; call it outside jit, or train with sam.SAMModel (fit)."
+        )

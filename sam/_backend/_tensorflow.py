@@ -86,3 +86,47 @@ def to_numpy(t) -> np.ndarray:
 
 def no_grad():
     return contextlib.nullcontext()
+
+
+# -- what SAM's optimizer asks of the backend (sam.optimizer) --------------------------------
+
+
+def executing_eagerly() -> bool:
+    """Whether ops run now (False while a ``tf.function`` is traced)."""
+    return tf.executing_eagerly()
+
+
+def replica_count() -> int:
+    """The replicas in sync in the current ``tf.distribute`` replica context (1 outside)."""
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+def add_n(values):
+    """The sum of equally shaped tensors (``tf.add_n``: its own order of additions)."""
+    return tf.add_n(values)
+
+
+def dense(g):
+    """A gradient as a dense tensor (an Embedding's ``tf.IndexedSlices`` scattered)."""
+    return tf.convert_to_tensor(g)
+
+
+def rows(g):
+    """The entries of a gradient that hold values: an ``IndexedSlices``' rows, else itself."""
+    return g.values if isinstance(g, tf.IndexedSlices) else g
+
+
+def refuse_traced(method: str) -> None:
+    """Nothing to refuse: the manual steps run in a ``tf.function`` too (see ``run_if``)."""
+    del method
+
+
+def run_if(flag, fn) -> None:
+    """In a graph, run ``fn`` (assignments) only when the boolean tensor ``flag`` is true."""
+
+    def run():
+        fn()
+        return tf.constant(True)
+
+    tf.cond(flag, run, lambda: tf.constant(False))

@@ -5,7 +5,9 @@ eager, as Keras's PyTorch trainer runs by default."""
 from __future__ import annotations
 
 import functools
+import operator
 
+import keras
 import numpy as np
 import torch
 
@@ -123,3 +125,37 @@ def to_numpy(t) -> np.ndarray:
 def no_grad():
     """A context without gradient recording (the eager checks need no graph)."""
     return torch.no_grad()
+
+
+def executing_eagerly() -> bool:
+    """Always: Keras's PyTorch backend runs eagerly (its ``jit_compile`` is not supported
+    for SAM's manual steps)."""
+    return True
+
+
+# -- what SAM's optimizer asks of the backend (sam.optimizer) --------------------------------
+
+
+def replica_count() -> int:
+    """One: SAM's manual steps see no replicas here (distribution is SPMD or refused)."""
+    return 1
+
+
+def add_n(values):
+    """The sum of equally shaped tensors, left to right."""
+    return functools.reduce(operator.add, values)
+
+
+def dense(g):
+    """A gradient as a tensor (this backend's gradients are dense)."""
+    return keras.ops.convert_to_tensor(g)
+
+
+def rows(g):
+    """The entries of a gradient that hold values: all of them (gradients are dense here)."""
+    return g
+
+
+def refuse_traced(method: str) -> None:
+    """Nothing to refuse: every call runs eagerly."""
+    del method

@@ -31,7 +31,8 @@ def test_landscape_imports_and_has_a_version():
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow is the backend of this leg")
 def test_the_analyses_run_where_tensorflow_cannot_be_imported():
     """A fresh interpreter on jax / torch in which ``import tensorflow`` fails (as on a GPU machine
-    with JAX and no TensorFlow): an Objective, its Hessian's top eigenvalue and a surface."""
+    with JAX and no TensorFlow): an Objective, its Hessian's top eigenvalue, a surface and a
+    SAM step of a custom loop."""
     code = (
         "import sys\n"
         "sys.modules['tensorflow'] = None  # importing it raises ImportError\n"
@@ -46,6 +47,12 @@ def test_the_analyses_run_where_tensorflow_cannot_be_imported():
         "d = landscape.random_direction(m, seed=0)\n"
         "s = landscape.compute_surface(o, [d], '-1:1:3', verbose=0)\n"
         "assert np.isfinite(s.values['train_loss']).all()\n"
+        "import sam  # SAM's custom loop too\n"
+        "assert keras.saving.get_registered_object('sam>SAM') is not None  # for load_model\n"
+        "opt = sam.SAM(keras.optimizers.SGD(0.1))\n"
+        "g = [keras.ops.ones(v.shape) for v in m.trainable_variables]\n"
+        "opt.first_step(g, m.trainable_variables)\n"
+        "opt.second_step(g, m.trainable_variables)\n"
         "print(sorted(k for k in sys.modules if k.split('.')[0] == 'tensorflow'\n"
         "             and sys.modules[k] is not None))\n"
     )
