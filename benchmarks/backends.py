@@ -8,8 +8,9 @@ its own process (``KERAS_BACKEND`` set by this script, results returned as JSON 
 times, after a warm-up (compilation excluded):
 
 - bare: the mean cross-entropy over the data written with the backend's own tools, per batch on
-  device-resident batches with one sync at the end: the forward pass (``model.stateless_call``
-  under ``jax.jit`` / ``tf.function``; PyTorch eagerly under ``torch.no_grad``), its gradient
+  device-resident batches with one sync at the end: the forward pass with what a grid point
+  reports, the loss and the number of correct predictions (``model.stateless_call`` under
+  ``jax.jit`` / ``tf.function``; PyTorch eagerly under ``torch.no_grad``), the loss's gradient
   (``jax.grad``; ``tf.GradientTape``; ``torch.autograd.grad``) and a Hessian-vector product in
   the backend's natural way (``jax.jvp`` over ``jax.grad``; two nested tapes; double backward);
 - toolkit: ``Objective.evaluate_at`` of a new grid point of a 2-direction ``Basis`` (loss and
@@ -110,16 +111,31 @@ def _ce(model):
     return loss
 
 
+def _ce_and_accuracy(model):
+    """The forward pass as a grid point computes it: the mean cross-entropy and the number of
+    correct predictions (a grid point reports the loss and the accuracy)."""
+    import keras
+
+    ops = keras.ops
+
+    def forward(tv, ntv, x, y):
+        out, _ = model.stateless_call(tv, ntv, x, training=False)
+        ce = ops.mean(keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True))
+        return ce, ops.sum(ops.cast(ops.equal(ops.argmax(out, axis=-1), y), "float32"))
+
+    return forward
+
+
 def bare_jax(model, batches, vector):
     import jax
     import jax.numpy as jnp
 
-    loss = _ce(model)
+    loss, forward = _ce(model), _ce_and_accuracy(model)
     tv = [jnp.asarray(v.value) for v in model.trainable_variables]
     ntv = [jnp.asarray(v.value) for v in model.non_trainable_variables]
     batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
     vector = [jnp.asarray(v) for v in vector]
-    f = jax.jit(loss)
+    f = jax.jit(forward)
     g = jax.jit(jax.grad(loss))
 
     @jax.jit
@@ -144,7 +160,7 @@ def bare_tensorflow(model, batches, vector):
 
     from sam._compat import exact_second_derivatives
 
-    loss = _ce(model)
+    loss, forward = _ce(model), _ce_and_accuracy(model)
     tv = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
     ntv = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
     batches = [(tf.constant(x), tf.constant(y)) for x, y in batches]
@@ -152,7 +168,7 @@ def bare_tensorflow(model, batches, vector):
 
     @tf.function
     def f(tv, ntv, x, y):
-        return loss(tv, ntv, x, y)
+        return forward(tv, ntv, x, y)
 
     @tf.function
     def g(tv, ntv, x, y):
@@ -201,11 +217,17 @@ def bare_torch(model, batches, vector, compiled=False):
             keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True)
         )
 
-    forward_loss = torch.compile(loss) if compiled else loss
+    def loss_and_accuracy(x, y):  # as a grid point: the loss and the correct predictions
+        out = model(x, training=False)
+        ce = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True))
+        return ce, (out.argmax(-1) == y).sum(dtype=torch.float32)
+
+    forward_pass = torch.compile(loss_and_accuracy) if compiled else loss_and_accuracy
 
     def forward():
         with torch.no_grad():
-            return [sum(forward_loss(x, y) for x, y in batches).numpy()]
+            parts = [forward_pass(x, y) for x, y in batches]
+            return [sum(p[0] for p in parts).numpy(), sum(p[1] for p in parts).numpy()]
 
     def gradient():
         total = [torch.zeros_like(p) for p in params]
@@ -280,7 +302,8 @@ def runs_for(backend: str, folder: str, name: str, args) -> tuple[dict, dict]:
     if backend == "jax":
         runs["hvp_bob"] = lambda: obj.hessian_vector_product(vector)
     errors = {
-        "loss": _check(forward(), [k * obj.evaluate()["loss"]], f"{name} loss"),
+        "loss": _check(forward()[:1], [k * obj.evaluate()["loss"]], f"{name} loss"),
+        "accuracy": _check(forward()[1:], [len(x) * obj.evaluate()["acc"]], f"{name} accuracy"),
         "gradient": _check(
             gradient(), [k * g for g in obj.value_and_gradient()[1]], f"{name} grad"
         ),
@@ -298,6 +321,8 @@ PAIRS = (
     ("hvp_bob", "bare_hvp"),
     ("hvp", "gradient"),
     ("bare_hvp", "bare_gradient"),
+    ("compiled", "eager"),  # torch.compile's worker: the bare pass compiled ÷ eager
+    ("point", "compiled"),  # and the toolkit's compiled grid point ÷ the compiled bare pass
 )
 
 
@@ -381,9 +406,26 @@ def torch_compile_worker(folder: str, args) -> dict:
         compiled = bare_torch(model, batches, [], compiled=True)[0]
         _check(eager(), compiled(), "torch.compile loss", rtol=1e-4)
         out[f"{name}_compile_s"] = time.perf_counter() - start
-        times, _ = interleave({"eager": eager, "compiled": compiled}, args.reps)
+        point, at_w0 = _compiled_point(model, x, y, args.batch)
+        _check(compiled()[:1], [len(batches) * at_w0], "torch.compile point", rtol=1e-4)
+        runs = {"eager": eager, "compiled": compiled, "point": point}
+        times, ratios = interleave(runs, args.reps)
         out[name] = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+        out[name]["point/compiled"] = statistics.median(ratios["point/compiled"])
     return out
+
+
+def _compiled_point(model, x, y, batch: int):
+    """(a new grid point of the Objective of ``model`` compiled with ``jit_compile=True``,
+    Keras's opt-in to ``torch.compile``; the loss at w0, by the first, compiling, call)."""
+    import landscape
+
+    model.compile(optimizer=model.optimizer, loss=model.loss, jit_compile=True)
+    obj = landscape.Objective(model, (x, y), batch_size=batch)
+    basis = obj.basis([landscape.random_direction(model, seed=s) for s in (0, 1)])
+    rng = np.random.default_rng(1)
+    at_w0 = obj.evaluate_at([0.0, 0.0], basis)["loss"]
+    return (lambda: obj.evaluate_at(rng.uniform(-1, 1, 2), basis)), at_w0
 
 
 # ------------------------------------------------------------------ the driver
@@ -449,7 +491,9 @@ def print_table(results: dict, compiled) -> None:
     elif compiled is not None:
         parts = [
             f"{m} eager {compiled[m]['eager']:.1f} ms, compiled {compiled[m]['compiled']:.1f} ms "
-            f"(compiling took {compiled[f'{m}_compile_s']:.0f} s)"
+            f"(compiling took {compiled[f'{m}_compile_s']:.0f} s), the toolkit's grid point with "
+            f"jit_compile=True {compiled[m]['point']:.1f} ms "
+            f"(÷ compiled bare {compiled[m]['point/compiled']:.2f})"
             for m in MODELS
         ]
         print("  torch.compile of the bare forward pass: " + "; ".join(parts))

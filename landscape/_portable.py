@@ -259,17 +259,22 @@ class PortableEngine:
     def _values(self, coefficients, basis) -> list:
         """w0 + Σₖ cₖ bₖ of every variable, in one compiled call (eagerly, the five operations
         per variable cost more than a forward pass of a small model on JAX)."""
-        offset = self._compiled(("values",), _offset_values)
+        offset = self._compiled(("values",), _offset_values, jit_compile=self._jit_compile())
         with adapter().no_grad():  # constants: PyTorch would record a graph of the trainables
             return offset([v.value for v in self.variables], coefficients, list(basis))
 
     # -- the fold over batches on the host (float64) ----------------------------------------
 
-    def _compiled(self, key, fn):
+    def _compiled(self, key, fn, jit_compile: bool = False):
         cache = self._value_fns  # one dict of compiled per-batch functions
         if key not in cache:
-            cache[key] = adapter().compile(fn)
+            cache[key] = adapter().compile(fn, jit_compile=jit_compile)
         return cache[key]
+
+    def _jit_compile(self) -> bool:
+        """Keras's opt-in to a compiler where the backend runs eagerly by default: the model
+        compiled with ``jit_compile=True`` (PyTorch: ``torch.compile``, as Keras's trainer)."""
+        return getattr(self.model, "jit_compile", False) is True
 
     def _finish_np(self, sums: np.ndarray, metric_state, penalty=None) -> dict[str, float]:
         """The loss Σₖ λₖ Nₖ/Dₖ (and its parts, the metrics) from float64 sums."""
@@ -310,7 +315,7 @@ class PortableEngine:
             pairs, y_pred = self._forward(values, x, y, w, True)
             return pairs, self._update_metrics(metric_state, y, y_pred, w)
 
-        step = self._compiled(("value", split), batch)
+        step = self._compiled(("value", split), batch, jit_compile=self._jit_compile())
 
         def value(coefficients, basis):
             self._count(split)

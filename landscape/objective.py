@@ -22,8 +22,11 @@ assigned, so they stay bit-identical, also when evaluation raises. The batch loo
 engine's of Keras's backend (``Objective(...)`` returns the backend's subclass): on TensorFlow
 one compiled loop per data split and entry point (``landscape._tf_engine``, a ``tf.function``
 traced once), on JAX and PyTorch a compiled function per batch whose sums are added on the host
-in float64 (``landscape._portable``); both serve the values, the gradient and exact Hessian- and
-Gauss-Newton-vector products, and build the offset of a point on the device as δ = Σₖ αₖ dₖ.
+in float64 (``landscape._portable``; ``jax.jit``; PyTorch eagerly, as Keras runs it, or its
+forward passes through ``torch.compile`` where the model was compiled with
+``jit_compile=True``, Keras's own opt-in); both serve the values, the gradient and exact
+Hessian- and Gauss-Newton-vector products, and build the offset of a point on the device as
+δ = Σₖ αₖ dₖ.
 
 Metrics are the model's compiled metrics (``metrics="auto"``), evaluated through Keras's own
 metric objects in the same loop (stateless: the model's metric state is not touched).

@@ -9,8 +9,9 @@ tensors (the parameters) and returns what the backend's autodiff gives:
   reverse-over-reverse (``mode``);
 - ``jvp(f, params, tangents)`` / ``vjp(f, params, cotangents)``: f(params) -> list of tensors;
   the Jacobian-vector product (outputs, J v) and the vector-Jacobian product Jᵀ u;
-- ``compile(fn)``: the backend's compiler (``jax.jit``; PyTorch runs eagerly, Keras's own
-  default; the Objective's TensorFlow loops are compiled by ``landscape._tf_engine`` itself);
+- ``compile(fn, jit_compile=False)``: the backend's compiler (``jax.jit``; PyTorch runs
+  eagerly, Keras's own default, or ``torch.compile`` with ``jit_compile``; the Objective's
+  TensorFlow loops are compiled by ``landscape._tf_engine`` itself);
 - ``compile_step(fn, variables)``: a step called from Python once per batch that may update
   Keras ``variables`` in place (an optimizer's ``apply_gradients``), compiled as Keras's own
   train step is: ``tf.function``; ``jax.jit`` of a pure function over the variables' values in

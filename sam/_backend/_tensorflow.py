@@ -70,7 +70,8 @@ def vjp(f, params, cotangents):
     return _dense(tape.gradient(out, params, output_gradients=list(cotangents)), params)
 
 
-def compile(fn):
+def compile(fn, jit_compile: bool = False):
+    del jit_compile  # the TensorFlow engine compiles its own loops
     return fn
 
 

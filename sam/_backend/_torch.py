@@ -98,18 +98,31 @@ def vjp(f, params, cotangents):
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
 
 
-def compile(fn):
+def compile(fn, jit_compile: bool = False):
     """``fn`` eagerly (Keras's PyTorch default), recording no autograd graph: the adapter's
     own derivatives above switch recording on where they need it (``torch.func`` ignores an
     outer ``no_grad``); otherwise a forward pass at values derived from the variables (which
-    require grad) would record one for nothing."""
+    require grad) would record one for nothing. With ``jit_compile`` (the model compiled with
+    ``jit_compile=True``, Keras's opt-in), ``torch.compile(fn)``, as Keras's PyTorch trainer
+    does then."""
+    body = torch.compile(fn) if jit_compile else fn
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        if jit_compile:  # NumPy arrays would break the compiled graph (ndarray.dtype)
+            args, kwargs = _tensors(args), _tensors(kwargs)
         with torch.no_grad():
-            return fn(*args, **kwargs)
+            return body(*args, **kwargs)
 
     return run
+
+
+def _tensors(tree):
+    import keras
+
+    return keras.tree.map_structure(
+        lambda a: torch.from_numpy(a) if isinstance(a, np.ndarray) else a, tree
+    )
 
 
 def compile_step(fn, variables=()):

@@ -335,3 +335,31 @@ def test_attention_second_derivatives_agree_across_modes_and_with_differences():
     gv, gu = (flat(objective.gauss_newton_vector_product(a)) for a in (v, u))
     np.testing.assert_allclose(flat(u) @ gv, flat(v) @ gu, rtol=1e-4)
     assert flat(v) @ gv > 0 and flat(u) @ gu > 0
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="jit_compile=True means torch.compile on PyTorch")
+def test_jit_compile_true_runs_grid_points_through_torch_compile(monkeypatch):
+    """Keras's opt-in (``model.compile(jit_compile=True)``) makes the Objective's forward pass a
+    ``torch.compile``d function; its loss at a grid point equals the NumPy reference, and the
+    weights are left alone (the compiled pass reads them through the StatelessScope too)."""
+    import torch
+
+    compiled = []
+    real = torch.compile
+
+    def spy(fn, *args, **kwargs):
+        compiled.append(fn.__name__)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    model = softmax_regression()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(loss=loss, jit_compile=True)
+    x, y, sw = arrays()
+    W, b = weights(model)
+    obj = landscape.Objective(model, (x, y, sw), batch_size=BATCH)
+    d = {v.path: np.full(tuple(v.shape), 0.1, "float32") for v in model.trainable_variables}
+    value = obj.evaluate_at([0.5], [landscape.Direction(d)])["loss"]
+    assert sorted(compiled) == ["_offset_values", "batch"]  # w0 + Σ cₖbₖ and the forward pass
+    np.testing.assert_allclose(value, reference(W + 0.05, b + 0.05, x, y, sw)[0], rtol=RTOL)
+    np.testing.assert_array_equal(weights(model)[0], W)
