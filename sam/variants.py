@@ -13,7 +13,13 @@ changes it:
 * ``_plain(g)``: the update of a step without the perturbed pass (LookSAM: g + α‖g‖/‖g_v‖·g_v).
 
 A step without the perturbed pass runs one forward/backward pass only: in a graph the two kinds
-of step are the two branches of a ``tf.cond``, of which only one runs.
+of step are the two branches of a ``tf.cond``, of which only one runs; eagerly Python picks one.
+
+Backends: the maths is ``keras.ops`` and the adapters of ``sam._backend`` (TensorFlow's
+IndexedSlices pass-through, its ``tf.cond`` and ``tf.distribute``; the stateless random draws).
+On JAX and PyTorch ``step(gradient_fn, variables)`` and ``first_step``/``second_step`` run
+eagerly (refused inside ``jax.jit``); ``fit`` (``_fit_gradients``) runs on TensorFlow in this
+version.
 
 Three ways to train, as with ``SAM``: ``SAMModel`` / ``sam_train_step`` in ``fit`` (the perturbed
 pass is a stateless call: BatchNorm statistics from the clean pass), ``step(gradient_fn,
@@ -29,9 +35,10 @@ import re
 from collections.abc import Callable
 
 import keras
-import tensorflow as tf
+from keras import ops
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
+from sam._backend import adapter
 from sam._compat import compiled_loss, flat_losses, no_automatic_dependency_tracking, plain_error
 from sam._roles import NORMALIZATION_ROLES
 from sam.optimizer import (
@@ -45,7 +52,6 @@ from sam.optimizer import (
     asam_perturbation,
     sam_perturbation,
 )
-from sam.train_step import _replica_count, _unscale, clean_pass, perturbed_pass
 
 logger = logging.getLogger("sam")
 
@@ -58,7 +64,7 @@ PERTURBED_CHOICES = {"all": None}
 # LookSAM: an orthogonal part g_v with ‖g_v‖ ≤ ROUNDOFF_ULPS · ε_machine · ‖gₛ‖ is round-off of a
 # gₛ parallel to g (ε_machine of the dtype the norms are taken in, float32 or float64).
 ROUNDOFF_ULPS = 1024
-_MACHINE_EPS = {tf.float32: 2.0**-23, tf.float64: 2.0**-52}
+_MACHINE_EPS = {"float32": 2.0**-23, "float64": 2.0**-52}
 
 # Salts of the stateless random draws, so that schedules and ESAM's weight draws differ.
 _SCHEDULE_SALT = 0
@@ -85,24 +91,33 @@ def _check_int(name, value, minimum):
 
 
 def _as(value, dtype):
-    """``value`` in ``dtype``; a Python number exactly (``tf.cast`` would pass it via float32)."""
+    """``value`` in ``dtype``; a Python number exactly (a cast would pass it via float32)."""
     if isinstance(value, (int, float)):
-        return tf.constant(value, dtype=dtype)
-    return tf.cast(value, dtype)
+        return ops.convert_to_tensor(value, dtype=dtype)
+    return ops.cast(value, dtype)
+
+
+def _dtype(t) -> str:
+    return keras.backend.standardize_dtype(t.dtype)
 
 
 def _global_dot(a, b, dtype):
     terms = [
-        tf.reduce_sum(tf.cast(x, dtype) * tf.cast(y, dtype))
+        ops.sum(ops.cast(x, dtype) * ops.cast(y, dtype))
         for x, y in zip(a, b)
         if x is not None and y is not None
     ]
-    return tf.add_n(terms) if terms else tf.constant(0.0, dtype)
+    return adapter().add_n(terms) if terms else ops.convert_to_tensor(0.0, dtype)
 
 
 def _norm_dtype(tensors):
-    wide = any(t is not None and t.dtype == tf.float64 for t in tensors)
-    return tf.float64 if wide else tf.float32
+    wide = any(t is not None and _dtype(t) == "float64" for t in tensors)
+    return "float64" if wide else "float32"
+
+
+def _wide_dtype():
+    """float64 where the backend computes it (JAX only with ``jax_enable_x64``), else float32."""
+    return "float64" if adapter().float64() else "float32"
 
 
 def _rescale(grads, scaler, inner):
@@ -130,21 +145,9 @@ def _sparse_where_unchanged(update, dense, raw, member):
     if not member._passes_sparse:
         return [None if u is None else _dense(u) for u in update]
     return [
-        r if (u is d and u is not None and isinstance(r, tf.IndexedSlices)) else u
+        r if (u is d and u is not None and adapter().is_sparse(r)) else u
         for u, d, r in zip(update, dense, raw)
     ] + list(update[len(dense) :])
-
-
-def _as_slices(g, like):
-    """``g`` as IndexedSlices typed as ``like`` (a dense ``g`` becomes all its rows, exact)."""
-    if isinstance(g, tf.IndexedSlices):
-        return tf.IndexedSlices(
-            g.values,
-            tf.cast(g.indices, like.indices.dtype),
-            tf.cast(g.dense_shape, like.dense_shape.dtype),
-        )
-    rows = tf.range(tf.shape(g, out_type=like.indices.dtype)[0])
-    return tf.IndexedSlices(g, rows, tf.shape(g, out_type=like.dense_shape.dtype))
 
 
 def _branch(pred, true_fn, false_fn, present, raw=()):
@@ -157,21 +160,22 @@ def _branch(pred, true_fn, false_fn, present, raw=()):
     """
     if isinstance(pred, bool):
         return true_fn() if pred else false_fn()
-    if tf.executing_eagerly():
+    backend = adapter()
+    if backend.executing_eagerly():
         return true_fn() if bool(pred) else false_fn()
-    like = {i: r for i, r in enumerate(raw) if isinstance(r, tf.IndexedSlices)}
+    like = {i: r for i, r in enumerate(raw) if backend.is_sparse(r)}
 
     def only_present(fn):
         def run():
             out = fn()
             return [
-                _as_slices(out[i], like[i]) if i in like else tf.convert_to_tensor(out[i])
+                backend.as_slices(out[i], like[i]) if i in like else ops.convert_to_tensor(out[i])
                 for i in present
             ]
 
         return run
 
-    values = iter(tf.cond(pred, only_present(true_fn), only_present(false_fn)))
+    values = iter(backend.cond(pred, only_present(true_fn), only_present(false_fn)))
     n = max(present) + 1 if present else 0
     out = [None] * n
     for i in present:
@@ -181,8 +185,35 @@ def _branch(pred, true_fn, false_fn, present, raw=()):
 
 def _dense_adv(adv_raw, grads):
     """g(w + ε) dense; zero where the perturbed pass gave None and the clean pass a gradient."""
-    return [a if a is not None or g is None else tf.zeros_like(g)
+    return [a if a is not None or g is None else ops.zeros_like(g)
             for a, g in zip(map(_dense, adv_raw), grads)]  # fmt: skip
+
+
+def _recording(gradient_fn):
+    """``gradient_fn`` run with the backend's gradient recording on (PyTorch), from a step whose
+    own maths runs without it."""
+
+    def run():
+        with adapter().enable_grad():
+            return gradient_fn()
+
+    return run
+
+
+def _apply_if_finite(member, update, tvars, finite):
+    """The base optimizer's update of ``step``, skipped unless the clean gradient (``finite``)
+    and the update are finite, as a ``LossScaleOptimizer`` skips an overflow: the weights and
+    every optimizer variable stay as they were."""
+
+    def apply():
+        with member.sam_update():
+            member.apply(update, tvars)
+
+    ok = ops.logical_and(finite, all_finite(update))
+    if not adapter().executing_eagerly():
+        adapter().run_if(ok, apply)
+    elif bool(ok):
+        apply()
 
 
 def _take_step(member, sam_step, plain_step, present, raw, tvars, finite):
@@ -191,7 +222,7 @@ def _take_step(member, sam_step, plain_step, present, raw, tvars, finite):
     sparse = raw if member._passes_sparse else ()
     final = _branch(member._use_sam(), sam_step, plain_step, present, sparse)
     final = final + [None] * (len(tvars) - len(final))
-    member._commit(tf.logical_and(finite, all_finite(final)))
+    member._commit(ops.logical_and(finite, all_finite(final)))
     return final
 
 
@@ -259,15 +290,21 @@ class SAMSchedule:
             return None
         return math.ceil((1.0 - self.last_fraction) * self.total_steps - 1e-9)
 
-    def use_sam(self, step) -> tf.Tensor:
-        """A bool tensor: whether step ``step`` (an integer tensor) takes the perturbed pass."""
-        step = tf.cast(step, tf.int64)
+    def use_sam(self, step):
+        """A bool tensor: whether step ``step`` (an integer tensor) takes the perturbed pass.
+
+        ``probability`` mode draws a uniform number statelessly from (seed, step): on
+        TensorFlow ``tf.random.stateless_uniform``, on JAX and PyTorch ``keras.random.uniform``
+        with a key made from the pair (see ``sam._backend``'s ``uniform``); each backend's
+        sequence is reproducible and continues after a reload (the step is saved), but the
+        backends' sequences differ.
+        """
+        step = ops.convert_to_tensor(step)
         if self.every is not None:
-            return tf.equal(step % self.every, 0)
+            return ops.equal(ops.mod(step, self.every), 0)
         if self.last_fraction is not None:
-            return step >= self.first_sam_step
-        seed = tf.stack([tf.constant(self.seed + _SCHEDULE_SALT, tf.int64), step])
-        return tf.random.stateless_uniform([], seed=seed, dtype=tf.float64) < self.probability
+            return ops.greater_equal(step, self.first_sam_step)
+        return adapter().uniform([], self.seed + _SCHEDULE_SALT, step) < self.probability
 
     def sam_fraction(self) -> float:
         """The expected fraction of steps with the perturbed pass (``last``: of ``total_steps``)."""
@@ -304,9 +341,7 @@ def _refuse_replicas(optimizer):
     """One ValueError when a member with one state for the model runs on several replicas."""
     if optimizer._replica_safe:
         return
-    ctx = tf.distribute.get_replica_context()
-    strategy = tf.distribute.get_strategy()
-    replicas = ctx.num_replicas_in_sync if ctx is not None else strategy.num_replicas_in_sync
+    replicas = adapter().strategy_replica_count()
     if replicas > 1:
         raise plain_error(
             ValueError(
@@ -374,7 +409,9 @@ class SAMVariant(SAM):
       step every variable (tensor) is perturbed with probability β and ε is scaled by 1/β, as
       the official code does (the paper draws a mask per weight; the code per parameter tensor,
       which is what saves work). The draw is ``tf.random.stateless_uniform([n_variables],
-      seed=[seed + 1, t])`` < β, t the step, so it is reproducible and equal on every replica.
+      seed=[seed + 1, t])`` < β, t the step, so it is reproducible and equal on every replica
+      (on JAX and PyTorch ``keras.random.uniform`` keyed by the same pair: reproducible and
+      continued after a reload too, but another sequence than TensorFlow's).
       Departure: the official code skips the unselected tensors' first-pass gradients to save
       time; here the clean gradient is computed in full (it is the loss's gradient that ``fit``
       needs anyway), so SWP changes the update, not the cost.
@@ -535,17 +572,12 @@ class SAMVariant(SAM):
         ]
         scale = 1.0
         if self.swp_beta is not None and self.swp_beta < 1.0:
-            seed = tf.stack(
-                [tf.constant(self.seed + _SWP_SALT, tf.int64), tf.cast(self._step(), tf.int64)]
-            )
-            draw = tf.random.stateless_uniform(
-                [len(self._trainable_variables)], seed=seed, dtype=tf.float64
-            )
-            kept = draw < self.swp_beta
+            n = len(self._trainable_variables)
+            kept = adapter().uniform([n], self.seed + _SWP_SALT, self._step()) < self.swp_beta
             d = [
                 None
                 if g is None
-                else tf.where(kept[self._get_variable_index(v)], g, tf.zeros_like(g))
+                else ops.where(kept[self._get_variable_index(v)], g, ops.zeros_like(g))
                 for g, v in zip(d, tvars)
             ]
             scale = 1.0 / self.swp_beta
@@ -623,9 +655,11 @@ class SAMVariant(SAM):
         the variables and restored bit-exactly afterwards). Every forward pass it runs in
         training mode updates BatchNorm statistics, as in any custom SAM loop: to keep those of
         the clean pass only, train with ``SAMModel``. The gradients are the true ones: scale the
-        loss yourself under a ``LossScaleOptimizer`` (``fit`` does it for you). Works eagerly,
-        in a ``tf.function`` and under XLA; in a graph the two kinds of step are the branches of
-        a ``tf.cond``.
+        loss yourself under a ``LossScaleOptimizer`` (``fit`` does it for you). A step whose
+        clean gradient or update is not finite changes nothing (weights and optimizer state).
+        Works eagerly on every backend (JAX: outside ``jax.jit``; PyTorch: ``gradient_fn`` runs
+        with autograd on), and on TensorFlow in a ``tf.function`` and under XLA too, where the
+        two kinds of step are the branches of a ``tf.cond``.
 
         Example:
 
@@ -637,6 +671,9 @@ class SAMVariant(SAM):
 
         optimizer.step(gradients, model.trainable_variables)
         ```
+
+        On JAX and PyTorch ``gradients`` returns the backend's gradients the same way (e.g.
+        ``jax.grad`` of the loss of ``model.stateless_call``; ``torch.autograd.grad``).
 
         Raises:
             ValueError: With ``sds_gamma`` (use ``fit``), inside ``strategy.run`` with several
@@ -651,35 +688,8 @@ class SAMVariant(SAM):
         tvars = list(variables)
         self._refuse_replica_context("step")
         self._build_for(tvars)
-        raw = list(gradient_fn())
-        grads = [_dense(g) for g in raw]
-        if len(grads) != len(tvars):
-            raise ValueError(
-                f"Got {len(grads)} gradients for {len(tvars)} variables; they must be aligned."
-            )
-        finite = all_finite(grads)
-        present = [i for i, g in enumerate(grads) if g is not None]
-        direction = self._direction(grads, tvars, finite)
-
-        def sam_step():
-            e_w = self._epsilon_from(direction, tvars)
-            w = [tf.identity(v.value) for v in tvars]  # read now, before the ascent
-            for v, e in zip(tvars, e_w):
-                if e is not None:
-                    v.assign_add(e)  # w + ε
-            adv_raw = list(gradient_fn())
-            for v, wi in zip(tvars, w):
-                v.assign(wi)  # back to w, bit-exactly
-            adv = _dense_adv(adv_raw, grads)
-            update = self._combine(grads, adv, tvars, finite)
-            return _sparse_where_unchanged(update, adv, adv_raw, self)
-
-        def plain_step():
-            return _sparse_where_unchanged(self._plain(grads, tvars, finite), grads, raw, self)
-
-        final = _take_step(self, sam_step, plain_step, present, raw, tvars, finite)
-        with self.sam_update():
-            self.apply(final, tvars)
+        with adapter().no_grad():  # PyTorch: the step's own maths records no autograd graph
+            _custom_step(self, _recording(gradient_fn), tvars)
 
     # -- fit -----------------------------------------------------------------------------------
 
@@ -689,6 +699,10 @@ class SAMVariant(SAM):
         Returns the loss-scaled update for ``optimizer.apply``, the clean predictions and
         whether the clean gradients were finite.
         """
+        import tensorflow as tf
+
+        from sam.train_step import _replica_count, _unscale, clean_pass, perturbed_pass
+
         self._refuse_replicas()
         tvars = model.trainable_variables
         state, y_pred, raw = clean_pass(model, x, y, sample_weight, scaler, inner)
@@ -765,8 +779,45 @@ class SAMVariant(SAM):
         return cls(base, **config)
 
 
+def _custom_step(self, gradient_fn, tvars):
+    """``SAMVariant.step``'s body (``self`` the member): both kinds of step as the branches of
+    ``_take_step``, then the update where it is finite."""
+    raw = list(gradient_fn())
+    grads = [_dense(g) for g in raw]
+    if len(grads) != len(tvars):
+        raise ValueError(
+            f"Got {len(grads)} gradients for {len(tvars)} variables; they must be aligned."
+        )
+    finite = all_finite(grads)
+    present = [i for i, g in enumerate(grads) if g is not None]
+    direction = self._direction(grads, tvars, finite)
+
+    def sam_step():
+        e_w = self._epsilon_from(direction, tvars)
+        w = [ops.copy(v.value) for v in tvars]  # read now, before the ascent
+        for v, e in zip(tvars, e_w):
+            if e is not None:
+                v.assign_add(e)  # w + ε
+        adv_raw = list(gradient_fn())
+        for v, wi in zip(tvars, w):
+            v.assign(wi)  # back to w, bit-exactly
+        adv = _dense_adv(adv_raw, grads)
+        update = self._combine(grads, adv, tvars, finite)
+        return _sparse_where_unchanged(update, adv, adv_raw, self)
+
+    def plain_step():
+        return _sparse_where_unchanged(self._plain(grads, tvars, finite), grads, raw, self)
+
+    final = _take_step(self, sam_step, plain_step, present, raw, tvars, finite)
+    _apply_if_finite(self, final, tvars, finite)
+
+
 def _selected_gradients(gamma, model, x, y, sample_weight, y_pred, perturbed, mapping):
     """ESAM's SDS: the loss-scaled gradient at w + ε of the ⌊γn⌋ examples whose loss rose most."""
+    import tensorflow as tf
+
+    from sam.train_step import perturbed_pass
+
     per_example = _per_example_loss(model)
     before = tf.stop_gradient(per_example(y, y_pred))
     with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
@@ -799,6 +850,8 @@ def _per_example_loss(model):
     loss = entries[0].loss
 
     def per_example(y_true, y_pred):
+        import tensorflow as tf
+
         values = loss.call(y_true, y_pred)
         values = tf.convert_to_tensor(values)
         if values.shape.rank and values.shape.rank > 1:
@@ -881,10 +934,10 @@ class GSAM(SAMVariant):
     def _rho(self):
         if self.rho_min is None:
             return self.rho
-        lr = tf.cast(self.learning_rate, tf.float64)
+        lr = ops.cast(self.learning_rate, _wide_dtype())
         # Clamped: a warm-up below lr_min would make ρ_t negative (an ascent that descends),
         # a rate above lr_max would take ρ_t beyond ρ.
-        frac = tf.clip_by_value((lr - self.lr_min) / (self.lr_max - self.lr_min), 0.0, 1.0)
+        frac = ops.clip((lr - self.lr_min) / (self.lr_max - self.lr_min), 0.0, 1.0)
         return self.rho_min + (self.rho - self.rho_min) * frac
 
     def _combine(self, grads, adv, tvars, finite):
@@ -892,13 +945,13 @@ class GSAM(SAMVariant):
         # (g·gₐ)/‖gₐ‖², the length of g along ĝₐ divided by ‖gₐ‖; 0 where gₐ = 0. Exactly, not
         # over ‖gₐ‖² + eps as the official code: eps would shrink every update whose ‖gₐ‖² is
         # near eps, and g_⊥ of gₐ = g (ρ = 0) would not be 0.
-        coef = tf.math.divide_no_nan(_global_dot(grads, adv, dtype), _global_dot(adv, adv, dtype))
+        coef = ops.divide_no_nan(_global_dot(grads, adv, dtype), _global_dot(adv, adv, dtype))
         out = []
         for g, a in zip(grads, adv):
             if a is None or g is None:
                 out.append(a)
                 continue
-            perp = g - tf.cast(coef, g.dtype) * a  # g_⊥
+            perp = g - ops.cast(coef, g.dtype) * a  # g_⊥
             out.append(a - _as(self.alpha, a.dtype) * perp)
         return out
 
@@ -972,39 +1025,39 @@ class LookSAM(SAMVariant):
         return "LookSAM takes the second pass on one step in k"
 
     def _use_sam(self):
-        return tf.equal(tf.cast(self._step(), tf.int64) % self.k, 0)
+        return ops.equal(ops.mod(ops.convert_to_tensor(self._step()), self.k), 0)
 
     def _combine(self, grads, adv, tvars, finite):
         dtype = _norm_dtype(grads)
         gg = _global_dot(grads, grads, dtype)
-        coef = _global_dot(grads, adv, dtype) / tf.where(gg > 0, gg, tf.ones_like(gg))
+        coef = _global_dot(grads, adv, dtype) / ops.where(gg > 0, gg, ops.ones_like(gg))
         pairs = [(g, a, v) for g, a, v in zip(grads, adv, tvars) if g is not None and a is not None]
-        new = [a - tf.cast(coef, g.dtype) * g for g, a, _ in pairs]  # gₛ − (g·gₛ/‖g‖²) g
+        new = [a - ops.cast(coef, g.dtype) * g for g, a, _ in pairs]  # gₛ − (g·gₛ/‖g‖²) g
         # Round-off, not a direction: gₛ parallel to g leaves float noise that _plain would scale
         # up to α‖g‖. An orthogonal part within ROUNDOFF_ULPS ulp of ‖gₛ‖ is stored as zero.
-        tol = tf.constant(ROUNDOFF_ULPS * _MACHINE_EPS[dtype], dtype)
-        noise = tf.sqrt(_global_dot(new, new, dtype)) <= tol * tf.sqrt(
+        tol = ops.convert_to_tensor(ROUNDOFF_ULPS * _MACHINE_EPS[dtype], dtype)
+        noise = ops.sqrt(_global_dot(new, new, dtype)) <= tol * ops.sqrt(
             _global_dot([a for _, a, _ in pairs], [a for _, a, _ in pairs], dtype)
         )
-        keep = tf.logical_and(finite, all_finite(adv))
+        keep = ops.logical_and(finite, all_finite(adv))
         for (_, _, v), n in zip(pairs, new):
             g_v = self._g_v[self._get_variable_index(v)]
-            n = tf.where(noise, tf.zeros_like(n), n)
-            g_v.assign(tf.where(keep, tf.cast(n, g_v.dtype), g_v))
+            n = ops.where(noise, ops.zeros_like(n), n)
+            g_v.assign(ops.where(keep, ops.cast(n, g_v.dtype), g_v.value))
         return adv
 
     def _plain(self, grads, tvars, finite):
         g_v = [None if g is None else self._g_v[self._get_variable_index(v)].value
                for g, v in zip(grads, tvars)]  # fmt: skip
         dtype = _norm_dtype(grads)
-        norm_v = tf.sqrt(_global_dot(g_v, g_v, dtype))
-        ratio = tf.where(
+        norm_v = ops.sqrt(_global_dot(g_v, g_v, dtype))
+        ratio = ops.where(
             norm_v > 0,
-            tf.sqrt(_global_dot(grads, grads, dtype)) / tf.where(norm_v > 0, norm_v, 1.0),
-            tf.zeros_like(norm_v),
+            ops.sqrt(_global_dot(grads, grads, dtype)) / ops.where(norm_v > 0, norm_v, 1.0),
+            ops.zeros_like(norm_v),
         )
         return [
-            None if g is None else g + tf.cast(self.alpha * ratio, g.dtype) * tf.cast(gv, g.dtype)
+            None if g is None else g + ops.cast(self.alpha * ratio, g.dtype) * ops.cast(gv, g.dtype)
             for g, gv in zip(grads, g_v)
         ]
 
@@ -1073,24 +1126,24 @@ class FriendlySAM(SAMVariant):
         )
 
     def _direction(self, grads, tvars, finite):
-        started = tf.identity(self._started.value) > 0.5  # read now, before the update
+        started = ops.copy(self._started.value) > 0.5  # read now, before the update
         out, staged = [], []
         for g, v in zip(grads, tvars):
             if g is None:
                 out.append(None)
                 continue
             m = self._m[self._get_variable_index(v)]
-            old = tf.cast(tf.identity(m.value), g.dtype)  # m before this step's update
-            out.append(tf.where(started, g - _as(self.sigma, g.dtype) * old, g))
+            old = ops.cast(ops.copy(m.value), g.dtype)  # m before this step's update
+            out.append(ops.where(started, g - _as(self.sigma, g.dtype) * old, g))
             lam = _as(self.lmbda, g.dtype)
-            staged.append((m, tf.cast(tf.where(started, lam * old + (1 - lam) * g, g), m.dtype)))
+            staged.append((m, ops.cast(ops.where(started, lam * old + (1 - lam) * g, g), m.dtype)))
         self.__dict__["_staged"] = staged  # applied by _commit once every pass is known finite
         return out
 
     def _commit(self, ok):
         for m, new in self.__dict__.pop("_staged", ()):
-            m.assign(tf.where(ok, new, m.value))
-        self._started.assign(tf.where(ok, 1.0, self._started.value))
+            m.assign(ops.where(ok, new, m.value))
+        self._started.assign(ops.where(ok, 1.0, self._started.value))
 
     def get_config(self):
         config = super().get_config()

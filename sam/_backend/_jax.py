@@ -134,3 +134,42 @@ def refuse_traced(method: str) -> None:
             f"SAM.{method} assigns to the model's variables, which JAX allows only eagerly, "
             "not inside jax.jit; call it outside jit, or train with sam.SAMModel (fit)."
         )
+
+
+# -- what the SAM family asks of the backend (sam.variants) ----------------------------------
+
+
+def strategy_replica_count() -> int:
+    """One: a family member's state is the model's (SPMD computes global gradients)."""
+    return 1
+
+
+def is_sparse(g) -> bool:
+    """Never: this backend's gradients are dense."""
+    del g
+    return False
+
+
+def as_slices(g, like):
+    """Not reached: there are no sparse gradients here."""
+    raise NotImplementedError("JAX gradients are dense.")
+
+
+def cond(pred, true_fn, false_fn):
+    """``jax.lax.cond`` (in a trace: both branches traced, the one taken runs). The branches
+    must not assign to variables (a trace's assignments cannot leave ``lax.cond``)."""
+    return keras.ops.cond(pred, true_fn, false_fn)
+
+
+def uniform(shape, seed: int, step):
+    """Uniform [0, 1) draws, stateless: ``keras.random.uniform`` with the raw JAX key
+    (seed, step) (Threefry, counter-based: the same draws eagerly, in ``jit`` and after a
+    reload, where ``step`` is the saved iteration count). float32 unless float64 is enabled."""
+    key = jnp.stack([jnp.asarray(seed, jnp.uint32), keras.ops.cast(step, "uint32")])
+    dtype = "float64" if float64() else "float32"
+    return keras.random.uniform(shape, dtype=dtype, seed=key)
+
+
+def enable_grad():
+    """Nothing to enable: JAX differentiates functions, not recorded operations."""
+    return contextlib.nullcontext()

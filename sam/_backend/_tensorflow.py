@@ -131,3 +131,47 @@ def run_if(flag, fn) -> None:
         return tf.constant(True)
 
     tf.cond(flag, run, lambda: tf.constant(False))
+
+
+# -- what the SAM family asks of the backend (sam.variants) ----------------------------------
+
+
+def strategy_replica_count() -> int:
+    """The replicas of the current ``tf.distribute`` strategy, in a replica context or not."""
+    ctx = tf.distribute.get_replica_context()
+    strategy = tf.distribute.get_strategy()
+    return ctx.num_replicas_in_sync if ctx is not None else strategy.num_replicas_in_sync
+
+
+def is_sparse(g) -> bool:
+    """Whether a gradient is an ``IndexedSlices`` (an Embedding's), which passes through."""
+    return isinstance(g, tf.IndexedSlices)
+
+
+def as_slices(g, like):
+    """``g`` as IndexedSlices typed as ``like`` (a dense ``g`` becomes all its rows, exact)."""
+    if isinstance(g, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            g.values,
+            tf.cast(g.indices, like.indices.dtype),
+            tf.cast(g.dense_shape, like.dense_shape.dtype),
+        )
+    rows = tf.range(tf.shape(g, out_type=like.indices.dtype)[0])
+    return tf.IndexedSlices(g, rows, tf.shape(g, out_type=like.dense_shape.dtype))
+
+
+def cond(pred, true_fn, false_fn):
+    """``tf.cond``: in a graph only the branch taken runs (its assignments included)."""
+    return tf.cond(pred, true_fn, false_fn)
+
+
+def uniform(shape, seed: int, step):
+    """Uniform [0, 1) draws, stateless: ``tf.random.stateless_uniform`` at seed (seed, step),
+    in float64 (the same draws on every replica, after a reload, eagerly and in a graph)."""
+    pair = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+    return tf.random.stateless_uniform(shape, seed=pair, dtype=tf.float64)
+
+
+def enable_grad():
+    """Nothing to enable: TensorFlow records gradients where a tape watches."""
+    return contextlib.nullcontext()

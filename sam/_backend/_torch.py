@@ -172,3 +172,51 @@ def rows(g):
 def refuse_traced(method: str) -> None:
     """Nothing to refuse: every call runs eagerly."""
     del method
+
+
+# -- what the SAM family asks of the backend (sam.variants) ----------------------------------
+
+
+def strategy_replica_count() -> int:
+    """One: a family member's state is the model's (no distribution in SAM's steps here)."""
+    return 1
+
+
+def is_sparse(g) -> bool:
+    """Never: Keras's PyTorch gradients are dense."""
+    del g
+    return False
+
+
+def as_slices(g, like):
+    """Not reached: there are no sparse gradients here."""
+    raise NotImplementedError("PyTorch gradients are dense here.")
+
+
+def cond(pred, true_fn, false_fn):
+    """Eager: the branch of ``pred``'s value."""
+    return true_fn() if bool(pred) else false_fn()
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(seed: int, step: int) -> int:
+    """A 32-bit seed from the pair (seed, step): SplitMix64's finalizer of seed·2³² + step, so
+    that nearby pairs (seed, t + 1) and (seed + 1, t) give unrelated streams."""
+    z = ((seed << 32) + step + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
+def uniform(shape, seed: int, step):
+    """Uniform [0, 1) draws, stateless: ``keras.random.uniform`` with a fresh generator seeded
+    by (seed, step) (``_mix``): the same draws on every run and after a reload, where ``step``
+    is the saved iteration count. float32, as the other backends' default."""
+    return keras.random.uniform(shape, dtype="float32", seed=_mix(int(seed), int(step)))
+
+
+def enable_grad():
+    """Gradient recording on (a user's gradient function inside a step run without it)."""
+    return torch.enable_grad()
