@@ -218,10 +218,30 @@ def _apply_if_finite(member, update, tvars, finite):
 
 def _take_step(member, sam_step, plain_step, present, raw, tvars, finite):
     """The update of the step the member's schedule takes; its state committed where every
-    pass is finite."""
+    pass is finite.
+
+    State the SAM branch computes (LookSAM's g_v, ``member._carried()``) leaves the branch as
+    outputs and is assigned after it: under ``jax.jit`` an assignment inside ``lax.cond``
+    cannot leave the branch. The plain branch carries the variables' current values.
+    """
     sparse = raw if member._passes_sparse else ()
-    final = _branch(member._use_sam(), sam_step, plain_step, present, sparse)
-    final = final + [None] * (len(tvars) - len(final))
+    carried, n = member._carried(), len(tvars)
+
+    def carrying(fn, staged):
+        def run():
+            out = list(fn())
+            carry = member._carried_values(staged) if carried else []
+            return out + [None] * (n - len(out)) + carry
+
+        return run
+
+    slots = list(present) + list(range(n, n + len(carried)))
+    pred = member._use_sam()
+    out = _branch(pred, carrying(sam_step, True), carrying(plain_step, False), slots, sparse)
+    out = out + [None] * (n + len(carried) - len(out))
+    final = out[:n]
+    for variable, value in zip(carried, out[n:]):
+        variable.assign(value)
     member._commit(ops.logical_and(finite, all_finite(final)))
     return final
 
@@ -559,6 +579,10 @@ class SAMVariant(SAM):
 
     def _commit(self, ok):
         """Apply the state update ``_direction`` staged, where ``ok`` (every pass finite)."""
+
+    def _carried(self) -> list:
+        """Variables whose new values the SAM branch computes (``_take_step``)."""
+        return []
 
     def _rho(self):
         """ρ of this step (a float or a scalar tensor)."""
@@ -1040,11 +1064,20 @@ class LookSAM(SAMVariant):
             _global_dot([a for _, a, _ in pairs], [a for _, a, _ in pairs], dtype)
         )
         keep = ops.logical_and(finite, all_finite(adv))
+        staged = self.__dict__.setdefault("_staged_g_v", {})  # assigned by _take_step
         for (_, _, v), n in zip(pairs, new):
             g_v = self._g_v[self._get_variable_index(v)]
             n = ops.where(noise, ops.zeros_like(n), n)
-            g_v.assign(ops.where(keep, ops.cast(n, g_v.dtype), g_v.value))
+            staged[id(g_v)] = ops.where(keep, ops.cast(n, g_v.dtype), g_v.value)
         return adv
+
+    def _carried(self) -> list:
+        return list(self._g_v or ())
+
+    def _carried_values(self, staged: bool) -> list:
+        """g_v's new values from the SAM branch (``staged``), or its current ones."""
+        new = self.__dict__.pop("_staged_g_v", {}) if staged else {}
+        return [new.get(id(g_v), g_v.value) for g_v in self._g_v]
 
     def _plain(self, grads, tvars, finite):
         g_v = [None if g is None else self._g_v[self._get_variable_index(v)].value
