@@ -836,27 +836,39 @@ def _custom_step(self, gradient_fn, tvars):
     _apply_if_finite(self, final, tvars, finite)
 
 
-def _selected_gradients(gamma, model, x, y, sample_weight, y_pred, perturbed, mapping):
-    """ESAM's SDS: the loss-scaled gradient at w + ε of the ⌊γn⌋ examples whose loss rose most."""
-    import tensorflow as tf
+def _selected_gradients(gamma, model, x, y, sample_weight, y_pred, perturbed, mapping, grad=None):
+    """ESAM's SDS: the loss-scaled gradient at w + ε of the ⌊γn⌋ examples whose loss rose most.
 
-    from sam.train_step import perturbed_pass
-
+    ``grad(x, y, sample_weight)`` is the perturbed pass on the chosen examples (TensorFlow's
+    ``perturbed_pass`` when None).
+    """
     per_example = _per_example_loss(model)
-    before = tf.stop_gradient(per_example(y, y_pred))
+    before = ops.stop_gradient(per_example(y, y_pred))
     with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
         after = per_example(y, model(x, training=True))
-    rise = tf.cast(after, tf.float32) - tf.cast(before, tf.float32)
-    n = tf.shape(rise)[0]
-    k = tf.maximum(tf.cast(tf.floor(tf.cast(n, tf.float64) * gamma), tf.int32), 1)
-    chosen = tf.math.top_k(rise, k=k, sorted=False).indices
+    rise = ops.cast(after, "float32") - ops.cast(before, "float32")
+    chosen = ops.top_k(rise, k=_selected_count(rise, gamma), sorted=False)[1]
 
     def take(structure):
         return keras.tree.map_structure(
-            lambda t: None if t is None else tf.gather(t, chosen), structure
+            lambda t: None if t is None else ops.take(t, chosen, axis=0), structure
         )
 
-    return perturbed_pass(model, take(x), take(y), take(sample_weight), perturbed, mapping)
+    if grad is None:
+        from sam.train_step import perturbed_pass
+
+        return perturbed_pass(model, take(x), take(y), take(sample_weight), perturbed, mapping)
+    return grad(take(x), take(y), take(sample_weight))
+
+
+def _selected_count(rise, gamma):
+    """k = max(⌊γn⌋, 1): a Python int where the batch size is static (JAX needs one), else a
+    tensor (a TensorFlow graph traced for any batch size)."""
+    n = rise.shape[0]
+    if isinstance(n, int):
+        return max(math.floor(n * gamma), 1)
+    n = ops.cast(ops.shape(rise)[0], "float64")
+    return ops.maximum(ops.cast(ops.floor(n * gamma), "int32"), 1)
 
 
 def _per_example_loss(model):
@@ -874,12 +886,9 @@ def _per_example_loss(model):
     loss = entries[0].loss
 
     def per_example(y_true, y_pred):
-        import tensorflow as tf
-
-        values = loss.call(y_true, y_pred)
-        values = tf.convert_to_tensor(values)
-        if values.shape.rank and values.shape.rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+        values = ops.convert_to_tensor(loss.call(y_true, y_pred))
+        if len(values.shape) > 1:
+            values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
         return values
 
     return per_example
