@@ -89,7 +89,6 @@ _TENSORFLOW_ONLY = frozenset(
         "_tf_engine",
         "figures",
         "models",
-        "tracking",
         "train",
     }
 )

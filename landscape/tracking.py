@@ -364,6 +364,10 @@ class SharpnessTracker(keras.callbacks.Callback):
         self._epoch_record = None
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.unit == "epoch" and keras.backend.backend() == "jax":
+            # ``Callback.model`` syncs Keras's JAX training state into the variables at each
+            # access; the epoch's step count is read at its end, where fit has synced anyway.
+            return
         # The optimizer's step count, not a count of calls: with ``steps_per_execution`` > 1,
         # Keras calls this hook once per execution of several steps.
         previous, self._step = self._step, int(_number(self.model.optimizer.iterations))
@@ -378,6 +382,7 @@ class SharpnessTracker(keras.callbacks.Callback):
                 logs.update(record)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._step = int(_number(self.model.optimizer.iterations))  # synced here on every backend
         if self.unit == "epoch" and (epoch + 1) % self.every == 0 and self._ready():
             self._probe(epoch=float(epoch + 1))
         if logs is not None:
