@@ -13,20 +13,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
+from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from landscape._checks import OptimizerName, Schedule, StrategyName, choice, integer, options
-from landscape._distribute import (
-    chief_path,
-    evaluate_distributed,
-    fit_distributed,
-    is_chief,
-    resolve_strategy,
-)
 from landscape.models import build_model
 from sam import ESAM, GSAM, SAM, FriendlySAM, LookSAM, SAMSchedule, SAMVariant, _compat
 
@@ -51,7 +45,7 @@ class CheckpointEvery(keras.callbacks.Callback):
 
     def _save(self, epoch: int) -> None:
         path = os.path.join(self.directory, f"epoch_{epoch:04d}.weights.h5")
-        with chief_path(path, self.model.distribute_strategy) as target:
+        with _chief_path(path, getattr(self.model, "distribute_strategy", None)) as target:
             self.model.save_weights(target)
 
     def on_train_begin(self, logs=None):
@@ -77,11 +71,40 @@ def _augmenter(channels: int, seed: int) -> keras.Sequential:
 
 
 def _augmented(x, y, batch_size: int, seed: int):
-    """A shuffled tf.data pipeline with random shifts (and horizontal flips for colour images)."""
+    """Shuffled batches with random shifts (and horizontal flips for colour images): a tf.data
+    pipeline on TensorFlow, an ``AugmentedBatches`` PyDataset on the other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return AugmentedBatches(x, y, batch_size, seed)
+    import tensorflow as tf
+
     augment = _augmenter(x.shape[-1], seed)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
     ds = ds.batch(batch_size).map(lambda a, b: (augment(a, training=True), b))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """``train``'s augmented input off TensorFlow: every example once per epoch, in a new order
+    drawn from ``seed`` each epoch, each batch through ``_augmenter`` (Keras's random layers,
+    seeded, on the backend's own ops)."""
+
+    def __init__(self, x, y, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self._augment = _augmenter(x.shape[-1], seed)
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        images = self._augment(self.x[rows], training=True)
+        return keras.ops.convert_to_numpy(images), self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        self._order = self._rng.permutation(len(self.x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +125,15 @@ class TrainResult:
     train_acc: float
     test_loss: float
     test_acc: float
-    strategy: tf.distribute.Strategy | None = None
+    strategy: Any = None  # a tf.distribute.Strategy (TensorFlow only) or None
 
     @property
     def is_chief(self) -> bool:
         """Whether this process writes files (False on the non-chief workers of a cluster)."""
+        if self.strategy is None:
+            return True
+        from landscape._distribute import is_chief
+
         return is_chief(self.strategy)
 
     def save(self, path: str) -> bool:
@@ -118,7 +145,7 @@ class TrainResult:
         Returns:
             Whether this process wrote ``path``.
         """
-        with chief_path(path, self.strategy) as target:
+        with _chief_path(path, self.strategy) as target:
             self.model.save(target)
         return self.is_chief
 
@@ -234,7 +261,7 @@ def train(
     augment: bool = False,
     schedule: Schedule = "constant",
     verbose: int | str = "auto",
-    strategy: StrategyName | tf.distribute.Strategy | None = None,
+    strategy: StrategyName | Any = None,
     sync_perturbations: bool = False,
     optimizer_options: dict | None = None,
 ) -> TrainResult:
@@ -269,7 +296,8 @@ def train(
             ``TF_CONFIG`` environment variable; call ``train`` on every worker, before
             TensorFlow runs any operation), or a ``tf.distribute.Strategy``. The model, the
             optimizer and ``compile`` are made in its scope; see the module docstring for
-            sharding, the training loop and which worker writes files. Defaults to None.
+            sharding, the training loop and which worker writes files. TensorFlow only (on
+            Keras's JAX and PyTorch backends ``train`` runs on one device). Defaults to None.
         sync_perturbations: SAM and ASAM under a distributed strategy: all-reduce the first
             gradient so every replica perturbs the weights by the same ε(w), which makes a step
             equal to single-device SAM on the global batch (for models without BatchNorm,
@@ -299,7 +327,7 @@ def train(
     ```
     """
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs an operation.
-    dist = resolve_strategy(strategy)
+    dist = _resolve_strategy(strategy)
     (x_train, y_train), (x_test, y_test) = data
     lr = _learning_rate(learning_rate, schedule, epochs, len(x_train), batch_size)
     optimizer_args = {
@@ -334,6 +362,34 @@ def train(
         logger.info("training %s with %s for %d epochs on %s", model, optimizer, epochs, replicas)
         history, metrics = _fit_and_evaluate_distributed(net, dist, data, **fit_args)
     return TrainResult(net, history, *(float(m) for m in metrics), strategy=dist)
+
+
+def _resolve_strategy(strategy):
+    """``landscape._distribute.resolve_strategy`` on TensorFlow; one device elsewhere."""
+    if strategy is None or strategy == "default":
+        return None
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"Argument `strategy` names tf.distribute, TensorFlow's distribution, which "
+            f"Keras's {keras.backend.backend()} backend does not have: train on one device "
+            f"(strategy=None) or on TensorFlow. Received: strategy={strategy!r}."
+        )
+    from landscape._distribute import resolve_strategy
+
+    return resolve_strategy(strategy)
+
+
+@contextlib.contextmanager
+def _chief_path(path: str, strategy):
+    """``landscape._distribute.chief_path`` under a strategy; ``path`` itself without one."""
+    if strategy is None or keras.backend.backend() != "tensorflow":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        yield path
+        return
+    from landscape._distribute import chief_path
+
+    with chief_path(path, strategy) as target:
+        yield target
 
 
 def _compiled_model(
@@ -380,6 +436,8 @@ def _fit_and_evaluate_distributed(
     net, strategy, data, *, augment: bool, seed: int, **fit_args
 ) -> tuple[dict, tuple[float, ...]]:
     """``_fit_and_evaluate`` under ``strategy`` (see ``landscape._distribute``)."""
+    from landscape._distribute import evaluate_distributed, fit_distributed
+
     (x_train, y_train), (x_test, y_test) = data
     augmenter = _augmenter(x_train.shape[-1], seed) if augment else None
     history = fit_distributed(
