@@ -42,6 +42,8 @@ test-fast: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+	LANDSCAPE_TEST_BACKEND=jax $(BIN)/python -m pytest -q -m slow tests/backends
+	LANDSCAPE_TEST_BACKEND=torch $(BIN)/python -m pytest -q -m slow tests/backends
 
 # The main job: SGD and SAM ResNets on the embedded MNIST subset with 40 % wrong labels, 3 seeds;
 # landscapes, sharpness, statistics and figures into out/figures (rerunning resumes; a directory

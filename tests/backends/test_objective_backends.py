@@ -257,6 +257,31 @@ def test_a_process_pool_computes_the_same_surface_on_this_backend(tmp_path):
         np.testing.assert_array_equal(there.values[name], values)
 
 
+@pytest.mark.slow
+def test_a_dask_local_cluster_computes_the_same_surface_on_this_backend(tmp_path, monkeypatch):
+    """Dask's workers are processes of this machine's environment: they take the caller's
+    backend from the environment the executor sets up, and compute the in-process surface."""
+    pytest.importorskip("distributed")
+    import os
+
+    model = mlp()
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(12, 4)).astype("float32"), rng.integers(0, 3, 12)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
+    recipe = landscape.ObjectiveRecipe(model=str(tmp_path / "m.keras"),
+                                       data=str(tmp_path / "d.npz"))  # fmt: skip
+    directions = [landscape.random_direction(recipe().model, seed=0)]
+    here = landscape.compute_surface(recipe(), directions, "-1:1:3", verbose=0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    with landscape.dask_executor(workers=2) as executor:
+        there = landscape.compute_surface(recipe=recipe, directions=directions, x="-1:1:3",
+                                          executor=executor, verbose=0)  # fmt: skip
+        assert executor.submit(keras.backend.backend).result() == BACKEND  # in a worker
+    for name, values in here.values.items():
+        np.testing.assert_array_equal(there.values[name], values)
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.func's forward mode lacks this rule")
 def test_a_product_the_backend_cannot_differentiate_is_refused_in_one_sentence():
     """torch.func's forward-over-reverse has no rule inside Keras's int8 Dense."""
