@@ -2,9 +2,10 @@
 
 On TensorFlow (Keras's default) ``import sam`` loads every public name, registering the
 optimizers and ``SAMModel`` for ``keras.models.load_model``. On JAX and PyTorch it loads
-``sam.optimizer``'s names (registering ``SAM``): ``SAM`` and its perturbations run there,
-eagerly (a custom loop's ``first_step``/``second_step``). The train step and the SAM family
-run on TensorFlow only in this version: their names load on first use (PEP 562), where
+``sam.optimizer``'s and ``sam.train_step``'s names (registering ``SAM`` and ``SAMModel``):
+``SAM`` and its perturbations run there, in ``fit`` (``SAMModel``, ``sam_train_step``) and
+eagerly in a custom loop (``first_step``/``second_step``). The SAM family runs on TensorFlow
+only in this version: its names load on first use (PEP 562), where
 ``require_tensorflow`` says so in one sentence, so that ``sam``'s backend-free modules
 (``sam._backend``, ``sam._roles``, ``sam._compat``) serve ``landscape`` on any backend.
 """
@@ -21,7 +22,7 @@ _PUBLIC = {
     "variants": ("ESAM", "GSAM", "FriendlySAM", "LookSAM", "SAMSchedule", "SAMVariant"),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
-_ANY_BACKEND = {"optimizer"}  # the submodules that run on every Keras backend
+_ANY_BACKEND = {"optimizer", "train_step"}  # the submodules that run on every Keras backend
 __all__ = sorted(_SUBMODULE_OF)
 try:  # the installed distribution's version (pyproject reads it from landscape/_version.py)
     __version__ = version("sam-landscape")
@@ -57,6 +58,6 @@ def _on_tensorflow() -> bool:
 
 
 _everything = _on_tensorflow()
-for _name in __all__:  # registers SAM (on TensorFlow all) for keras.models.load_model
+for _name in __all__:  # registers SAM and SAMModel (on TensorFlow all) for keras.models.load_model
     if _everything or _SUBMODULE_OF[_name] in _ANY_BACKEND:
         __getattr__(_name)

@@ -40,14 +40,15 @@ def _arrays(scale=1.0):
     return [np.float32(scale * RNG.normal(size=s)).astype(np.float64) for s in SHAPES]
 
 
-def test_the_optimizer_names_load_and_the_train_step_stays_on_tensorflow():
+def test_the_optimizer_and_train_step_names_load_and_the_family_stays_on_tensorflow():
     assert issubclass(sam.SAM, keras.optimizers.Optimizer)
     assert callable(sam.sam_perturbation) and callable(sam.asam_perturbation)
+    assert issubclass(sam.SAMModel, keras.Model) and callable(sam.sam_train_step)
     if BACKEND == "tensorflow":
-        assert sam.SAMModel is not None
+        assert sam.GSAM is not None
     else:
-        with pytest.raises(ImportError, match="sam.SAMModel runs on the TensorFlow backend"):
-            sam.SAMModel  # noqa: B018
+        with pytest.raises(ImportError, match="sam.GSAM runs on the TensorFlow backend"):
+            sam.GSAM  # noqa: B018
 
 
 def test_sam_perturbation_is_rho_g_over_its_norm():
