@@ -2,9 +2,10 @@
 
 On TensorFlow (Keras's default) ``import sam`` loads every public name, registering the
 optimizers and ``SAMModel`` for ``keras.models.load_model``. On JAX and PyTorch it loads
-``sam.optimizer``'s and ``sam.variants``' names (registering ``SAM`` and the family): they run
-there eagerly (a custom loop's ``step``, ``first_step``/``second_step``). The train step runs
-on TensorFlow only in this version: its names load on first use (PEP 562), where
+``sam.optimizer``'s, ``sam.train_step``'s and ``sam.variants``' names too (registering ``SAM``,
+``SAMModel`` and the family): ``SAM`` and ASAM run there in ``fit`` (``SAMModel``,
+``sam_train_step``) and in a custom loop, the family's members in a custom loop (``step``,
+``first_step``/``second_step``); every other name loads on first use (PEP 562), where
 ``require_tensorflow`` says so in one sentence, so that ``sam``'s backend-free modules
 (``sam._backend``, ``sam._roles``, ``sam._compat``) serve ``landscape`` on any backend.
 """
@@ -21,7 +22,7 @@ _PUBLIC = {
     "variants": ("ESAM", "GSAM", "FriendlySAM", "LookSAM", "SAMSchedule", "SAMVariant"),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
-_ANY_BACKEND = {"optimizer", "variants"}  # the submodules that run on every Keras backend
+_ANY_BACKEND = {"optimizer", "train_step", "variants"}  # the submodules on every Keras backend
 __all__ = sorted(_SUBMODULE_OF)
 try:  # the installed distribution's version (pyproject reads it from landscape/_version.py)
     __version__ = version("sam-landscape")
@@ -57,6 +58,6 @@ def _on_tensorflow() -> bool:
 
 
 _everything = _on_tensorflow()
-for _name in __all__:  # registers SAM (on TensorFlow all) for keras.models.load_model
+for _name in __all__:  # registers SAM and SAMModel (on TensorFlow all) for keras.models.load_model
     if _everything or _SUBMODULE_OF[_name] in _ANY_BACKEND:
         __getattr__(_name)

@@ -510,6 +510,25 @@ def autocast_scope(dtype: str):
     return AutocastScope(dtype)
 
 
+# -- for sam: optimizer configs that load on every backend ------------------------------------
+
+
+def backend_neutral_config(config):
+    """A serialized optimizer's ``config`` that deserializes on every Keras backend.
+
+    On PyTorch, Keras swaps its built-in optimizers for subclasses in
+    ``keras.src.backend.torch.optimizers`` (``TorchOptimizer.__new__``), and
+    ``serialize_keras_object`` records that module: loaded on TensorFlow or JAX, the PyTorch
+    class would run on their variables. The public class of the same name in
+    ``keras.optimizers`` is what every backend resolves (and swaps again on PyTorch).
+    """
+    if not isinstance(config, dict):
+        return config
+    if str(config.get("module", "")).startswith("keras.src.backend."):
+        config = {**config, "module": "keras.optimizers", "registered_name": None}
+    return config
+
+
 # -- for sam: keras.callbacks.SwapEMAWeights --------------------------------------------------
 # The callback reads ``optimizer._model_variables_moving_average`` (and the optimizer's
 # ``_trainable_variables``); SAM defines the former as its base optimizer's EMA (Keras 3.15).

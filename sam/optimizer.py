@@ -29,6 +29,7 @@ from keras.saving import deserialize_keras_object, serialize_keras_object
 
 from sam._backend import adapter
 from sam._compat import (
+    backend_neutral_config,
     built_variables,
     ema_variables,
     forget_traced_train_step,
@@ -652,9 +653,10 @@ class SAM(keras.optimizers.Optimizer):
     def get_config(self):
         config = super().get_config()
         del config["learning_rate"]  # it is the base optimizer's
+        base = backend_neutral_config(serialize_keras_object(self.base_optimizer))
         config.update(
             {
-                "base_optimizer": serialize_keras_object(self.base_optimizer),
+                "base_optimizer": base,
                 "rho": self.rho,
                 "adaptive": self.adaptive,
                 "eta": self.eta,
@@ -668,5 +670,6 @@ class SAM(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        base = deserialize_keras_object(config.pop("base_optimizer"), custom_objects=custom_objects)
+        base = backend_neutral_config(config.pop("base_optimizer"))  # files saved on PyTorch too
+        base = deserialize_keras_object(base, custom_objects=custom_objects)
         return cls(base, **config)

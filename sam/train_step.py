@@ -17,8 +17,8 @@ from __future__ import annotations
 import warnings
 
 import keras
-import tensorflow as tf
 
+from sam import _backend
 from sam._compat import (
     all_layers,
     init_as_functional,
@@ -28,6 +28,9 @@ from sam._compat import (
     unbuilt_layers,
 )
 from sam.optimizer import RHO, SAM, all_finite, sam_perturbation
+
+if _backend.name() == "tensorflow":  # JAX and PyTorch run sam._portable_step, without TensorFlow
+    import tensorflow as tf
 
 
 def _build(model, x, optimizer):
@@ -209,7 +212,7 @@ def _if_nonempty(nonempty, run, variables):
     return [None if none else next(present) for none in pattern], finite
 
 
-def sam_train_step(model, data):
+def sam_train_step(model, data, state=None):
     """One SAM step for ``model.fit``: call it from ``train_step``.
 
     Works when ``model.optimizer`` is a ``SAM``, a plain optimizer (then SAM with ρ = 0.05 around
@@ -218,21 +221,62 @@ def sam_train_step(model, data):
     in either pass skips the step. Sample weights and ``model.losses`` (regularizers) count in
     both passes; the returned loss and metrics are those of the clean pass.
 
+    On TensorFlow and PyTorch ``fit`` calls ``train_step(self, data)`` and the step updates the
+    variables in place. On JAX ``fit`` calls ``train_step(self, state, data)`` inside
+    ``jax.jit`` and expects ``(logs, new_state)``: pass the state on, as
+    ``sam_train_step(self, data, state=state)``, which returns both. The SAM family
+    (``sam.variants``) runs in ``fit`` on TensorFlow only in this version.
+
     Args:
         model: A compiled ``keras.Model``.
         data: The batch, as ``fit`` passes it: ``x``, ``(x, y)`` or ``(x, y, sample_weight)``.
+        state: On JAX, the state ``fit`` passes to ``train_step``: the values of the trainable,
+            non-trainable, optimizer and metrics variables. Defaults to None (TensorFlow and
+            PyTorch, which take none).
 
     Returns:
-        The metrics dict of the clean pass, as ``Model.train_step`` returns it.
+        The metrics dict of the clean pass, as ``Model.train_step`` returns it; with ``state``,
+        ``(metrics, new_state)``.
+
+    Raises:
+        ValueError: For a ``state`` off JAX or none on JAX, and for a member of the SAM family
+            off TensorFlow.
 
     Example:
 
     ```python
     class MyModel(keras.Model):
-        def train_step(self, data):
+        def train_step(self, data):  # TensorFlow, PyTorch
             return sam_train_step(self, data)
+
+    class MyJaxModel(keras.Model):
+        def train_step(self, state, data):  # JAX
+            return sam_train_step(self, data, state=state)
     ```
     """
+    backend = _backend.name()
+    if state is not None:
+        from sam._portable_step import portable_train_step, step_variables
+
+        groups = step_variables(model)
+        return _backend.adapter().stateful_step(
+            groups, state, lambda: portable_train_step(model, data)
+        )
+    if backend == "jax":
+        raise ValueError(
+            "Argument `state` of sam_train_step is required on JAX, whose fit calls "
+            "train_step(self, state, data): return sam_train_step(self, data, state=state). "
+            "Received: state=None."
+        )
+    if backend != "tensorflow":
+        from sam._portable_step import portable_train_step
+
+        return portable_train_step(model, data)
+    return _tensorflow_train_step(model, data)
+
+
+def _tensorflow_train_step(model, data):
+    """``sam_train_step`` on TensorFlow: ``tf.GradientTape``, ``tf.distribute`` and ``tf.cond``."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     optimizer = model.optimizer
     sam, scaler, inner = _split(optimizer)
@@ -314,5 +358,9 @@ class SAMModel(keras.Model):
         else:
             super().__init__(*args, **kwargs)
 
-    def train_step(self, data):
-        return sam_train_step(self, data)
+    def train_step(self, *args):
+        """``sam_train_step``: ``(data)`` on TensorFlow and PyTorch, ``(state, data)`` on JAX."""
+        if len(args) == 2:
+            state, data = args
+            return sam_train_step(self, data, state=state)
+        return sam_train_step(self, *args)

@@ -275,3 +275,19 @@ def test_numpy_batches_reads_datasets_through_keras_adapters_in_order():
         np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
         np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
     assert len(list(_compat.numpy_batches(dataset, steps=2))) == 2
+
+
+def test_backend_neutral_config_points_a_pytorch_optimizer_to_keras_optimizers():
+    from sam._compat import backend_neutral_config
+
+    saved_on_torch = {  # what serialize_keras_object records for SGD on Keras 3.15's PyTorch
+        "module": "keras.src.backend.torch.optimizers.torch_sgd",
+        "class_name": "SGD",
+        "config": {"name": "sgd", "learning_rate": 0.25, "momentum": 0.5},
+        "registered_name": "SGD",
+    }
+    loaded = keras.saving.deserialize_keras_object(backend_neutral_config(saved_on_torch))
+    assert type(loaded) is keras.optimizers.SGD
+    assert float(loaded.momentum) == 0.5
+    plain = keras.saving.serialize_keras_object(keras.optimizers.SGD(0.25))
+    assert backend_neutral_config(plain) == plain  # TensorFlow's own config is left alone

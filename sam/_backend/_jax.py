@@ -173,3 +173,42 @@ def uniform(shape, seed: int, step):
 def enable_grad():
     """Nothing to enable: JAX differentiates functions, not recorded operations."""
     return contextlib.nullcontext()
+
+
+# -- what SAM's fit step asks of the backend (sam.train_step, sam._portable_step) ---------------
+
+
+def apply_update(optimizer, grads, variables) -> None:
+    """``optimizer`` applies ``grads`` to ``variables`` through its ``stateless_apply`` (the
+    ``LossScaleOptimizer``'s stateful apply assigns inside ``lax.cond`` branches, which a
+    ``StatelessScope`` under ``jax.jit`` cannot hold); the new values are assigned, i.e. land in
+    the step's ``StatelessScope``."""
+    variables = list(variables)
+    new_values, new_state = optimizer.stateless_apply(
+        [v.value for v in optimizer.variables], grads, [v.value for v in variables]
+    )
+    for v, value in zip(variables + list(optimizer.variables), new_values + new_state):
+        v.assign(value)
+
+
+def stateful_step(groups, state, fn):
+    """``fn()`` (a stateful-looking step) as a pure function of ``state``: every variable of
+    ``groups`` (lists of variables) reads its value in ``state`` (lists aligned with them) from a
+    ``keras.StatelessScope``, where ``fn``'s assignments land; returns (fn's result, the new
+    state, in the same structure)."""
+    mapping = [(v, value) for vs, values in zip(groups, state) for v, value in zip(vs, values)]
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        out = fn()
+    new_state = tuple([scope.get_current_value(v) for v in vs] for vs in groups)
+    return out, new_state
+
+
+def random_state():
+    """Nothing: Keras's random layers draw from seed state in the model's variables here."""
+    return None
+
+
+def replay_random(state):
+    """Nothing to replay (see ``random_state``)."""
+    del state
+    return contextlib.nullcontext()

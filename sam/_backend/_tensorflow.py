@@ -175,3 +175,23 @@ def uniform(shape, seed: int, step):
 def enable_grad():
     """Nothing to enable: TensorFlow records gradients where a tape watches."""
     return contextlib.nullcontext()
+
+
+def stateful_step(groups, state, fn):
+    """Refused: TensorFlow's trainer runs the step statefully (``train_step(self, data)``)."""
+    del groups, state, fn
+    raise ValueError(
+        "Argument `state` of sam_train_step is for the JAX backend's train_step(self, state, "
+        "data); on TensorFlow call sam_train_step(self, data). Received: a state."
+    )
+
+
+def random_state():
+    """Nothing: Keras's random layers draw from seed state in the model's variables here."""
+    return None
+
+
+def replay_random(state):
+    """Nothing to replay (see ``random_state``)."""
+    del state
+    return contextlib.nullcontext()

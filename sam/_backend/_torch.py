@@ -4,6 +4,7 @@ eager, as Keras's PyTorch trainer runs by default."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 
@@ -220,3 +221,41 @@ def uniform(shape, seed: int, step):
 def enable_grad():
     """Gradient recording on (a user's gradient function inside a step run without it)."""
     return torch.enable_grad()
+
+
+# -- what SAM's fit step asks of the backend (sam.train_step, sam._portable_step) ---------------
+
+
+def apply_update(optimizer, grads, variables) -> None:
+    """``optimizer.apply`` in place, without recording gradients (Keras's PyTorch trainer)."""
+    with torch.no_grad():
+        optimizer.apply(grads, list(variables))
+
+
+def stateful_step(groups, state, fn):
+    """Refused: PyTorch's trainer runs the step statefully (``train_step(self, data)``)."""
+    del groups, state, fn
+    raise ValueError(
+        "Argument `state` of sam_train_step is for the JAX backend's train_step(self, state, "
+        "data); on PyTorch call sam_train_step(self, data). Received: a state."
+    )
+
+
+def random_state():
+    """The global RNG state, from which Keras's unseeded ``Dropout`` draws on PyTorch (its fast
+    path, ``torch.nn.functional.dropout``): the perturbed pass replays it."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
+
+
+@contextlib.contextmanager
+def replay_random(state):
+    """Draw from the global RNG as from ``state`` (``random_state()``) inside; after it, the
+    RNG is as it was before (the perturbed pass draws the clean pass's unseeded masks)."""
+    cpu, cuda = state
+    devices = range(torch.cuda.device_count()) if cuda is not None else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        yield

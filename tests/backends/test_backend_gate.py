@@ -32,7 +32,7 @@ def test_landscape_imports_and_has_a_version():
 def test_the_analyses_run_where_tensorflow_cannot_be_imported():
     """A fresh interpreter on jax / torch in which ``import tensorflow`` fails (as on a GPU machine
     with JAX and no TensorFlow): an Objective, its Hessian's top eigenvalue, a surface and a
-    SAM step of a custom loop."""
+    SAM step of a custom loop and a SAMModel's fit."""
     code = (
         "import sys\n"
         "sys.modules['tensorflow'] = None  # importing it raises ImportError\n"
@@ -53,6 +53,10 @@ def test_the_analyses_run_where_tensorflow_cannot_be_imported():
         "g = [keras.ops.ones(v.shape) for v in m.trainable_variables]\n"
         "opt.first_step(g, m.trainable_variables)\n"
         "opt.second_step(g, m.trainable_variables)\n"
+        "i = keras.Input((3,))  # and SAM in fit\n"
+        "f = sam.SAMModel(i, keras.layers.Dense(2)(i))\n"
+        "f.compile(optimizer=sam.SAM(keras.optimizers.SGD(0.1)), loss='mse')\n"
+        "assert np.isfinite(f.fit(x, x[:, :2], verbose=0).history['loss'][0])\n"
         "print(sorted(k for k in sys.modules if k.split('.')[0] == 'tensorflow'\n"
         "             and sys.modules[k] is not None))\n"
     )
