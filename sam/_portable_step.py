@@ -15,7 +15,7 @@ state back from the scope (keras-team/keras#18881), so the step stays pure under
 No pass assigns w + ε to the weights, so the custom loop's ``first_step`` is never used here.
 
 The two passes are separate functions, ``portable_clean_pass`` and ``portable_perturbed_pass``,
-for the SAM family's own gradients (``sam.variants``).
+which the SAM family's members use for their own gradients (``sam.variants``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ from keras import ops
 from sam._backend import adapter
 from sam._compat import unbuilt_layers
 from sam.optimizer import RHO, SAM, all_finite, sam_perturbation
-
-FAMILY_OFF_TENSORFLOW = (
-    "{name} runs in fit on TensorFlow only in this version; use SAM/ASAM or the custom loop step()."
-)
 
 
 class PassStart(NamedTuple):
@@ -152,6 +148,8 @@ def _perturbation(sam, grads, weights, variables):
 def portable_sam_gradients(model, x, y, sample_weight, sam, scaler, inner):
     """Clean pass (updates state and metrics) and stateless perturbed pass on one (micro-)batch:
     (loss-scaled gradients at w + ε(w), clean predictions, whether g(w) was finite)."""
+    if sam is not None and hasattr(sam, "_fit_gradients"):  # the SAM family, sam.variants
+        return sam._fit_gradients(model, x, y, sample_weight, scaler, inner)
     tvars = model.trainable_variables
     state, y_pred, grads = portable_clean_pass(model, x, y, sample_weight, scaler, inner)
     with adapter().no_grad():
@@ -187,16 +185,9 @@ def _split_gradients(model, x, y, sample_weight, sam, scaler, inner):
     return grads, finite
 
 
-def refuse_family(sam) -> None:
-    """One sentence for a member of the SAM family (``sam.variants``) in ``fit`` off TensorFlow."""
-    if sam is not None and hasattr(sam, "_fit_gradients"):
-        raise ValueError(FAMILY_OFF_TENSORFLOW.format(name=type(sam).__name__))
-
-
 def _prepare(model):
     optimizer = model.optimizer
     sam, scaler, inner = split_optimizer(optimizer)
-    refuse_family(sam)
     if unbuilt_layers(model):
         raise ValueError(
             "The model must be built before its first SAM step on this backend; call it on a "

@@ -723,6 +723,8 @@ class SAMVariant(SAM):
         Returns the loss-scaled update for ``optimizer.apply``, the clean predictions and
         whether the clean gradients were finite.
         """
+        if keras.backend.backend() != "tensorflow":
+            return _portable_fit_gradients(self, model, x, y, sample_weight, scaler, inner)
         import tensorflow as tf
 
         from sam.train_step import _replica_count, _unscale, clean_pass, perturbed_pass
@@ -834,6 +836,44 @@ def _custom_step(self, gradient_fn, tvars):
 
     final = _take_step(self, sam_step, plain_step, present, raw, tvars, finite)
     _apply_if_finite(self, final, tvars, finite)
+
+
+def _portable_fit_gradients(member, model, x, y, sample_weight, scaler, inner):
+    """``SAMVariant._fit_gradients`` on JAX and PyTorch: the same rule on the stateless passes
+    of ``sam._portable_step`` (no ``tf.distribute``: a JAX ``DataParallel`` step is one SPMD
+    program whose gradients are the global batch's)."""
+    from sam._portable_step import portable_clean_pass, portable_perturbed_pass, unscale
+
+    tvars = model.trainable_variables
+    state, y_pred, raw = portable_clean_pass(model, x, y, sample_weight, scaler, inner)
+    grads = [_dense(g) for g in raw]
+    present = [i for i, g in enumerate(grads) if g is not None]
+    finite = all_finite(grads)
+    direction = member._direction(grads, tvars, finite)
+
+    def sam_step():
+        e_w = member._epsilon_from(direction, tvars)
+        weights = [v.value for v in tvars]
+        perturbed = [w if e is None else w + e for w, e in zip(weights, e_w)]  # w + ε
+
+        def gradients(xs, ys, ws):
+            return portable_perturbed_pass(model, xs, ys, ws, perturbed, state)
+
+        if member.sds_gamma is not None:
+            mapping = list(zip(tvars, perturbed))
+            mapping += list(zip(model.non_trainable_variables, state.values))
+            args = (model, x, y, sample_weight, y_pred, perturbed, mapping)
+            adv = _selected_gradients(member.sds_gamma, *args, grad=gradients)
+        else:
+            adv = gradients(x, y, sample_weight)
+        adv = _dense_adv(unscale(adv, scaler, inner), grads)
+        return member._combine(grads, adv, tvars, finite)
+
+    def plain_step():
+        return member._plain(grads, tvars, finite)
+
+    final = _take_step(member, sam_step, plain_step, present, raw, tvars, finite)
+    return _rescale(final, scaler, inner), y_pred, finite
 
 
 def _selected_gradients(gamma, model, x, y, sample_weight, y_pred, perturbed, mapping, grad=None):

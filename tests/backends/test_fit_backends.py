@@ -184,19 +184,6 @@ def test_mixed_float16_trains_and_an_overflow_leaves_the_state_unchanged():
     assert _numpy(model.optimizer.dynamic_scale) == scale / 2
 
 
-def test_a_family_member_is_refused_off_tensorflow_in_one_sentence():
-    class Member(SAM):
-        def _fit_gradients(self, *args):  # marks the SAM family (sam.variants)
-            raise AssertionError("not reached off TensorFlow")
-
-    if BACKEND == "tensorflow":
-        pytest.skip("the family runs in fit on TensorFlow")
-    model = _linear()
-    model.compile(optimizer=Member(keras.optimizers.SGD(LR)), loss="mse")
-    with pytest.raises(ValueError, match="Member runs in fit on TensorFlow only in this version"):
-        model.fit(X, Y, batch_size=N, verbose=0)
-
-
 class UserModel(keras.Model):
     """A user's own train_step calling the documented SAM entry point of its backend."""
 
