@@ -87,9 +87,6 @@ _TENSORFLOW_ONLY = frozenset(
         "_batches",
         "_distribute",
         "_tf_engine",
-        "figures",
-        "models",
-        "train",
     }
 )
 

@@ -89,10 +89,9 @@ def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
     """Logging and Keras verbosity for a command; returns the Keras ``verbose`` value.
 
     The backend check runs first, before the command imports the library: ``needs="backend"``
-    (the analyses: surface, hessian, sharpness, connect) accepts Keras's TensorFlow, JAX or
-    PyTorch backend (``KERAS_BACKEND``); ``needs="tensorflow"`` (train, figures) requires
-    TensorFlow; None (plot) checks nothing. One sentence if the check fails; TensorFlow's
-    start-up log lines are silenced when it is the backend.
+    (every command but plot) accepts Keras's TensorFlow, JAX or PyTorch backend
+    (``KERAS_BACKEND``); None (plot) checks nothing. One sentence if the check fails;
+    TensorFlow's start-up log lines are silenced when it is the backend.
     """
     if needs is not None:
         try:
@@ -101,10 +100,7 @@ def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
 
             # sam._backend's rule: KERAS_BACKEND, TensorFlow when unset (checked before Keras
             # loads, so that a missing TensorFlow is the install hint)
-            if (
-                needs == "tensorflow"
-                or os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
-            ):
+            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
                 require_tensorflow(f"landscape {click.get_current_context().info_name}")
             else:
                 adapter()
@@ -361,7 +357,7 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
                   "task": {"type": "worker", "index": 0}}' \\
         landscape train --strategy multi-worker --batch-size 256 --out sam.keras
     """
-    verbose = _setup(quiet, needs="tensorflow")
+    verbose = _setup(quiet)
     from landscape.data import read_dataset
     from landscape.train import CheckpointEvery
     from landscape.train import train as train_model
@@ -1039,7 +1035,7 @@ def figures(data, out_dir, quick, seeds, label_noise, train_samples, epochs, dep
       landscape figures --data ../shared/data/cifar10_10k.npz --train-samples 0 --out-dir figs
     """
     _grids(grid=grid)
-    verbose = _setup(quiet, needs="tensorflow")
+    verbose = _setup(quiet)
     import dataclasses
 
     from landscape.figures import QUICK, FiguresConfig, make_figures

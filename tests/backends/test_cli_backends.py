@@ -1,4 +1,4 @@
-"""The command line's analyses run on the process's Keras backend; train needs TensorFlow.
+"""The command line runs on the process's Keras backend.
 
 A JAX and a PyTorch process (``KERAS_BACKEND`` in its environment) run ``landscape surface`` on
 one tiny saved model and data file: each exits 0, the surface file records its backend, and its
@@ -6,9 +6,10 @@ values agree with this TensorFlow process's Objective along the file's direction
 rounding (each backend's own kernels; rtol 2e-6, as in ``test_cross_backend.py``); so does
 ``landscape hessian``'s top eigenvalue on JAX (rtol 1e-5: the
 Lanczos tolerance 1e-4 bounds the residual, the eigenvalue's error goes with its square).
-``landscape train`` on JAX exits 2 with one sentence (TensorFlow's own C++ start-up lines, which
-TF_CPP_MIN_LOG_LEVEL=2 does not silence with TensorFlow 2.21 here, are not the command's). Runs
-from the TensorFlow leg only (it starts every backend itself).
+``landscape train`` on JAX and PyTorch writes a model that loads on TensorFlow with the loss it
+reported; ``--strategy mirrored`` on JAX exits 2 with one sentence (TensorFlow's own C++ start-up
+lines, which TF_CPP_MIN_LOG_LEVEL=2 does not silence with TensorFlow 2.21 here, are not the
+command's). Runs from the TensorFlow leg only (it starts every backend itself).
 """
 
 from __future__ import annotations
@@ -125,11 +126,28 @@ def test_surface_and_hessian_run_on_every_backend_and_agree(files):
     np.testing.assert_allclose(top, ours, rtol=1e-5)
 
 
-def test_train_off_tensorflow_is_one_sentence(files):
-    code, out, err = _finish(_start("jax", "train", "--epochs", 1, "--out", files / "m.keras"))
-    assert code == 2 and out == ""
+def test_train_runs_on_every_backend_and_its_model_loads_on_tensorflow(files):
+    """``landscape train`` with a SAM-family member on JAX and PyTorch writes a model that this
+    TensorFlow process loads, optimizer included, and whose loss it reproduces; tf.distribute's
+    strategies are refused there in one sentence, nothing written."""
+    args = ["train", "--model", "mlp", "--data", files / "data.npz", "--optimizer", "looksam",
+            "--epochs", 2, "--batch-size", 8]  # fmt: skip
+    procs = {b: _start(b, *args, "--out", files / f"{b}.keras") for b in ("jax", "torch")}
+    refused = _finish(_start("jax", "train", "--strategy", "mirrored", "--out", files / "x.keras"))
+    import sam
+
+    with np.load(files / "data.npz") as data:
+        x, y = data["x_train"], data["y_train"]
+    for backend, proc in procs.items():
+        code, out, err = _finish(proc)
+        assert code == 0, err
+        model = keras.models.load_model(files / f"{backend}.keras")
+        assert isinstance(model.optimizer, sam.LookSAM)
+        reported = float(re.search(r"train loss ([0-9.]+)", out).group(1))  # 4 decimals
+        np.testing.assert_allclose(model.evaluate(x, y, verbose=0)[0], reported, atol=6e-5)
+    code, out, err = refused
     tf_log = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
     lines = [line for line in err.strip().splitlines() if not tf_log.match(line)]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("Error: landscape train runs on the TensorFlow backend")
-    assert "'jax'" in lines[0] and not (files / "m.keras").exists()
+    assert code == 2 and out == "" and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("Error: Argument `strategy` names tf.distribute")
+    assert not (files / "x.keras").exists()
