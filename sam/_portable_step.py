@@ -188,6 +188,7 @@ def _split_gradients(model, x, y, sample_weight, sam, scaler, inner):
 def _prepare(model):
     optimizer = model.optimizer
     sam, scaler, inner = split_optimizer(optimizer)
+    adapter().check_one_process()
     if unbuilt_layers(model):
         raise ValueError(
             "The model must be built before its first SAM step on this backend; call it on a "

@@ -265,7 +265,9 @@ class SAM(keras.optimizers.Optimizer):
         sync_perturbations: Under ``tf.distribute`` in ``sam_train_step``, all-reduce the first
             gradient so every replica uses the same ε: the step then equals single-device SAM on
             the global batch. The default (False) lets each replica perturb with its own gradient,
-            as google-research/sam does and found to generalize better. Defaults to False.
+            as google-research/sam does and found to generalize better. On JAX under
+            ``keras.distribution.DataParallel`` the step is one SPMD program whose gradient is
+            the global batch's: ε is always the synchronized one there. Defaults to False.
         num_batch_splits: m-sharpness on one device: ``sam_train_step`` splits each batch into
             this many micro-batches, each with its own ε, and averages their second-pass
             gradients (weighted by micro-batch size). Defaults to 1.

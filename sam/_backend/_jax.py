@@ -212,3 +212,8 @@ def replay_random(state):
     """Nothing to replay (see ``random_state``)."""
     del state
     return contextlib.nullcontext()
+
+
+def check_one_process() -> None:
+    """Nothing to check: a JAX step under ``keras.distribution`` is one SPMD program, its
+    gradients the global batch's."""

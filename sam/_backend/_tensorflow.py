@@ -195,3 +195,7 @@ def replay_random(state):
     """Nothing to replay (see ``random_state``)."""
     del state
     return contextlib.nullcontext()
+
+
+def check_one_process() -> None:
+    """Nothing to check: ``tf.distribute`` has its own path (``sam.train_step``)."""

@@ -259,3 +259,18 @@ def replay_random(state):
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
         yield
+
+
+def check_one_process() -> None:
+    """One sentence where ``torch.distributed`` runs several processes: SAM's step here takes
+    each process's own gradients and all-reduces nothing (a DDP-wrapped model's hooks are not
+    part of Keras's ``fit``), so the processes' weights would drift apart silently."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise ValueError(
+            "SAMModel and sam_train_step run on one process on PyTorch in this version, but "
+            f"torch.distributed has {dist.get_world_size()} processes: each would perturb and "
+            "update its own copy with its own gradients; train on one process, or with "
+            "keras.distribution.DataParallel on JAX, or tf.distribute on TensorFlow."
+        )

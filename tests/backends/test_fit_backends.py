@@ -237,3 +237,41 @@ def test_a_model_saved_here_continues_identically_on_another_backend(tmp_path):
         np.testing.assert_allclose(there[f"v{i}"], _numpy(v), rtol=1e-5, atol=1e-6)
     assert there["iterations"] == _numpy(model.optimizer.iterations) == 2
     assert sam.SAM is type(model.optimizer)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed")
+def test_several_torch_processes_are_refused_in_one_sentence(monkeypatch):
+    import torch.distributed as dist
+
+    from sam._backend import _torch
+
+    with monkeypatch.context() as patch:  # Keras itself reads these during fit: patched briefly
+        patch.setattr(dist, "is_available", lambda: True)
+        patch.setattr(dist, "is_initialized", lambda: True)
+        patch.setattr(dist, "get_world_size", lambda group=None: 2)
+        with pytest.raises(ValueError, match="torch.distributed has 2 processes"):
+            _torch.check_one_process()
+    _torch.check_one_process()  # one process: nothing to say
+
+    def refuse():
+        raise ValueError("checked")
+
+    monkeypatch.setattr(_torch, "check_one_process", refuse)
+    model = _linear()
+    model.compile(optimizer=SAM(keras.optimizers.SGD(LR)), loss="mse")
+    with pytest.raises(ValueError, match="checked"):  # fit's step asks before anything else
+        model.fit(X, Y, batch_size=N, verbose=0)
+    _close(model, W0, atol=0)  # nothing trained
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.DataParallel on JAX")
+def test_data_parallel_on_two_jax_devices_is_sam_on_the_global_batch():
+    """Two host devices (``XLA_FLAGS``, set before JAX starts: a subprocess): SAM, GSAM and
+    LookSAM under ``DataParallel`` give the single-device steps on the global batch, BatchNorm
+    included (one SPMD program: global gradients, global batch statistics)."""
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    run = subprocess.run([sys.executable, str(HERE / "_data_parallel_script.py")], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["ok"] * 3, run.stdout
