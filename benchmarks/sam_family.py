@@ -25,7 +25,6 @@ from _common import cifar_subset, interleaved_ratio
 from sam_overhead import compiled_step  # the same ResNet step, timed the same way
 
 import keras
-import tensorflow as tf
 
 import landscape
 from landscape.train import train
@@ -62,11 +61,12 @@ TRAINED = {
 
 def cost(args) -> None:
     x, y, source = cifar_subset(args.batch)
-    data = (tf.constant(x), tf.constant(y))
+    data = (x, y)
     common = {"depth": args.depth, "width": args.width, "data": data}
     base_step = compiled_step(sgd(), **common)
-    print(f"Part 1: data {source}; ResNet-{args.depth} width {args.width}; batch {args.batch}; "
-          f"graph mode; {args.calls} steps per timing, median of {args.repeats}")  # fmt: skip
+    print(f"Part 1 ({keras.backend.backend()}): data {source}; ResNet-{args.depth} width "
+          f"{args.width}; batch {args.batch}; {args.calls} steps per timing, median of "
+          f"{args.repeats}")  # fmt: skip
     print()
     print("| member | step ÷ base step |")
     print("| --- | ---: |")

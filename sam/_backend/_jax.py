@@ -4,13 +4,25 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import operator
 
 import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
+
+from sam._backend import _shared
+
+# what this backend shares with another, word for word (``sam._backend._shared``)
+add_n = _shared.add_n
+as_slices = _shared.as_slices
+dense = _shared.dense
+is_sparse = _shared.is_sparse
+random_state = _shared.random_state
+replay_random = _shared.replay_random
+replica_count = _shared.replica_count
+rows = _shared.rows
+strategy_replica_count = _shared.strategy_replica_count
+
 
 errors = (ValueError, TypeError, IndexError)
 #: what the backend raises where its autodiff has no rule for a second-order product
@@ -107,26 +119,6 @@ def executing_eagerly() -> bool:
 # -- what SAM's optimizer asks of the backend (sam.optimizer) --------------------------------
 
 
-def replica_count() -> int:
-    """One: SAM's manual steps see no replicas here (distribution is SPMD or refused)."""
-    return 1
-
-
-def add_n(values):
-    """The sum of equally shaped tensors, left to right."""
-    return functools.reduce(operator.add, values)
-
-
-def dense(g):
-    """A gradient as a tensor (this backend's gradients are dense)."""
-    return keras.ops.convert_to_tensor(g)
-
-
-def rows(g):
-    """The entries of a gradient that hold values: all of them (gradients are dense here)."""
-    return g
-
-
 def refuse_traced(method: str) -> None:
     """One sentence when SAM's manual ``method`` (which assigns to variables) runs in a trace."""
     if not executing_eagerly():
@@ -137,22 +129,6 @@ def refuse_traced(method: str) -> None:
 
 
 # -- what the SAM family asks of the backend (sam.variants) ----------------------------------
-
-
-def strategy_replica_count() -> int:
-    """One: a family member's state is the model's (SPMD computes global gradients)."""
-    return 1
-
-
-def is_sparse(g) -> bool:
-    """Never: this backend's gradients are dense."""
-    del g
-    return False
-
-
-def as_slices(g, like):
-    """Not reached: there are no sparse gradients here."""
-    raise NotImplementedError("JAX gradients are dense.")
 
 
 def cond(pred, true_fn, false_fn):
@@ -201,17 +177,6 @@ def stateful_step(groups, state, fn):
         out = fn()
     new_state = tuple([scope.get_current_value(v) for v in vs] for vs in groups)
     return out, new_state
-
-
-def random_state():
-    """Nothing: Keras's random layers draw from seed state in the model's variables here."""
-    return None
-
-
-def replay_random(state):
-    """Nothing to replay (see ``random_state``)."""
-    del state
-    return contextlib.nullcontext()
 
 
 def check_one_process() -> None:

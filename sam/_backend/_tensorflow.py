@@ -11,6 +11,13 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
+from sam._backend import _shared
+
+# what this backend shares with another, word for word (``sam._backend._shared``)
+random_state = _shared.random_state
+replay_random = _shared.replay_random
+
+
 errors = (ValueError, TypeError, IndexError, tf.errors.InvalidArgumentError)
 #: what the backend raises where its autodiff has no rule for a second-order product
 second_order_errors = ()
@@ -184,17 +191,6 @@ def stateful_step(groups, state, fn):
         "Argument `state` of sam_train_step is for the JAX backend's train_step(self, state, "
         "data); on TensorFlow call sam_train_step(self, data). Received: a state."
     )
-
-
-def random_state():
-    """Nothing: Keras's random layers draw from seed state in the model's variables here."""
-    return None
-
-
-def replay_random(state):
-    """Nothing to replay (see ``random_state``)."""
-    del state
-    return contextlib.nullcontext()
 
 
 def check_one_process() -> None:

@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import operator
 
 import keras
 import numpy as np
 import torch
+
+from sam._backend import _shared
+
+# what this backend shares with another, word for word (``sam._backend._shared``)
+add_n = _shared.add_n
+as_slices = _shared.as_slices
+dense = _shared.dense
+is_sparse = _shared.is_sparse
+replica_count = _shared.replica_count
+rows = _shared.rows
+strategy_replica_count = _shared.strategy_replica_count
+
 
 errors = (ValueError, TypeError, IndexError, RuntimeError)
 #: what the backend raises where its autodiff has no rule for a second-order product
@@ -150,48 +161,12 @@ def executing_eagerly() -> bool:
 # -- what SAM's optimizer asks of the backend (sam.optimizer) --------------------------------
 
 
-def replica_count() -> int:
-    """One: SAM's manual steps see no replicas here (distribution is SPMD or refused)."""
-    return 1
-
-
-def add_n(values):
-    """The sum of equally shaped tensors, left to right."""
-    return functools.reduce(operator.add, values)
-
-
-def dense(g):
-    """A gradient as a tensor (this backend's gradients are dense)."""
-    return keras.ops.convert_to_tensor(g)
-
-
-def rows(g):
-    """The entries of a gradient that hold values: all of them (gradients are dense here)."""
-    return g
-
-
 def refuse_traced(method: str) -> None:
     """Nothing to refuse: every call runs eagerly."""
     del method
 
 
 # -- what the SAM family asks of the backend (sam.variants) ----------------------------------
-
-
-def strategy_replica_count() -> int:
-    """One: a family member's state is the model's (no distribution in SAM's steps here)."""
-    return 1
-
-
-def is_sparse(g) -> bool:
-    """Never: Keras's PyTorch gradients are dense."""
-    del g
-    return False
-
-
-def as_slices(g, like):
-    """Not reached: there are no sparse gradients here."""
-    raise NotImplementedError("PyTorch gradients are dense here.")
 
 
 def cond(pred, true_fn, false_fn):
