@@ -238,18 +238,22 @@ def test_float64_is_refused_off_tensorflow_in_one_sentence(problem):
         landscape.Objective(model, batch, precision="float64")
 
 
-def test_a_process_pool_computes_the_same_surface_on_this_backend(tmp_path):
-    """Workers are spawned on the caller's backend (not KERAS_BACKEND's default)."""
+def _saved_problem(folder, seed):
+    """(recipe of a saved tiny model and data file, one direction, the in-process surface)."""
     model = mlp()
-    rng = np.random.default_rng(6)
+    rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(12, 4)).astype("float32"), rng.integers(0, 3, 12)
-    model.save(tmp_path / "m.keras")
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
-    recipe = landscape.ObjectiveRecipe(model=str(tmp_path / "m.keras"),
-                                       data=str(tmp_path / "d.npz"))  # fmt: skip
+    model.save(folder / "m.keras")
+    np.savez(folder / "d.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
+    recipe = landscape.ObjectiveRecipe(model=str(folder / "m.keras"), data=str(folder / "d.npz"))
     objective = recipe()
     directions = [landscape.random_direction(objective.model, seed=0)]
-    here = landscape.compute_surface(objective, directions, "-1:1:3", verbose=0)
+    return recipe, directions, landscape.compute_surface(objective, directions, "-1:1:3", verbose=0)
+
+
+def test_a_process_pool_computes_the_same_surface_on_this_backend(tmp_path):
+    """Workers are spawned on the caller's backend (not KERAS_BACKEND's default)."""
+    recipe, directions, here = _saved_problem(tmp_path, 6)
     with landscape.process_pool(1) as pool:
         there = landscape.compute_surface(recipe=recipe, directions=directions, x="-1:1:3",
                                           executor=pool, verbose=0)  # fmt: skip
@@ -264,15 +268,7 @@ def test_a_dask_local_cluster_computes_the_same_surface_on_this_backend(tmp_path
     pytest.importorskip("distributed")
     import os
 
-    model = mlp()
-    rng = np.random.default_rng(7)
-    x, y = rng.normal(size=(12, 4)).astype("float32"), rng.integers(0, 3, 12)
-    model.save(tmp_path / "m.keras")
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
-    recipe = landscape.ObjectiveRecipe(model=str(tmp_path / "m.keras"),
-                                       data=str(tmp_path / "d.npz"))  # fmt: skip
-    directions = [landscape.random_direction(recipe().model, seed=0)]
-    here = landscape.compute_surface(recipe(), directions, "-1:1:3", verbose=0)
+    recipe, directions, here = _saved_problem(tmp_path, 7)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     with landscape.dask_executor(workers=2) as executor:
         there = landscape.compute_surface(recipe=recipe, directions=directions, x="-1:1:3",
