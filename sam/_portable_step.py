@@ -206,9 +206,15 @@ def portable_train_step(model, data):
     """One SAM step, written statefully (see the module's docstring); returns the logs."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     optimizer, sam, scaler, inner, tvars = _prepare(model)
-    if not tvars:
+    if not tvars:  # nothing to train: the pass's loss, state and metrics, as Keras's step
         warnings.warn("The model does not have any trainable weights.", stacklevel=2)
-        return model.compute_metrics(x, y, model(x, training=True), sample_weight=sample_weight)
+        with adapter().no_grad():
+            y_pred = model(x, training=True)
+            loss = _compute_loss(model, x, y, y_pred, sample_weight)
+            tracker = getattr(model, "_loss_tracker", None)
+            if tracker is not None:
+                tracker.update_state(loss, sample_weight=_batch_size(x))
+            return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
     if sam is None or sam.num_batch_splits == 1:
         grads, y_pred, finite = portable_sam_gradients(
             model, x, y, sample_weight, sam, scaler, inner

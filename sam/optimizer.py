@@ -566,6 +566,30 @@ class SAM(keras.optimizers.Optimizer):
         with self.sam_update():
             self.apply(grads, tvars)
 
+    def step(self, gradient_fn, variables) -> None:
+        """One whole SAM (or ASAM) step in a custom loop, on any backend (eagerly).
+
+        ``gradient_fn()`` returns the gradients of the loss at the variables' current values;
+        it is called at w, then at w + ε(w) (assigned to the variables between the calls), and
+        the base optimizer applies the second gradient at w (restored bit-exactly) — the same as
+        ``first_step(gradient_fn(), v)`` then ``second_step(gradient_fn(), v)``; if the second
+        call raises, w is restored first. The SAM family's members have their own ``step``.
+
+        Example:
+
+        ```python
+        optimizer.step(lambda: gradients_of(model, x, y), model.trainable_variables)
+        ```
+        """
+        variables = list(variables)
+        self.first_step(gradient_fn(), variables)
+        try:
+            adversarial = gradient_fn()
+        except BaseException:
+            self.restore(variables)
+            raise
+        self.second_step(adversarial, variables)
+
     @contextlib.contextmanager
     def sam_update(self):
         """Marks ``apply`` calls as the update of a SAM step (``second_step``, the train step).
@@ -623,32 +647,7 @@ class SAM(keras.optimizers.Optimizer):
 
     def load_own_variables(self, store):
         """Load what ``save_own_variables`` saved (and files that saved the copy of w always)."""
-        core = self._core_variables()
-        if not self.built or len(store.keys()) < len(core):
-            logger.warning(
-                "Skipping variable loading for optimizer %r: it has %d variables of its own "
-                "whereas the saved optimizer has %d%s.",
-                self.name,
-                len(core),
-                len(store.keys()),
-                "" if self.built else " (it has not been built yet)",
-            )
-            return
-        for i, variable in enumerate(core):
-            variable.assign(store[str(i)])
-        if float(self._pending.numpy()) < 0.5:
-            return  # nothing pending: a saved copy of w (older files) is stale
-        n = len(core)
-        if len(store.keys()) < n + len(self._trainable_variables):
-            logger.warning(
-                "The saved optimizer %r has a pending first_step but not the weights to come "
-                "back to; the step is dropped.",
-                self.name,
-            )
-            self._pending.assign(0.0)
-            return
-        for i, variable in enumerate(self._weight_copy()):
-            variable.assign(store[str(n + i)])
+        _load_own_variables(self, store)
 
     # -- serialization -----------------------------------------------------------------------
 
@@ -675,3 +674,33 @@ class SAM(keras.optimizers.Optimizer):
         base = backend_neutral_config(config.pop("base_optimizer"))  # files saved on PyTorch too
         base = deserialize_keras_object(base, custom_objects=custom_objects)
         return cls(base, **config)
+
+
+def _load_own_variables(optimizer, store) -> None:
+    """``SAM.load_own_variables``: the counters and pending flag, then w if a step is pending."""
+    core = optimizer._core_variables()
+    if not optimizer.built or len(store.keys()) < len(core):
+        logger.warning(
+            "Skipping variable loading for optimizer %r: it has %d variables of its own "
+            "whereas the saved optimizer has %d%s.",
+            optimizer.name,
+            len(core),
+            len(store.keys()),
+            "" if optimizer.built else " (it has not been built yet)",
+        )
+        return
+    for i, variable in enumerate(core):
+        variable.assign(store[str(i)])
+    if float(optimizer._pending.numpy()) < 0.5:
+        return  # nothing pending: a saved copy of w (older files) is stale
+    n = len(core)
+    if len(store.keys()) < n + len(optimizer._trainable_variables):
+        logger.warning(
+            "The saved optimizer %r has a pending first_step but not the weights to come "
+            "back to; the step is dropped.",
+            optimizer.name,
+        )
+        optimizer._pending.assign(0.0)
+        return
+    for i, variable in enumerate(optimizer._weight_copy()):
+        variable.assign(store[str(n + i)])

@@ -281,9 +281,10 @@ def _tensorflow_train_step(model, data):
     optimizer = model.optimizer
     sam, scaler, inner = _split(optimizer)
     tvars = _build(model, x, optimizer)
-    if not tvars:
+    if not tvars:  # nothing to train: the clean pass's loss, state and metrics, as Keras's step
         warnings.warn("The model does not have any trainable weights.", stacklevel=2)
-        return model.compute_metrics(x, y, model(x, training=True), sample_weight=sample_weight)
+        _, y_pred, _ = clean_pass(model, x, y, sample_weight, scaler, inner)
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     splits = sam.num_batch_splits if sam is not None else 1
     if splits == 1:

@@ -275,3 +275,26 @@ def test_data_parallel_on_two_jax_devices_is_sam_on_the_global_batch():
                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["ok"] * 3, run.stdout
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["no_weights", "frozen_layer"])
+def test_a_model_with_nothing_to_train_reports_its_loss(frozen):
+    """No trainable variable: fit warns, trains nothing, and reports the loss (by hand) and
+    metrics of its pass, as Keras's own step does (it reported a loss of 0 before)."""
+    inputs = keras.Input((D,))
+    if frozen:
+        layer = keras.layers.Dense(K)
+        outputs = layer(inputs)
+        layer.trainable = False
+    else:
+        outputs = keras.layers.Activation("relu")(inputs[:, :K])
+    model = SAMModel(inputs, outputs)
+    before = [_numpy(v) for v in model.weights]
+    model.compile(optimizer=SAM(keras.optimizers.SGD(LR)), loss="mse", metrics=["mae"])
+    with pytest.warns(UserWarning, match="does not have any trainable weights"):
+        history = model.fit(X, Y, batch_size=N, verbose=0)
+    pred = _numpy(model(X))
+    np.testing.assert_allclose(history.history["loss"][0], ((pred - Y) ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(history.history["mae"][0], np.abs(pred - Y).mean(), rtol=1e-5)
+    for b, v in zip(before, model.weights):
+        np.testing.assert_array_equal(_numpy(v), b)

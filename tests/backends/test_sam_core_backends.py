@@ -116,6 +116,34 @@ def test_a_custom_loop_step_equals_numpy():
     assert int(_numpy(opt.iterations)) == 1
 
 
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+def test_step_with_a_gradient_function_equals_numpy(adaptive):
+    """``SAM.step(gradient_fn, variables)``: the gradient at w, then at w + ε, then SGD at w."""
+    model = _linear_model()
+    tvars = model.trainable_variables
+    opt = sam.SAM(keras.optimizers.SGD(LR), rho=RHO, adaptive=adaptive)
+    w = _weights(model)
+    g = _gradient(w)
+    t = [np.abs(w[0]) + 0.01, np.ones_like(w[1])] if adaptive else [1.0, 1.0]  # kernel, bias
+    norm = np.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g)))
+    g_adv = _gradient([a + RHO * ti * ti * b / norm for a, ti, b in zip(w, t, g)])
+    opt.step(lambda: _tensors(_gradient(_weights(model))), tvars)
+    for v, a, b in zip(tvars, w, g_adv):
+        _close(v, a - LR * np.float32(b))
+    assert int(_numpy(opt.iterations)) == 1
+
+    def failing():
+        raise RuntimeError("the second pass failed")
+
+    calls = iter([lambda: _tensors(_gradient(_weights(model))), failing])
+    before = [keras.ops.convert_to_numpy(v).copy() for v in tvars]
+    with pytest.raises(RuntimeError, match="second pass"):
+        opt.step(lambda: next(calls)(), tvars)
+    for v, b in zip(tvars, before):  # w is back, bit for bit, and nothing is pending
+        assert np.array_equal(keras.ops.convert_to_numpy(v), b)
+    opt.step(lambda: _tensors(_gradient(_weights(model))), tvars)
+
+
 def test_second_step_comes_back_to_w_bit_exactly():
     model = _linear_model()
     tvars = model.trainable_variables
