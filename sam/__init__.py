@@ -3,9 +3,9 @@
 On TensorFlow (Keras's default) ``import sam`` loads every public name, registering the
 optimizers and ``SAMModel`` for ``keras.models.load_model``. On JAX and PyTorch it loads
 ``sam.optimizer``'s, ``sam.train_step``'s and ``sam.variants``' names too (registering ``SAM``,
-``SAMModel`` and the family): ``SAM`` and ASAM run there in ``fit`` (``SAMModel``,
-``sam_train_step``) and in a custom loop, the family's members in a custom loop (``step``,
-``first_step``/``second_step``); every other name loads on first use (PEP 562), where
+``SAMModel`` and the family): every optimizer runs there in ``fit`` (``SAMModel``,
+``sam_train_step``) and in a custom loop (``step``, ``first_step``/``second_step``); every
+other name loads on first use (PEP 562), where
 ``require_tensorflow`` says so in one sentence, so that ``sam``'s backend-free modules
 (``sam._backend``, ``sam._roles``, ``sam._compat``) serve ``landscape`` on any backend.
 """

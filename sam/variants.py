@@ -18,8 +18,8 @@ of step are the two branches of a ``tf.cond``, of which only one runs; eagerly P
 Backends: the maths is ``keras.ops`` and the adapters of ``sam._backend`` (TensorFlow's
 IndexedSlices pass-through, its ``tf.cond`` and ``tf.distribute``; the stateless random draws).
 On JAX and PyTorch ``step(gradient_fn, variables)`` and ``first_step``/``second_step`` run
-eagerly (refused inside ``jax.jit``); ``fit`` (``_fit_gradients``) runs on TensorFlow in this
-version.
+eagerly (refused inside ``jax.jit``), and ``fit`` (``_fit_gradients``) runs the same rules on
+the stateless passes of ``sam._portable_step`` (``_portable_fit_gradients``).
 
 Three ways to train, as with ``SAM``: ``SAMModel`` / ``sam_train_step`` in ``fit`` (the perturbed
 pass is a stateless call: BatchNorm statistics from the clean pass), ``step(gradient_fn,
