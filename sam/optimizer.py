@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
@@ -679,10 +680,15 @@ class SAM(keras.optimizers.Optimizer):
 def _load_own_variables(optimizer, store) -> None:
     """``SAM.load_own_variables``: the counters and pending flag, then w if a step is pending."""
     core = optimizer._core_variables()
-    if not optimizer.built or len(store.keys()) < len(core):
+    # The saved entries must look like SAM's own (shapes, integer or float): not, e.g., the
+    # state of a LossScaleOptimizer around SAM (its counter first), loaded where none is made.
+    saved = [np.asarray(store[str(i)]) for i in range(min(len(core), len(store.keys())))]
+    saved = [(a.shape, a.dtype.kind) for a in saved]
+    own = [(tuple(v.shape), np.dtype(keras.backend.standardize_dtype(v.dtype)).kind) for v in core]
+    if not optimizer.built or saved != own:
         logger.warning(
             "Skipping variable loading for optimizer %r: it has %d variables of its own "
-            "whereas the saved optimizer has %d%s.",
+            "whereas the saved optimizer has %d of other shapes or count%s.",
             optimizer.name,
             len(core),
             len(store.keys()),

@@ -298,3 +298,22 @@ def test_a_model_with_nothing_to_train_reports_its_loss(frozen):
     np.testing.assert_allclose(history.history["mae"][0], np.abs(pred - Y).mean(), rtol=1e-5)
     for b, v in zip(before, model.weights):
         np.testing.assert_array_equal(_numpy(v), b)
+
+
+def test_a_mixed_precision_model_loads_where_the_policy_is_float32(tmp_path, caplog):
+    """Saved with a LossScaleOptimizer around SAM, loaded where none is made (the float32
+    policy): the weights load, SAM's state is skipped with a warning, as Keras skips a plain
+    optimizer's there (it failed on a shape mismatch before)."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    inputs = keras.Input((D,))
+    model = SAMModel(inputs, keras.layers.Dense(K, dtype="float32")(keras.layers.Dense(4)(inputs)))
+    model.compile(optimizer=SAM(keras.optimizers.SGD(LR)), loss="mse")
+    model.fit(X, Y, batch_size=N, epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    keras.mixed_precision.set_global_policy("float32")
+    with caplog.at_level("WARNING", logger="sam"):
+        loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert "Skipping variable loading for optimizer" in caplog.text
+    for a, b in zip(loaded.weights, model.weights):
+        np.testing.assert_array_equal(_numpy(a), _numpy(b))
+    loaded.fit(X, Y, batch_size=N, verbose=0)  # and it trains on
