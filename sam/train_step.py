@@ -27,6 +27,7 @@ from sam._compat import (
     symbolic_build,
     unbuilt_layers,
 )
+from sam._portable_step import split_optimizer
 from sam.optimizer import RHO, SAM, all_finite, sam_perturbation
 
 if _backend.name() == "tensorflow":  # JAX and PyTorch run sam._portable_step, without TensorFlow
@@ -54,19 +55,12 @@ def _build(model, x, optimizer):
                 f"(call it on a batch of data). Exception encountered: {e!r}"
             ) from e
     tvars = model.trainable_variables
-    sam = _split(optimizer)[0]
+    sam = split_optimizer(optimizer)[0]
     if sam is not None and any(id(v) not in sam._roles for v in tvars):
         sam.assign_roles(model)  # ASAM's T and SAM-ON's selection by each variable's layer
     if tvars and not optimizer.built:  # the loss scale and SAM's state must exist before use
         optimizer.build(tvars)
     return tvars
-
-
-def _split(optimizer):
-    """(the SAM inside ``optimizer`` or None, the LossScaleOptimizer around it or None)."""
-    scaler = optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
-    inner = scaler.inner_optimizer if scaler is not None else optimizer
-    return (inner if isinstance(inner, SAM) else None), scaler, inner
 
 
 def _replica_count():
@@ -279,7 +273,7 @@ def _tensorflow_train_step(model, data):
     """``sam_train_step`` on TensorFlow: ``tf.GradientTape``, ``tf.distribute`` and ``tf.cond``."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     optimizer = model.optimizer
-    sam, scaler, inner = _split(optimizer)
+    sam, scaler, inner = split_optimizer(optimizer)
     tvars = _build(model, x, optimizer)
     if not tvars:  # nothing to train: the clean pass's loss, state and metrics, as Keras's step
         warnings.warn("The model does not have any trainable weights.", stacklevel=2)
