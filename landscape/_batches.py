@@ -122,6 +122,9 @@ def _py_dataset(data: keras.utils.PyDataset, steps: int | None) -> tf.data.Datas
 class DataSplit:
     """One data set: device tensors sliced in a graph loop, or a finite tf.data.Dataset."""
 
+    #: whether the tensors are given to the compiled functions as arguments (``share_functions``)
+    fed = False
+
     def __init__(self, data, batch_size: int, steps: int | None, argument: str):
         self.dataset = None
         self.n = None
@@ -151,6 +154,22 @@ class DataSplit:
         n = self.n = sample_count(self.x, self.y, self.w, argument, x)
         self.batch_size = batch_size
         self.n_batches = -(-n // batch_size)
+
+    def share_functions(self) -> None:
+        """Make the split's batch an argument of the compiled functions, so that batches of the
+        same structure share one trace (``Objective.batches``): for one batch of dense tensors
+        (else the split stays captured in its functions)."""
+        if self.dataset is not None or self.n > self.batch_size:
+            return
+        parts = tuple(p for p in (self.x, self.y, self.w) if p is not None)
+        if not all(isinstance(t, tf.Tensor) for t in tf.nest.flatten(parts)):
+            return
+        self.args = parts
+        self.specs = tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), parts
+        )
+        self.spec_key = repr(self.specs)
+        self.fed = True
 
     @property
     def single_batch(self) -> bool:

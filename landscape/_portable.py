@@ -42,6 +42,9 @@ class PortableSplit:
     """One data set as host NumPy batches: arrays sliced in order, or another source's batches
     (``tf.data``, ``PyDataset``, ``DataLoader``) read through Keras's data adapters."""
 
+    #: whether the split's Objective uses its parent's compiled functions (``share_functions``)
+    shared = False
+
     def __init__(self, data, batch_size: int, steps: int | None, argument: str):
         self.batch_size = batch_size
         self.steps = steps
@@ -75,6 +78,11 @@ class PortableSplit:
             yield from self._source_batches()
             return
         yield from self.batches(self.batch_size)
+
+    def share_functions(self) -> None:
+        """Let the split's Objective run its parent's compiled per-batch functions (the data
+        are their arguments on these backends): ``Objective.batches``."""
+        self.shared = True
 
     @property
     def single_batch(self) -> bool:
@@ -266,7 +274,9 @@ class PortableEngine:
     # -- the fold over batches on the host (float64) ----------------------------------------
 
     def _compiled(self, key, fn, jit_compile: bool = False):
-        cache = self._value_fns  # one dict of compiled per-batch functions
+        # one dict of compiled per-batch functions; the Objectives of ``Objective.batches``
+        # share their parent's (``_batch_fns``), so every batch runs the same jitted function
+        cache = self._batch_fns if self._splits["train"].shared else self._value_fns
         if key not in cache:
             cache[key] = adapter().compile(fn, jit_compile=jit_compile)
         return cache[key]
@@ -425,6 +435,7 @@ class PortableEngine:
     def _normalizers(self, split: str) -> np.ndarray:
         scales = self._scales.get(split)
         if scales is None:
+            self._count_pass("forward")
             _, sums = self._value_fn(split)(*self._offset_args(None))
             scales = self._scales[split] = self._term_scales(sums)
         return scales

@@ -138,6 +138,38 @@ class TFBatchLoop:
             [tf.TensorSpec([None, *v.shape], d) for v, d in zip(self.variables, self._dtypes)],
         ]
 
+    def _traced(self, cache: dict, key, split: str, python_function, signature):
+        """``python_function`` compiled once as ``cache[key]``.
+
+        The split of an Objective of ``Objective.batches`` holds one batch whose tensors are
+        the function's last argument (``batch``), so every batch of the parent runs one trace
+        (kept in ``self._batch_fns``, which the batches share); other splits are captured in
+        their function (``batch`` is empty).
+        """
+        data = self._split(split)
+        if not data.fed:
+            fn = cache[key] = _compiled(python_function, signature)
+            return fn
+        shared = (python_function.__name__, key, data.spec_key)
+        fn = self._batch_fns.get(shared)
+        if fn is None:
+            fn = self._batch_fns[shared] = _compiled(python_function, [*signature, data.specs])
+        batch = data.args
+
+        def bound(*args):
+            return fn(*args, batch)
+
+        cache[key] = bound
+        return bound
+
+    @staticmethod
+    def _reduce(data, batch):
+        """The fold over the batches: the split's own loop, or the one batch given."""
+        if not batch:
+            return data.reduce
+        x, y, *w = batch
+        return lambda init, body: body(init, x, y, w[0] if w else None)
+
     def _value_fn(self, split: str):
         fn = self._value_fns.get(split)
         if fn is not None:
@@ -145,7 +177,7 @@ class TFBatchLoop:
         data = self._split(split)
         n_terms = 2 * self._n_pairs(True)
 
-        def value(coefficients, basis):
+        def value(coefficients, basis, batch=()):
             self._count(split)
             values = self._values(coefficients, basis)
 
@@ -155,13 +187,11 @@ class TFBatchLoop:
                 return sums + pairs, self._update_metrics(metric_state, y, y_pred, w)
 
             init = (tf.zeros([n_terms], tf.float64), self._metric_state())
-            sums, metric_state = data.reduce(init, body)
+            sums, metric_state = self._reduce(data, batch)(init, body)
             penalty = self._penalty(values) if self.regularization else None
             return self._finish(sums, metric_state, penalty), sums
 
-        fn = _compiled(value, self._signature())
-        self._value_fns[split] = fn
-        return fn
+        return self._traced(self._value_fns, split, split, value, self._signature())
 
     def _grad_fn(self, split: str):
         fn = self._grad_fns.get(split)
@@ -171,7 +201,7 @@ class TFBatchLoop:
         n_terms = 2 * self._n_pairs(True)
         slots = self._trainable_slots()
 
-        def value_and_grad(coefficients, basis):
+        def value_and_grad(coefficients, basis, batch=()):
             self._count(f"{split}/gradient")
             values = self._values(coefficients, basis)
 
@@ -199,7 +229,7 @@ class TFBatchLoop:
                 return sums + pairs, metric_state, grads
 
             init = (tf.zeros([n_terms], tf.float64), self._metric_state(), grads0)
-            sums, metric_state, grads = data.reduce(init, body)
+            sums, metric_state, grads = self._reduce(data, batch)(init, body)
             scale = self._term_scales(sums)
             grads = [tf.tensordot(scale, g, axes=1) for g in grads]
             penalty = None
@@ -214,9 +244,7 @@ class TFBatchLoop:
             out = self._finish(sums, metric_state, penalty)
             return out, [tf.cast(g, self._dtypes[i]) for g, i in zip(grads, slots)]
 
-        fn = _compiled(value_and_grad, self._signature())
-        self._grad_fns[split] = fn
-        return fn
+        return self._traced(self._grad_fns, split, split, value_and_grad, self._signature())
 
     def _term_scales(self, sums) -> tf.Tensor:
         """λₖ / Dₖ for each loss term (float64 vector): L = Σₖ scaleₖ · Nₖ."""
@@ -240,7 +268,7 @@ class TFBatchLoop:
         slots = self._trainable_slots()
         n_loss = self._n_loss
 
-        def hvp(coefficients, basis, vectors, scales):
+        def hvp(coefficients, basis, vectors, scales, batch=()):
             self._count(f"{split}/hvp/{mode}")
             values = self._values(coefficients, basis)
             hv0 = tuple(tf.zeros(self.variables[i].shape, tf.float64) for i in slots)
@@ -258,7 +286,7 @@ class TFBatchLoop:
                 pairs, hv = _hvp_of(mode, batch_loss, vals, slots, list(vectors))
                 return sums + pairs, tuple(a + b for a, b in zip(acc_hv, hv))
 
-            _, hv = data.reduce((tf.zeros([2 * n_loss], tf.float64), hv0), body)
+            _, hv = self._reduce(data, batch)((tf.zeros([2 * n_loss], tf.float64), hv0), body)
             if self.regularization:
                 vals = [tf.identity(v) for v in values]
 
@@ -274,14 +302,13 @@ class TFBatchLoop:
             [tf.TensorSpec(self.variables[i].shape, self._dtypes[i]) for i in slots],
             tf.TensorSpec([n_loss], tf.float64),
         ]
-        fn = _compiled(hvp, signature)
-        self._hvp_fns[(split, mode)] = fn
-        return fn
+        return self._traced(self._hvp_fns, (split, mode), split, hvp, signature)
 
     def _normalizers(self, split: str) -> tf.Tensor:
         """λₖ / Dₖ of the loss terms on ``split`` (they do not depend on the weights)."""
         scales = self._scales.get(split)
         if scales is None:
+            self._count_pass("forward")
             _, sums = self._value_fn(split)(*self._offset_args(None))
             scales = self._scales[split] = self._term_scales(sums)
         return scales
@@ -338,7 +365,7 @@ class TFGaussNewtonLoop:
         slots = self._trainable_slots()
         splits = self._ggn_splits()
 
-        def ggn(coefficients, basis, vectors, scales):
+        def ggn(coefficients, basis, vectors, scales, batch=()):
             self._count(f"{split}/ggn")
             values = self._values(coefficients, basis)
             gv0 = tuple(tf.zeros(self.variables[i].shape, tf.float64) for i in slots)
@@ -362,7 +389,7 @@ class TFGaussNewtonLoop:
                 gv = [tf.cast(tf.convert_to_tensor(a), tf.float64) for a in gv]
                 return tuple(a + b for a, b in zip(acc_gv, gv))
 
-            gv = list(data.reduce(gv0, body))
+            gv = list(self._reduce(data, batch)(gv0, body))
             if self.regularization:  # the penalties' own Hessian (PSD for L1 / L2)
                 vals = [tf.identity(v) for v in values]
 
@@ -378,9 +405,7 @@ class TFGaussNewtonLoop:
             [tf.TensorSpec(self.variables[i].shape, self._dtypes[i]) for i in slots],
             tf.TensorSpec([self._loss.n_pairs], tf.float64),
         ]
-        fn = _compiled(ggn, signature)
-        self._ggn_fns[split] = fn
-        return fn
+        return self._traced(self._ggn_fns, split, split, ggn, signature)
 
 
 class TFConversions:

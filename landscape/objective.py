@@ -34,6 +34,7 @@ metric objects in the same loop (stateless: the model's metric state is not touc
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import logging
@@ -215,6 +216,13 @@ class _Precision:
 
 
 # ------------------------------------------------------------------------------ flat view
+def _numpy_dtype(dtype) -> np.dtype | None:
+    """float32 / float64 as NumPy's; None for the 16-bit floats, which TensorFlow may round
+    through float32 (so the Objective rounds them itself)."""
+    name = keras.backend.standardize_dtype(dtype)
+    return np.dtype(name) if name in ("float32", "float64") else None
+
+
 class FlatView:
     """The trainable variables of an Objective as one float64 vector w ∈ ℝⁿ.
 
@@ -233,7 +241,9 @@ class FlatView:
         self.shapes = [tuple(v.shape) for v in objective.trainable_variables]
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self._bounds = np.cumsum(self.sizes)[:-1]
+        self._starts = [0, *self._bounds.tolist()]
         self.n = int(sum(self.sizes))
+        self._dtypes = [_numpy_dtype(d) for d in objective._dtypes]
 
     @property
     def w0(self) -> np.ndarray:
@@ -249,15 +259,19 @@ class FlatView:
 
     def concat(self, arrays: Sequence) -> np.ndarray:
         """Arrays aligned with the trainable variables as one float64 vector of shape (n,)."""
-        return np.concatenate(
-            [np.asarray(keras.ops.convert_to_numpy(a), np.float64).reshape(-1) for a in arrays]
-        )
+        out = np.empty(self.n, np.float64)
+        for a, start, size in zip(arrays, self._starts, self.sizes):
+            out[start : start + size] = np.asarray(keras.ops.convert_to_numpy(a)).reshape(-1)
+        return out
 
     def offsets(self, delta: np.ndarray) -> list:
-        """Offsets for ``Objective.evaluate``: δ on the trainable variables, zero elsewhere."""
+        """Offsets for ``Objective.evaluate``: δ on the trainable variables (rounded once to
+        the dtype the analysis reads each in, as the Objective would round them), zero
+        elsewhere."""
         out: list = [np.zeros(v.shape, np.float64) for v in self.objective.variables]
         for slot, part in zip(self._slots, self.split(delta)):
-            out[slot] = part
+            dtype = self._dtypes[slot]
+            out[slot] = part if dtype is None else part.astype(dtype)
         return out
 
     def direction(self, flat: np.ndarray, metadata: dict | None = None) -> Direction:
@@ -721,13 +735,27 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         self._keras_metrics: keras.metrics.Metric | None = None
         self._keras_metric_names: tuple[str, ...] = ()
         self._probe(metrics, loss)
+        self._ggn_split_cache: tuple[str, ...] | None = None
+        self._fresh_functions()
+
+    def _fresh_functions(self) -> None:
+        """No compiled function, trace, normalizer or counted pass yet (a new Objective, or a
+        copy that computes differently)."""
         self._value_fns: dict[str, Any] = {}
         self._grad_fns: dict[str, Any] = {}
         self._hvp_fns: dict[tuple[str, str], Any] = {}
         self._ggn_fns: dict[str, Any] = {}
-        self._ggn_split_cache: tuple[str, ...] | None = None
         self._scales: dict[str, Any] = {}
         self.trace_count: dict[str, int] = {}
+        #: passes over the data made so far, by kind: ``"forward"`` (``evaluate``,
+        #: ``evaluate_at`` and the normalizers' one pass per split), ``"gradient"``, ``"hvp"``,
+        #: ``"ggn"``; each is one pass over a split's data (over one batch for the Objectives
+        #: of ``batches``, whose passes also count here)
+        self.passes: collections.Counter = collections.Counter()
+        self._parent_passes: collections.Counter | None = None
+        # compiled functions the Objectives of ``batches`` share (traced once for all batches)
+        self._batch_fns: dict = {}
+        self._batch_traces: dict[str, int] = {}
         self._flat: FlatView | None = None
 
     # ----------------------------------------------------------------------------- properties
@@ -800,10 +828,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         original is untouched. ``worst_case_sharpness`` uses it for per-batch m-sharpness.
         """
         sub = copy.copy(self)
-        sub._value_fns, sub._grad_fns, sub._hvp_fns = {}, {}, {}  # traced per split: not shared
-        sub._ggn_fns = {}
-        sub.trace_count, sub._scales = {}, {}
-        sub._flat = None
+        sub._fresh_functions()  # traced per split: not shared
         size = batch_size or self.batch_size
         sub._splits = {"train": self._split_class(data, size, None, "data")}
         return sub
@@ -820,10 +845,8 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         if sub._precision.switched() == self._precision.switched() and sub._dtypes == self._dtypes:
             sub._precision.name = self._precision.name  # as its outputs were checked
             return sub
-        sub._value_fns, sub._grad_fns, sub._hvp_fns = {}, {}, {}
-        sub._ggn_fns, sub._ggn_split_cache = {}, None
-        sub.trace_count, sub._scales = {}, {}
-        sub._flat = None
+        sub._fresh_functions()
+        sub._ggn_split_cache = None
         x, _, _ = sub._splits["train"].first_batch(min(sub.batch_size, 64))
         sub._precision.check_outputs(sub._run_model(x))
         return sub
@@ -831,12 +854,28 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
     def batches(self, batch_size: int, *, max_batches: int | None = None) -> Iterator[Objective]:
         """Objectives on consecutive batches of ``batch_size`` training samples (m-sharpness).
 
-        Each has the same model, loss and metrics; the last batch may be smaller.
+        Each has the same model, loss and metrics; the last batch may be smaller. They share
+        one compiled function per entry point, traced on the first batch that uses it and kept
+        by this Objective for later calls (on TensorFlow each batch's tensors are arguments of
+        the ``tf.function``, not captured in it); their passes count in ``self.passes`` too.
         """
         for i, (x, y, w) in enumerate(self._split("train").batches(batch_size)):
             if max_batches is not None and i >= max_batches:
                 return
-            yield self.with_data((x, y) if w is None else (x, y, w), batch_size=batch_size)
+            sub = self.with_data((x, y) if w is None else (x, y, w), batch_size=batch_size)
+            sub._share_batch_functions(self)
+            yield sub
+
+    def _share_batch_functions(self, parent: Objective) -> None:
+        """Use ``parent``'s compiled per-batch functions and count passes in its counter."""
+        self._batch_fns, self.trace_count = parent._batch_fns, parent._batch_traces
+        self._parent_passes = parent.passes
+        self._splits["train"].share_functions()
+
+    def _count_pass(self, kind: str) -> None:
+        self.passes[kind] += 1
+        if self._parent_passes is not None:
+            self._parent_passes[kind] += 1
 
     def basis(self, directions: Sequence[Direction]) -> Basis:
         """Stack ``directions`` into device tensors aligned with ``self.variables`` (once)."""
@@ -905,6 +944,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
             ``{"loss": ..., <per-output losses>, <metrics>}`` as Python floats (keys as in
             ``metric_names``).
         """
+        self._count_pass("forward")
         return self._to_float(self._value_fn(split)(*self._offset_args(offsets))[0])
 
     def evaluate_at(
@@ -925,6 +965,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
             raise ValueError(
                 f"Got {int(coefficients.shape[0])} coefficients for {basis.k} directions."
             )
+        self._count_pass("forward")
         return self._to_float(self._value_fn(split)(coefficients, list(basis.tensors))[0])
 
     def value_and_gradient(
@@ -938,6 +979,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
             dtype the variables are read in (their own, or float64 for
             ``precision="float64"``).
         """
+        self._count_pass("gradient")
         values, grads = self._grad_fn(split)(*self._offset_args(offsets))
         return self._to_float(values), grads
 
@@ -985,6 +1027,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
             mode = adapter().HVP_MODE
         vector = self._trainable_vector(vector)
         scales = self._normalizers(split)
+        self._count_pass("hvp")
         try:
             return _finite_product(
                 self._hvp_fn(split, mode)(*self._offset_args(offsets), vector, scales), "Hessian"
@@ -1049,6 +1092,7 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         """
         vector = self._trainable_vector(vector)
         scales = self._normalizers(split)
+        self._count_pass("ggn")
         product = self._ggn_fn(split)(*self._offset_args(offsets), vector, scales)
         return _finite_product(product, "Gauss-Newton")
 

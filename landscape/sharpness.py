@@ -43,9 +43,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.optimize
 
 from landscape import _checks
+from landscape._box_lbfgs import minimize_in_box
 from landscape._checks import SharpnessNorm
 from landscape._progress import progbar, resolve_verbose
 from landscape.objective import Objective
@@ -305,14 +305,7 @@ def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
             bar.add(1, [("max_loss", best)])
         return -loss, -(grad if A is None else A.T @ grad)
 
-    result = scipy.optimize.minimize(
-        negative_loss,
-        y0,
-        jac=True,
-        method="L-BFGS-B",
-        bounds=scipy.optimize.Bounds(-bound, bound),
-        options={"maxiter": max_iter},
-    )
+    result = minimize_in_box(negative_loss, y0, -bound, bound, max_iter=max_iter)
     return loss0, best, result
 
 

@@ -742,3 +742,38 @@ def test_a_models_own_cast_to_float16_is_recorded_in_the_precision(caplog):
     assert obj.precision == "float16"
     assert "the model's own code casts to float16" in caplog.text
     assert landscape.Objective(model, data).with_precision("float32").precision == "float16"
+
+
+def test_batches_share_one_trace_and_count_their_passes(float64):
+    """The Objectives of ``batches`` (m-sharpness) are each batch's own loss — against NumPy by
+    hand, weighted batches and the ragged last one included — while every batch runs one
+    trace per entry point, kept for later calls; ``passes`` counts each pass over the data."""
+    model, x, y, s = _linear_problem(n=23)
+    wk = keras.ops.convert_to_numpy(model.layers[-1].kernel.value)
+    obj = landscape.Objective(model, (x, y, s), "mse", batch_size=10, metrics=())
+    for _ in range(2):  # the second round traces nothing
+        subs = list(obj.batches(8))
+        assert [sub.flat.n for sub in subs] == [4, 4, 4]
+        for i, sub in enumerate(subs):
+            rows = slice(8 * i, 8 * i + 8)
+            r = (x[rows] @ wk - y[rows])[:, 0]
+            n = len(r)
+            value, (grad,) = sub.value_and_gradient()
+            assert value["loss"] == pytest.approx(np.sum(s[rows] * r**2) / n, rel=1e-12)
+            np.testing.assert_allclose(grad.numpy(), 2 * x[rows].T @ (s[rows] * r)[:, None] / n)
+            assert sub.evaluate()["loss"] == pytest.approx(value["loss"], rel=1e-12)
+        assert subs[0].trace_count == {"train": 1, "train/gradient": 1}
+    assert obj.trace_count == {}  # the parent's own functions were never needed
+    assert obj.passes == {"forward": 6, "gradient": 6} and subs[0].passes == {
+        "forward": 1,
+        "gradient": 1,
+    }
+    v = np.arange(4.0)[:, None]
+    for sub, rows in zip([subs[0], subs[2]], [slice(0, 8), slice(16, 23)]):
+        n = len(x[rows])
+        want = 2 * x[rows].T @ (s[rows][:, None] * (x[rows] @ v)) / n
+        np.testing.assert_allclose(sub.hessian_vector_product([v])[0].numpy(), want)
+    obj.passes.clear()
+    obj.evaluate()
+    obj.hessian_vector_product([np.ones((4, 1))])  # + the normalizers' one forward pass
+    assert obj.passes == {"forward": 2, "hvp": 1}

@@ -548,3 +548,82 @@ def test_report_with_hessian_fails_clearly_without_the_hessian_module(minimum, m
     with pytest.raises(ImportError, match="pass include_hessian=False"):
         landscape.sharpness_report(obj)
     assert "worst_l2" in landscape.sharpness_report(obj, include_hessian=False, steps=1, samples=2)
+
+
+# ------------------------------------------------- the L-BFGS-B driver against SciPy's own
+def _rosenbrock(x):
+    f = np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    g = np.zeros_like(x)
+    g[:-1] = -400.0 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2.0 * (1.0 - x[:-1])
+    g[1:] += 200.0 * (x[1:] - x[:-1] ** 2)
+    return f, g
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (0.5, 1, 3),  # a box that cuts off the minimum at (1, …, 1): iterates end on bounds
+        (2.0, 100, 7),  # the minimum inside the box: SciPy's convergence test stops it
+        (2.0, 4, 11),  # the iteration cap
+        (np.inf, 30, 5),  # no bounds at all (codes 0)
+    ],
+)
+def test_box_lbfgs_retraces_scipy_minimize_exactly(case):
+    """``minimize_in_box`` drives SciPy's compiled routine itself (its Python set-up costs
+    ~100 s on ResNet-50); every iterate must be SciPy's public ``minimize``'s, bit for bit."""
+    import scipy.optimize
+
+    from landscape._box_lbfgs import minimize_in_box
+
+    half, max_iter, seed = case
+    rng = np.random.default_rng(seed)
+    n = 12
+    lower, upper = -half * np.ones(n), half * np.ones(n)
+    lower[::3] = -half / 4  # uneven bounds
+    x0 = rng.uniform(-1.5, 1.5, n)  # partly outside the box: clipped by both
+    seen_ours, seen_scipy = [], []
+
+    def recorded(seen):
+        def fun(x):
+            seen.append(x.copy())
+            return _rosenbrock(x)
+
+        return fun
+
+    ours = minimize_in_box(recorded(seen_ours), x0, lower, upper, max_iter=max_iter)
+    ref = scipy.optimize.minimize(
+        recorded(seen_scipy),
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=scipy.optimize.Bounds(lower, upper),
+        options={"maxiter": max_iter},
+    )
+    assert len(seen_ours) == len(seen_scipy) == ours.nfev == ref.nfev
+    for a, b in zip(seen_ours, seen_scipy):
+        assert a.tobytes() == b.tobytes()
+    assert ours.x.tobytes() == ref.x.tobytes() and ours.fun == ref.fun
+    assert ours.nit == ref.nit and ours.message == ref.message
+
+
+def test_box_lbfgs_falls_back_to_minimize_without_the_routine(monkeypatch):
+    """Where SciPy's routine is absent (or refuses its arguments), SciPy's public minimize runs:
+    the same result."""
+    from landscape import _box_lbfgs
+
+    lower, upper, x0 = -np.ones(5) * 0.4, np.ones(5) * 0.4, np.linspace(-1, 1, 5)
+    direct = _box_lbfgs.minimize_in_box(_rosenbrock, x0, lower, upper, max_iter=20)
+
+    class Refusing:
+        @staticmethod
+        def setulb(*args):
+            raise TypeError("setulb() takes 18 positional arguments but 17 were given")
+
+    monkeypatch.setattr(_box_lbfgs, "_routine", Refusing)
+    fallback = _box_lbfgs.minimize_in_box(_rosenbrock, x0, lower, upper, max_iter=20)
+    assert fallback.x.tobytes() == direct.x.tobytes()
+    assert (fallback.nit, fallback.nfev, fallback.message) == (
+        direct.nit,
+        direct.nfev,
+        direct.message,
+    )

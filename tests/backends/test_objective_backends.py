@@ -9,6 +9,8 @@ NumPy) for a nonlinear model's Hessian-vector product.
 
 from __future__ import annotations
 
+import collections
+
 import keras
 import numpy as np
 import pytest
@@ -325,3 +327,28 @@ def test_data_that_never_ends_or_reshuffles_is_refused_in_one_sentence():
 
         with pytest.raises(ValueError, match=r"DataLoader with no length .* pass `steps=`"):
             landscape.Objective(model, torch.utils.data.DataLoader(Stream(), batch_size=4))
+
+
+def test_batches_run_one_compiled_function_and_count_passes():
+    """The Objectives of ``batches`` (m-sharpness) give each batch's own loss and gradient
+    (NumPy by hand), run one compiled per-batch function for every batch, and count their
+    passes in the parent's ``passes``."""
+    model = softmax_regression()
+    x, y, sw = data()
+    obj = landscape.Objective(model, (x, y, sw), batch_size=16)
+    subs = list(obj.batches(10))
+    assert len(subs) == 4
+    for i, sub in enumerate(subs):
+        rows = slice(10 * i, 10 * i + 10)
+        loss, want_k, want_b, _ = numpy_reference(model, x[rows], y[rows], sw[rows])
+        values, (gk, gb) = sub.value_and_gradient()
+        assert values["loss"] == pytest.approx(loss, rel=RTOL)
+        got = flat(keras.ops.convert_to_numpy(gk), keras.ops.convert_to_numpy(gb))
+        np.testing.assert_allclose(got, flat(want_k, want_b), rtol=1e-4, atol=1e-6)
+    assert obj.passes["gradient"] == 4
+    assert obj.passes == sum((sub.passes for sub in subs), collections.Counter())
+    functions = dict(obj._batch_fns)  # compiled on the first batch, shared by all
+    assert functions and all(sub._batch_fns is obj._batch_fns for sub in subs)
+    for sub in obj.batches(10):
+        sub.value_and_gradient()
+    assert obj._batch_fns == functions  # nothing compiled again
