@@ -45,6 +45,7 @@ import scipy.sparse.linalg
 from landscape import _checks
 from landscape._checks import HVPMode, Method, Split, Which
 from landscape._progress import finish, progbar
+from landscape._threads import one_blas_thread
 from landscape.directions import Direction, variable_owners
 from landscape.objective import LOW_PRECISIONS, Objective
 from sam import _compat
@@ -767,6 +768,7 @@ def _show_power(bar, products: int, i: int, previous: float | None, new: float) 
     bar.update(products, [("lambda", new), ("change", change)], finalize=False)
 
 
+@one_blas_thread
 def hessian_eigenvalues(
     objective: Objective,
     k: int = 1,
@@ -1127,6 +1129,7 @@ def _check_eigen_memory(
 
 
 # ------------------------------------------------------------------------------------ trace
+@one_blas_thread
 def hessian_trace(
     objective: Objective,
     *,
@@ -1261,45 +1264,33 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
 
 
 # --------------------------------------------------------------------------------- spectrum
-def _lanczos_step(op: _Hessian, q: list, alpha: list, beta: list) -> np.ndarray:
-    """One Lanczos step from q[-1] with full reorthogonalization: appends α_j and β_j.
-
-    Returns the unnormalized next vector w (q_{j+1} = w / β_j). Used by SLQ, whose runs keep
-    every vector (a list: memory grows with the steps taken), stored in ``basis_dtype``; the
-    products with them are float64 (numpy upcasts one stored vector at a time).
-    """
-    j = len(alpha)
-    w = op(q[j])
-    alpha.append(float(q[j] @ w))
-    w -= alpha[j] * q[j]
-    if j:
-        w -= beta[j - 1] * q[j - 1]
-    for _ in range(2):  # full reorthogonalization (modified Gram-Schmidt), twice is enough
-        for u in q:
-            w -= (u @ w) * u
-    beta.append(float(np.linalg.norm(w)))
-    return w
-
-
 def _slq_run(op: _Hessian, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """One Lanczos run of ``steps`` products from v0: Gauss quadrature nodes and weights."""
-    dtype = basis_dtype(op.objective.precision)
-    q, alpha, beta = [(v0 / np.linalg.norm(v0)).astype(dtype)], [], []
+    """One Lanczos run of ``steps`` products from v0: Gauss quadrature nodes and weights.
+
+    The steps are ``_expand``'s (full reorthogonalization, classical Gram-Schmidt twice, in
+    column blocks of the basis stored in ``basis_dtype``): the basis holds up to steps + 1
+    vectors.
+    """
+    V = np.empty((steps + 1, op.n), basis_dtype(op.objective.precision))
+    T = np.zeros((steps, steps))
+    V[0] = v0 / np.linalg.norm(v0)
+    betas = []
     for j in range(steps):
-        w = _lanczos_step(op, q, alpha, beta)
+        betas.append(_expand(op, V, T, j))
         if j + 1 == steps:
             break
-        if beta[j] <= BREAKDOWN * max(np.abs(alpha).max(), np.finfo(float).tiny):
+        alphas = np.diag(T)[: j + 1]
+        if betas[j] <= BREAKDOWN * max(np.abs(alphas).max(), np.finfo(float).tiny):
             break  # invariant subspace: the quadrature is exact
-        q.append((w / beta[j]).astype(dtype))
-    m = len(alpha)
-    theta, s = scipy.linalg.eigh_tridiagonal(np.array(alpha), np.array(beta[: m - 1]))
+    m = len(betas)
+    theta, s = scipy.linalg.eigh_tridiagonal(np.diag(T)[:m].copy(), np.array(betas[: m - 1]))
     nodes = np.full(steps, theta[0])
     weights = np.zeros(steps)
     nodes[:m], weights[:m] = theta, s[0] ** 2
     return nodes, weights
 
 
+@one_blas_thread
 def hessian_spectrum(
     objective: Objective,
     *,
@@ -1494,6 +1485,7 @@ def _selected_groups(objective: Objective, groups) -> dict[str, Any]:
     return selected
 
 
+@one_blas_thread
 def layer_curvature(
     objective: Objective,
     groups=None,

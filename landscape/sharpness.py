@@ -48,6 +48,7 @@ from landscape import _checks
 from landscape._box_lbfgs import minimize_in_box
 from landscape._checks import SharpnessNorm
 from landscape._progress import progbar, resolve_verbose
+from landscape._threads import one_blas_thread
 from landscape.objective import Objective
 
 logger = logging.getLogger("landscape")
@@ -211,6 +212,7 @@ def _projection(projection, subspace_dim, n: int, rng: np.random.Generator) -> n
     return None
 
 
+@one_blas_thread
 def epsilon_sharpness(
     objective: Objective,
     epsilon: float = EPSILON,
@@ -370,6 +372,7 @@ def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray,
     return np.asarray(losses), np.asarray(maxima), n_gradients
 
 
+@one_blas_thread
 def worst_case_sharpness(
     objective: Objective,
     rho: float,
@@ -478,6 +481,7 @@ def worst_case_sharpness(
 
 
 # ----------------------------------------------------------------- average-case sharpness
+@one_blas_thread
 def average_sharpness(
     objective: Objective,
     rho: float,
@@ -558,6 +562,7 @@ def _report_metric(name: str) -> tuple[str, str, bool]:
     return kind, norm, rest == ["adaptive"]
 
 
+@one_blas_thread
 def sharpness_report(
     objective: Objective,
     *,
