@@ -157,11 +157,17 @@ def main() -> None:
             if t is not None:
                 own.append(t.overhead)
                 probes = len(t.history["step"])
+                products = t.history["n_hvp"]
+                seconds = [round(s, 2) for s in t.history["seconds"]]
+                traced = dict(t._objective.trace_count)  # once each: nothing traced per probe
         ratios.append(times["tracked"] / times["plain"] - 1)
         plain_times.append(times["plain"])
         tracked_times.append(times["tracked"])
         print(f"  repetition {r}: without {times['plain']:.1f} s, with {times['tracked']:.1f} s "
-              f"({probes} probes): +{100 * ratios[-1]:.0f} %", flush=True)  # fmt: skip
+              f"({probes} probes): +{100 * ratios[-1]:.0f} %; products per probe {products} "
+              f"(mean after the first {np.mean(products[1:]):.2f}); probe seconds {seconds}; "
+              f"traces {traced}",
+              flush=True)  # fmt: skip
     print("\nOverhead (median of repetitions)")
     print(f"  training without the tracker {statistics.median(plain_times):.1f} s, with it "
           f"{statistics.median(tracked_times):.1f} s: +{100 * statistics.median(ratios):.0f} % "

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from landscape import _checks
-from landscape.hessian import EigenResult, hessian_eigenvalues, hessian_trace
+from landscape import _checks, _subspace
+from landscape.hessian import _eigen_sizes, _Hessian, _start_vector, hessian_trace
 from landscape.objective import Objective
 from sam import SAM
 from sam._compat import adam_velocity
@@ -273,23 +273,21 @@ class SharpnessTracker(keras.callbacks.Callback):
         names = ["lambda_max"] + [f"lambda_{i}" for i in range(2, self.k + 1)]
         extra = ["trace", "trace_stderr"] if self.trace else []
         self.history: dict[str, list] = {key: [] for key in (*KEYS[:3], *names, *KEYS[3:], *extra)}
-        self._logged = (
-            "probe_loss",
-            *names,
-            "threshold",
-            "residual",
-            *(["trace"] if self.trace else []),
-        )
+        self._logged = ("probe_loss", *names, "threshold", "residual", *extra[:1])
         self.seconds = 0.0
         self.train_seconds = 0.0
         self.quantity = "lambda_max(H)"
         self.rule = ""
         self._objective: Objective | None = None
-        self._previous: EigenResult | None = None
+        self._previous: _subspace.Pairs | None = None
         self._step = 0
         self._epoch = 0
         self._epoch_record: dict | None = None
         self._warned = False
+        if unit == "epoch":
+            # No batch hook: Keras then dispatches the batch-end callbacks of fit asynchronously
+            # instead of converting every step's logs to host floats for this callback.
+            self.on_train_batch_end = super().on_train_batch_end
 
     # --------------------------------------------------------------------------- results
     @property
@@ -364,10 +362,9 @@ class SharpnessTracker(keras.callbacks.Callback):
         self._epoch_record = None
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.unit == "epoch" and keras.backend.backend() == "jax":
-            # ``Callback.model`` syncs Keras's JAX training state into the variables at each
-            # access; the epoch's step count is read at its end, where fit has synced anyway.
-            return
+        # Step probes only: with unit="epoch" the instance has Keras's default (no-op) hook, as
+        # ``Callback.model`` syncs Keras's JAX training state into the variables at each
+        # access, and the epoch's step count is read at its end, where fit has synced anyway.
         # The optimizer's step count, not a count of calls: with ``steps_per_execution`` > 1,
         # Keras calls this hook once per execution of several steps.
         previous, self._step = self._step, int(_number(self.model.optimizer.iterations))
@@ -397,6 +394,24 @@ class SharpnessTracker(keras.callbacks.Callback):
         )  # fmt: skip
 
     # ---------------------------------------------------------------------------- probes
+    def _eigenpairs(self, index: int, preconditioner) -> _subspace.Pairs:
+        """The top-k pairs at the current weights, certified by this probe's own products."""
+        op = _Hessian(self._objective, "train", "auto", preconditioner)
+        k, max_iter, basis = _eigen_sizes(
+            op, self.k, "lanczos", "largest", self.max_iter, self.basis_size
+        )
+        _subspace.check_memory(op.n, k, basis, self._objective.precision)
+        rng = np.random.default_rng(self.seed + index)
+        if self.warm_start and self._previous is not None and len(self._previous.values) == k:
+            start = list(self._previous.vectors)
+            start[0] = _start_vector(op, start[0], rng)  # + WARM_START_NOISE, as Lanczos's
+        else:
+            start = [_start_vector(op, None, rng)]
+        return _subspace.eigenpairs(
+            op, k, which="largest", tol=self.tol, max_iter=max_iter, basis_size=basis,
+            start=start, rng=rng,
+        )  # fmt: skip
+
     def _probe(self, *, epoch: float) -> dict | None:
         """Measure, record and return the logged values (None when Adam has taken no step)."""
         start = time.perf_counter()
@@ -412,16 +427,7 @@ class SharpnessTracker(keras.callbacks.Callback):
             preconditioner = np.concatenate([p.ravel() for p in stability.preconditioner])
             self.quantity = "lambda_1(P^-1 H)"
         index = len(self.history["step"])
-        eig = hessian_eigenvalues(
-            obj,
-            self.k,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            basis_size=self.basis_size,
-            seed=self.seed + index,
-            v0=self._previous if self.warm_start else None,
-            preconditioner=preconditioner,
-        )
+        eig = self._eigenpairs(index, preconditioner)
         self._previous = eig
         record = {"probe_loss": obj.evaluate()["loss"], "lambda_max": float(eig.values[0])}
         record.update({f"lambda_{i + 1}": float(v) for i, v in enumerate(eig.values[1:], 1)})
