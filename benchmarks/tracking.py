@@ -16,8 +16,12 @@ batch 128) for ``--epochs`` epochs.
 2. Overhead: the same training without a tracker and with one (warm, every epoch, 1,000
    images), interleaved, ``--repeats`` times in alternating order, each timed around ``fit``
    (the model is built and compiled outside the timing). Reported: the median of
-   time(with) / time(without) − 1, and the tracker's own ``overhead`` (time in probes over the
-   rest of training).
+   time(with) / time(without) − 1, the tracker's own ``overhead`` (time in probes over the
+   rest of training), each run's products per probe (and their mean after the first), probe
+   seconds and the Objective's ``trace_count`` (each function traced once, none per probe),
+   and, for the last tracked run, each probe's time beyond its passes (products × one
+   product's time, + one forward pass for ``probe_loss``; one product and one forward pass
+   timed on the probe set after training).
 
 Like the other benchmarks (``_common.py``), TensorFlow runs with ``TF_ENABLE_ONEDNN_OPTS=0``
 unless the variable is set. About 5 minutes on a 2-core machine with the defaults.
@@ -156,17 +160,49 @@ def main() -> None:
             times[name] = fit(model, x, y, args.epochs, [t] if t else [])
             if t is not None:
                 own.append(t.overhead)
+                last = t
                 probes = len(t.history["step"])
+                products = t.history["n_hvp"]
+                seconds = [round(s, 2) for s in t.history["seconds"]]
+                traced = dict(t._objective.trace_count)  # once each: nothing traced per probe
         ratios.append(times["tracked"] / times["plain"] - 1)
         plain_times.append(times["plain"])
         tracked_times.append(times["tracked"])
         print(f"  repetition {r}: without {times['plain']:.1f} s, with {times['tracked']:.1f} s "
-              f"({probes} probes): +{100 * ratios[-1]:.0f} %", flush=True)  # fmt: skip
+              f"({probes} probes): +{100 * ratios[-1]:.0f} %; products per probe {products} "
+              f"(mean after the first {np.mean(products[1:]):.2f}); probe seconds {seconds}; "
+              f"traces {traced}",
+              flush=True)  # fmt: skip
     print("\nOverhead (median of repetitions)")
     print(f"  training without the tracker {statistics.median(plain_times):.1f} s, with it "
           f"{statistics.median(tracked_times):.1f} s: +{100 * statistics.median(ratios):.0f} % "
           f"(tracker's own estimate +{100 * statistics.median(own):.0f} %)")  # fmt: skip
+    split(last)
     print(f"load average now {os.getloadavg()[0]:.1f}")
+
+
+def split(tracker) -> None:
+    """A probe's time against its passes: products × one product's time + one forward pass."""
+    from landscape.hessian import _Hessian
+
+    obj = tracker._objective
+    op = _Hessian(obj, "train", "auto")
+    v = np.random.default_rng(0).standard_normal(op.n)
+    product, forward = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        op(v)
+        product.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        obj.evaluate()
+        forward.append(time.perf_counter() - start)
+    t_hvp, t_fwd = statistics.median(product), statistics.median(forward)
+    rest = [
+        s - n * t_hvp - t_fwd for s, n in zip(tracker.history["seconds"], tracker.history["n_hvp"])
+    ]
+    print(f"  one product {t_hvp:.3f} s, one forward pass {t_fwd:.3f} s on the probe set (after "
+          f"training); probe time beyond them: {[round(r, 2) for r in rest]} s (the first "
+          f"includes tracing); traced {obj.trace_count}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ reaches the stability threshold 2/η of gradient descent on a quadratic, and the
 while the loss keeps decreasing, non-monotonically ("edge of stability"). For adaptive methods
 the quantity that equilibrates is the preconditioned sharpness λ₁(P⁻¹H) (Cohen et al. 2022,
 arXiv 2207.14484). The tracker measures the sharpness on a fixed probe set every N steps or
-epochs with the certified, warm-started Lanczos of ``landscape.hessian`` and records it beside
+epochs with a warm-started Rayleigh–Ritz solver certified by its own fresh products
+(``landscape._subspace``; Lanczos from a single vector) and records it beside
 the threshold of the optimizer that takes the steps (``stability_threshold``):
 
 ==================  =====================================  ============================
@@ -39,8 +40,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from landscape import _checks
-from landscape.hessian import EigenResult, hessian_eigenvalues, hessian_trace
+from landscape import _checks, _subspace
+from landscape.hessian import _eigen_sizes, _Hessian, _start_vector, hessian_trace
 from landscape.objective import Objective
 from sam import SAM
 from sam._compat import adam_velocity
@@ -159,8 +160,8 @@ class SharpnessTracker(keras.callbacks.Callback):
     batch end at or past each multiple), and once before the first step, it computes the ``k``
     largest eigenvalues of the Hessian of the model's compiled loss on a fixed probe set, in
     inference mode (``landscape.Objective``: BatchNorm's moving statistics, no dropout), with
-    thick-restart Lanczos warm-started from the previous probe's eigenvectors and certified by
-    fresh products (``landscape.hessian_eigenvalues``); optionally Hutchinson's trace. Beside
+    a Rayleigh–Ritz solver that keeps every product it computes (below); optionally
+    Hutchinson's trace. Beside
     it, the stability threshold of the optimizer that takes the steps at the current learning
     rate (``stability_threshold``; SAM's base optimizer when training with SAM). For Adam the
     recorded sharpness is the preconditioned λ₁(P⁻¹H), with P read from the optimizer's state
@@ -175,19 +176,41 @@ class SharpnessTracker(keras.callbacks.Callback):
     ``probe_loss`` (the loss on the probe set, inference mode, one extra forward pass),
     ``lambda_max`` and ``lambda_2`` … ``lambda_k`` (loss units per squared weight unit; λ₁(P⁻¹H)
     for Adam), ``threshold``, ``learning_rate``, ``residual`` (the largest certified relative
-    residual ‖Hv − λv‖/|λ|), ``converged`` (every residual ≤ ``tol``), ``n_hvp`` (products of
-    the probe), ``seconds`` (its wall time) and, with ``trace=True``, ``trace`` and
+    residual ‖Hv − λv‖/|λ|, from the probe's own products), ``converged`` (every residual ≤
+    ``tol``), ``n_hvp`` (products of the probe, ≥ 1, certificates included), ``seconds``
+    (its wall time) and, with ``trace=True``, ``trace`` and
     ``trace_stderr``. The values are also written into ``fit``'s logs — the batch logs at a
     step probe and every epoch's logs (NaN in an epoch without a probe) as ``probe_loss``,
     ``lambda_max``, ``lambda_2`` …, ``threshold``, ``residual`` (and ``trace``) — so
     ``History``, ``CSVLogger`` and ``TensorBoard`` record them; list the tracker before a
     ``CSVLogger`` or ``TensorBoard`` in ``callbacks`` so that they see the same epoch's values.
 
+    The solver and its rule: a probe keeps a subspace U and its products W = H U, all computed
+    at the current weights by this probe. It starts from the previous probe's k eigenvectors
+    (``warm_start``; the first probe, or ``warm_start=False``: a random vector) and multiplies
+    them again: Rayleigh–Ritz on H restricted to U gives the Ritz pairs (θ, y = U c), and
+    since H y = W c, each residual ‖H y − θ y‖ = ‖W c − θ U c‖ is computed explicitly from
+    this probe's fresh products, never from an older probe's, and costs no product of its own
+    (``landscape.hessian_eigenvalues`` spends one more per eigenvalue on its certificate). A
+    probe stops as soon as every wanted residual is ≤ ``tol``·|θ| (``converged``), or at
+    ``max_iter`` products (``converged`` False, a warning); otherwise U grows by the residual
+    of the worst wanted pair, one product each, which from one start vector is Lanczos. A
+    full basis keeps the best ``k + (basis_size − k) // 2`` Ritz vectors with their products
+    (W c: no product). So a warm probe costs one product if the previous eigenvector is still
+    one to ``tol``, and one more per Krylov step otherwise. ``lambda_max`` is the top Ritz
+    value (a lower bound of the top eigenvalue of H on the probe set, within ``residual``·|θ|
+    of an eigenvalue: the certificate of ``hessian_eigenvalues``). Memory: U and W,
+    ``basis_size`` vectors each, in float32 for float32 products (``basis_dtype``).
+
     Cost: a probe costs ``n_hvp`` Hessian-vector products on the probe set (each about 2–3
-    gradients of it; the first probe from a random start, later ones warm-started); ``seconds``
-    / ``train_seconds`` gives ``overhead``. Choose the probe set large enough that λ_max on it
-    is the full-batch one you care about (a few hundred to a few thousand examples) and the
-    interval so that the overhead stays acceptable; ``tol`` and ``max_iter`` bound each probe.
+    gradients of it), one forward pass (``probe_loss``) and O(``basis_size`` × n_params)
+    host arithmetic per product; nothing is traced again after the first probe. ``seconds``
+    / ``train_seconds`` gives ``overhead``. On ``benchmarks/tracking.py``'s CNN probed every
+    epoch a warm probe took 3–5 products (3.75 and 4.75 on average after the first, two runs;
+    4.5 from a random start), the first one at initialization 16–27 (its top eigenvalues are
+    close). Choose the probe set large enough that λ_max on it is the full-batch one you care
+    about (a few hundred to a few thousand examples) and the interval so that the overhead
+    stays acceptable; ``tol`` and ``max_iter`` bound each probe.
 
     Args:
         probe_data: The probe set: ``(x, y)``, ``(x, y, sample_weight)`` or a finite
@@ -198,9 +221,11 @@ class SharpnessTracker(keras.callbacks.Callback):
         loss: None for the model's compiled loss, or a loss as ``Objective`` takes it.
         batch_size: Batch size of the probe set's evaluation. Defaults to 256.
         tol: Relative residual certifying the eigenvalues. Defaults to 1e-3.
-        max_iter: Cap on the Lanczos products of one probe. Defaults to 100.
-        basis_size: Lanczos basis (see ``hessian_eigenvalues``). Defaults to None.
-        warm_start: Start each probe from the previous probe's eigenvectors. Defaults to True.
+        max_iter: Cap on the products of one probe. Defaults to 100.
+        basis_size: Vectors of U (and of W) before a restart, at least k + 2. Defaults to
+            None: max(2k + 10, 20), at most n_params (``hessian.default_basis_size``).
+        warm_start: Start each probe from the previous probe's eigenvectors (multiplied
+            again at the current weights). Defaults to True.
         trace: Also estimate tr(H) (Hutchinson) at every probe. Defaults to False.
         trace_samples: Most Hutchinson probes of the trace. Defaults to 100.
         trace_tol: Relative standard error that stops the trace. Defaults to 0.05.
@@ -273,23 +298,21 @@ class SharpnessTracker(keras.callbacks.Callback):
         names = ["lambda_max"] + [f"lambda_{i}" for i in range(2, self.k + 1)]
         extra = ["trace", "trace_stderr"] if self.trace else []
         self.history: dict[str, list] = {key: [] for key in (*KEYS[:3], *names, *KEYS[3:], *extra)}
-        self._logged = (
-            "probe_loss",
-            *names,
-            "threshold",
-            "residual",
-            *(["trace"] if self.trace else []),
-        )
+        self._logged = ("probe_loss", *names, "threshold", "residual", *extra[:1])
         self.seconds = 0.0
         self.train_seconds = 0.0
         self.quantity = "lambda_max(H)"
         self.rule = ""
         self._objective: Objective | None = None
-        self._previous: EigenResult | None = None
+        self._previous: _subspace.Pairs | None = None
         self._step = 0
         self._epoch = 0
         self._epoch_record: dict | None = None
         self._warned = False
+        if unit == "epoch":
+            # No batch hook: Keras then dispatches the batch-end callbacks of fit asynchronously
+            # instead of converting every step's logs to host floats for this callback.
+            self.on_train_batch_end = super().on_train_batch_end
 
     # --------------------------------------------------------------------------- results
     @property
@@ -364,10 +387,9 @@ class SharpnessTracker(keras.callbacks.Callback):
         self._epoch_record = None
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.unit == "epoch" and keras.backend.backend() == "jax":
-            # ``Callback.model`` syncs Keras's JAX training state into the variables at each
-            # access; the epoch's step count is read at its end, where fit has synced anyway.
-            return
+        # Step probes only: with unit="epoch" the instance has Keras's default (no-op) hook, as
+        # ``Callback.model`` syncs Keras's JAX training state into the variables at each
+        # access, and the epoch's step count is read at its end, where fit has synced anyway.
         # The optimizer's step count, not a count of calls: with ``steps_per_execution`` > 1,
         # Keras calls this hook once per execution of several steps.
         previous, self._step = self._step, int(_number(self.model.optimizer.iterations))
@@ -397,6 +419,24 @@ class SharpnessTracker(keras.callbacks.Callback):
         )  # fmt: skip
 
     # ---------------------------------------------------------------------------- probes
+    def _eigenpairs(self, index: int, preconditioner) -> _subspace.Pairs:
+        """The top-k pairs at the current weights, certified by this probe's own products."""
+        op = _Hessian(self._objective, "train", "auto", preconditioner)
+        k, max_iter, basis = _eigen_sizes(
+            op, self.k, "lanczos", "largest", self.max_iter, self.basis_size
+        )
+        _subspace.check_memory(op.n, k, basis, self._objective.precision)
+        rng = np.random.default_rng(self.seed + index)
+        if self.warm_start and self._previous is not None and len(self._previous.values) == k:
+            start = list(self._previous.vectors)
+            start[0] = _start_vector(op, start[0], rng)  # + WARM_START_NOISE, as Lanczos's
+        else:
+            start = [_start_vector(op, None, rng)]
+        return _subspace.eigenpairs(
+            op, k, which="largest", tol=self.tol, max_iter=max_iter, basis_size=basis,
+            start=start, rng=rng,
+        )  # fmt: skip
+
     def _probe(self, *, epoch: float) -> dict | None:
         """Measure, record and return the logged values (None when Adam has taken no step)."""
         start = time.perf_counter()
@@ -412,16 +452,7 @@ class SharpnessTracker(keras.callbacks.Callback):
             preconditioner = np.concatenate([p.ravel() for p in stability.preconditioner])
             self.quantity = "lambda_1(P^-1 H)"
         index = len(self.history["step"])
-        eig = hessian_eigenvalues(
-            obj,
-            self.k,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            basis_size=self.basis_size,
-            seed=self.seed + index,
-            v0=self._previous if self.warm_start else None,
-            preconditioner=preconditioner,
-        )
+        eig = self._eigenpairs(index, preconditioner)
         self._previous = eig
         record = {"probe_loss": obj.evaluate()["loss"], "lambda_max": float(eig.values[0])}
         record.update({f"lambda_{i + 1}": float(v) for i, v in enumerate(eig.values[1:], 1)})

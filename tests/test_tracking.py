@@ -356,3 +356,100 @@ def test_an_unbuilt_subclassed_model_and_steps_per_execution():
     assert tracker.history["step"] == [3, 4, 7, 8]  # 4 steps per epoch, run 3 at a time
     assert tracker.history["epoch"] == [0.75, 1.0, 1.75, 2.0]
     assert all(tracker.history["converged"])
+
+
+# ----------------------------------------------------------------- warm start, certificates
+def _tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(3)]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def _dense_hessian(model, data, h=1e-4) -> np.ndarray:
+    """H at the model's weights by central differences of float64 gradients, column by column."""
+    obj = landscape.Objective(model, data, metrics=(), precision="float64")
+    flat = obj.flat
+    columns = []
+    for i in range(flat.n):
+        step = np.zeros(flat.n)
+        step[i] = h
+        plus = flat.concat(obj.value_and_gradient(flat.split(step))[1])
+        minus = flat.concat(obj.value_and_gradient(flat.split(-step))[1])
+        columns.append((plus - minus) / (2 * h))
+    H = np.stack(columns, axis=1)
+    return (H + H.T) / 2
+
+
+class _Weights(keras.callbacks.Callback):
+    """The weights where the tracker (listed before it) has just probed."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_begin(self, logs=None):
+        self.seen.append([v.numpy().copy() for v in self.model.weights])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_train_begin()
+
+
+def test_warm_started_probes_equal_cold_lanczos_and_a_dense_eigendecomposition():
+    """Every probe of a run, warm (Rayleigh–Ritz on the previous vectors, then extended) and
+    from a random vector, against the top eigenvalue of the dense finite-difference Hessian
+    and a cold-started certified Lanczos at the same weights."""
+    x, y = _data(48, seed=1)
+    x = x[:, :4]
+    model = _tiny_model()
+    tol = 1e-5
+    warm, cold = (
+        landscape.SharpnessTracker((x, y), tol=tol, batch_size=48, warm_start=w, seed=2)
+        for w in (True, False)
+    )
+    weights = _Weights()
+    model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
+              callbacks=[warm, cold, weights])  # fmt: skip
+    assert len(weights.seen) == len(warm.history["lambda_max"]) == 4
+    for i, seen in enumerate(weights.seen):
+        for v, value in zip(model.weights, seen):
+            v.assign(value)
+        dense = np.linalg.eigvalsh(_dense_hessian(model, (x, y)))[-1]
+        obj = landscape.Objective(model, (x, y), metrics=())
+        lanczos = landscape.hessian_eigenvalues(obj, tol=1e-7, seed=5).values[0]
+        for tracker in (warm, cold):
+            assert tracker.history["converged"][i] and tracker.history["residual"][i] <= tol
+            assert tracker.history["lambda_max"][i] == pytest.approx(dense, rel=2 * tol)
+            assert tracker.history["lambda_max"][i] == pytest.approx(lanczos, rel=2 * tol)
+            assert 1 <= tracker.history["n_hvp"][i] <= tracker.max_iter
+    assert warm.history["lambda_max"] == pytest.approx(cold.history["lambda_max"], rel=2 * tol)
+    assert abs(dense - warm.history["lambda_max"][0]) > 0.05 * dense  # training moved λ_max
+
+
+def test_a_warm_started_certificate_is_computed_at_the_new_weights():
+    """Weights moved between probes (by hand, training at η = 0 after): the probe's residual
+    is that of its vector under the new Hessian, and that vector is no eigenvector of the old."""
+    x, y = _data(48, seed=1)
+    x = x[:, :4]
+    model = _tiny_model()
+    tracker = landscape.SharpnessTracker((x, y), tol=1e-5, batch_size=48, seed=0)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[tracker])
+    old = _dense_hessian(model, (x, y))
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:
+        v.assign(v.numpy() * (1 + 0.5 * rng.standard_normal(v.shape)))
+    model.optimizer.learning_rate.assign(0.0)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[tracker])
+    new = _dense_hessian(model, (x, y))
+    h = tracker.history
+    assert len(h["lambda_max"]) == 3 and all(n >= 1 for n in h["n_hvp"])
+    lam, vector = h["lambda_max"][-1], tracker._previous.vectors[0]
+    assert lam == pytest.approx(np.linalg.eigvalsh(new)[-1], rel=2e-5)
+    assert np.linalg.norm(new @ vector - lam * vector) / lam <= 1e-4  # certified here ...
+    assert h["residual"][-1] <= 1e-5
+    old_rq = vector @ old @ vector
+    assert np.linalg.norm(old @ vector - old_rq * vector) / old_rq > 1e-2  # ... not there

@@ -51,3 +51,7 @@ def test_the_tracker_measures_the_weights_fit_has_reached_and_changes_nothing():
     np.testing.assert_allclose(
         by_step.history["lambda_max"][0], by_epoch.history["lambda_max"][1], rtol=1e-4
     )
+    # Warm-started probes are certified by their own products (at least one each).
+    for tracker in (by_epoch, by_step):
+        assert all(tracker.history["converged"]) and max(tracker.history["residual"]) <= 1e-6
+        assert all(1 <= n <= tracker.max_iter for n in tracker.history["n_hvp"])
