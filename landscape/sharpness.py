@@ -313,18 +313,20 @@ def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
 
 # ------------------------------------------------------------------- worst-case sharpness
 def _project(gamma: np.ndarray, rho: float, norm: str) -> np.ndarray:
-    """Projection onto the ball ‖γ‖ₚ ≤ ρ."""
+    """Projection onto the ball ‖γ‖ₚ ≤ ρ, in place."""
     if norm == "l2":
         size = np.linalg.norm(gamma)
-        return gamma * (rho / size) if size > rho else gamma
-    return np.clip(gamma, -rho, rho)
+        if size > rho:
+            np.multiply(gamma, rho / size, out=gamma)
+        return gamma
+    return np.clip(gamma, -rho, rho, out=gamma)
 
 
 def _ascent_direction(grad: np.ndarray, norm: str) -> np.ndarray:
-    """Steepest ascent direction of unit ‖·‖ₚ: g / ‖g‖₂ (ℓ2) or sign(g) (ℓ∞)."""
+    """Steepest ascent direction of unit ‖·‖ₚ, in place: g / ‖g‖₂ (ℓ2) or sign(g) (ℓ∞)."""
     if norm == "l2":
-        return grad / (np.linalg.norm(grad) + GRAD_EPS)
-    return np.sign(grad)
+        return np.divide(grad, np.linalg.norm(grad) + GRAD_EPS, out=grad)
+    return np.sign(grad, out=grad)
 
 
 def _random_start(rng: np.random.Generator, n: int, rho: float, norm: str) -> np.ndarray:
@@ -345,18 +347,21 @@ def _worst_case(
     bar,
 ) -> tuple[float, float]:
     """(L(w), the largest L(w + c⊙γ) seen) by projected gradient ascent in γ, ‖γ‖ₚ ≤ ρ."""
-    c = np.abs(flat.w) if adaptive else np.ones_like(flat.w)
+    c = np.abs(flat.w) if adaptive else None  # None: c = 1 (no product, the same numbers)
     loss0 = flat.loss()
     best = loss0
     gamma = np.zeros(flat.n) if rng is None else _random_start(rng, flat.n, rho, norm)
     for _ in range(steps):
-        loss, grad = flat.loss_and_gradient(c * gamma)
+        loss, grad = flat.loss_and_gradient(gamma if c is None else c * gamma)
         best = max(best, loss)
-        # ∇_γ L(w + c⊙γ) = c ⊙ ∇L: climb in γ, then project back onto the round ball.
-        gamma = _project(gamma + step_size * _ascent_direction(c * grad, norm), rho, norm)
+        # ∇_γ L(w + c⊙γ) = c ⊙ ∇L: climb in γ, then project back onto the round ball (the
+        # steps in place on the fresh gradient and on γ: no n-vector temporaries).
+        step = _ascent_direction(grad if c is None else np.multiply(c, grad, out=grad), norm)
+        gamma = _project(np.add(gamma, np.multiply(step_size, step, out=step), out=gamma), rho,
+                         norm)  # fmt: skip
         if bar is not None:
             bar.add(1, [("max_increase", best - loss0)])
-    best = max(best, flat.loss(c * gamma))
+    best = max(best, flat.loss(gamma if c is None else c * gamma))
     return loss0, best
 
 
@@ -525,13 +530,14 @@ def average_sharpness(
     verbose = resolve_verbose(verbose)
     flat = _FlatWeights(objective)
     rng = np.random.default_rng(seed)
-    c = np.abs(flat.w) if adaptive else np.ones_like(flat.w)
+    c = np.abs(flat.w) if adaptive else None  # None: c = 1 (no product, the same numbers)
     loss0 = flat.loss()
     bar = progbar(samples, verbose, "sample")
     increases = np.empty(samples)
     for i in range(samples):
         z = rng.standard_normal(flat.n) if norm == "l2" else rng.uniform(-1.0, 1.0, flat.n)
-        increases[i] = flat.loss(rho * c * z) - loss0
+        delta = np.multiply(z, rho, out=z) if c is None else rho * c * z
+        increases[i] = flat.loss(delta) - loss0
         if bar is not None:
             bar.update(i + 1, [("mean_increase", float(np.mean(increases[: i + 1])))])
     stderr = float(np.std(increases, ddof=1) / math.sqrt(samples)) if samples > 1 else math.nan
