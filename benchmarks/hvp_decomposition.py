@@ -2,7 +2,8 @@
 
 For each model of ``scaling.py`` (same data: 64 CIFAR-10 images, one batch), in its own spawned
 process, times interleaved (a new random order in every repetition; medians of per-repetition
-ratios):
+ratios), both in wall time and in the process's CPU time (all of TensorFlow's threads; the steadier
+measure of work on a machine shared with other jobs):
 
 - ``toolkit``: ``Objective.value_and_gradient`` and ``Objective.hessian_vector_product``
   (back-over-back, the default);
@@ -16,7 +17,7 @@ If the bare ratio is above the target, the cost is TensorFlow's own second-order
 toolkit's. The script also counts the convolution and matmul operations of each graph.
 
     .venv/bin/python benchmarks/hvp_decomposition.py [--models cnn,resnet20,resnet50]
-        [--repeats 7] [--jit] [--json out.json]
+        [--repeats 7] [--calls cnn:5] [--jit] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ def heavy_ops(fn, *args) -> dict:
 
 
 def flop_floor(model) -> dict:
-    """Multiply-adds of the convolutions and matmuls: a gradient and the fewest an HVP can do.
+    """Multiply-adds of the convolutions and matmuls: a gradient and Pearlmutter's exact HVP.
 
     Per layer with weights W and forward cost u (the first such layer gets no input gradient):
-    a gradient is forward + input gradient + weight gradient, 3u (first: 2u); an HVP at the
-    least (forward over backward, the primal weight gradient unused) is forward u, tangent
+    a gradient is forward + input gradient + weight gradient, 3u (first: 2u); the HVP
+    (forward over backward, the primal weight gradient unused) is forward u, tangent
     forward 2u (first: u), input gradient u and its tangent 2u (first: none), weight-gradient
     tangent 2u (first: u): 8u (first: 3u).
     """
@@ -76,7 +77,7 @@ def flop_floor(model) -> dict:
     return {"gradient_macs": grad, "hvp_macs": hvp, "ratio": hvp / grad}
 
 
-def job(name: str, n: int, repeats: int, jit: bool) -> dict:
+def job(name: str, n: int, repeats: int, calls: int, jit: bool) -> dict:
     import keras
     import tensorflow as tf
     from scaling import build
@@ -139,35 +140,44 @@ def job(name: str, n: int, repeats: int, jit: bool) -> dict:
         start = time.perf_counter()
         fn()
         warm[key] = time.perf_counter() - start
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}  # CPU: all of TF's threads
+    times = {c: {k: [] for k in runs} for c in clocks}
     for _ in range(repeats):
         for key in rng.permutation(list(runs)):
-            start = time.perf_counter()
-            runs[key]()
-            times[key].append(time.perf_counter() - start)
+            start = {c: clock() for c, clock in clocks.items()}
+            for _ in range(calls):
+                runs[key]()
+            for c, clock in clocks.items():
+                times[c][key].append((clock() - start[c]) / calls)
 
-    def ratio(a, b):
-        return statistics.median(p / q for p, q in zip(times[a], times[b]))
+    def ratios(t):
+        def ratio(a, b):
+            return statistics.median(p / q for p, q in zip(t[a], t[b]))
+
+        out = {
+            "median_s": {k: statistics.median(v) for k, v in t.items()},
+            "toolkit": ratio("toolkit_hvp", "toolkit_grad"),
+            "bare": ratio("bare_hvp", "bare_grad"),
+            "bare_fwd": ratio("bare_fwd", "bare_grad"),
+            "hvp_toolkit_per_bare": ratio("toolkit_hvp", "bare_hvp"),
+            "grad_toolkit_per_bare": ratio("toolkit_grad", "bare_grad"),
+        }
+        if jit:
+            out["jit"] = ratio("jit_hvp", "jit_grad")
+            out["jit_grad_per_bare"] = ratio("jit_grad", "bare_grad")
+        return out
 
     out = {
         "model": name,
         "n_params": int(sum(np.prod(t.shape) for t in tv)),
         "data": source,
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-        "median_s": {k: statistics.median(t) for k, t in times.items()},
-        "toolkit": ratio("toolkit_hvp", "toolkit_grad"),
-        "bare": ratio("bare_hvp", "bare_grad"),
-        "bare_fwd": ratio("bare_fwd", "bare_grad"),
-        "hvp_toolkit_per_bare": ratio("toolkit_hvp", "bare_hvp"),
-        "grad_toolkit_per_bare": ratio("toolkit_grad", "bare_grad"),
         "agreement": agree,
         "warm_up_s": warm,
         "floor": flop_floor(model),
         "ops": {"grad": heavy_ops(bare_grad), "hvp": heavy_ops(bare_hvp, v)},
+        **{c: ratios(t) for c, t in times.items()},
     }
-    if jit:
-        out["jit"] = ratio("jit_hvp", "jit_grad")
-        out["jit_grad_per_bare"] = ratio("jit_grad", "bare_grad")
     return out
 
 
@@ -176,26 +186,29 @@ def main() -> None:
     parser.add_argument("--models", default="cnn,resnet20,resnet50")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", default="cnn:5", help="calls per timing, e.g. cnn:5 [1]")
     parser.add_argument("--jit", action="store_true", help="also time XLA (jit_compile=True)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     print(f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)  # fmt: skip
+    calls = {k: int(c) for k, c in (p.split(":") for p in args.calls.split(",") if p)}
     rows = []
     for name in args.models.split(","):
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            r = pool.apply(job, (name, args.n, args.repeats, args.jit))
+            r = pool.apply(job, (name, args.n, args.repeats, calls.get(name, 1), args.jit))
         rows.append(r)
-        ms = {k: f"{t * 1e3:.0f}" for k, t in r["median_s"].items()}
-        print(f"\n{name} ({r['n_params']:,} parameters): median ms {ms}")
-        print(f"  HVP ÷ gradient: toolkit {r['toolkit']:.2f}, bare TF {r['bare']:.2f} "
-              f"(bare forward-over-backward {r['bare_fwd']:.2f})"
-              + (f", XLA {r['jit']:.2f} (XLA gradient ÷ bare {r['jit_grad_per_bare']:.2f})"
-                 if "jit" in r else ""))  # fmt: skip
-        print(
-            f"  toolkit ÷ bare: HVP {r['hvp_toolkit_per_bare']:.2f}, "
-            f"gradient {r['grad_toolkit_per_bare']:.2f}; products agree to {r['agreement']}"
-        )
+        print(f"\n{name} ({r['n_params']:,} parameters); products agree to {r['agreement']}")
+        for c in ("wall", "cpu"):
+            q = r[c]
+            ms = {k: f"{t * 1e3:.0f}" for k, t in q["median_s"].items()}
+            print(f"  {c} time, median ms {ms}")
+            print(f"    HVP ÷ gradient: toolkit {q['toolkit']:.2f}, bare TF {q['bare']:.2f} "
+                  f"(bare forward-over-backward {q['bare_fwd']:.2f})"
+                  + (f", XLA {q['jit']:.2f} (XLA gradient ÷ bare {q['jit_grad_per_bare']:.2f})"
+                     if "jit" in q else ""))  # fmt: skip
+            print(f"    toolkit ÷ bare: HVP {q['hvp_toolkit_per_bare']:.2f}, "
+                  f"gradient {q['grad_toolkit_per_bare']:.2f}")  # fmt: skip
         print(
             f"  FLOP floor of HVP ÷ gradient (convolutions and matmuls): {r['floor']['ratio']:.2f}"
         )
