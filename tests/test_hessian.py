@@ -560,3 +560,36 @@ def test_power_warns_on_a_dominant_negative_eigenvalue_and_progress_bars_run(flo
     assert lanczos.values[0] == pytest.approx(3.0, rel=1e-8)
     landscape.hessian_trace(obj, samples=12, seed=0, verbose=1)
     landscape.hessian_spectrum(obj, steps=3, runs=2, seed=0, verbose=1)
+
+
+def test_analyses_hold_blas_to_one_thread_and_restore_it(quadratic, monkeypatch):
+    """The host's vector work between passes runs on one BLAS thread (``landscape._threads``:
+    OpenBLAS's spinning threads and the backend's slowed each other on 2 cores); the caller's
+    setting comes back after, also when the analysis raises."""
+    import threadpoolctl
+
+    def blas_threads():
+        return {
+            d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"
+        }
+
+    _, _, obj = quadratic
+    limits = threadpoolctl.threadpool_limits(limits=2, user_api="blas")  # the caller's setting
+    outside = blas_threads()
+    assert outside == {2}
+    seen = []
+    product = type(obj).hessian_vector_product
+
+    def recording(self, *args, **kwargs):
+        seen.append(blas_threads())
+        return product(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(obj), "hessian_vector_product", recording)
+    landscape.hessian_eigenvalues(obj, k=1, seed=0)
+    landscape.hessian_spectrum(obj, steps=4, runs=1, seed=0)
+    assert seen and all(s == {1} for s in seen)
+    assert blas_threads() == outside
+    with pytest.raises(ValueError):
+        landscape.hessian_trace(obj, samples=0)
+    assert blas_threads() == outside
+    limits.restore_original_limits()
