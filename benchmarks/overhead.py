@@ -39,7 +39,7 @@ unless the variable is set. Each model runs in its own process. About 3 minutes 
 15–25 for ``resnet50`` on a 2-core machine.
 
     .venv/bin/python benchmarks/overhead.py [--models cnn,resnet50] [--repeats 3] [--no-cli]
-        [--json results.json]
+        [--only WORDS] [--json results.json]
 """
 
 from __future__ import annotations
@@ -232,7 +232,8 @@ def analyses(model, obj, x, y, v, name: str):
         return connect_marginal(model, x, y)
 
     def layer_curvature():
-        groups = [model.layers[1].name, model.layers[-1].name]
+        weighted = [layer.name for layer in model.layers if layer.trainable_weights]
+        groups = [weighted[0], weighted[-1]]
         landscape.layer_curvature(obj, groups, tol=1e-12, max_iter=iters, trace_samples=samples,
                                   trace_tol=1e-12)  # fmt: skip
 
@@ -401,7 +402,7 @@ def cli_runs(model, x, y, directory: str, small: bool):
 COUNTING: Counting | None = None
 
 
-def job(name: str, repeats: int, cli: bool) -> dict:
+def job(name: str, repeats: int, cli: bool, only=()) -> dict:
     global COUNTING
     import keras
 
@@ -415,13 +416,20 @@ def job(name: str, repeats: int, cli: bool) -> dict:
     v = [rng.normal(size=w.shape).astype("float32") for w in obj.trainable_variables]
     bare = Bare(model, x, y, [keras.ops.convert_to_tensor(a) for a in v])
     agreement = check_agreement(obj, bare, v)
-    calls = 5 if name == "cnn" else 3
+    calls = 5 if name == "cnn" else 2
     bare.measure(calls)
     rows = []
-    for label, fn, size, traces in analyses(model, obj, x, y, v, name):
-        first = run_analysis(fn, bare, size)[0] if traces else None
-        ROUTINE[0] = 0.0
-        runs = [run_analysis(fn, bare, size) for _ in range(repeats)]
+    for i, (label, fn, size, traces) in enumerate(analyses(model, obj, x, y, v, name)):
+        if only and not any(word in label for word in only):
+            continue
+        try:
+            first = run_analysis(fn, bare, size)[0] if traces else None
+            ROUTINE[0] = 0.0
+            runs = [run_analysis(fn, bare, size) for _ in range(repeats)]
+        except Exception as error:  # noqa: BLE001 - a benchmark row says what failed
+            print(f"{label}: failed: {error}", flush=True)
+            rows.append({"analysis": label, "error": str(error)})
+            continue
         ratios = [s / b for s, _, b in runs]
         seconds, counts, base = runs[len(runs) // 2]
         rows.append({"analysis": label, "passes": dict(counts), "seconds": seconds,
@@ -437,7 +445,9 @@ def job(name: str, repeats: int, cli: bool) -> dict:
                 draws.standard_normal(obj.flat.n)
             rows[-1]["own_work_seconds"] = time.perf_counter() - start
             rows[-1]["own_work"] = "NumPy's Gaussian draws"
-        bare.measure(calls)
+        print(f"{label}: {rows[-1]}", flush=True)
+        if i % 3 == 2:
+            bare.measure(calls)
     cli_rows = []
     if cli:
         with tempfile.TemporaryDirectory() as directory:
@@ -475,14 +485,14 @@ def _time_routine() -> None:
     _box_lbfgs._routine = Timed
 
 
-def in_fresh_process(name: str, repeats: int, cli: bool) -> dict:
+def in_fresh_process(name: str, repeats: int, cli: bool, only=()) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_job_with_timer, (name, repeats, cli))
+        return pool.apply(_job_with_timer, (name, repeats, cli, only))
 
 
-def _job_with_timer(name, repeats, cli):
+def _job_with_timer(name, repeats, cli, only):
     _time_routine()
-    return job(name, repeats, cli)
+    return job(name, repeats, cli, only)
 
 
 def show(result: dict) -> None:
@@ -494,6 +504,9 @@ def show(result: dict) -> None:
         f"{'analysis':34s} {'passes (f/g/h/G)':>18s} {'seconds':>9s} {'bare s':>9s} {'ratio':>6s}"
     )
     for r in result["rows"]:
+        if "error" in r:
+            print(f"{r['analysis']:34s} failed: {r['error']}")
+            continue
         p = r["passes"]
         counts = "/".join(str(p.get(k, 0)) for k in ("forward", "gradient", "hvp", "ggn"))
         extra = ""
@@ -523,12 +536,19 @@ def main() -> None:
     )
     parser.add_argument("--no-cli", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated words: run the analyses "
+        "whose names contain one of them (e.g. 'sharpness,Lanczos')",
+    )
     args = parser.parse_args()
     results = []
     for name in args.models.split(","):
         repeats = args.repeats or (3 if name == "cnn" else 1)
         start = time.perf_counter()
-        result = in_fresh_process(name, repeats, not args.no_cli)
+        only = tuple(w for w in args.only.split(",") if w)
+        result = in_fresh_process(name, repeats, not args.no_cli, only)
         result["total_seconds"] = time.perf_counter() - start
         show(result)
         print(f"({name}: {result['total_seconds']:.0f} s in all)")

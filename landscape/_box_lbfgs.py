@@ -102,6 +102,8 @@ class _Workspace:
 def _bound_codes(lower: np.ndarray, upper: np.ndarray):
     """(l, u, nbd): the routine's bounds, 0 where infinite, and its code per variable (0 none,
     1 lower only, 2 both, 3 upper only)."""
+    if np.isfinite(lower).all() and np.isfinite(upper).all():  # a box (ε-sharpness's)
+        return lower, upper, np.full(lower.shape, 2, np.int32)
     has_l, has_u = np.isfinite(lower), np.isfinite(upper)
     nbd = np.where(has_l, np.where(has_u, 2, 1), np.where(has_u, 3, 0)).astype(np.int32)
     return np.where(has_l, lower, 0.0), np.where(has_u, upper, 0.0), nbd
@@ -130,7 +132,11 @@ def _driven(fun, x0, lower, upper, max_iter: int) -> BoxResult:
             raise
         if work.task[0] == _FG:
             if last_x is None or not np.array_equal(x, last_x):  # SciPy re-uses f at the same x
-                last_x = x.copy()  # the routine overwrites x; fun must not
+                # the routine overwrites x; fun gets a copy it must not change
+                if last_x is None:
+                    last_x = x.copy()
+                else:
+                    np.copyto(last_x, x)
                 value, grad = fun(last_x)
                 f, g = float(value), np.asarray(grad, np.float64).reshape(-1)
                 nfev += 1

@@ -20,6 +20,7 @@ import numpy as np
 
 from landscape.hessian import (
     BLOCK,
+    DGKS,
     _check_memory,
     _combine,
     _Hessian,
@@ -70,12 +71,15 @@ class _Basis:
         self.G = np.zeros((m, m))
 
     def add(self, u: np.ndarray) -> bool:
-        """Orthogonalize u against U (twice), multiply, store; False when u lies in U."""
+        """Orthogonalize u against U (a second time where the first pass removed more than
+        1 − 1/√2 of it: ``hessian.DGKS``), multiply, store; False when u lies in U."""
         u = np.array(u, np.float64)
-        before = float(np.linalg.norm(u))
+        before = norm = float(np.linalg.norm(u))
         for _ in range(2 if self.p else 0):
             _subtract(u, _project(self.U[: self.p], u), self.U[: self.p])
-        norm = float(np.linalg.norm(u))
+            left, norm = norm, float(np.linalg.norm(u))
+            if norm >= DGKS * left:
+                break
         if not np.isfinite(norm) or norm <= DEPENDENT * before:
             return False
         p = self.p

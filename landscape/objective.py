@@ -257,11 +257,14 @@ class FlatView:
         parts = np.split(flat, self._bounds)
         return [p.reshape(s) for p, s in zip(parts, self.shapes)]
 
-    def concat(self, arrays: Sequence) -> np.ndarray:
-        """Arrays aligned with the trainable variables as one float64 vector of shape (n,)."""
-        out = np.empty(self.n, np.float64)
+    def concat(self, arrays: Sequence, out: np.ndarray | None = None) -> np.ndarray:
+        """Arrays aligned with the trainable variables as one float64 vector of shape (n,),
+        written into ``out`` where given (a float64 buffer of n entries, reused by the caller:
+        at ResNet-50 size a fresh 190 MB array costs its page faults, about 0.2 s)."""
+        out = np.empty(self.n, np.float64) if out is None else out
+        host = adapter().host_view
         for a, start, size in zip(arrays, self._starts, self.sizes):
-            out[start : start + size] = np.asarray(keras.ops.convert_to_numpy(a)).reshape(-1)
+            out[start : start + size] = np.asarray(host(a)).reshape(-1)
         return out
 
     def offsets(self, delta: np.ndarray) -> list:

@@ -173,9 +173,18 @@ class _FlatWeights:
     def __init__(self, objective: Objective):
         self.objective = objective
         self.view = objective.flat
-        self.w = self.view.w0
         self.n = self.view.n
         self.n_gradients = 0
+        self._w: np.ndarray | None = None
+        self._gradient: np.ndarray | None = None  # the buffer each gradient is written into
+
+    @property
+    def w(self) -> np.ndarray:
+        """The weights as one float64 vector, read once when a measure needs them (ε's box,
+        adaptive c = |w|): an n-vector copy of every variable (0.3 s for ResNet-50)."""
+        if self._w is None:
+            self._w = self.view.w0
+        return self._w
 
     def offsets(self, delta: np.ndarray) -> list:
         return self.view.offsets(delta)
@@ -185,10 +194,12 @@ class _FlatWeights:
         return self.objective.evaluate(offsets)["loss"]
 
     def loss_and_gradient(self, delta: np.ndarray) -> tuple[float, np.ndarray]:
+        """(L(w + δ), ∇L(w + δ)); the gradient is one buffer, overwritten by the next call
+        (every caller here uses it, or copies it, before asking for the next)."""
         values, grads = self.objective.value_and_gradient(self.offsets(delta))
         self.n_gradients += 1
-        flat = self.view.concat(grads)
-        return values["loss"], flat
+        self._gradient = self.view.concat(grads, out=self._gradient)
+        return values["loss"], self._gradient
 
 
 # ---------------------------------------------------------------------------- ε-sharpness
@@ -292,7 +303,8 @@ def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
     """L-BFGS-B on −L(w + Ay) over the box C_ε; (L(w), the largest loss seen, SciPy's result)."""
     # The box C_ε around A⁺w (w itself for A = I).
     center = flat.w if A is None else np.linalg.lstsq(A, flat.w, rcond=None)[0]
-    bound = epsilon * (np.abs(center) + 1.0)
+    bound = np.abs(center)
+    bound = np.multiply(epsilon, np.add(bound, 1.0, out=bound), out=bound)  # ε(|c| + 1)
     y0 = rng.uniform(-bound, bound)
 
     loss0 = flat.loss()
@@ -305,7 +317,7 @@ def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
         best = max(best, loss)
         if bar is not None:
             bar.add(1, [("max_loss", best)])
-        return -loss, -(grad if A is None else A.T @ grad)
+        return -loss, (np.negative(grad, out=grad) if A is None else -(A.T @ grad))
 
     result = minimize_in_box(negative_loss, y0, -bound, bound, max_iter=max_iter)
     return loss0, best, result

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 
 from landscape import _checks, _subspace
+from landscape._threads import one_blas_thread
 from landscape.hessian import _eigen_sizes, _Hessian, _start_vector, hessian_trace
 from landscape.objective import Objective
 from sam import SAM
@@ -437,6 +438,7 @@ class SharpnessTracker(keras.callbacks.Callback):
             start=start, rng=rng,
         )  # fmt: skip
 
+    @one_blas_thread
     def _probe(self, *, epoch: float) -> dict | None:
         """Measure, record and return the logged values (None when Adam has taken no step)."""
         start = time.perf_counter()

@@ -92,6 +92,12 @@ def to_numpy(t) -> np.ndarray:
     return t.numpy() if hasattr(t, "numpy") else np.asarray(t)
 
 
+def host_view(t) -> np.ndarray:
+    """A read-only NumPy view of a host tensor where one exists without a copy (an eager
+    tensor's own buffer), else ``to_numpy``; the caller copies out of it at once."""
+    return np.asarray(t) if isinstance(t, tf.Tensor) else to_numpy(t)
+
+
 def no_grad():
     return contextlib.nullcontext()
 

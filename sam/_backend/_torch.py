@@ -147,6 +147,9 @@ def to_numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
+host_view = to_numpy  # .numpy() of a CPU tensor shares its memory
+
+
 def no_grad():
     """A context without gradient recording (the eager checks need no graph)."""
     return torch.no_grad()

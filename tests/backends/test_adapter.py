@@ -85,3 +85,14 @@ def test_the_compiled_function_computes_the_same():
 def test_the_adapter_is_this_backends_and_says_which_mode_is_faster():
     assert adapter().__name__ == f"sam._backend._{keras.backend.backend()}"
     assert adapter().HVP_MODE in ("forward_over_backward", "backward_over_backward")
+
+
+def test_host_view_reads_a_tensor_and_its_gradient_without_changing_them():
+    """``host_view`` (FlatView.concat's read of each product) gives the tensor's values."""
+    back = adapter()
+    params = tensors(P)
+    _, _, grads = back.value_and_grad(f, params)
+    for t, reference in zip([*params, *grads], [*P, *by_hand_gradient()]):
+        view = np.asarray(back.host_view(t))
+        np.testing.assert_allclose(view, reference, rtol=1e-5)
+        np.testing.assert_array_equal(view, np.asarray(keras.ops.convert_to_numpy(t)))
