@@ -222,7 +222,7 @@ def analyses(model, obj, x, y, v, name: str):
     d1, d2 = (landscape.random_direction(model, seed=s) for s in (1, 2))
     basis = obj.basis([d1, d2])
     points = iter(np.random.default_rng(0).uniform(-1, 1, (10**6, 2)))
-    iters = 30 if small else 6
+    iters = 30 if small else 10
     samples = 20 if small else 3
 
     def tracker_probe():
@@ -438,11 +438,17 @@ def job(name: str, repeats: int, cli: bool, only=()) -> dict:
         if label == "ε-sharpness":
             rows[-1]["own_work_seconds"] = ROUTINE[0] / max(1, repeats)
             rows[-1]["own_work"] = "SciPy's L-BFGS-B routine"
-        if label == "average-case":  # its Gaussian draws of n numbers, timed alone
-            draws = np.random.default_rng(0)
+        draws = {
+            "average-case": counts["forward"] - 1,
+            "worst-case ℓ2": 1,
+            "worst-case adaptive ℓ2": 1,
+            f"m-sharpness (m={M})": N // M,
+        }.get(label)
+        if draws:  # the random perturbations / starts of n numbers, timed alone
+            rng = np.random.default_rng(0)
             start = time.perf_counter()
-            for _ in range(counts["forward"] - 1):
-                draws.standard_normal(obj.flat.n)
+            for _ in range(draws):
+                rng.standard_normal(obj.flat.n)
             rows[-1]["own_work_seconds"] = time.perf_counter() - start
             rows[-1]["own_work"] = "NumPy's Gaussian draws"
         print(f"{label}: {rows[-1]}", flush=True)

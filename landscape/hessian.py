@@ -444,7 +444,9 @@ class _Hessian:
         full[self._index] = x
         return full
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """H x as a float64 n-vector; written into ``out`` (a float64 n-vector the caller
+        reuses, for the whole operator only) where given."""
         self.n_hvp += 1
         if self.scale is not None:
             x = self.scale * x
@@ -453,7 +455,8 @@ class _Hessian:
             hv = self.objective.gauss_newton_vector_product(arrays, split=self.split)
         else:
             hv = self.objective.hessian_vector_product(arrays, split=self.split, mode=self.mode)
-        hv = self.flat.concat(hv)
+        full = self._index is None and self.scale is None
+        hv = self.flat.concat(hv, out=out if full else None)
         if self._index is not None:
             hv = hv[self._index]
         return hv if self.scale is None else self.scale * hv
@@ -617,7 +620,7 @@ def _n_kept(k: int, basis_size: int) -> int:
     return k + (basis_size - k) // 2
 
 
-def _expand(op: _Hessian, V: np.ndarray, T: np.ndarray, j: int) -> float:
+def _expand(op: _Hessian, V: np.ndarray, T: np.ndarray, j: int, work=None) -> float:
     """One Lanczos step from V[j]: sets T[j, j] = α_j and V[j+1] = w / β_j; returns β_j.
 
     From w = H v_j the recurrence's known couplings are removed first (column j of T above
@@ -625,9 +628,10 @@ def _expand(op: _Hessian, V: np.ndarray, T: np.ndarray, j: int) -> float:
     w is orthogonalized against the whole basis V[:j+1] by one classical Gram-Schmidt pass,
     and by a second one where the first removed more than 1 − 1/√2 of what was left (Daniel,
     Gragg, Kaufman & Stewart 1976, the test ARPACK uses): the basis stays orthogonal to
-    rounding at one pass over it in most steps instead of two.
+    rounding at one pass over it in most steps instead of two. ``work``: a float64 n-vector
+    the product is written into (one per run: a fresh one costs its page faults).
     """
-    w = op(V[j])
+    w = op(V[j], out=work)
     T[j, j] = _project(V[j : j + 1], w)[0]
     column = T[: j + 1, j]
     first = int(np.flatnonzero(column)[0]) if column.any() else j
@@ -684,9 +688,9 @@ def _lanczos(op, v0, k, which, tol, max_iter, basis_size, bar):
     V = np.empty((m + 1, op.n), basis_dtype(op.objective.precision))
     T = np.zeros((m, m))
     V[0] = v0 / np.linalg.norm(v0)
-    j, run, start = 0, _Run(), op.n_hvp
+    j, run, start, work = 0, _Run(), op.n_hvp, np.empty(op.n)
     while True:
-        beta = _expand(op, V, T, j)
+        beta = _expand(op, V, T, j, work)
         theta, s = np.linalg.eigh(T[: j + 1, : j + 1])
         order = _order(theta, which)
         idx = order[:k]
@@ -1285,9 +1289,9 @@ def _slq_run(op: _Hessian, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.n
     V = np.empty((steps + 1, op.n), basis_dtype(op.objective.precision))
     T = np.zeros((steps, steps))
     V[0] = v0 / np.linalg.norm(v0)
-    betas = []
+    betas, work = [], np.empty(op.n)
     for j in range(steps):
-        betas.append(_expand(op, V, T, j))
+        betas.append(_expand(op, V, T, j, work))
         if j + 1 == steps:
             break
         alphas = np.diag(T)[: j + 1]

@@ -250,8 +250,13 @@ class FlatView:
         return self.concat([v.value for v in self.objective.trainable_variables])
 
     def split(self, flat: np.ndarray) -> list[np.ndarray]:
-        """A flat float64 vector of shape (n,) as arrays aligned with the trainable variables."""
-        flat = np.asarray(flat, np.float64).reshape(-1)
+        """A flat vector of shape (n,) as arrays (views) aligned with the trainable variables;
+        float32 stays float32 (a stored Lanczos vector: widening it would copy n entries for
+        nothing, the engine rounds to the variables' dtype anyway), anything else float64."""
+        flat = np.asarray(flat)
+        if flat.dtype not in (np.float32, np.float64):
+            flat = flat.astype(np.float64)
+        flat = flat.reshape(-1)
         if flat.size != self.n:
             raise ValueError(f"Expected a flat vector of {self.n} entries; got {flat.size}.")
         parts = np.split(flat, self._bounds)
