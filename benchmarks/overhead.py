@@ -376,7 +376,7 @@ def cli_runs(model, x, y, directory: str, small: bool):
     out = os.path.join(directory, "out")
     sizes = (4, 10) if small else (3, 6)
     commands = {
-        "landscape surface": lambda s: ["surface", path, *common, f"--x=-1:1:{s}",
+        "landscape surface": lambda s: ["surface", path, *common, f"--x=-1:1:{s * 8 + 1}",
                                         "--test-samples", "0", "--out", f"{out}{s}.h5"],
         "landscape hessian": lambda s: ["hessian", path, *common, "--k", "1", "--tol", "1e-12",
                                         "--max-iter", str(s)],
