@@ -379,10 +379,12 @@ def _worst_case(
 
 def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray, int]:
     """(L(w), max L in the ball) per objective (batch), and the gradients used."""
-    losses, maxima, n_gradients = [], [], 0
+    losses, maxima, n_gradients, buffer = [], [], 0, None
     for sub in objectives:
         flat = _FlatWeights(sub)
+        flat._gradient = buffer  # one gradient buffer for every batch, used one at a time
         loss, best = _worst_case(flat, rng=rng, bar=bar, **options)
+        buffer = flat._gradient
         losses.append(loss)
         maxima.append(best)
         n_gradients += flat.n_gradients
