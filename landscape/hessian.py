@@ -1282,9 +1282,9 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
 def _slq_run(op: _Hessian, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """One Lanczos run of ``steps`` products from v0: Gauss quadrature nodes and weights.
 
-    The steps are ``_expand``'s (full reorthogonalization, classical Gram-Schmidt twice, in
-    column blocks of the basis stored in ``basis_dtype``): the basis holds up to steps + 1
-    vectors.
+    The steps are ``_expand``'s (full reorthogonalization: classical Gram-Schmidt over column
+    blocks of the basis stored in ``basis_dtype``, a second pass where DGKS asks): the basis
+    holds up to steps + 1 vectors.
     """
     V = np.empty((steps + 1, op.n), basis_dtype(op.objective.precision))
     T = np.zeros((steps, steps))
