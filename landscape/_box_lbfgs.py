@@ -2,7 +2,7 @@
 
 ``scipy.optimize.minimize(method="L-BFGS-B", bounds=...)`` converts the bounds between its two
 representations and fills the solver's bound codes in Python loops over the variables: about
-100 s for ResNet-50's 23.6 M weights, against 2 s for one gradient of 64 images, so
+115 s for ResNet-50's 23.6 M weights, against 2 s for one gradient of 64 images, so
 ``epsilon_sharpness`` was mostly that. ``minimize_in_box`` drives SciPy's own compiled L-BFGS-B
 routine (``scipy.optimize._lbfgsb.setulb``, SciPy ≥ 1.15) through its reverse-communication
 protocol with the bounds built as arrays: the same routine, the same options and stopping rules

@@ -170,13 +170,15 @@ class _FlatWeights:
     get a zero offset.
     """
 
-    def __init__(self, objective: Objective):
+    def __init__(self, objective: Objective, gradient_buffer: np.ndarray | None = None):
+        """``gradient_buffer``: a float64 n-vector to write the gradients into (another
+        ``_FlatWeights``'s, used one at a time); None allocates one on the first gradient."""
         self.objective = objective
         self.view = objective.flat
         self.n = self.view.n
         self.n_gradients = 0
         self._w: np.ndarray | None = None
-        self._gradient: np.ndarray | None = None  # the buffer each gradient is written into
+        self._gradient = gradient_buffer  # the buffer each gradient is written into
 
     @property
     def w(self) -> np.ndarray:
@@ -381,8 +383,7 @@ def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray,
     """(L(w), max L in the ball) per objective (batch), and the gradients used."""
     losses, maxima, n_gradients, buffer = [], [], 0, None
     for sub in objectives:
-        flat = _FlatWeights(sub)
-        flat._gradient = buffer  # one gradient buffer for every batch, used one at a time
+        flat = _FlatWeights(sub, buffer)  # one gradient buffer for every batch, one at a time
         loss, best = _worst_case(flat, rng=rng, bar=bar, **options)
         buffer = flat._gradient
         losses.append(loss)
