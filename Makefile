@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 # PyTorch for the CPU. A plain `torch` (the test extra's torch>=2.4) resolves on Linux to a CUDA
 # build of several GB; pip's find-links on the project's machines (Python 3.11) hold
 # torch 2.13.0+cpu, which `torch==2.13.0` takes (a +cpu build sorts above the bare release).
@@ -11,7 +12,7 @@ TORCH_PIN ?= torch==2.13.0
 # The backend-neutral tests, run once per Keras backend, each backend in its own process.
 BACKEND_TESTS := -m "not slow" tests/backends
 
-.PHONY: test test-fast test-slow demo lint install clean
+.PHONY: test test-fast test-slow demo docs lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,5 +52,16 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/landscape figures --out-dir out/figures
 
+# The documentation site (mkdocs.yml: the guide pages of docs/, README.md as the home page, the
+# API reference from the docstrings, the CLI reference from click) into site/. --strict: a broken
+# link, anchor or reference, or a docstring that griffe cannot parse, fails the build. Needs only
+# the package's own dependencies and the docs extra, not TensorFlow.
+$(DOCS_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -968,7 +968,9 @@ class GSAM(SAMVariant):
         alpha: α ≥ 0. Defaults to 0.1: the paper tunes α per model (with ρ) and gives no
             single default; 0.1 is a middle value of the ones it reports.
         rho_min: ρ_min of the schedule, or None (constant ρ). Defaults to None.
-        lr_max, lr_min: η_max > η_min of the schedule (required with ``rho_min``).
+        lr_max: η_max of the schedule, > ``lr_min`` (required with ``rho_min``). Defaults to
+            None.
+        lr_min: η_min ≥ 0 of the schedule (required with ``rho_min``). Defaults to None.
         **kwargs: The options of ``SAMVariant`` (adaptive, perturbed, swp_beta, sds_gamma,
             schedule, seed, eps, sync_perturbations, name).
 
