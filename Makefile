@@ -48,7 +48,8 @@ test-slow: $(STAMP)
 
 # The main job: SGD and SAM ResNets on the embedded MNIST subset with 40 % wrong labels, 3 seeds;
 # landscapes, sharpness, statistics and figures into out/figures (rerunning resumes; a directory
-# from another configuration is refused). The README's figures/ are the same experiment on CIFAR-10.
+# from another configuration is refused). figures/ holds the same experiment on CIFAR-10
+# (docs/guide/figures-experiment.md).
 demo: $(STAMP)
 	$(BIN)/landscape figures --out-dir out/figures
 

@@ -58,8 +58,8 @@ from _common import CIFAR, cifar_subset
 
 import numpy as np
 
-#: The cheapest settings of ``landscape sharpness`` (README: "A cheap first look at a large
-#: model", with fewer probes, steps and samples still).
+#: The cheapest settings of ``landscape sharpness`` (docs/guide/cli.md: "A cheap first look at a
+#: large model", with fewer probes, steps and samples still).
 CHEAP_SHARPNESS = (
     "--k 1 --max-iter 100 --trace-probes 10 --steps 2 --average-samples 2 --no-epsilon"
 )

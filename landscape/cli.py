@@ -332,8 +332,8 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
           sam_probability, track_every, track_unit, track_samples, quiet):  # fmt: skip
     """Train a model with SGD, SAM, ASAM or a SAM-family member and save it as a .keras file.
 
-    The family (see README): gsam (--alpha), looksam (--looksam-k, --alpha), friendlysam
-    (--sigma, --lmbda), esam (--beta, --gamma); for every SAM member --perturbed
+    The family (docs/guide/sam-family.md): gsam (--alpha), looksam (--looksam-k, --alpha),
+    friendlysam (--sigma, --lmbda), esam (--beta, --gamma); for every SAM member --perturbed
     normalization is SAM-ON, and --sam-every / --sam-last / --sam-probability make plain steps
     between SAM steps. An option that does not apply to --optimizer is refused.
 

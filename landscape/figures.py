@@ -53,7 +53,8 @@ class FiguresConfig:
     The defaults are ``make demo``'s experiment (about 10 minutes on 2 cores): ResNet-8, width 8,
     on 2,000 images of the embedded MNIST subset with 40 % of the labels wrong, 30 epochs, 3 seeds.
     SAM's ρ = 0.1 was chosen on this experiment: with ρ = 0.05 SAM fitted more of the wrong labels
-    and gained less test accuracy over SGD (4.4 against 9.7 points, 3 seeds; see the README).
+    and gained less test accuracy over SGD (4.4 against 9.7 points, 3 seeds; see
+    docs/guide/figures-experiment.md).
     Training runs to the end of the schedule, not to an early-stopping point (where Baek et al.,
     "Why is SAM robust to label noise?", ICLR 2024, find SAM's largest gains).
     """
@@ -391,7 +392,8 @@ def summarize(values: dict, config: FiguresConfig) -> dict:
 
 
 def summary_markdown(summary: dict) -> str:
-    """The README's table: mean ± standard error per optimizer, and the comparison sentences."""
+    """The table of docs/guide/figures-experiment.md: mean ± standard error per optimizer, and the
+    comparison sentences."""
     c = summary["config"]
     lines = [
         f"ResNet-{c['depth']} (width {c['width']}) on {c['train_samples'] or 'all'} training "
