@@ -106,6 +106,10 @@ def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
                 adapter()
         except ImportError as err:
             raise UserError(str(err)) from None
+    from landscape._provenance import invocation
+
+    ctx = click.get_current_context()  # every output's provenance names the command's options
+    ctx.with_resource(invocation(f"landscape {ctx.info_name}", ctx.params))
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     warnings.showwarning = _warn  # one line, without the source line of the library
     logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask's cluster chatter
@@ -734,9 +738,14 @@ def _check_costs(*, k, basis_size) -> None:
     _at_least("--basis-size", basis_size, k + 2)
 
 
-def _write_json_file(path: str, payload: dict) -> None:
+def _write_json_file(path: str, payload: dict, **provenance) -> None:
+    """``payload`` and its ``provenance`` block (``landscape._provenance.provenance``'s keyword
+    arguments) as JSON, written whole or not at all."""
     import json
 
+    from landscape._provenance import provenance as block
+
+    payload = {**payload, "provenance": block(**provenance)}
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)
@@ -821,7 +830,17 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
     click.echo(f"{curvature}, {report.precision}: {report.n_hvp} products; certified: "
                f"{bool(report.converged.all())}")  # fmt: skip
     if json_path:
-        _write_json_file(json_path, {"layers_report": report.as_dict()})
+        settings = {
+            "curvature": curvature,
+            "tol": tol,
+            "max_iter": max_iter,
+            "trace": with_trace,
+            "trace_samples": trace_probes,
+            "trace_tol": trace_tol,
+        }
+        _write_json_file(json_path, {"layers_report": report.as_dict()}, objective=objective,
+                         settings=settings, seeds=seed,
+                         converged={"layers": bool(report.converged.all())})  # fmt: skip
         _say(quiet, f"wrote {json_path}")
     if plot_path:
         import matplotlib
@@ -928,7 +947,14 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
         out["density"] = {"path": density, "n_hvp": int(spectrum.n_hvp)}
         _say(quiet, f"wrote {density}")
     if json_path:
-        _write_json_file(json_path, out)
+        converged = {"eigenvalues": bool(eig.converged)}
+        if with_trace:
+            converged["trace"] = bool(tr.converged)
+        settings = {"k": k, "which": which, "tol": tol, "max_iter": max_iter,
+                    "basis_size": eig.basis_size, **block, "trace_samples": trace_probes,
+                    "trace_tol": trace_tol, "slq_steps": steps, "slq_runs": runs}  # fmt: skip
+        _write_json_file(json_path, out, objective=objective, settings=settings, seeds=seed,
+                         converged=converged)  # fmt: skip
         _say(quiet, f"wrote {json_path}")
 
 
@@ -983,7 +1009,13 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         click.echo(f"{key:<{width}}  {shown}")
     if json_path:
-        _write_json_file(json_path, report)
+        converged = {k: bool(v) for k, v in report.items() if k.endswith("converged")}
+        settings = {"k": k, "include_hessian": not no_hessian, "eigen_tol": tol,
+                    "eigen_max_iter": max_iter, "basis_size": basis_size, "trace_tol": trace_tol,
+                    "trace_samples": trace_probes, "epsilon": None if no_epsilon else epsilon,
+                    "steps": steps, "samples": average_samples}  # fmt: skip
+        _write_json_file(json_path, report, objective=objective, settings=settings, seeds=seed,
+                         converged=converged)  # fmt: skip
         _say(quiet, f"wrote {json_path}")
 
 
@@ -1143,7 +1175,16 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
             f"{result.curve[key].min():.4f}"
         )
     if out:
-        _write_json_file(out, result.as_dict())
+        from landscape._provenance import model_weights_fingerprint
+        from landscape.directions import fingerprint_arrays
+
+        settings = {"curve": curve, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                    "momentum": momentum, "points": points}  # fmt: skip
+        _write_json_file(out, result.as_dict(), settings=settings, seeds=seed,
+                         model_fingerprint={"a": model_weights_fingerprint(first),
+                                            "b": model_weights_fingerprint(second)},
+                         data_fingerprint={"train": fingerprint_arrays(train),
+                                           "test": test and fingerprint_arrays(test)})  # fmt: skip
         _say(quiet, f"wrote {out}")
     if plot_path or plane_path:
         import matplotlib

@@ -33,6 +33,7 @@ import numpy as np
 
 import sam  # noqa: F401 (registers SAM and SAMModel, so that the saved models load)
 from landscape import _figure_plots, _summary
+from landscape._provenance import provenance
 from landscape.data import flip_labels, load_dataset
 from landscape.directions import interpolation_direction, random_direction
 from landscape.objective import Objective
@@ -137,6 +138,20 @@ def _write_json(path: str, payload: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
     os.replace(tmp, path)  # never a half-written file
+
+
+def _provenance(config: FiguresConfig, objectives: dict | None = None, **extra) -> dict:
+    """The provenance block of a JSON file of the experiment: its configuration and seeds, and
+    with ``objectives`` every model's weights and every seed's data fingerprints."""
+    fingerprints = {}
+    if objectives is not None:
+        models = {f"{name}_seed_{seed}": o.weights_fingerprint()
+                  for seed, pair in objectives.items() for name, o in pair.items()}  # fmt: skip
+        data = {f"seed_{seed}": next(iter(pair.values())).data_fingerprint()
+                for seed, pair in objectives.items()}  # fmt: skip
+        fingerprints = {"model_fingerprint": models, "data_fingerprint": data}
+    return provenance(settings=dataclasses.asdict(config), seeds=list(range(config.seeds)),
+                      **fingerprints, **extra)  # fmt: skip
 
 
 def _write_text(path: str, text: str) -> None:
@@ -256,6 +271,7 @@ def train_models(config: FiguresConfig, out_dir: str, *, verbose: int = 1) -> di
             metrics.update(_fit_metrics(model, x, y_true, y_noisy, flipped))
             model.save(path)
             record.setdefault(name, {})[str(seed)] = metrics
+            record["provenance"] = _provenance(config)
             _write_json(record_path, record)
             models.setdefault(seed, {})[name] = model
     metrics = {name: {int(s): m for s, m in record[name].items()} for name in OPTIMIZERS}
@@ -314,7 +330,8 @@ def sharpness_reports(objectives: dict, config: FiguresConfig, out_dir: str) -> 
                 continue
             logger.info("sharpness report of the %s model, seed %d", name.upper(), seed)
             reports[name][seed] = sharpness_report(pair[name], **config.report)
-            _write_json(path, {n: {str(s): r for s, r in reports[n].items()} for n in OPTIMIZERS})
+            payload = {n: {str(s): r for s, r in reports[n].items()} for n in OPTIMIZERS}
+            _write_json(path, {**payload, "provenance": _provenance(config, objectives)})
     return reports
 
 
@@ -464,6 +481,9 @@ def make_figures(
                               for s in metrics[name]} for name in OPTIMIZERS}  # fmt: skip
     summary["certificates"] = certificates(reports)
     written, summary["captions"] = _figure_plots.draw(surfaces, summary, out_dir)
+    flags = {f"{flag}_{name}_seed_{seed}": ok for flag, by_name in summary["certificates"].items()
+             for name, per_seed in by_name.items() for seed, ok in enumerate(per_seed)}  # fmt: skip
+    summary["provenance"] = _provenance(config, objectives, converged=flags)
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     _write_text(os.path.join(out_dir, "summary.md"), summary_markdown(summary))
     written += [os.path.join(out_dir, "summary.json"), os.path.join(out_dir, "summary.md")]

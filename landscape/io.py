@@ -10,7 +10,8 @@ Layout (compatible with tomgoldstein/loss-landscape's plotting scripts)::
                               a diverged point, e.g. negative BatchNorm variances far out)
     /directions/x, /directions/y   one dataset per variable (v0000, ...) and attribute ``paths``
     root attributes: format, format_version, package_version, created, model_fingerprint,
-    directions_fingerprint, data_fingerprint, norm, ignore, seeds, directions_metadata (JSON) ...
+    directions_fingerprint, data_fingerprint, norm, ignore, seeds, directions_metadata (JSON),
+    provenance (JSON: ``landscape._provenance``'s block of the run that created the file) ...
 
 Crash safety: the file at ``path`` is only ever replaced whole. Every write goes to
 ``path + ".tmp"`` (a fresh file, or a byte copy of the current one patched with the new values),
@@ -45,7 +46,7 @@ FORMAT_VERSION = 1
 DIRECTION_NAMES = ("x", "y")
 COMPUTED = "computed"  # mask of evaluated points; files without it: computed = no metric is NaN
 # stored as JSON text, read back as lists
-JSON_ATTRS = ("seeds", "directions_metadata", "loss_terms")
+JSON_ATTRS = ("seeds", "directions_metadata", "loss_terms", "provenance")
 LOSS_LANDSCAPE_MISSING = -1.0  # loss-landscape's placeholder for a point not computed
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from landscape import io
+from landscape._provenance import provenance
 
 if TYPE_CHECKING:
     from landscape.directions import Direction
@@ -303,22 +304,43 @@ def _check_direction_count(n: int, y: GridSpec | None) -> None:
         raise ValueError(f"A 2D surface (y={y!r}) needs exactly 2 directions. Received {n}.")
 
 
-def _attributes(objective: Objective, directions: Sequence[Direction], fingerprint: str) -> dict:
-    """The file attributes that identify the computation (checked when a file is resumed)."""
+def _attributes(objective: Objective, directions: Sequence[Direction], fingerprint: str,
+                settings: dict) -> dict:  # fmt: skip
+    """The file attributes that identify the computation (checked when a file is resumed), and
+    the provenance block of the run that creates the file."""
     meta = [d.metadata for d in directions]
+    model, data = objective.weights_fingerprint(), objective.data_fingerprint()
+    seeds = [m.get("seed") for m in meta]
     return {
-        "model_fingerprint": objective.weights_fingerprint(),
+        "provenance": provenance(
+            objective=objective,
+            model_fingerprint=model,
+            data_fingerprint=data,
+            seeds=seeds,
+            settings={
+                **settings,
+                "directions_fingerprint": fingerprint,
+                "loss": objective.loss_name,
+                "batch_size": objective.batch_size,
+            },
+        ),  # fmt: skip
+        "model_fingerprint": model,
         "directions_fingerprint": fingerprint,
-        "data_fingerprint": objective.data_fingerprint(),
+        "data_fingerprint": data,
         "loss": objective.loss_name,
         "precision": objective.precision,
         "backend": objective.backend,
         "loss_terms": list(objective.included),
         "norm": meta[0].get("norm"),
         "ignore": meta[0].get("ignore"),
-        "seeds": [m.get("seed") for m in meta],
+        "seeds": seeds,
         "directions_metadata": meta,
     }
+
+
+def _spec(values: np.ndarray) -> dict:
+    """A grid axis as the provenance records it."""
+    return {"start": float(values[0]), "stop": float(values[-1]), "num": len(values)}
 
 
 def _open(path, grid: _Grid, names, directions, attrs) -> tuple[dict, np.ndarray]:
@@ -405,7 +427,9 @@ def compute_surface(
     grid = _Grid.parse(x, y)
     names = tuple(f"{s}_{m}" for s in objective.splits for m in objective.metric_names)
     basis = objective.basis(directions)  # validates alignment before any file is touched
-    attrs = _attributes(objective, directions, fingerprint_directions(directions))
+    settings = {"x": _spec(grid.x), "y": None if grid.y is None else _spec(grid.y),
+                "executor": None if executor is None else type(executor).__name__}  # fmt: skip
+    attrs = _attributes(objective, directions, fingerprint_directions(directions), settings)
     path = None if path is None else os.fspath(path)
     values, computed = _open(path, grid, names, directions, attrs)
     todo = [idx for idx in np.ndindex(*grid.shape) if not computed[idx]]

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 
 from landscape import _checks, _subspace
+from landscape._provenance import provenance
 from landscape._threads import one_blas_thread
 from landscape.hessian import _eigen_sizes, _Hessian, _start_vector, hessian_trace
 from landscape.objective import Objective
@@ -323,7 +324,9 @@ class SharpnessTracker(keras.callbacks.Callback):
         return self.seconds / rest if rest > 0 else math.nan
 
     def as_dict(self) -> dict:
-        """The history and settings as JSON-ready builtins (``json.dump(tracker.as_dict())``)."""
+        """The history and settings as JSON-ready builtins (``json.dump(tracker.as_dict())``),
+        with the provenance block (``landscape._provenance``: versions, settings, seed, the
+        fingerprints of the weights now and of the probe set, whether every probe converged)."""
         settings = {
             "every": self.every,
             "unit": self.unit,
@@ -335,7 +338,11 @@ class SharpnessTracker(keras.callbacks.Callback):
             "seed": self.seed,
         }
         history = {key: [_plain(v) for v in values] for key, values in self.history.items()}
+        converged = {"every_probe": all(history["converged"])} if history["step"] else None
+        block = provenance(objective=self._objective, settings=settings, seeds=self.seed,
+                           converged=converged)  # fmt: skip
         return {
+            "provenance": block,
             "history": history,
             "quantity": self.quantity,
             "rule": self.rule,

@@ -17,10 +17,12 @@ import math
 import os
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 
 from landscape._checks import OptimizerName, Schedule, StrategyName, choice, integer, options
+from landscape._provenance import as_json, provenance
 from landscape.models import build_model
 from sam import ESAM, GSAM, SAM, FriendlySAM, LookSAM, SAMSchedule, SAMVariant, _compat
 
@@ -35,7 +37,8 @@ class CheckpointEvery(keras.callbacks.Callback):
 
     Files are ``{directory}/epoch_{epoch:04d}.weights.h5`` (epoch 0 = the initial weights);
     ``checkpoint_paths(directory)`` lists them in order. Under ``MultiWorkerMirroredStrategy``
-    every worker saves but only the chief's files stay (see ``chief_path``).
+    every worker saves but only the chief's files stay (see ``chief_path``). Each file's root
+    attribute ``provenance`` holds the provenance block (JSON; ``landscape._provenance``).
     """
 
     def __init__(self, directory: str, *, every: int = 1):
@@ -47,6 +50,10 @@ class CheckpointEvery(keras.callbacks.Callback):
         path = os.path.join(self.directory, f"epoch_{epoch:04d}.weights.h5")
         with _chief_path(path, getattr(self.model, "distribute_strategy", None)) as target:
             self.model.save_weights(target)
+            with h5py.File(target, "a") as f:  # Keras's loader reads the groups, not this
+                f.attrs["provenance"] = as_json(
+                    provenance(settings={"epoch": epoch, "every": self.every})
+                )
 
     def on_train_begin(self, logs=None):
         self._save(0)

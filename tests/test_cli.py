@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import h5py
+import keras
 import numpy as np
+import provenance_check
 import pytest
 from click.testing import CliRunner
 
@@ -65,6 +67,13 @@ def test_train_saves_model_and_checkpoints(trained):
     assert (trained / "sam.keras").is_file()
     checkpoints = sorted((trained / "sam_checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["epoch_0000.weights.h5", "epoch_0001.weights.h5"]
+    with h5py.File(checkpoints[1]) as f:
+        block = provenance_check.check(
+            f.attrs["provenance"],
+            command="train",
+            options={"optimizer": "sam", "epochs": 1, "samples": 600},
+        )
+    assert block["settings"] == {"epoch": 1, "every": 1}
 
 
 def test_surface_resume_and_plot(trained):
@@ -76,6 +85,14 @@ def test_surface_resume_and_plot(trained):
     with h5py.File(out) as f:
         z = f["train_loss"][()]
         assert z.shape == (3, 4) and np.isfinite(z).all() and "test_acc" in f
+        block = provenance_check.check(
+            f.attrs["provenance"],
+            command="surface",
+            options={"samples": 300, "x_spec": "-1:1:4"},
+            model=keras.models.load_model(trained / "sam.keras"),
+        )
+        assert block["settings"]["y"] == {"start": -0.5, "stop": 0.5, "num": 3}
+        assert block["data_fingerprint"] == f.attrs["data_fingerprint"]
     before = out.read_bytes()
     assert invoke(*args).exit_code == 0  # complete file: nothing recomputed
     assert out.read_bytes() == before
@@ -139,6 +156,17 @@ def test_hessian_command(trained, tmp_path):
     report = json.loads(out.read_text())
     assert len(report["eigenvalues"]) == 2 and report["eigenvalues"][0] >= report["eigenvalues"][1]
     assert report["trace"]["estimate"] > 0 and (tmp_path / "spectrum.png").is_file()
+    block = provenance_check.check(
+        report["provenance"],
+        command="hessian",
+        options={"k": 2, "steps": 5, "runs": 2},
+        model=keras.models.load_model(trained / "sam.keras"),
+    )
+    assert block["converged"] == {
+        "eigenvalues": report["converged"],
+        "trace": report["trace"]["converged"],
+    }
+    assert block["settings"]["k"] == 2 and block["seeds"] == 0 and block["precision"]
     assert "Hessian-vector products" in result.output
 
 
@@ -149,6 +177,12 @@ def test_sharpness_command(trained, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert "worst_l2" in report and "epsilon_sharpness" in report and "test_acc" in report
+    block = provenance_check.check(
+        report["provenance"],
+        command="sharpness",
+        model=keras.models.load_model(trained / "sgd.keras"),
+    )
+    assert block["settings"]["include_hessian"] is False and len(block["data_fingerprint"]) == 64
     assert "worst_l2" in result.output
 
 

@@ -7,6 +7,7 @@ import json
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
+import provenance_check
 import pytest
 from click.testing import CliRunner
 
@@ -270,6 +271,15 @@ def test_cli_connect(tmp_path):
     assert "linear_barrier" in result.output and "curve_barrier" in result.output
     saved = json.loads(out.read_text())
     assert len(saved["t"]) == 3 and "test_acc" in saved["curve"] and png.stat().st_size > 0
+    block = provenance_check.check(
+        saved["provenance"], command="connect", options={"epochs": 1, "points": 3}
+    )
+    a, b = (keras.models.load_model(p) for p in paths)
+    assert block["model_fingerprint"] == {
+        "a": provenance_check.weights_fingerprint(a),
+        "b": provenance_check.weights_fingerprint(b),
+    }
+    assert block["settings"]["curve"] == "bezier" and block["data_fingerprint"]["test"]
     for bad, message in (
         ([paths[0], tmp_path / "missing.keras"], "does not exist"),
         ([*paths, "--points", 1], "Invalid value for '--points': 1 is not in the range x>=2."),

@@ -7,7 +7,9 @@ import dataclasses
 import json
 import os
 
+import keras
 import numpy as np
+import provenance_check
 import pytest
 from click.testing import CliRunner
 
@@ -36,6 +38,18 @@ def test_writes_every_figure_and_the_statistics(quick_run):
         assert (out / name).stat().st_size > 5000, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1]
+    for name in ("summary.json", "reports.json", "training.json"):
+        saved = summary if name == "summary.json" else json.loads((out / name).read_text())
+        block = provenance_check.check(
+            saved["provenance"], command="figures", options={"quick": True}
+        )
+        assert block["seeds"] == [0, 1] and block["settings"]["seeds"] == 2
+    model = keras.models.load_model(out / "seed_1" / "sam.keras")
+    fingerprint = summary["provenance"]["model_fingerprint"]["sam_seed_1"]
+    assert fingerprint == provenance_check.weights_fingerprint(model)
+    flags = summary["provenance"]["converged"]
+    certified = summary["certificates"]["hessian_converged"]["sgd"][0]
+    assert flags["hessian_converged_sgd_seed_0"] == certified
     for name in ("sgd", "sam"):
         assert set(summary["runs"][name]) == {"0", "1"}
         for key in REQUIRED:

@@ -10,6 +10,7 @@ import json
 
 import keras
 import numpy as np
+import provenance_check
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
@@ -187,7 +188,12 @@ def test_cli_reports_how_each_trace_was_computed(tmp_path):
     out = tmp_path / "layers.json"
     result = CliRunner().invoke(main, [*base, "--layers", "--trace-probes", "20", "--json", out])
     assert result.exit_code == 0, result.output
-    rows = json.loads(out.read_text())["layers_report"]["layers"]
+    saved = json.loads(out.read_text())
+    rows = saved["layers_report"]["layers"]
+    block = provenance_check.check(
+        saved["provenance"], command="hessian", options={"layers": True, "trace_probes": 20}
+    )
+    assert block["converged"] == {"layers": all(r["converged"] for r in rows)}
     assert [(r["name"], r["n_params"]) for r in rows] == [("hidden", 24), ("bn", 12), ("out", 21)]
     assert [r["trace_method"] for r in rows] == ["hutchinson", "exact", "hutchinson"]
     assert rows[1]["trace_stderr"] == 0.0 and rows[1]["trace_converged"] is True

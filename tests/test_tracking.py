@@ -6,6 +6,7 @@ import math
 
 import keras
 import numpy as np
+import provenance_check
 import pytest
 import tensorflow as tf
 
@@ -286,6 +287,13 @@ def test_landscape_train_tracks_sharpness_next_to_the_model(tmp_path, monkeypatc
     saved = json.loads((tmp_path / "gd_sharpness.json").read_text())
     assert saved["history"]["epoch"] == [0.0, 1.0, 2.0] and saved["rule"] == "(2 + 2β)/η"
     assert all(saved["history"]["converged"]) and (tmp_path / "gd_sharpness.png").stat().st_size
+    block = provenance_check.check(
+        saved["provenance"],
+        command="train",
+        options={"track_every": 1, "track_samples": 32},
+        model=keras.models.load_model(tmp_path / "gd.keras"),
+    )
+    assert block["converged"] == {"every_probe": True} and block["settings"]["every"] == 1
     assert "sharpness: 3 probes" in result.output
     for bad in (["--track-sharpness", "-1"], ["--track-sharpness", "1", "--track-samples", "0"],
                 ["--track-sharpness", "1", "--strategy", "mirrored"]):  # fmt: skip
