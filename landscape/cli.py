@@ -1175,16 +1175,10 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
             f"{result.curve[key].min():.4f}"
         )
     if out:
-        from landscape._provenance import model_weights_fingerprint
-        from landscape.directions import fingerprint_arrays
-
         settings = {"curve": curve, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                     "momentum": momentum, "points": points}  # fmt: skip
-        _write_json_file(out, result.as_dict(), settings=settings, seeds=seed,
-                         model_fingerprint={"a": model_weights_fingerprint(first),
-                                            "b": model_weights_fingerprint(second)},
-                         data_fingerprint={"train": fingerprint_arrays(train),
-                                           "test": test and fingerprint_arrays(test)})  # fmt: skip
+        _write_json_file(out, result.as_dict(), **_pair_fingerprints(first, second, train, test),
+                         settings=settings, seeds=seed)  # fmt: skip
         _say(quiet, f"wrote {out}")
     if plot_path or plane_path:
         import matplotlib
@@ -1202,6 +1196,16 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
         ax = plot_connection_plane(plane)
         ax.figure.savefig(plane_path, dpi=150, bbox_inches="tight")
         _say(quiet, f"wrote {plane_path}")
+
+
+def _pair_fingerprints(first, second, train, test) -> dict:
+    """The provenance fingerprints of ``connect``: both models' weights and both splits."""
+    from landscape._provenance import model_weights_fingerprint
+    from landscape.directions import fingerprint_arrays
+
+    models = {"a": model_weights_fingerprint(first), "b": model_weights_fingerprint(second)}
+    data = {"train": fingerprint_arrays(train), "test": test and fingerprint_arrays(test)}
+    return {"model_fingerprint": models, "data_fingerprint": data}
 
 
 if __name__ == "__main__":  # pragma: no cover
