@@ -44,6 +44,7 @@ import scipy.sparse.linalg
 
 from landscape import _checks
 from landscape._checks import HVPMode, Method, Split, Which
+from landscape._draws import rademacher
 from landscape._progress import finish, progbar
 from landscape._threads import one_blas_thread
 from landscape.directions import Direction, variable_owners
@@ -1254,9 +1255,10 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
     bar = progbar(samples if samples <= TRACE_MIN_SAMPLES else None, verbose, "probe")
     values: list[float] = []
     estimate, stderr, converged = 0.0, np.inf, False
+    z, hz = np.empty(op.n), np.empty(op.n)
     for i in range(samples):
-        z = rng.choice(np.array([-1.0, 1.0]), size=op.n)
-        values.append(float(z @ op(z)))
+        rademacher(rng, op.n, out=z)
+        values.append(float(z @ op(z, out=hz)))
         estimate = float(np.mean(values))
         stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if i else np.inf
         if bar is not None:  # the standard error is defined from the second probe on
@@ -1372,9 +1374,9 @@ def hessian_spectrum(
     rng = np.random.default_rng(seed)
     bar = progbar(runs, verbose, "run")
     nodes, weights = np.zeros((runs, steps)), np.zeros((runs, steps))
+    v0 = np.empty(op.n)
     for r in range(runs):
-        v0 = rng.choice(np.array([-1.0, 1.0]), size=op.n)
-        nodes[r], weights[r] = _slq_run(op, v0, steps)
+        nodes[r], weights[r] = _slq_run(op, rademacher(rng, op.n, out=v0), steps)
         if bar is not None:  # the largest Ritz value of all runs so far: λ_max from below
             bar.update(r + 1, [("lambda_max", float(nodes[: r + 1].max()))])
     logger.info("Hessian spectrum: %d runs of %d steps, %d products", runs, steps, op.n_hvp)
