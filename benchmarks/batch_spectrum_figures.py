@@ -75,6 +75,7 @@ def main() -> None:
     ax = landscape.plot_batch_spectrum(
         results,
         labels=["SGD", "SAM"],
+        kind="violin",
         title=f"ResNet-8 on CIFAR-10 (40 % label noise): λ_max "
         f"of {args.batches} batches of {args.batch_size}",
     )

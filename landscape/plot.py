@@ -954,6 +954,9 @@ def plot_layer_curvature(
 
 
 # ------------------------------------------------------------------------ batch spectra
+MAX_SHARED_BINS = 200  # histogram bins of plot_batch_spectrum's default, over all results
+
+
 def _batch_spectrum_dict(source) -> dict:
     """A ``BatchSpectrum`` (or its ``as_dict()``, or a JSON file holding it, at the top or
     under ``"batch_spectrum"``) as a dict with ``values``."""
@@ -1014,8 +1017,9 @@ def plot_batch_spectrum(
             or a list of these (e.g. SGD's and SAM's).
         labels: One label per result (a str for a single result). Defaults to None (none).
         kind: ``"histogram"`` or ``"violin"``. Defaults to ``"histogram"``.
-        bins: Number of histogram bins, shared by all results. Defaults to None:
-            max(5, min(30, 2·√(batches))) of the largest result.
+        bins: Number of histogram bins, shared by all results. Defaults to None: bins of
+            the narrowest width that gives each result max(5, min(30, 2·√batches)) bins over
+            its own range (at most ``MAX_SHARED_BINS`` in all).
         ax: Axes to draw on; None makes a figure. Defaults to None.
         title: A title, wrapped to the axes' width (``fit_title``). Defaults to None.
         **kwargs: Passed on to ``ax.hist`` (histogram) or ``ax.violinplot`` (violin).
@@ -1036,6 +1040,7 @@ def plot_batch_spectrum(
         _batch_histograms(ax, items, lams, labels, bins, **kwargs)
         ax.set_xlabel(f"λ_max({curvature}) of a mini-batch")
         ax.set_ylabel("batches")
+        ax.yaxis.set_major_locator(mticker.MaxNLocator(integer=True))
     else:
         _batch_violins(ax, items, lams, labels, **kwargs)
         ax.set_ylabel(f"λ_max({curvature}) of a mini-batch")
@@ -1049,10 +1054,11 @@ def plot_batch_spectrum(
 def _batch_histograms(ax: Axes, items, lams, labels, bins, **kwargs) -> None:
     """Overlaid histograms on shared bins, each with its full-data line."""
     every = np.concatenate(lams)
-    if bins is None:
-        bins = int(max(5, min(30, 2 * np.sqrt(max(len(lam) for lam in lams)))))
     lo, hi = float(every.min()), float(every.max())
-    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    hi = hi if hi > lo else lo + 1.0
+    if bins is None:
+        bins = _shared_bins(lams, lo, hi)
+    edges = np.linspace(lo, hi, bins + 1)
     kwargs.setdefault("alpha", 0.55 if len(items) > 1 else 0.8)
     single = kwargs.pop("color", None) if len(items) == 1 else None
     for i, (r, lam, label) in enumerate(zip(items, lams, labels)):
@@ -1061,6 +1067,20 @@ def _batch_histograms(ax: Axes, items, lams, labels, bins, **kwargs) -> None:
         if r.get("full_values"):
             name = "full data" if label is None else f"{label}: full data"
             ax.axvline(r["full_values"][0], color=color, linestyle="--", label=name)
+
+
+def _shared_bins(lams, lo: float, hi: float) -> int:
+    """Bins over [lo, hi] as wide as each result's own choice allows: max(5, min(30,
+    2·√batches)) bins over its own range, the narrowest of these widths (at most
+    ``MAX_SHARED_BINS`` bins), so that results far apart keep their shape."""
+    widths = [
+        (float(lam.max()) - float(lam.min())) / max(5, min(30, int(2 * np.sqrt(lam.size))))
+        for lam in lams
+    ]
+    widths = [w for w in widths if w > 0]
+    if not widths:
+        return 5
+    return int(min(MAX_SHARED_BINS, max(5, np.ceil((hi - lo) / min(widths)))))
 
 
 def _batch_violins(ax: Axes, items, lams, labels, **kwargs) -> None:
