@@ -58,6 +58,7 @@ _PUBLIC = {
         "plot_spectrum",
         "plot_surface",
         "plot_trajectory",
+        "plot_batch_spectrum",
     ),
     "sharpness": (
         "AverageSharpness",
@@ -70,6 +71,7 @@ _PUBLIC = {
     ),
     "surface": ("Surface", "compute_surface", "parse_grid"),
     "tracking": ("SharpnessTracker", "stability_threshold"),
+    "batch_spectra": ("BatchSpectrum", "batch_spectrum"),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 

@@ -29,6 +29,7 @@ Split = Literal["train", "test"]
 HVPMode = Literal["auto", "forward_over_backward", "backward_over_backward"]
 Precision = Literal["auto", "float32", "float64", "model"]  # the dtype an Objective computes in
 Kind = Literal["contour", "contourf", "heatmap", "surface", "line"]
+BatchPlotKind = Literal["histogram", "violin"]  # plot_batch_spectrum
 Verbose = Literal["auto", 0, 1, 2]
 ModelName = Literal["mlp", "cnn", "resnet"]  # the model zoo
 # training recipes: SGD, SAM, ASAM and the SAM family (sam.variants)

@@ -1019,6 +1019,98 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
         _say(quiet, f"wrote {json_path}")
 
 
+@main.command("batch-spectrum")
+@click.argument("model_path", metavar="MODEL.keras")
+@click.option("--batches", type=COUNT, default=10, show_default=True,
+              help="Mini-batches: the first N of the (first --samples) training data.")  # fmt: skip
+@click.option("--batch-size", type=COUNT, default=128, show_default=True,
+              help="Samples per mini-batch: each batch's own loss is analysed, so this is "
+                   "part of the result.")  # fmt: skip
+@click.option("--k", type=COUNT, default=1, show_default=True,
+              help="Top eigenvalues per batch.")  # fmt: skip
+@_options(eigen_options)
+@click.option("--curvature", type=click.Choice(("hessian", "ggn")), default="hessian",
+              show_default=True,
+              help="The Hessian, or the generalized Gauss-Newton matrix J^T H_l J (PSD; "
+                   "mean squared error and cross-entropies only).")  # fmt: skip
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Also the top eigenvalues of the loss over all --samples (drawn as a line).",
+)
+@_out("--json", "json_path", default=None, help="Write the results as JSON.")
+@_out("--plot", "plot_path", default=None, help="Draw the distribution to this image file.")
+@click.option(
+    "--kind",
+    type=click.Choice(_checks.options(_checks.BatchPlotKind)),
+    default="histogram",
+    show_default=True,
+    help="With --plot: the figure.",
+)
+@_options([data_option, scale_option, import_option, regularization_option, precision_option])
+@click.option("--samples", type=SIZE, default=2000, show_default=True,
+              help="Use the first N training samples (0: all).")  # fmt: skip
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@quiet_option
+def batch_spectrum(model_path, batches, batch_size, k, tol, max_iter, basis_size, curvature, full,
+                   json_path, plot_path, kind, data, scale, imports, regularization, precision,
+                   samples, seed, quiet):  # fmt: skip
+    """Top Hessian (or GGN) eigenvalues of each mini-batch's loss, and their spread.
+
+    The training data are cut into consecutive batches of --batch-size samples in their
+    stored order; each batch's own loss (the model's, on that batch alone) gets certified
+    eigenvalues (thick-restart Lanczos with residuals, as the hessian command).
+
+    \b
+    Examples:
+      landscape batch-spectrum sam.keras --batches 20 --batch-size 128 --full --plot bs.png
+      landscape batch-spectrum sgd.keras --k 3 --curvature ggn --json sgd_batches.json
+    """
+    _check_costs(k=k, basis_size=basis_size)
+    if samples and samples < batch_size:
+        raise UserError(f"--samples ({samples}) must be at least --batch-size ({batch_size}).")
+    _model_paths(model_path)
+    verbose = _setup(quiet)
+    from landscape.batch_spectra import batch_spectrum as compute
+
+    objective = _analysis_objective(model_path, data, samples, 0, batch_size, scale, imports,
+                                    regularization, precision, quiet)  # fmt: skip
+    spec = compute(objective, k=k, batches=batches, batch_size=batch_size, curvature=curvature,
+                   full=full, tol=tol, max_iter=max_iter, basis_size=basis_size, seed=seed,
+                   verbose=verbose)  # fmt: skip
+    _batch_table(spec)
+    if json_path:
+        _write_json_file(json_path, {"model": os.fspath(model_path), **spec.as_dict()})
+        _say(quiet, f"wrote {json_path}")
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from landscape.plot import plot_batch_spectrum
+
+        label = pathlib.Path(model_path).stem
+        ax = plot_batch_spectrum(spec, labels=label, kind=kind)
+        ax.figure.savefig(plot_path, dpi=150, bbox_inches="tight")
+        _say(quiet, f"wrote {plot_path}")
+
+
+def _batch_table(spec) -> None:
+    """batch-spectrum's table: one row per batch, then the spread and the full-data value."""
+    click.echo(f"{'batch':>5} {'size':>6} {'lambda_1':>14} {'residual':>10} {'certified':>9}")
+    for i, (size, values, res, ok) in enumerate(
+        zip(spec.batch_sizes, spec.values, spec.residuals, spec.converged), 1
+    ):
+        click.echo(f"{i:>5} {size:>6} {values[0]:>14.6g} {res.max():>10.2e} {str(bool(ok)):>9}")
+    s = spec.summary()
+    click.echo(f"lambda_1 over {len(spec.batch_sizes)} batches: mean {s['mean']:.6g}, std "
+               f"{s['std']:.3g}, min {s['min']:.6g}, median {s['median']:.6g}, max "
+               f"{s['max']:.6g}; {int(spec.n_hvp.sum())} products")  # fmt: skip
+    if spec.full_values is not None:
+        worst = spec.full_residuals.max()
+        click.echo(f"full data: lambda_1 {spec.full_lambda_max:.6g} (residual {worst:.2e}, "
+                   f"certified {spec.full_converged})")  # fmt: skip
+
+
 # -- figures -------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.text import Text
 
-from landscape._checks import Kind, choice, options
+from landscape._checks import BatchPlotKind, Kind, choice, options
 from landscape.surface import Surface
 
 KINDS = options(Kind)
@@ -951,3 +951,152 @@ def plot_layer_curvature(
     if title:
         fit_title(ax, title)
     return ax
+
+
+# ------------------------------------------------------------------------ batch spectra
+MAX_SHARED_BINS = 200  # histogram bins of plot_batch_spectrum's default, over all results
+
+
+def _batch_spectrum_dict(source) -> dict:
+    """A ``BatchSpectrum`` (or its ``as_dict()``, or a JSON file holding it, at the top or
+    under ``"batch_spectrum"``) as a dict with ``values``."""
+    if isinstance(source, str | os.PathLike):
+        with open(source) as f:
+            source = json.load(f)
+    if hasattr(source, "as_dict"):
+        source = source.as_dict()
+    if isinstance(source, dict) and "batch_spectrum" in source:
+        source = source["batch_spectrum"]
+    if not isinstance(source, dict) or "values" not in source:
+        raise ValueError(
+            "Argument `results` must hold BatchSpectrum results, their as_dict() or JSON files "
+            f"of them. Received: an item of type {type(source).__name__}."
+        )
+    return source
+
+
+def _batch_inputs(results, labels) -> tuple[list[dict], list[str | None]]:
+    """The results as dicts and their labels, checked."""
+    single = not isinstance(results, list | tuple)
+    items = [_batch_spectrum_dict(r) for r in ([results] if single else results)]
+    if not items:
+        raise ValueError("Argument `results` must hold at least one BatchSpectrum.")
+    if labels is None:
+        labels = [None] * len(items)
+    elif isinstance(labels, str):
+        labels = [labels]
+    if len(labels) != len(items):
+        raise ValueError(
+            f"Argument `labels` must have one label per result ({len(items)}). "
+            f"Received: {len(labels)} labels."
+        )
+    return items, list(labels)
+
+
+def plot_batch_spectrum(
+    results,
+    *,
+    labels: Sequence[str] | str | None = None,
+    kind: BatchPlotKind = "histogram",
+    bins: int | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    **kwargs,
+) -> Axes:
+    """The distribution of each mini-batch's λ_max, with the full-data λ_max as a line.
+
+    A histogram (one semi-transparent histogram per result on shared bins) or violins (one per
+    result, with each batch as a point: hollow where the batch's eigenvalues are not
+    certified). The full-data λ_max of a result that has it is drawn in the result's colour: a
+    dashed vertical line on the histogram, a short horizontal bar across its violin. Park & Kim
+    (2022, arXiv 2202.06709) draw these to compare architectures and optimizers.
+
+    Args:
+        results: A ``landscape.BatchSpectrum`` (``landscape.batch_spectrum``), its
+            ``as_dict()``, the path of a JSON file of it (``landscape batch-spectrum --json``),
+            or a list of these (e.g. SGD's and SAM's).
+        labels: One label per result (a str for a single result). Defaults to None (none).
+        kind: ``"histogram"`` or ``"violin"``. Defaults to ``"histogram"``.
+        bins: Number of histogram bins, shared by all results. Defaults to None: bins of
+            the narrowest width that gives each result max(5, min(30, 2·√batches)) bins over
+            its own range (at most ``MAX_SHARED_BINS`` in all).
+        ax: Axes to draw on; None makes a figure. Defaults to None.
+        title: A title, wrapped to the axes' width (``fit_title``). Defaults to None.
+        **kwargs: Passed on to ``ax.hist`` (histogram) or ``ax.violinplot`` (violin).
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: an unknown ``kind``, ``labels`` of another length than ``results``, or an
+            item that is not a batch spectrum.
+    """
+    kind = choice("kind", kind, BatchPlotKind)
+    items, labels = _batch_inputs(results, labels)
+    lams = [np.asarray(r["values"], np.float64).reshape(len(r["values"]), -1)[:, 0] for r in items]
+    curvature = "G" if items[0].get("curvature") == "ggn" else "H"
+    ax = _new_axes(ax)
+    if kind == "histogram":
+        _batch_histograms(ax, items, lams, labels, bins, **kwargs)
+        ax.set_xlabel(f"λ_max({curvature}) of a mini-batch")
+        ax.set_ylabel("batches")
+        ax.yaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+    else:
+        _batch_violins(ax, items, lams, labels, **kwargs)
+        ax.set_ylabel(f"λ_max({curvature}) of a mini-batch")
+    if any(labels) or any(r.get("full_values") for r in items):
+        ax.legend(loc="best", fontsize="small")
+    if title:
+        fit_title(ax, title)
+    return ax
+
+
+def _batch_histograms(ax: Axes, items, lams, labels, bins, **kwargs) -> None:
+    """Overlaid histograms on shared bins, each with its full-data line."""
+    every = np.concatenate(lams)
+    lo, hi = float(every.min()), float(every.max())
+    hi = hi if hi > lo else lo + 1.0
+    if bins is None:
+        bins = _shared_bins(lams, lo, hi)
+    edges = np.linspace(lo, hi, bins + 1)
+    kwargs.setdefault("alpha", 0.55 if len(items) > 1 else 0.8)
+    single = kwargs.pop("color", None) if len(items) == 1 else None
+    for i, (r, lam, label) in enumerate(zip(items, lams, labels)):
+        color = single or f"C{i}"
+        ax.hist(lam, bins=edges, color=color, label=label, **kwargs)
+        if r.get("full_values"):
+            name = "full data" if label is None else f"{label}: full data"
+            ax.axvline(r["full_values"][0], color=color, linestyle="--", label=name)
+
+
+def _shared_bins(lams, lo: float, hi: float) -> int:
+    """Bins over [lo, hi] as wide as each result's own choice allows: max(5, min(30,
+    2·√batches)) bins over its own range, the narrowest of these widths (at most
+    ``MAX_SHARED_BINS`` bins), so that results far apart keep their shape."""
+    widths = [
+        (float(lam.max()) - float(lam.min())) / max(5, min(30, int(2 * np.sqrt(lam.size))))
+        for lam in lams
+    ]
+    widths = [w for w in widths if w > 0]
+    if not widths:
+        return 5
+    return int(min(MAX_SHARED_BINS, max(5, np.ceil((hi - lo) / min(widths)))))
+
+
+def _batch_violins(ax: Axes, items, lams, labels, **kwargs) -> None:
+    """One violin per result with its batches as points and its full-data bar."""
+    positions = np.arange(1, len(items) + 1, dtype=np.float64)
+    parts = ax.violinplot(lams, positions=positions, showextrema=False, **kwargs)
+    rng = np.random.default_rng(0)  # the points' horizontal jitter only
+    for i, (r, lam, body) in enumerate(zip(items, lams, parts["bodies"])):
+        color = f"C{i}"
+        body.set_facecolor(color)
+        body.set_alpha(0.4)
+        x = positions[i] + rng.uniform(-0.08, 0.08, lam.size)
+        certified = np.asarray(r.get("converged", [True] * lam.size), dtype=bool)
+        ax.plot(x[certified], lam[certified], "o", color=color, markersize=3)
+        ax.plot(x[~certified], lam[~certified], "o", mfc="none", color=color, markersize=3)
+        if r.get("full_values"):
+            ax.hlines(r["full_values"][0], positions[i] - 0.3, positions[i] + 0.3, color="black",
+                      linestyle="--", label="full data" if i == 0 else None)  # fmt: skip
+    ax.set_xticks(positions, [label or "" for label in labels])
