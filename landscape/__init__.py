@@ -58,6 +58,7 @@ _PUBLIC = {
         "plot_spectrum",
         "plot_surface",
         "plot_trajectory",
+        "plot_weight_spectra",
     ),
     "sharpness": (
         "AverageSharpness",
@@ -70,6 +71,13 @@ _PUBLIC = {
     ),
     "surface": ("Surface", "compute_surface", "parse_grid"),
     "tracking": ("SharpnessTracker", "stability_threshold"),
+    "weights": (
+        "LayerSpectrum",
+        "PowerLawFit",
+        "WeightSpectra",
+        "fit_power_law",
+        "weight_spectra",
+    ),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 
