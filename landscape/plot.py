@@ -980,7 +980,7 @@ def _plot_esd(ax: Axes, layer: dict, label: str | None, color, **kwargs) -> None
     shown = density > 0
     ax.plot(centers[shown], density[shown], "o-", ms=3, color=color, label=label, **kwargs)
     alpha, xmin, n_tail = layer["alpha"], layer["xmin"], layer["n_tail"]
-    if n_tail and np.isfinite(alpha):
+    if n_tail and alpha is not None and np.isfinite(alpha):
         x = np.geomspace(xmin, lam.max(), 50)
         # p(x) = (α − 1)/xmin (x/xmin)^−α on the tail, times the tail's share of the ESD
         tail = (n_tail / lam.size) * (alpha - 1) / xmin * (x / xmin) ** (-alpha)

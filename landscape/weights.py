@@ -273,9 +273,13 @@ class LayerSpectrum:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        """The row, the kernel shape and the singular values (nested lists), for JSON."""
+        """The row (None for NaN, valid JSON), the kernel shape and the singular values
+        (nested lists)."""
+        row = {
+            k: None if isinstance(v, float) and np.isnan(v) else v for k, v in self.row().items()
+        }
         return {
-            **self.row(),
+            **row,
             "kernel_shape": list(self.kernel_shape),
             "singular_values": self.singular_values.tolist(),
         }
@@ -311,7 +315,7 @@ class WeightSpectra:
         return [layer.row() for layer in self.layers]
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-serializable: every layer's ``as_dict()`` (NaN where α was not fitted), the
+        """JSON-serializable: every layer's ``as_dict()`` (None where α was not fitted), the
         skipped layers and ``min_tail``."""
         return {
             "layers": [layer.as_dict() for layer in self.layers],
