@@ -672,7 +672,7 @@ def sharpness_report(
     objective = _check_objective(objective)
     k = _checks.integer("k", k)
     include_hessian = _checks.boolean("include_hessian", include_hessian)
-    weights = _checks.boolean("weights", weights)
+    weight_rows = _weight_rows(objective.model) if _checks.boolean("weights", weights) else {}
     radii = _report_radii(rho)
     if epsilon is not None:
         epsilon = _checks.positive("epsilon", epsilon)
@@ -710,9 +710,7 @@ def sharpness_report(
         if radius is not None:
             report.update(_ball_metric(objective, name, radius, **options))
     report["precision"] = objective.precision
-    if weights:
-        report.update(_weight_rows(objective.model))
-    return report
+    return {**report, **weight_rows}  # weight_rows computed first: data-free and cheap
 
 
 def _weight_rows(model) -> dict[str, float]:
