@@ -59,6 +59,7 @@ _PUBLIC = {
         "plot_surface",
         "plot_trajectory",
         "plot_batch_spectrum",
+        "plot_weight_spectra",
     ),
     "sharpness": (
         "AverageSharpness",
@@ -72,6 +73,13 @@ _PUBLIC = {
     "surface": ("Surface", "compute_surface", "parse_grid"),
     "tracking": ("SharpnessTracker", "stability_threshold"),
     "batch_spectra": ("BatchSpectrum", "batch_spectrum"),
+    "weights": (
+        "LayerSpectrum",
+        "PowerLawFit",
+        "WeightSpectra",
+        "fit_power_law",
+        "weight_spectra",
+    ),
 }
 _SUBMODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 

@@ -1080,7 +1080,14 @@ def batch_spectrum(model_path, batches, batch_size, k, tol, max_iter, basis_size
                    verbose=verbose)  # fmt: skip
     _batch_table(spec)
     if json_path:
-        _write_json_file(json_path, {"model": os.fspath(model_path), **spec.as_dict()})
+        converged = {"every_batch": bool(all(spec.converged))}
+        if full:
+            converged["full"] = bool(spec.full_converged)
+        _write_json_file(json_path, {"model": os.fspath(model_path), **spec.as_dict()},
+                         objective=objective, seeds=seed, converged=converged,
+                         settings={"k": k, "batches": batches, "batch_size": batch_size,
+                                   "curvature": curvature, "tol": tol, "max_iter": max_iter,
+                                   "basis_size": basis_size})  # fmt: skip
         _say(quiet, f"wrote {json_path}")
     if plot_path:
         import matplotlib
@@ -1298,6 +1305,62 @@ def _pair_fingerprints(first, second, train, test) -> dict:
     models = {"a": model_weights_fingerprint(first), "b": model_weights_fingerprint(second)}
     data = {"train": fingerprint_arrays(train), "test": test and fingerprint_arrays(test)}
     return {"model_fingerprint": models, "data_fingerprint": data}
+
+
+# -- weights -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL.keras")
+@click.option(
+    "--min-tail",
+    type=Int(min=2),
+    default=10,
+    show_default=True,
+    help="Fewest eigenvalues a power-law tail is fitted to (fewer: α is NaN).",
+)
+@_out("--json", "json_path", default=None, help="Write every layer's spectrum as JSON.")
+@_out("--plot", "plot_path", default=None, help="Draw α per layer (with its error) as a PNG.")
+@import_option
+@quiet_option
+def weights(model_path, min_tail, json_path, plot_path, imports, quiet):  # fmt: skip
+    """Spectra of the weight matrices, without data (weight_spectra).
+
+    Per layer with a matrix (Dense, Embedding, ConvND per spatial position, attention per
+    head): the power-law exponent α of the eigenvalues of WᵀW and its standard error, the
+    stable rank and the spectral norm. Layers without a matrix are listed as skipped.
+
+    \b
+    Examples:
+      landscape weights sam.keras
+      landscape weights sgd.keras --json sgd_weights.json --plot sgd_alpha.png
+    """
+    _model_paths(model_path)
+    _setup(quiet)
+    from landscape.weights import weight_spectra
+
+    model = _load_model(model_path, imports)
+    result = weight_spectra(model, min_tail=min_tail)
+    width = max([len(r["name"]) for r in result.rows()] + [5])
+    click.echo(f"{'layer':<{width}}  {'matrices':>12}  {'alpha':>13}  {'stable rank':>11}  "
+               f"{'spectral norm':>13}")  # fmt: skip
+    for r in result.rows():
+        shape = f"{r['n_matrices']}x{r['matrix_shape'][0]}x{r['matrix_shape'][1]}"
+        alpha = f"{r['alpha']:.2f} ± {r['alpha_stderr']:.2f}"
+        click.echo(f"{r['name']:<{width}}  {shape:>12}  {alpha:>13}  {r['stable_rank']:>11.4g}  "
+                   f"{r['spectral_norm']:>13.4g}")  # fmt: skip
+    if json_path:
+        _write_json_file(json_path, result.as_dict(), model=model, settings={"min_tail": min_tail})
+        _say(quiet, f"wrote {json_path}")
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from landscape.plot import plot_weight_spectra
+
+        ax = plot_weight_spectra(result, title=os.path.basename(model_path))
+        ax.figure.savefig(plot_path, dpi=150, bbox_inches="tight")
+        _say(quiet, f"wrote {plot_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

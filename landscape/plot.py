@@ -1100,3 +1100,121 @@ def _batch_violins(ax: Axes, items, lams, labels, **kwargs) -> None:
             ax.hlines(r["full_values"][0], positions[i] - 0.3, positions[i] + 0.3, color="black",
                       linestyle="--", label="full data" if i == 0 else None)  # fmt: skip
     ax.set_xticks(positions, [label or "" for label in labels])
+
+
+def _weight_layers(result) -> list[dict]:
+    """The layer dicts of a ``WeightSpectra``, its ``as_dict()`` or a JSON file of it."""
+    if isinstance(result, str | os.PathLike):
+        with open(result) as f:
+            result = json.load(f)
+    if hasattr(result, "as_dict"):
+        result = result.as_dict()
+    if not isinstance(result, dict) or not isinstance(result.get("layers"), list):
+        raise ValueError(
+            "Argument `results` must hold landscape.WeightSpectra, their as_dict() or JSON files "
+            f"of them. Received: {type(result).__name__}."
+        )
+    return result["layers"]
+
+
+def _plot_esd(ax: Axes, layer: dict, label: str | None, color, **kwargs) -> None:
+    """One layer's ESD as a log-binned density on log-log axes, with its fitted tail."""
+    lam = np.asarray(layer["singular_values"], np.float64).ravel() ** 2
+    lam = lam[lam > 0]
+    bins = (
+        np.geomspace(lam.min(), lam.max(), max(10, min(60, lam.size // 5))) if lam.size > 1 else 2
+    )
+    density, edges = np.histogram(lam, bins=bins, density=True)
+    centers = np.sqrt(edges[:-1] * edges[1:])
+    shown = density > 0
+    ax.plot(centers[shown], density[shown], "o-", ms=3, color=color, label=label, **kwargs)
+    alpha, xmin, n_tail = layer["alpha"], layer["xmin"], layer["n_tail"]
+    if n_tail and alpha is not None and np.isfinite(alpha):
+        x = np.geomspace(xmin, lam.max(), 50)
+        # p(x) = (α − 1)/xmin (x/xmin)^−α on the tail, times the tail's share of the ESD
+        tail = (n_tail / lam.size) * (alpha - 1) / xmin * (x / xmin) ** (-alpha)
+        ax.plot(x, tail, "--", color=color, label=f"α = {alpha:.2f} ± {layer['alpha_stderr']:.2f}")
+        ax.axvline(xmin, color=color, lw=0.8, ls=":")
+
+
+def plot_weight_spectra(
+    results,
+    *,
+    layer: str | None = None,
+    labels: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    **kwargs,
+) -> Axes:
+    """Weight spectra: α per layer of one or more models, or one layer's ESD with its fit.
+
+    Without ``layer``: the power-law exponent α of each layer (with its standard error as an
+    error bar), one series per result, layers in model order along x (those of the first
+    result; a layer missing from another result is a gap). With ``layer``: that layer's
+    empirical spectral density (the eigenvalues σ² of ``WᵀW``, log-binned) on log-log axes for
+    each result, the fitted law ``∝ λ^-α`` drawn dashed from ``xmin`` (dotted line).
+
+    Args:
+        results: A ``landscape.WeightSpectra``, its ``as_dict()``, the path of a JSON file of
+            it (``landscape weights --json``), or a sequence of these to compare.
+        layer: The name of a layer whose ESD to draw. Defaults to None (α per layer).
+        labels: A legend label per result. Defaults to None ("model 1", "model 2", ...).
+        ax: Axes to draw on. Defaults to None (a new figure).
+        title: A title, wrapped to the axes' width. Defaults to None (none).
+        **kwargs: Passed on to ``ax.errorbar`` (α per layer) or ``ax.plot`` (the ESD).
+
+    Returns:
+        The ``Axes``.
+
+    Raises:
+        ValueError: a result in none of the forms above, ``labels`` of another length, or a
+            ``layer`` some result does not have.
+    """
+    many = isinstance(results, list | tuple)
+    tables = [_weight_layers(r) for r in (results if many else [results])]
+    labels = list(labels) if labels is not None else [f"model {i + 1}" for i in range(len(tables))]
+    if len(labels) != len(tables):
+        raise ValueError(
+            f"Argument `labels` must have one label per result ({len(tables)}). "
+            f"Received: {len(labels)} labels."
+        )
+    if ax is None:
+        wide = layer is None and len(tables[0]) > 8
+        _, ax = plt.subplots(
+            figsize=(max(FIGSIZE[0], 0.45 * len(tables[0])) if wide else FIGSIZE[0], FIGSIZE[1])
+        )
+    if layer is None:
+        _plot_alphas(ax, tables, labels, **kwargs)
+    else:
+        for i, (table, label) in enumerate(zip(tables, labels)):
+            found = [row for row in table if row["name"] == layer]
+            if not found:
+                raise ValueError(
+                    f"Argument `layer` must name a layer of every result. Received: "
+                    f"layer={layer!r}; {label} has {[row['name'] for row in table]}."
+                )
+            _plot_esd(ax, found[0], label if len(tables) > 1 else None, f"C{i}", **kwargs)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue λ of WᵀW")
+        ax.set_ylabel("density")
+        ax.legend(loc="best", fontsize="small")
+    if title:
+        fit_title(ax, title)
+    return ax
+
+
+def _plot_alphas(ax: Axes, tables: list[list[dict]], labels: list[str], **kwargs) -> None:
+    names = [row["name"] for row in tables[0]]
+    x = np.arange(len(names), dtype=np.float64)
+    width = 0.6 / max(len(tables), 1)
+    for i, (table, label) in enumerate(zip(tables, labels)):
+        rows = {row["name"]: row for row in table}
+        alpha = np.array([rows.get(n, {}).get("alpha", np.nan) for n in names], np.float64)
+        err = np.array([rows.get(n, {}).get("alpha_stderr", np.nan) for n in names], np.float64)
+        shift = (i - (len(tables) - 1) / 2) * width
+        ax.errorbar(x + shift, alpha, yerr=np.where(np.isfinite(err), err, 0.0), fmt="o",
+                    capsize=2, label=label, **kwargs)  # fmt: skip
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize="small")
+    ax.set_ylabel("power-law exponent α of the ESD")
+    ax.legend(loc="best", fontsize="small")

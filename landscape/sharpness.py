@@ -600,6 +600,7 @@ def sharpness_report(
     trace_tol: float | None = None,
     trace_samples: int | None = None,
     verbose: int | str = 0,
+    weights: bool = False,
 ) -> dict[str, float | bool | str]:
     """Every sharpness measure of the current weights in one flat dict of floats (and flags).
 
@@ -618,7 +619,11 @@ def sharpness_report(
         ``average_l2_adaptive_stderr``;
         ``precision``, a string: the dtype every loss, gradient and product was computed in
         (``objective.precision``, e.g. ``"float32"``; ``"float16"`` explains a
-        ``hessian_converged`` of False, see ``Objective``'s ``precision``).
+        ``hessian_converged`` of False, see ``Objective``'s ``precision``);
+        with ``weights``: ``weights/<layer>/alpha``, ``.../alpha_stderr``,
+        ``.../stable_rank`` and ``.../spectral_norm`` of each layer of
+        ``landscape.weight_spectra(objective.model)`` (α NaN where the layer has too few
+        eigenvalues), data-free.
     The radii of the worst- and average-case metrics are ``REPORT_RHO`` updated by ``rho``; a
     metric can be left out by setting its radius to None. Average-case sharpness is reported for
     Gaussian noise only (uniform ℓ∞ noise of the same variance measures the same thing).
@@ -648,6 +653,8 @@ def sharpness_report(
         trace_samples: Most Hutchinson probes of the trace (its reported stderr says how
             far it got); None keeps ``hessian_trace``'s default (1000). Defaults to None.
         verbose: Passed to every metric. Defaults to 0.
+        weights: Add the spectra of the weight matrices (``landscape.weight_spectra``), four
+            numbers per layer. Defaults to False.
 
     Returns:
         ``{name: float}``, the two ``bool`` convergence flags and the ``precision`` string,
@@ -665,6 +672,7 @@ def sharpness_report(
     objective = _check_objective(objective)
     k = _checks.integer("k", k)
     include_hessian = _checks.boolean("include_hessian", include_hessian)
+    weight_rows = _weight_rows(objective.model) if _checks.boolean("weights", weights) else {}
     radii = _report_radii(rho)
     if epsilon is not None:
         epsilon = _checks.positive("epsilon", epsilon)
@@ -702,7 +710,18 @@ def sharpness_report(
         if radius is not None:
             report.update(_ball_metric(objective, name, radius, **options))
     report["precision"] = objective.precision
-    return report
+    return {**report, **weight_rows}  # weight_rows computed first: data-free and cheap
+
+
+def _weight_rows(model) -> dict[str, float]:
+    """The report's entries of ``weight_spectra``: four numbers per layer."""
+    from landscape.weights import weight_spectra
+
+    out = {}
+    for row in weight_spectra(model).rows():
+        for key in ("alpha", "alpha_stderr", "stable_rank", "spectral_norm"):
+            out[f"weights/{row['name']}/{key}"] = float(row[key])
+    return out
 
 
 def _hessian_options(eigen_tol, eigen_max_iter, basis_size, trace_tol, trace_samples):

@@ -12,6 +12,7 @@ import json
 
 import keras
 import numpy as np
+import provenance_check
 import pytest
 from click.testing import CliRunner
 
@@ -188,6 +189,16 @@ def test_cli_writes_the_spectrum_and_refuses_bad_options(classifier_files):
     np.testing.assert_allclose(report["full_values"], _top(_softmax_hessian(x[:48], w), 1),
                                rtol=1e-4)  # fmt: skip
     assert report["batch_sizes"] == [16, 16, 16] and report["model"].endswith("linear.keras")
+    block = provenance_check.check(
+        report["provenance"],
+        command="batch-spectrum",
+        options={"batches": 3, "batch_size": 16, "full": True},
+        model=keras.models.load_model(d / "linear.keras"),
+    )
+    assert block["converged"] == {
+        "every_batch": all(report["converged"]),
+        "full": report["full_converged"],
+    }
     assert png.stat().st_size > 0 and "lambda_1 over 3 batches" in result.output
     for bad in (["--batches", "0"], ["--k", "3", "--basis-size", "4"], ["--samples", "8"],
                 ["--kind", "box"]):  # fmt: skip
