@@ -1190,8 +1190,8 @@ def hessian_trace(
     1/m where Hutchinson's falls as 1/√m, when the spectrum decays (a few large eigenvalues,
     as in trained networks). Where this departs from the paper: the residual probes stop
     early, like Hutchinson's, once their standard error (the ``stderr`` reported) is at most
-    ``tol · |estimate|``; and Q is stored (k float64 n-vectors, checked against the available
-    memory before any product).
+    ``tol · |estimate|``; and the QR factorization holds 3k float64 n-vectors at once (H S,
+    LAPACK's copy, Q), checked against the available memory before any product.
 
     Where the exact trace is chosen: ``method="auto"`` and ``"hutchpp"`` compute the exact
     trace whenever n ≤ ``samples``: then it costs no more products than the estimator was
@@ -1338,7 +1338,7 @@ def _hutchpp_sketch_size(op: _Hessian, samples: int) -> int:
         )
     k = samples // 3
     _check_memory(
-        2 * k + WORK_VECTORS,  # H S and its Q (qr copies), and the products' scratch
+        3 * k + WORK_VECTORS,  # H S, LAPACK's copy of it and Q, and the products' scratch
         op.n,
         what=f"hessian_trace(method='hutchpp') with a sketch of {k} vectors",
         advice="pass a smaller `samples` (a third of it is the sketch), or free memory",

@@ -13,7 +13,7 @@ import tensorflow as tf
 from test_hessian import _quadratic_objective
 
 import landscape
-from landscape import diagonal
+from landscape import diagonal, hessian
 
 # float64 products against closed forms, and against Richardson-extrapolated differences
 # (error O(h⁴), ~1e-12 relative here): rounding only.
@@ -260,3 +260,13 @@ def float64():
     """Layers made in the test compute and store in float64 (conftest resets afterwards)."""
     keras.config.set_floatx("float64")
     keras.mixed_precision.set_global_policy("float64")
+
+
+def test_a_hutchpp_sketch_that_cannot_fit_is_refused_before_any_product(float64, monkeypatch):
+    _, obj = _decaying_quadratic()
+    monkeypatch.setattr(hessian, "available_memory", lambda: 5_000)
+    # 30 products: a sketch of 10, (3 · 10 + 4) float64 vectors of 40 entries = 10.9 kB.
+    with pytest.raises(ValueError, match=r"^hessian_trace\(method='hutchpp'\) with a sketch of "
+                       r"10 vectors needs about 10\.9 kB .* pass a smaller `samples`"):  # fmt: skip
+        landscape.hessian_trace(obj, method="hutchpp", samples=30)
+    assert obj.trace_count == {}
