@@ -1186,12 +1186,14 @@ def hessian_trace(
     thirds: k = ⌊samples / 3⌋ products H S with a Rademacher S of k columns, Q = qr(H S)
     (orthonormal, n × k), k products for tr(QᵀHQ) (exact given Q: the top of the spectrum),
     and Hutchinson's estimator on the rest, tr(PHP) with P = I − QQᵀ, with the remaining
-    ``samples − 2k`` Rademacher probes g (values gᵀPHPg). Its error at m products falls as
-    1/m where Hutchinson's falls as 1/√m, when the spectrum decays (a few large eigenvalues,
-    as in trained networks). Where this departs from the paper: the residual probes stop
-    early, like Hutchinson's, once their standard error (the ``stderr`` reported) is at most
-    ``tol · |estimate|``; and the QR factorization holds 3k float64 n-vectors at once (H S,
-    LAPACK's copy, Q), checked against the available memory before any product.
+    ``samples − 2k`` Rademacher probes g (values gᵀPHPg). For a positive semi-definite H it
+    reaches a relative error ε with O(1/ε) products where Hutchinson needs O(1/ε²) (the
+    paper's bound); the gain is large where the trace is carried by a few large eigenvalues,
+    and small where it is spread over a flat bulk. Where this departs from the paper: the
+    residual probes stop early, like Hutchinson's, once their standard error (the ``stderr``
+    reported) is at most ``tol · |estimate|``; and the QR factorization holds 3k float64
+    n-vectors at once (H S, LAPACK's copy, Q), checked against the available memory before
+    any product.
 
     Where the exact trace is chosen: ``method="auto"`` and ``"hutchpp"`` compute the exact
     trace whenever n ≤ ``samples``: then it costs no more products than the estimator was
@@ -1221,7 +1223,8 @@ def hessian_trace(
         verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes: the running estimate
             (``trace``) and, from the second probe on, its standard error (``stderr``). Its
             length is open (the stopping probe is not known in advance) unless ``samples`` is
-            at most ``TRACE_MIN_SAMPLES``; the exact trace's is n, with the partial sum.
+            at most ``TRACE_MIN_SAMPLES``; the exact trace's is n, with the partial sum;
+            Hutch++'s counts products up to ``samples``, from the end of its sketch on.
             Defaults to 0.
 
     Returns:
