@@ -30,6 +30,7 @@ _PUBLIC = {
         "pca_directions",
         "random_direction",
     ),
+    "diagonal": ("DiagonalResult", "hessian_diagonal"),
     "executors": (
         "ObjectiveRecipe",
         "ProcessPool",

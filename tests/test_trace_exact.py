@@ -169,7 +169,7 @@ def test_unknown_trace_method_is_one_sentence_before_any_product(float64):
     with pytest.raises(ValueError, match="^Unknown trace_method 'exakt'"):
         landscape.layer_curvature(obj, trace_method="exakt")
     assert obj.trace_count == {}  # refused before any product was traced or run
-    assert hessian.TRACE_METHODS == ("auto", "exact", "hutchinson")
+    assert hessian.TRACE_METHODS == ("auto", "exact", "hutchinson", "hutchpp")
 
 
 # ---------------------------------------------------------------------------------------- CLI
