@@ -21,6 +21,7 @@ import numpy as np
 
 from landscape import _checks
 from landscape._checks import HVPMode, Split
+from landscape._draws import rademacher
 from landscape._progress import finish, progbar
 from landscape._threads import one_blas_thread
 from landscape.hessian import (
@@ -28,7 +29,6 @@ from landscape.hessian import (
     Curvature,
     _exact_trace,
     _Hessian,
-    _rademacher,
 )
 from landscape.objective import Objective
 
@@ -252,7 +252,7 @@ def _diagonal_probes(op: _Hessian, samples: int, tol: float, seed, verbose: int)
     stderr = np.full(op.n, np.inf)
     converged, used = False, 0
     for i in range(samples):
-        z = _rademacher(rng, op.n)
+        z = rademacher(rng, op.n)
         d = z * op(z)
         used = i + 1
         delta = d - mean

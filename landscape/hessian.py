@@ -1328,11 +1328,6 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
     return np.asarray(values), estimate, stderr, converged
 
 
-def _rademacher(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A Rademacher vector (entries ±1), drawn as ``_hutchinson`` draws its probes."""
-    return rng.choice(np.array([-1.0, 1.0]), size=n)
-
-
 def _hutchpp_sketch_size(op: _Hessian, samples: int) -> int:
     """Hutch++'s k = ⌊samples / 3⌋ (the paper's split), checked, with the memory of Q."""
     if samples < 3:
@@ -1359,7 +1354,7 @@ def _hutchpp(op: _Hessian, k: int, samples: int, tol: float, seed, verbose: int)
     # Q = orth(H S), S an n × k Rademacher matrix: k products.
     hs = np.empty((op.n, k))
     for j in range(k):
-        hs[:, j] = op(_rademacher(rng, op.n))
+        hs[:, j] = op(rademacher(rng, op.n))
     q = np.linalg.qr(hs)[0]  # reduced: orthonormal n × k even where H S is rank deficient
     del hs
     # tr(QᵀHQ): k products, no random error given Q.
@@ -1370,7 +1365,7 @@ def _hutchpp(op: _Hessian, k: int, samples: int, tol: float, seed, verbose: int)
     values: list[float] = []
     residual, stderr, converged = 0.0, np.inf, False
     for i in range(samples - 2 * k):
-        g = _rademacher(rng, op.n)
+        g = rademacher(rng, op.n)
         g -= q @ (q.T @ g)
         values.append(float(g @ op(g)))
         residual = float(np.mean(values))
