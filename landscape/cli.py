@@ -95,6 +95,10 @@ def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
     """
     if needs is not None:
         try:
+            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+                from landscape._startup import import_tensorflow_quietly
+
+                import_tensorflow_quietly()  # no start-up banner (landscape._startup says why)
             from sam._backend import adapter
             from sam._compat import require_tensorflow
 
