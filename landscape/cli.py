@@ -93,8 +93,15 @@ def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
     (``KERAS_BACKEND``); None (plot) checks nothing. One sentence if the check fails;
     TensorFlow's start-up log lines are silenced when it is the backend.
     """
+    # Before TensorFlow loads: TensorFlow's logger adds a handler of its own (and every warning
+    # of it came twice) unless the root logger has one.
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     if needs is not None:
         try:
+            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+                from landscape._startup import import_tensorflow_quietly
+
+                import_tensorflow_quietly()  # no start-up banner (landscape._startup says why)
             from sam._backend import adapter
             from sam._compat import require_tensorflow
 
@@ -110,7 +117,6 @@ def _setup(quiet: bool, *, needs: str | None = "backend") -> int:
 
     ctx = click.get_current_context()  # every output's provenance names the command's options
     ctx.with_resource(invocation(f"landscape {ctx.info_name}", ctx.params))
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     warnings.showwarning = _warn  # one line, without the source line of the library
     logging.getLogger("distributed").setLevel(logging.ERROR)  # Dask's cluster chatter
     return 0 if quiet else 1
@@ -207,6 +213,17 @@ def _grids(**specs) -> None:
             parse_grid(spec, name=name)
 
 
+def _data_source(ctx, param, value):
+    """The --data name or file, checked while the options are parsed, before TensorFlow loads
+    (the messages of ``read_dataset``)."""
+    from landscape.data import check_data_name  # NumPy only
+
+    try:
+        return check_data_name(value)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
 def _out(*args, **kwargs):
     """An option naming an output file: its folder is checked at parsing (``_output_path``)."""
     return click.option(*args, type=click.Path(dir_okay=False), callback=_output_path, **kwargs)
@@ -216,6 +233,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only errors; no
 data_option = click.option(
     "--data",
     default="embedded",
+    callback=_data_source,
     show_default=True,
     help="'embedded', mnist, fashion_mnist, cifar10, cifar100 or an .npz file with x_train, "
     "y_train, x_test, y_test [and sample_weight_train, sample_weight_test], used as stored "
@@ -361,14 +379,14 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
                   "task": {"type": "worker", "index": 0}}' \\
         landscape train --strategy multi-worker --batch-size 256 --out sam.keras
     """
+    if not str(out).endswith(".keras"):
+        raise UserError(f"--out must end in .keras. Received: {out}.")
+    _check_tracking(track_every, track_samples, strategy)
     verbose = _setup(quiet)
     from landscape.data import read_dataset
     from landscape.train import CheckpointEvery
     from landscape.train import train as train_model
 
-    if not str(out).endswith(".keras"):
-        raise UserError(f"--out must end in .keras. Received: {out}.")
-    _check_tracking(track_every, track_samples, strategy)
     # The zoo's models are image classifiers: images with a channel axis, integer labels.
     loaded = read_dataset(data, scale=scale, images=True)
     for note in loaded.notes:
@@ -399,6 +417,9 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
     if result.save(out):
         where = f" (checkpoints in {checkpoint_dir})" if checkpoint_dir else ""
         _say(quiet, f"saved {out}{where}")
+        if _needs_sam(result.model):
+            _say(quiet, f"{out} holds classes of the sam package: `import sam` before "
+                        "keras.models.load_model (docs/guide/loading-models.md).")  # fmt: skip
         if tracker is not None:
             _save_tracking(tracker, out, quiet)
     else:
@@ -407,6 +428,12 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
         f"train loss {result.train_loss:.4f}  train acc {result.train_acc:.4f}  "
         f"test loss {result.test_loss:.4f}  test acc {result.test_acc:.4f}"
     )
+
+
+def _needs_sam(model) -> bool:
+    """Whether the saved model or its optimizer is a class of the ``sam`` package (SAMModel,
+    SAM and its family), which ``keras.models.load_model`` finds only once ``sam`` is imported."""
+    return any(type(obj).__module__.split(".")[0] == "sam" for obj in (model, model.optimizer))
 
 
 def _check_tracking(every: int, samples: int, strategy) -> None:

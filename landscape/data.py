@@ -208,6 +208,27 @@ def is_file_name(name: str | os.PathLike) -> bool:
     return name.endswith(".npz") or os.path.sep in name or os.path.isfile(name)
 
 
+def check_data_name(name: str | os.PathLike) -> str:
+    """``name`` as a str if ``read_dataset`` can read it: ``"embedded"``, a ``keras.datasets``
+    name or an existing file; checked without reading it (the CLI checks before TensorFlow
+    loads).
+
+    Raises:
+        ValueError: An unknown name or a missing file.
+    """
+    name = os.fspath(name)
+    if name == EMBEDDED or name in KERAS_DATASETS:
+        return name
+    if not is_file_name(name):
+        raise ValueError(
+            f"Unknown data set {name!r}; expected one of {(EMBEDDED, *KERAS_DATASETS)} or an "
+            ".npz path."
+        )
+    if not os.path.isfile(name):
+        raise ValueError(f"Data file {name!r} does not exist.")
+    return name
+
+
 def read_dataset(
     name: str | os.PathLike = EMBEDDED, *, scale: float | None = None, images: bool | None = None
 ) -> Dataset:
@@ -231,18 +252,13 @@ def read_dataset(
         ValueError: an unknown name, a missing or malformed file, or a download that failed.
     """
     scale = check_scale(scale)
-    name = os.fspath(name)
+    name = check_data_name(name)
     if name == EMBEDDED:
         splits = _read_npz(embedded_path())
     elif name in KERAS_DATASETS:
         splits = _keras_dataset(name)
-    elif is_file_name(name):
-        splits = _read_npz(name)
     else:
-        raise ValueError(
-            f"Unknown data set {name!r}; expected one of {(EMBEDDED, *KERAS_DATASETS)} or an "
-            ".npz path."
-        )
+        splits = _read_npz(name)
     if images is None:
         images = not is_file_name(name)
     notes: list[str] = []
