@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from landscape import _terms
 from landscape._batches import DataSplit
+from sam import _compat
 
 
 def _compiled(python_function, signature):
@@ -21,7 +22,7 @@ def _compiled(python_function, signature):
     (each tracing its own closure once) would trigger it wrongly; ``trace_count`` is the check.
     """
     fn = tf.function(python_function, input_signature=signature, autograph=False)
-    fn._omit_frequent_tracing_warning = True  # private TF flag; harmless if ignored
+    _compat.omit_frequent_tracing_warning(fn)
     return fn
 
 

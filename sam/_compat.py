@@ -228,6 +228,25 @@ def _private(obj: Any, name: str):
     return getattr(obj, name)
 
 
+def omit_frequent_tracing_warning(fn) -> None:
+    """Turn off TensorFlow's "frequent retracing" warning for the ``tf.function`` ``fn``.
+
+    TensorFlow keys that warning by the Python code object, so several functions made from one
+    closure (each traced once, e.g. one per Objective) set it off wrongly. The private flag
+    ``Function._omit_frequent_tracing_warning`` is TensorFlow's own switch for this; a
+    TensorFlow without it is a RuntimeError, never a silent fallback.
+    """
+    if not hasattr(fn, "_omit_frequent_tracing_warning"):
+        import tensorflow as tf
+
+        raise RuntimeError(
+            f"This TensorFlow version ({tf.__version__}) has no "
+            "`Function._omit_frequent_tracing_warning`, which sam-landscape sets "
+            "(sam/_compat.py); please report it."
+        )
+    fn._omit_frequent_tracing_warning = True
+
+
 def compiled_loss(model):
     """The loss object ``model.compile(loss=..., loss_weights=...)`` made (a CompileLoss), or
     None."""

@@ -1,5 +1,7 @@
 """landscape._compat: every private Keras attribute landscape reads still means what it did."""
 
+import logging
+
 import keras
 import numpy as np
 import pytest
@@ -291,3 +293,28 @@ def test_backend_neutral_config_points_a_pytorch_optimizer_to_keras_optimizers()
     assert float(loaded.momentum) == 0.5
     plain = keras.saving.serialize_keras_object(keras.optimizers.SGD(0.25))
     assert backend_neutral_config(plain) == plain  # TensorFlow's own config is left alone
+
+
+def test_omit_frequent_tracing_warning_silences_retracing_of_one_closure(caplog):
+    import tensorflow as tf
+
+    def traced_functions(omit: bool) -> None:
+        for i in range(7):  # seven functions of one code object, each traced once
+
+            def f(x, i=i):
+                return x * i
+
+            fn = tf.function(f, input_signature=[tf.TensorSpec([], tf.float32)])
+            if omit:
+                _compat.omit_frequent_tracing_warning(fn)
+            fn(tf.constant(1.0))
+
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        traced_functions(omit=False)
+    assert "triggered tf.function retracing" in caplog.text  # the warning the flag turns off
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        traced_functions(omit=True)
+    assert "retracing" not in caplog.text
+    with pytest.raises(RuntimeError, match="has no `Function._omit_frequent_tracing_warning`"):
+        _compat.omit_frequent_tracing_warning(lambda x: x)
