@@ -211,7 +211,8 @@ class _Store:
             self.flush()
             if hasattr(points, "close"):  # stop an executor's chunks still running
                 points.close()
-        logger.info("Computed %d points in %.1fs.", self.done, time.monotonic() - start)
+        where = f" of {self.path}" if self.path else ""
+        logger.info("Computed %d points%s in %.1fs.", self.done, where, time.monotonic() - start)
 
     def put(self, idx: Point, row: Sequence[float]) -> None:
         for name, value in zip(self.names, row):
