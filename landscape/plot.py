@@ -45,6 +45,8 @@ MIN_TITLE_FONTSIZE = 6.0
 MISSING_STYLE = {"marker": "x", "color": "0.45", "linestyle": "none", "clip_on": False}
 NON_FINITE_STYLE = {"marker": "x", "color": "C3", "linestyle": "none", "clip_on": False}
 LEGEND_ON_WHITE_LINES = "0.55"  # legend face behind white line entries (black text reads too)
+# a point whose interpolated state is invalid (a negative BatchNorm moving variance)
+INVALID_STYLE = {"marker": "v", "color": "C4", "linestyle": "none", "clip_on": False}
 MISSING_MARK_Y = 0.02  # height of the marks, in axes coordinates
 
 
@@ -285,11 +287,30 @@ def _mark_missing(ax: Axes, surface: Surface, keys: Sequence[str]) -> None:
     for mask, name, style in [
         (~computed, "not computed", MISSING_STYLE),
         (computed & ~finite, "non-finite", NON_FINITE_STYLE),
+        (_flagged(surface), "invalid state", INVALID_STYLE),
     ]:
         if mask.any():
             xs = np.asarray(surface.x, dtype=np.float64)[mask]
             ax.plot(xs, np.full(len(xs), MISSING_MARK_Y), transform=ax.get_xaxis_transform(),
                     label=f"{name} ({len(xs)})", **style)  # fmt: skip
+
+
+def _flagged(surface: Surface) -> np.ndarray:
+    """Points where any flag (``Surface.flags``: invalid model state) counts something."""
+    mask = np.zeros(surface.shape, bool)
+    for counts in (getattr(surface, "flags", None) or {}).values():
+        mask |= np.asarray(counts) > 0
+    return mask
+
+
+def _mark_flagged_2d(ax: Axes, surface: Surface) -> None:
+    """A marker on each grid point of a 2D surface whose model state is invalid."""
+    mask = _flagged(surface)
+    if mask.any():
+        xx, yy = np.meshgrid(surface.x, surface.y)
+        style = {**INVALID_STYLE, "clip_on": True}
+        ax.plot(xx[mask], yy[mask], label=f"invalid state ({int(mask.sum())})", **style)
+        ax.legend(loc="upper right", fontsize="small")
 
 
 def plot_surface(
@@ -318,7 +339,8 @@ def plot_surface(
             ``"surface"`` (3D; its colour bar clear of the z-axis label) for 2D surfaces;
             ``"line"`` for 1D ones (loss and accuracy on twin axes; a grey x at the bottom
             marks each point not computed, a red x each computed point whose value is not
-            finite, with their counts in the legend). Defaults to "contour".
+            finite, a purple triangle each point flagged for invalid model state, with their
+            counts in the legend; 2D kinds mark flagged points too). Defaults to "contour".
         ax: Axes to draw on (for ``"surface"`` made with ``projection="3d"``); None makes a
             figure (constrained layout). Defaults to None.
         log: Logarithmic colour scale (levels spaced geometrically; values ≤ 0 left out), or a
@@ -385,6 +407,8 @@ def plot_surface(
         fit_title(ax, title)
     if kind == "contour":
         _label_contours(ax, cs)
+    if kind != "surface":
+        _mark_flagged_2d(ax, surface)
     return ax
 
 
