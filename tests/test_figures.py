@@ -45,7 +45,11 @@ def test_writes_every_figure_and_the_statistics(quick_run):
             assert stats["mean"] == pytest.approx(np.mean(values))
             assert stats["stderr"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(2))
     md = (out / "summary.md").read_text()
-    assert "| quantity | SGD | SAM | SAM vs SGD |" in md and "| λ₁ |" in md
+    assert (
+        "| quantity | SGD | SAM | SAM vs SGD |" in md
+        and "| λ₁ (nats/w²) |" in md
+        and "| ε-sharpness (% of 1 + L) |" in md
+    )
     reports = json.loads((out / "reports.json").read_text())
     for flag, per_name in summary["certificates"].items():
         for name, flags in per_name.items():
