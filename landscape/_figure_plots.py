@@ -30,7 +30,8 @@ def _wrap(text: str, width: int = 60) -> str:
 
 
 def model_title(summary: dict, name: str, seed: int) -> str:
-    """Facts of one model (no comparison): λ₁, trace, test accuracy and basin area."""
+    """Facts of one model (no comparison): λ₁, trace, training loss beside them, test accuracy
+    and basin area."""
     run = summary["runs"][name][str(seed)]
     basin = summary["statistics"][name].get("basin_area")
     parts = [f"{NAMES[name]}, seed {seed}"]
@@ -38,6 +39,8 @@ def model_title(summary: dict, name: str, seed: int) -> str:
         parts.append(f"λ₁ = {run['hessian_eigenvalue_1']:.3g}")
     if "hessian_trace" in run:
         parts.append(f"tr(H) = {run['hessian_trace']:.3g}")
+    if "train_loss" in run:
+        parts.append(f"training loss {run['train_loss']:.3g} nats")
     parts.append(f"test accuracy {run['test_acc'] * 100:.1f} %")
     text = ", ".join(parts)
     if basin is not None:
@@ -51,9 +54,11 @@ def model_title(summary: dict, name: str, seed: int) -> str:
 
 
 def headline(summary: dict, keys=HEADLINE) -> str:
-    """The comparison sentences of ``keys`` (those measured), one per line."""
+    """The comparison sentences of ``keys`` (those measured), one per line, then the flatness
+    sentence with the training loss beside it (when the summary has one)."""
     comparison = summary["comparison"]
-    return "\n".join(comparison[k]["sentence"] for k in keys if k in comparison)
+    lines = [comparison[k]["sentence"] for k in keys if k in comparison]
+    return "\n".join(lines + ([summary["flatness"]] if summary.get("flatness") else []))
 
 
 def _save(fig, out_dir: str, name: str, written: list) -> None:
@@ -124,7 +129,9 @@ def _bars(ax, summary: dict, key: str) -> None:
     for sgd, sam_ in zip(stats[0]["values"], stats[1]["values"]):
         ax.plot([0, 1], [sgd * scale, sam_ * scale], "o-", color="0.3", ms=3, lw=0.8)
     ax.set_xticks([0, 1], [NAMES[n] for n in OPTIMIZERS])
-    unit = " (%)" if scale == 100.0 else ""
+    unit = (
+        " (%)" if scale == 100.0 else f" ({_summary.UNITS[key]})" if key in _summary.UNITS else ""
+    )
     ax.set_ylabel(_summary.WORDS.get(key, key) + unit, fontsize=8)
     verdict = summary["comparison"][key]["sentence"].split(": ", 1)[1]
     fit_title(ax, verdict, fontsize=7)

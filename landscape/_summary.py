@@ -36,6 +36,13 @@ QUANTITIES: tuple[tuple[str, str, str], ...] = (
 )
 WORDS = {key: words for key, words, _ in QUANTITIES}
 KIND = {key: kind for key, _, kind in QUANTITIES}
+# Units of the quantities that are not fractions (fractions are shown in %). Losses are mean
+# cross-entropies in nats; ε-sharpness is Keskar et al.'s 100 (max L − L(w)) / (1 + L(w)), in
+# percent (``landscape.sharpness``); the ℓ2 sharpnesses are loss increases over L(w), in nats;
+# a Hessian's eigenvalues and trace are second derivatives of the loss, nats per squared weight.
+UNITS = {"test_loss": "nats", "train_loss": "nats", "epsilon_sharpness": "% of 1 + L",
+         "worst_l2": "nats", "average_l2": "nats", "hessian_trace": "nats/w²",
+         **{f"hessian_eigenvalue_{i}": "nats/w²" for i in (1, 2, 3)}}  # fmt: skip
 
 
 def seed_statistics(values: Sequence[float]) -> dict:
@@ -64,8 +71,9 @@ def paired_comparison(sgd: Sequence[float], sam: Sequence[float], alpha: float =
 
     Returns:
         ``{"n", "sgd_mean", "sam_mean", "difference", "identical", "relative", "t", "p",
-        "significant"}``: ``difference`` = mean(SAM − SGD), ``identical`` when every seed's
-        pair is equal, ``relative`` = difference / |mean SGD| (None when the
+        "significant", "lower", "higher"}``: ``difference`` = mean(SAM − SGD), ``identical``
+        when every seed's pair is equal, ``lower``/``higher`` the number of seeds where SAM's
+        value is below/above SGD's, ``relative`` = difference / |mean SGD| (None when the
         SGD mean is 0), ``t`` and ``p`` from ``scipy.stats.ttest_rel`` (None for one seed;
         ``p`` = 0 when every pair differs by the same nonzero amount, 1 when none differs).
 
@@ -81,7 +89,8 @@ def paired_comparison(sgd: Sequence[float], sam: Sequence[float], alpha: float =
     d = b - a
     out = {"n": int(a.size), "sgd_mean": float(a.mean()), "sam_mean": float(b.mean()),
            "difference": float(d.mean()), "identical": bool(np.all(d == 0)), "t": None,
-           "p": None, "significant": False}  # fmt: skip
+           "p": None, "significant": False, "lower": int(np.sum(d < 0)),
+           "higher": int(np.sum(d > 0))}  # fmt: skip
     out["relative"] = float(d.mean() / abs(a.mean())) if a.mean() != 0 else None
     if a.size > 1:
         if np.ptp(d) == 0:  # no spread: the t statistic is ±inf (or undefined if d ≡ 0)
@@ -104,7 +113,7 @@ def _amount(key: str, comparison: Mapping) -> str:
         return f"{abs(diff) * 100:.1f} points {direction}"
     relative = comparison["relative"]
     if relative is None:
-        return f"{abs(diff):.3g} {direction}"
+        return f"{abs(diff):.3g} {UNITS.get(key, '')} {direction}".replace("  ", " ")
     return f"{abs(relative) * 100:.0f} % {direction}"
 
 
@@ -112,32 +121,88 @@ def _value(key: str, x: float) -> str:
     return f"{x * 100:.1f} %" if KIND.get(key) == "accuracy" else f"{x:.3g}"
 
 
+def _means(key: str, comparison: Mapping) -> str:
+    """'70.3 % → 76.7 %' for fractions, '1.6 → 1.84 nats' (the unit once) for the rest."""
+    text = f"{_value(key, comparison['sgd_mean'])} → {_value(key, comparison['sam_mean'])}"
+    unit = None if KIND.get(key) == "accuracy" else UNITS.get(key)
+    return text if unit is None else f"{text} {unit.split(' ')[0]}"
+
+
+def per_seed(comparison: Mapping) -> str:
+    """'lower on 3 of 3 seeds' / 'lower on 2 of 3 seeds, higher on 1' (SAM against SGD)."""
+    n, counts = comparison["n"], {"lower": comparison["lower"], "higher": comparison["higher"]}
+    ranked = sorted((c, w) for w, c in counts.items() if c)[::-1]
+    if not ranked:
+        return f"equal on {n} of {n} seed{'s' * (n > 1)}"
+    (count, word), rest = ranked[0], ranked[1:]
+    text = f"{word} on {count} of {n} seed{'s' * (n > 1)}"
+    text += "".join(f", {w} on {c}" for c, w in rest)
+    equal = n - comparison["lower"] - comparison["higher"]
+    return text + (f", equal on {equal}" if equal else "")
+
+
 def _evidence(comparison: Mapping) -> str:
-    n = comparison["n"]
     if comparison["p"] is None:
         return "1 seed, no test of significance"
     p = comparison["p"]
-    return f"{n} seeds, paired t-test p = {p:.2g}" if p >= 1e-4 else f"{n} seeds, p < 0.0001"
+    test = f"paired t-test p = {p:.2g}" if p >= 1e-4 else "paired t-test p < 0.0001"
+    return f"SAM {per_seed(comparison)}, {test}"
 
 
 def comparison_sentence(key: str, comparison: Mapping) -> str:
     """One sentence comparing SAM with SGD on quantity ``key``, as the numbers say.
 
-    ``"λ₁: 34 % lower for SAM (785 → 518; 3 seeds, paired t-test p = 0.012)"`` when the
-    difference is significant at ``ALPHA`` (or measured on one seed, which the sentence says);
-    ``"λ₁: no significant difference between SGD and SAM (785 → 760, 3 seeds, paired t-test
-    p = 0.41)"`` otherwise. Accuracies (and other fractions) differ in percentage points, other
-    quantities relatively.
+    ``"λ₁: 34 % lower for SAM (785 → 518 nats/w²; SAM lower on 3 of 3 seeds, paired t-test
+    p = 0.012)"`` when the difference is significant at ``ALPHA`` (or measured on one seed, which
+    the sentence says); ``"ε-sharpness: no significant difference between SGD and SAM (79.9 →
+    19.7 %; SAM lower on 3 of 3 seeds, paired t-test p = 0.083)"`` otherwise: the per-seed
+    direction stands beside p, so a consistent but not significant change reads as one.
+    Accuracies (and other fractions) differ in percentage points, other quantities relatively;
+    values carry their unit (``UNITS``).
     """
     words = WORDS.get(key, key)
-    means = f"{_value(key, comparison['sgd_mean'])} → {_value(key, comparison['sam_mean'])}"
+    means = _means(key, comparison)
     if comparison["identical"]:
-        return f"{words}: the same for SGD and SAM ({means}; {_evidence(comparison)})"
+        n = comparison["n"]
+        return f"{words}: the same for SGD and SAM ({means}; {n} seed{'s' * (n > 1)})"
     if comparison["significant"] or comparison["p"] is None:
         return f"{words}: {_amount(key, comparison)} for SAM ({means}; {_evidence(comparison)})"
     return (
         f"{words}: no significant difference between SGD and SAM ({means}; {_evidence(comparison)})"
     )
+
+
+def _shift(comparison: Mapping) -> str:
+    """'flatter' / 'sharper' / 'neither significantly flatter nor sharper' by λ₁."""
+    if comparison["identical"]:
+        return "as flat as SGD's"
+    if comparison["significant"] or comparison["p"] is None:
+        return "flatter" if comparison["difference"] < 0 else "sharper"
+    return "not significantly flatter or sharper"
+
+
+def flatness_sentence(curvature: Mapping, loss: Mapping, key: str = "hessian_eigenvalue_1") -> str:
+    """SAM's minimum's flatness with its training loss beside it, as the numbers say.
+
+    ``"SAM's minimum is flatter (λ₁: 74 % lower for SAM ...) at a training loss 15 % higher
+    (1.6 → 1.84 nats; SAM higher on 3 of 3 seeds, paired t-test p = 0.0073)"``: a flatter
+    minimum that fits its training data less well is not the same finding as one that fits it
+    as well.
+
+    Args:
+        curvature: ``paired_comparison`` of the flatness measure ``key``.
+        loss: ``paired_comparison`` of the training loss.
+        key: The flatness measure. Defaults to "hessian_eigenvalue_1" (λ₁).
+    """
+    flat = comparison_sentence(key, curvature)
+    means = _means("train_loss", loss)
+    if loss["identical"]:
+        fit = f"the same training loss ({means})"
+    elif loss["significant"] or loss["p"] is None:
+        fit = f"a training loss {_amount('train_loss', loss)} ({means}; {_evidence(loss)})"
+    else:
+        fit = f"a training loss not significantly different ({means}; {_evidence(loss)})"
+    return f"SAM's minimum is {_shift(curvature)} ({flat}) at {fit}"
 
 
 def basin_area(loss: np.ndarray, centre: float, rise: float) -> float:

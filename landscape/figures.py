@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import keras
@@ -221,7 +222,7 @@ def _fit_metrics(model, x, y_true, y_noisy, flipped) -> dict[str, float]:
     return metrics
 
 
-def _train_one(config: FiguresConfig, seed: int, name: str, data, verbose: int):
+def _train_one(config: FiguresConfig, seed: int, name: str, data, verbose: int, callbacks=None):
     """Train one model; returns it and its metrics (full noisy training split, test split)."""
     result = train(
         data,
@@ -237,11 +238,112 @@ def _train_one(config: FiguresConfig, seed: int, name: str, data, verbose: int):
         model_kwargs={"depth": config.depth, "width": config.width},
         augment=config.augment,
         schedule=config.schedule,
+        callbacks=callbacks,
         verbose=2 if verbose else 0,
     )
     metrics = {"train_loss": result.train_loss, "train_acc": result.train_acc,
                "test_loss": result.test_loss, "test_acc": result.test_acc}  # fmt: skip
     return result.model, metrics
+
+
+# A step of SAM takes two gradient passes where SGD's takes one; evaluating a surface point is
+# a forward pass, about a third of a training step's forward and backward passes.
+EPOCH_COST = {"sgd": 1.0, "sam": 2.0}
+POINT_COST = 1 / 3
+
+
+def _model_path(out_dir: str, seed: int, name: str) -> str:
+    return os.path.join(out_dir, f"seed_{seed}", f"{name}.keras")
+
+
+def to_train(config: FiguresConfig, out_dir: str) -> list[tuple[int, str]]:
+    """``(seed, name)`` of the models ``train_models`` will train (not found in ``out_dir``)."""
+    record = _read_json(os.path.join(out_dir, "training.json")) or {}
+    return [(seed, name) for seed in range(config.seeds) for name in OPTIMIZERS
+            if str(seed) not in record.get(name, {})
+            or not os.path.isfile(_model_path(out_dir, seed, name))]  # fmt: skip
+
+
+def plan(config: FiguresConfig, out_dir: str) -> list[str]:
+    """The sentences of what ``make_figures`` will do in ``out_dir`` (what it holds is reused)."""
+    from landscape.surface import parse_grid
+
+    n_models = config.seeds * len(OPTIMIZERS)
+    todo = len(to_train(config, out_dir))
+    side, line = len(parse_grid(config.grid)), len(parse_grid(config.interpolation))
+    examples = config.surface_samples or "all"
+    reused = f" ({n_models - todo} found in {out_dir} and reused)" if todo < n_models else ""
+    return [
+        f"Plan: train {todo} of {n_models} ResNet-{config.depth} models{reused}: SGD and SAM "
+        f"on {config.seeds} seed{'s' * (config.seeds > 1)}, {config.epochs} epoch"
+        f"{'s' * (config.epochs > 1)} each on {config.train_samples or 'all'} examples;",
+        f"  {n_models} 2D surfaces of {side} × {side} = {side * side} points and one SGD → SAM "
+        f"interpolation of {line} points, on {examples} training examples;",
+        f"  {n_models} sharpness reports (k = {config.report.get('k')}); then 5 figures, "
+        "summary.json and summary.md.",
+        "  A time estimate follows the first model's second epoch (its first, if it has one); "
+        "each stage is estimated again from its first item.",
+    ]
+
+
+def training_estimate(
+    epoch_seconds: float, measured: str, todo: list[str], config: FiguresConfig, n_train: int
+) -> dict[str, float]:
+    """Estimated seconds of training ``todo`` (optimizer names) and of the surfaces' points.
+
+    From one measured epoch of a ``measured`` model: an epoch of SAM counted as two of SGD's
+    (``EPOCH_COST``), a surface point as ``POINT_COST`` of a training pass over the same number
+    of examples. The first epoch includes tracing, so the estimate errs on the long side.
+    """
+    from landscape.surface import parse_grid
+
+    sgd_epoch = epoch_seconds / EPOCH_COST[measured]
+    side, line = len(parse_grid(config.grid)), len(parse_grid(config.interpolation))
+    points = config.seeds * len(OPTIMIZERS) * side * side + line
+    share = min(config.surface_samples or n_train, n_train) / n_train  # examples per point
+    return {
+        "training": sgd_epoch * config.epochs * sum(EPOCH_COST[n] for n in todo),
+        "surfaces": sgd_epoch * share * POINT_COST * points,
+    }
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+class _FirstEpochClock(keras.callbacks.Callback):
+    """Logs the estimate once, after the epoch it times: the second (the first traces the
+    model's functions, which later epochs reuse), or the first of a one-epoch run."""
+
+    def __init__(self, measured: str, todo: list[str], config: FiguresConfig, n_train: int):
+        super().__init__()
+        self.measured, self.todo, self.config, self.n_train = measured, todo, config, n_train
+        self.timed = min(1, config.epochs - 1)  # the epoch's index
+        self.start: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.timed:
+            self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch != self.timed or self.start is None:
+            return
+        took = time.perf_counter() - self.start
+        est = training_estimate(took, self.measured, self.todo, self.config, self.n_train)
+        which = "the second epoch" if self.timed else "the first epoch, tracing included"
+        logger.info(
+            "Estimate from %s (%s of %s): training about %s, surfaces about %s; the sharpness "
+            "reports are estimated after the first one.",
+            which, _minutes(took), self.measured.upper(), _minutes(est["training"]),
+            _minutes(est["surfaces"]),
+        )  # fmt: skip
+
+
+def _log_rest(stage: str, took: float, left: int) -> None:
+    """The estimate of a stage's remaining items from its first measured one."""
+    if left > 0:
+        logger.info("The first %s took %s; the %d left should take about %s (estimate).",
+                    stage, _minutes(took), left, _minutes(took * left))  # fmt: skip
 
 
 def train_models(config: FiguresConfig, out_dir: str, *, verbose: int = 1) -> dict[str, Any]:
@@ -253,25 +355,26 @@ def train_models(config: FiguresConfig, out_dir: str, *, verbose: int = 1) -> di
         ``train_acc_clean`` on the true labels, ``memorized`` (flipped labels fitted),
         ``test_loss``/``test_acc`` on the full test split, and ``seconds`` of training.
     """
-    import time
-
     record_path = os.path.join(out_dir, "training.json")
     record = _read_json(record_path) or {}
+    todo = to_train(config, out_dir)
     models: dict[int, dict] = {}
     for seed in range(config.seeds):
         data, y_true, flipped = noisy_data(config, seed)
         (x, y_noisy), _ = data
         os.makedirs(os.path.join(out_dir, f"seed_{seed}"), exist_ok=True)
         for name in OPTIMIZERS:
-            path = os.path.join(out_dir, f"seed_{seed}", f"{name}.keras")
-            entry = record.get(name, {}).get(str(seed))
-            if entry is not None and os.path.isfile(path):
+            path = _model_path(out_dir, seed, name)
+            if (seed, name) not in todo:
                 logger.info("reusing %s", path)
                 models.setdefault(seed, {})[name] = keras.models.load_model(path)
                 continue
             logger.info("training the ResNet with %s, seed %d", name.upper(), seed)
+            clock = None
+            if (seed, name) == todo[0]:  # the first model trained times its first epoch
+                clock = [_FirstEpochClock(name, [n for _, n in todo], config, len(x))]
             start = time.perf_counter()
-            model, metrics = _train_one(config, seed, name, data, verbose)
+            model, metrics = _train_one(config, seed, name, data, verbose, clock)
             metrics["seconds"] = time.perf_counter() - start
             metrics.update(_fit_metrics(model, x, y_true, y_noisy, flipped))
             model.save(path)
@@ -305,23 +408,40 @@ def compute_surfaces(models: dict, objectives: dict, config: FiguresConfig, out_
         ``{seed: {"sgd": Surface, "sam": Surface}, "interpolation": Surface}``.
     """
     surfaces: dict[Any, Any] = {}
-    for seed, pair in models.items():
-        for name in OPTIMIZERS:
-            model = pair[name]
-            dirs = [random_direction(model, norm="filter", ignore="biasbn", seed=100 * seed + i)
-                    for i in (1, 2)]  # fmt: skip
-            surfaces.setdefault(seed, {})[name] = compute_surface(
-                objectives[seed][name], dirs, x=config.grid, y=config.grid, verbose=verbose,
-                path=os.path.join(out_dir, f"seed_{seed}", f"{name}_surface.h5"),
-            )  # fmt: skip
+    jobs = [(seed, name) for seed in models for name in OPTIMIZERS]
+    first: float | None = None
+    for i, (seed, name) in enumerate(jobs):
+        model = models[seed][name]
+        dirs = [random_direction(model, norm="filter", ignore="biasbn", seed=100 * seed + j)
+                for j in (1, 2)]  # fmt: skip
+        path = _surface_path(out_dir, seed, name)
+        fresh = not os.path.exists(path)
+        logger.info("surface %d of %d: the %s model, seed %d → %s", i + 1, len(jobs) + 1,
+                    name.upper(), seed, path)  # fmt: skip
+        start = time.perf_counter()
+        surfaces.setdefault(seed, {})[name] = compute_surface(
+            objectives[seed][name], dirs, x=config.grid, y=config.grid, verbose=verbose,
+            path=path,
+        )  # fmt: skip
+        if fresh and first is None:
+            first = time.perf_counter() - start
+            _log_rest("surface", first, sum(not os.path.exists(_surface_path(out_dir, s, n))
+                                            for s, n in jobs[i + 1 :]))  # fmt: skip
+    path = os.path.join(out_dir, "seed_0", "interpolation.h5")
+    logger.info("surface %d of %d: SGD → SAM interpolation, seed 0 → %s", len(jobs) + 1,
+                len(jobs) + 1, path)  # fmt: skip
     surfaces["interpolation"] = compute_surface(
         _objective(models[0]["sgd"], config, 0, test=True),
         [interpolation_direction(models[0]["sgd"], models[0]["sam"])],
         x=config.interpolation,
-        path=os.path.join(out_dir, "seed_0", "interpolation.h5"),
+        path=path,
         verbose=verbose,
     )
     return surfaces
+
+
+def _surface_path(out_dir: str, seed: int, name: str) -> str:
+    return os.path.join(out_dir, f"seed_{seed}", f"{name}_surface.h5")
 
 
 def sharpness_reports(objectives: dict, config: FiguresConfig, out_dir: str) -> dict:
@@ -329,14 +449,17 @@ def sharpness_reports(objectives: dict, config: FiguresConfig, out_dir: str) -> 
     path = os.path.join(out_dir, "reports.json")
     cached = _read_json(path) or {}
     reports = {name: {int(s): r for s, r in cached.get(name, {}).items()} for name in OPTIMIZERS}
-    for seed, pair in objectives.items():
-        for name in OPTIMIZERS:
-            if seed in reports[name]:
-                continue
-            logger.info("sharpness report of the %s model, seed %d", name.upper(), seed)
-            reports[name][seed] = sharpness_report(pair[name], **config.report)
-            payload = {n: {str(s): r for s, r in reports[n].items()} for n in OPTIMIZERS}
-            _write_json(path, {**payload, "provenance": _provenance(config, objectives)})
+    todo = [(seed, name) for seed in objectives for name in OPTIMIZERS
+            if seed not in reports[name]]  # fmt: skip
+    for i, (seed, name) in enumerate(todo):
+        logger.info("sharpness report %d of %d: the %s model, seed %d", i + 1, len(todo),
+                    name.upper(), seed)  # fmt: skip
+        start = time.perf_counter()
+        reports[name][seed] = sharpness_report(objectives[seed][name], **config.report)
+        payload = {n: {str(s): r for s, r in reports[n].items()} for n in OPTIMIZERS}
+        _write_json(path, {**payload, "provenance": _provenance(config, objectives)})
+        if i == 0:
+            _log_rest("sharpness report", time.perf_counter() - start, len(todo) - 1)
     return reports
 
 
@@ -409,8 +532,13 @@ def summarize(values: dict, config: FiguresConfig) -> dict:
             c = _summary.paired_comparison(values["sgd"][key], values["sam"][key])
             c["sentence"] = _summary.comparison_sentence(key, c)
             comparison[key] = c
-    return {"config": dataclasses.asdict(config), "seeds": list(range(config.seeds)),
-            "statistics": stats, "comparison": comparison}  # fmt: skip
+    out = {"config": dataclasses.asdict(config), "seeds": list(range(config.seeds)),
+           "statistics": stats, "comparison": comparison}  # fmt: skip
+    if "hessian_eigenvalue_1" in comparison and "train_loss" in comparison:
+        out["flatness"] = _summary.flatness_sentence(
+            comparison["hessian_eigenvalue_1"], comparison["train_loss"]
+        )
+    return out
 
 
 def summary_markdown(summary: dict) -> str:
@@ -431,13 +559,22 @@ def summary_markdown(summary: dict) -> str:
     for key, comparison in summary["comparison"].items():
         cells = [_mean_se(summary["statistics"][n][key], key) for n in OPTIMIZERS]
         verdict = comparison["sentence"].split(": ", 1)[1]
-        lines.append(f"| {_summary.WORDS.get(key, key)} | {cells[0]} | {cells[1]} | {verdict} |")
+        lines.append(f"| {_quantity(key)} | {cells[0]} | {cells[1]} | {verdict} |")
     lines.append("")
+    if summary.get("flatness"):
+        lines += [summary["flatness"] + ".", ""]
     for flag, per_name in summary.get("certificates", {}).items():
         counts = ", ".join(f"{sum(v)} of {len(v)} {n.upper()}" for n, v in per_name.items())
         lines.append(f"{CERTIFICATES[flag]}: {counts} models.")
     lines += ["", *(f"- {file}: {text}" for file, text in summary.get("captions", {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def _quantity(key: str) -> str:
+    """'ε-sharpness (% of 1 + L)': the quantity's words and its unit."""
+    unit = "%" if _summary.KIND.get(key) == "accuracy" else _summary.UNITS.get(key)
+    words = _summary.WORDS.get(key, key)
+    return words if unit is None else f"{words} ({unit})"
 
 
 def _mean_se(stat: dict, key: str) -> str:
@@ -473,6 +610,8 @@ def make_figures(
     config = config or FiguresConfig()
     _check_config(config)
     claim_out_dir(out_dir, config)
+    for line in plan(config, out_dir):
+        logger.info(line)
     trained = train_models(config, out_dir, verbose=verbose)
     # One Objective per model serves its surface and its report: traced once per model.
     objectives = {seed: {name: _objective(m, config, seed) for name, m in pair.items()}

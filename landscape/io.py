@@ -44,6 +44,7 @@ logger = logging.getLogger("landscape")
 FORMAT = "sam-landscape/surface"
 FORMAT_VERSION = 1
 DIRECTION_NAMES = ("x", "y")
+FLAGS = "flags"  # group: per-point counts of invalid model state (landscape._validity); optional
 COMPUTED = "computed"  # mask of evaluated points; files without it: computed = no metric is NaN
 # stored as JSON text, read back as lists
 JSON_ATTRS = ("seeds", "directions_metadata", "loss_terms", "provenance")
@@ -163,6 +164,24 @@ def update_surface_file(
     os.replace(tmp, path)
 
 
+def write_flags(path: str, flags: Mapping[str, np.ndarray]) -> None:
+    """Store ``flags`` (per-point counts, shape of the grid) in the file's ``flags`` group.
+
+    A group, not datasets beside the metrics, so that readers of format version 1 (ours before
+    the flags, and loss-landscape's scripts) see the same metrics as before; files without the
+    group have no flags.
+    """
+    tmp = _tmp(path)
+    shutil.copyfile(path, tmp)
+    with h5py.File(tmp, "r+") as f:
+        if FLAGS in f:
+            del f[FLAGS]
+        g = f.create_group(FLAGS)
+        for name, counts in flags.items():
+            g.create_dataset(name, data=np.asarray(counts, np.int64))
+    os.replace(tmp, path)
+
+
 def computed_from_values(values: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     """The ``computed`` mask of a file that has none: points where no metric is NaN."""
     mask = np.ones(shape, bool)
@@ -213,7 +232,8 @@ def read_surface_file(path: str) -> dict[str, Any]:
     Returns:
         ``{"x", "y", "values", "computed", "attrs", "directions"}``. Arrays are ``[iy, ix]``
         (1D: ``[ix]``); ``computed`` is a bool mask of the evaluated points; ``directions`` are
-        ``StoredDirection`` records (none for loss-landscape files).
+        ``StoredDirection`` records (none for loss-landscape files); ``flags`` the per-point
+        counts of invalid model state (``landscape._validity``), empty when the file has none.
         For loss-landscape files (no ``format`` attribute) the −1 placeholders become NaN, the
         values (stored in ``[iy, ix]`` order in an array shaped ``(nx, ny)``) are reshaped to
         ``(ny, nx)``, and ``attrs["source"] == "loss-landscape"`` (their accuracy is in percent).
@@ -233,6 +253,9 @@ def read_surface_file(path: str) -> dict[str, Any]:
             computed = computed_from_values(values, shape)
         if not ours:
             attrs["source"] = "loss-landscape"
+        flags = {}
+        if ours and FLAGS in f:
+            flags = {n: f[FLAGS][n][()] for n in f[FLAGS] if isinstance(f[FLAGS][n], h5py.Dataset)}
         directions = ()
         if "directions" in f:
             g = f["directions"]
@@ -244,6 +267,7 @@ def read_surface_file(path: str) -> dict[str, Any]:
         "computed": computed,
         "attrs": attrs,
         "directions": directions,
+        "flags": flags,
     }
 
 

@@ -44,6 +44,9 @@ MIN_TITLE_FONTSIZE = 6.0
 # Not-computed (NaN) and non-finite points of 1D lines: marks at the bottom of the axes.
 MISSING_STYLE = {"marker": "x", "color": "0.45", "linestyle": "none", "clip_on": False}
 NON_FINITE_STYLE = {"marker": "x", "color": "C3", "linestyle": "none", "clip_on": False}
+LEGEND_ON_WHITE_LINES = "0.55"  # legend face behind white line entries (black text reads too)
+# a point whose interpolated state is invalid (a negative BatchNorm moving variance)
+INVALID_STYLE = {"marker": "v", "color": "C4", "linestyle": "none", "clip_on": False}
 MISSING_MARK_Y = 0.02  # height of the marks, in axes coordinates
 
 
@@ -228,7 +231,7 @@ def _plot_line(surface: Surface, ax: Axes, log: bool, **kwargs) -> Axes:
     ax.set_xlabel("α")
     ax.set_ylabel("loss", color="C0")
     if log:
-        ax.set_yscale("log")
+        _clean_log_axis(ax, surface, loss_keys)
     _mark_missing(ax, surface, loss_keys + acc_keys)
     handles, labels = ax.get_legend_handles_labels()
     if acc_keys:
@@ -240,8 +243,37 @@ def _plot_line(surface: Surface, ax: Axes, log: bool, **kwargs) -> Axes:
         twin.set_ylabel("accuracy", color="C1")
         h2, l2 = twin.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="best", fontsize="small")
+    # below the axes, clear of the curves and of both y-axes' labels
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.15),
+              ncol=min(len(labels), 3), fontsize="small", frameon=False)  # fmt: skip
     return ax
+
+
+def _clean_log_axis(ax: Axes, surface: Surface, keys: Sequence[str]) -> None:
+    """A log y-axis ticked at round values in the data's range, one plain label per tick
+    (matplotlib's own labels a narrow range's minor ticks as "1.2167×10¹")."""
+    ax.set_yscale("log")
+    z = np.concatenate([np.ravel(np.asarray(surface.values[k], np.float64)) for k in keys])
+    z = z[np.isfinite(z) & (z > 0)]
+    if z.size:
+        lo, hi = float(z.min()), float(z.max())
+        ticks = _log_ticks(lo, hi) if hi > lo else z[:1]
+        if len(ticks) < 3 and hi > lo:  # under a decade: round linear values
+            ticks = mticker.MaxNLocator(5).tick_values(lo, hi)
+            ticks = ticks[(ticks >= lo) & (ticks <= hi) & (ticks > 0)]
+        ax.yaxis.set_major_locator(mticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _pos=None: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _line_title(surface: Surface) -> str:
+    """The default title of a 1D plot: what is drawn, along which direction."""
+    kind = (surface.metadata.get("directions_metadata") or [{}])[0].get("kind")
+    along = {"interpolation": "from model a (α = 0) to model b (α = 1)"}.get(kind, "along α")
+    drawn = [k for k in surface.values if k.endswith(("_loss", "_acc"))]
+    words = " and ".join(w for w, end in (("loss", "_loss"), ("accuracy", "_acc"))
+                         if any(k.endswith(end) for k in drawn))  # fmt: skip
+    return f"{words} {along}"
 
 
 def _mark_missing(ax: Axes, surface: Surface, keys: Sequence[str]) -> None:
@@ -255,11 +287,30 @@ def _mark_missing(ax: Axes, surface: Surface, keys: Sequence[str]) -> None:
     for mask, name, style in [
         (~computed, "not computed", MISSING_STYLE),
         (computed & ~finite, "non-finite", NON_FINITE_STYLE),
+        (_flagged(surface), "invalid state", INVALID_STYLE),
     ]:
         if mask.any():
             xs = np.asarray(surface.x, dtype=np.float64)[mask]
             ax.plot(xs, np.full(len(xs), MISSING_MARK_Y), transform=ax.get_xaxis_transform(),
                     label=f"{name} ({len(xs)})", **style)  # fmt: skip
+
+
+def _flagged(surface: Surface) -> np.ndarray:
+    """Points where any flag (``Surface.flags``: invalid model state) counts something."""
+    mask = np.zeros(surface.shape, bool)
+    for counts in (getattr(surface, "flags", None) or {}).values():
+        mask |= np.asarray(counts) > 0
+    return mask
+
+
+def _mark_flagged_2d(ax: Axes, surface: Surface) -> None:
+    """A marker on each grid point of a 2D surface whose model state is invalid."""
+    mask = _flagged(surface)
+    if mask.any():
+        xx, yy = np.meshgrid(surface.x, surface.y)
+        style = {**INVALID_STYLE, "clip_on": True}
+        ax.plot(xx[mask], yy[mask], label=f"invalid state ({int(mask.sum())})", **style)
+        ax.legend(loc="upper right", fontsize="small")
 
 
 def plot_surface(
@@ -288,7 +339,8 @@ def plot_surface(
             ``"surface"`` (3D; its colour bar clear of the z-axis label) for 2D surfaces;
             ``"line"`` for 1D ones (loss and accuracy on twin axes; a grey x at the bottom
             marks each point not computed, a red x each computed point whose value is not
-            finite, with their counts in the legend). Defaults to "contour".
+            finite, a purple triangle each point flagged for invalid model state, with their
+            counts in the legend; 2D kinds mark flagged points too). Defaults to "contour".
         ax: Axes to draw on (for ``"surface"`` made with ``projection="3d"``); None makes a
             figure (constrained layout). Defaults to None.
         log: Logarithmic colour scale (levels spaced geometrically; values ≤ 0 left out), or a
@@ -301,7 +353,8 @@ def plot_surface(
         colorbar: Add a colour bar (not for ``"contour"`` and ``"line"``); for ``"surface"`` it
             stands clear of the z-axis label. Defaults to True.
         title: The title, wrapped to the axes' width (``fit_title``); ``""`` for none.
-            Defaults to the metric's name (2D) or none (1D).
+            Defaults to the metric's name (2D), or what a 1D plot draws and along what
+            ("loss and accuracy from model a (α = 0) to model b (α = 1)").
         **kwargs: Passed on to the matplotlib call (``contour``, ``contourf``, ``pcolormesh``,
             ``plot_surface`` or ``plot``).
 
@@ -316,6 +369,7 @@ def plot_surface(
     kind = _check_kind(kind, surface)
     if kind == "line":
         ax = _plot_line(surface, _new_axes(ax), log, **kwargs)
+        title = _line_title(surface) if title is None else title
         if title:
             fit_title(ax, title)
         return ax
@@ -338,7 +392,12 @@ def plot_surface(
     else:
         mappable, ticks, fmt, label = _plot_3d(ax, xx, yy, z, zm, (lo, hi), log, label, **kwargs)
     if mappable is not None and colorbar:
-        _colorbar(ax, mappable, ticks, fmt).set_label(label)
+        if log and ticks is None and kind != "surface":  # round values, one label per tick
+            ticks = _log_ticks(lo, hi)
+        bar = _colorbar(ax, mappable, ticks, fmt)
+        bar.set_label(label)
+        if log and kind != "surface":
+            bar.ax.yaxis.set_minor_formatter(mticker.NullFormatter())
         if kind == "surface":
             _clear_zlabels([ax])
     ax.set_xlabel("α")
@@ -348,6 +407,8 @@ def plot_surface(
         fit_title(ax, title)
     if kind == "contour":
         _label_contours(ax, cs)
+    if kind != "surface":
+        _mark_flagged_2d(ax, surface)
     return ax
 
 
@@ -862,7 +923,8 @@ def plot_connection_plane(
     ax.set_xlabel("distance along w_b − w_a")
     ax.set_ylabel("distance towards θ")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.legend(loc="best", fontsize="small")
+    # the curve and the line are white (on the colour map): a grey legend frame shows them
+    ax.legend(loc="best", fontsize="small", facecolor=LEGEND_ON_WHITE_LINES, framealpha=1.0)
     if title:
         fit_title(ax, title)
     return ax

@@ -79,6 +79,9 @@ class Surface:
         path: The HDF5 file it is stored in, if any.
         computed: Bool mask (shape of ``Z``) of the points evaluated; a computed point can hold
             NaN when the network diverges there. Defaults to the points where no value is NaN.
+        flags: ``{name: counts}`` (shape of ``Z``) of invalid model state at each point, e.g.
+            ``"negative_moving_variance"``: BatchNorm moving-variance entries a direction moved
+            below zero (its loss there is meaningless). Empty when every point is valid.
     """
 
     x: np.ndarray
@@ -88,6 +91,7 @@ class Surface:
     directions: Sequence[Direction] = ()
     path: str | None = None
     computed: np.ndarray | None = None
+    flags: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.computed is None:
@@ -123,6 +127,7 @@ class Surface:
             _StoredDirections(data["directions"]),
             os.fspath(path),
             data["computed"],
+            data.get("flags", {}),
         )
 
 
@@ -212,7 +217,8 @@ class _Store:
             self.flush()
             if hasattr(points, "close"):  # stop an executor's chunks still running
                 points.close()
-        logger.info("Computed %d points in %.1fs.", self.done, time.monotonic() - start)
+        where = f" of {self.path}" if self.path else ""
+        logger.info("Computed %d points%s in %.1fs.", self.done, where, time.monotonic() - start)
 
     def put(self, idx: Point, row: Sequence[float]) -> None:
         for name, value in zip(self.names, row):
@@ -432,6 +438,7 @@ def compute_surface(
     attrs = _attributes(objective, directions, fingerprint_directions(directions), settings)
     path = None if path is None else os.fspath(path)
     values, computed = _open(path, grid, names, directions, attrs)
+    flags = _flag(objective, directions, grid, path)
     todo = [idx for idx in np.ndindex(*grid.shape) if not computed[idx]]
     if executor is None:
         rows = executors.evaluate_points(objective, basis, map(grid.coefficients, todo))
@@ -449,4 +456,16 @@ def compute_surface(
         )
     progress = progbar(len(todo), verbose, "point")
     _Store(path, names, values, computed, flush_seconds, progress).consume(points)
-    return Surface(grid.x, grid.y, values, attrs, tuple(directions), path, computed)
+    return Surface(grid.x, grid.y, values, attrs, tuple(directions), path, computed, flags)
+
+
+def _flag(objective, directions, grid: _Grid, path: str | None) -> dict[str, np.ndarray]:
+    """Count the invalid state at each grid point; log one sentence and store it if any."""
+    from landscape import _validity
+
+    flags = _validity.invalid_points(objective.model, directions, grid.x, grid.y)
+    if flags:
+        logger.warning(_validity.sentence(flags, grid.x, grid.y, directions))
+        if path is not None:
+            io.write_flags(path, flags)
+    return flags

@@ -59,7 +59,11 @@ def test_writes_every_figure_and_the_statistics(quick_run):
             assert stats["mean"] == pytest.approx(np.mean(values))
             assert stats["stderr"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(2))
     md = (out / "summary.md").read_text()
-    assert "| quantity | SGD | SAM | SAM vs SGD |" in md and "| λ₁ |" in md
+    assert (
+        "| quantity | SGD | SAM | SAM vs SGD |" in md
+        and "| λ₁ (nats/w²) |" in md
+        and "| ε-sharpness (% of 1 + L) |" in md
+    )
     reports = json.loads((out / "reports.json").read_text())
     for flag, per_name in summary["certificates"].items():
         for name, flags in per_name.items():
@@ -82,12 +86,18 @@ def test_captions_are_computed_from_the_summary_numbers(quick_run):
     captions = summary["captions"]
     assert set(captions) == set(FIGURES)
     headline = [sentences[k] for k in _figure_plots.HEADLINE if k in sentences]
-    assert captions["comparison.png"] == "; ".join(headline)
+    flatness = _summary.flatness_sentence(
+        *(_summary.paired_comparison(stats["sgd"][k]["values"], stats["sam"][k]["values"])
+          for k in ("hessian_eigenvalue_1", "train_loss"))
+    )  # fmt: skip
+    assert captions["comparison.png"] == "; ".join([*headline, flatness])
+    assert summary["flatness"] == flatness and flatness + "." in (out / "summary.md").read_text()
     for name, file in (("sgd", "no_sam.png"), ("sam", "with_sam.png")):
         run = summary["runs"][name]["0"]
         area = stats[name]["basin_area"]["values"][0]
         assert f"λ₁ = {run['hessian_eigenvalue_1']:.3g}" in captions[file]
         assert f"test accuracy {run['test_acc'] * 100:.1f} %" in captions[file]
+        assert f"training loss {run['train_loss']:.3g} nats" in captions[file]
         assert f"on {area * 100:.0f} % of this plane" in captions[file]
         assert "sharp" not in captions[file] and "wide" not in captions[file]
     line = Surface.load(str(out / "seed_0" / "interpolation.h5"))
@@ -157,9 +167,11 @@ def test_figures_say_so_when_the_data_show_no_difference(tmp_path):
         "hessian_eigenvalue_1": [50.0, 80.0, 60.0],
         "hessian_trace": [400.0, 300.0, 500.0],
         "basin_area": [0.2, 0.3, 0.25],
+        "train_loss": [1.5, 1.7, 1.6],
     }
     sam = {"test_acc": [0.72, 0.71, 0.72], "hessian_eigenvalue_1": [70.0, 55.0, 62.0],
-           "hessian_trace": [380.0, 420.0, 390.0], "basin_area": [0.3, 0.2, 0.26]}  # fmt: skip
+           "hessian_trace": [380.0, 420.0, 390.0], "basin_area": [0.3, 0.2, 0.26],
+           "train_loss": [1.7, 1.5, 1.65]}  # fmt: skip
     summary = summarize({"sgd": sgd, "sam": sam}, config)
     summary["runs"] = {n: {str(s): {"test_acc": v["test_acc"][s],
                                     "hessian_eigenvalue_1": v["hessian_eigenvalue_1"][s]}
@@ -172,6 +184,10 @@ def test_figures_say_so_when_the_data_show_no_difference(tmp_path):
     for key in ("test_acc", "hessian_eigenvalue_1", "hessian_trace", "basin_area"):
         assert f"{_summary.WORDS[key]}: no significant difference" in captions["comparison.png"]
     assert "lower for SAM" not in captions["comparison.png"]
+    assert ("SAM's minimum is not significantly flatter or sharper (λ₁: no significant difference"
+            in captions["comparison.png"])  # fmt: skip
+    assert ("at a training loss not significantly different (1.6 → 1.62 nats; SAM higher on 2 of "
+            "3 seeds, lower on 1, paired t-test p = ") in captions["comparison.png"]  # fmt: skip
 
 
 def test_linear_barrier_is_the_maximum_on_the_segment_above_the_endpoints_mean():

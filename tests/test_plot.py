@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import re  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -403,3 +405,78 @@ def test_line_marks_each_point_not_computed_and_each_non_finite_one():
         "train accuracy",
         "test accuracy",
     ]
+
+
+# ---------------------------------------------------------------------- glitches of issue 28
+PLAIN_NUMBER = r"^[−-]?\d+(\.\d+)?(e[+−-]?\d+)?$"  # "12", "0.52", "1e+03": no "×10¹", no TeX
+
+
+def _shown(axis) -> list[str]:
+    """The tick labels a reader sees on ``axis`` (major and minor, empty ones left out)."""
+    axis.figure.canvas.draw()
+    labels = axis.get_ticklabels(which="both")
+    return [t.get_text() for t in labels if t.get_text() and t.get_visible()]
+
+
+@pytest.mark.parametrize("base", [11.0, 2.3, 0.5])
+def test_log_colour_bar_ticks_are_plain_numbers_one_label_each(base):
+    x = np.linspace(-0.5, 0.5, 9)
+    xx, yy = np.meshgrid(x, x)
+    surface = Surface(x, x, {"train_loss": base + 0.4 * base * (xx**2 + yy**2)})  # < a decade
+    for kind in ("heatmap", "contourf"):
+        fig, ax = plt.subplots(layout="constrained")
+        plot_surface(surface, kind=kind, log=True, ax=ax)
+        bar = fig.axes[-1]
+        shown = _shown(bar.yaxis)
+        assert len(shown) >= 2 and all(re.match(PLAIN_NUMBER, t) for t in shown), (kind, shown)
+        assert len(shown) == len(set(shown)) == len(bar.yaxis.get_majorticklocs()), shown
+
+
+def _line_surface():
+    a = np.linspace(-0.5, 1.5, 21)
+    bump = 3 * (a - 0.5) ** 2
+    values = {"train_loss": 1 + bump, "test_loss": 1.5 + bump, "train_acc": 0.9 - 0.1 * bump,
+              "test_acc": 0.8 - 0.1 * bump}  # fmt: skip
+    return Surface(a, None, values, {"directions_metadata": [{"kind": "interpolation"}]})
+
+
+def test_line_plot_has_a_title_a_legend_clear_of_the_curves_and_plain_log_ticks():
+    ax = plot_surface(_line_surface(), kind="line", log=True)
+    fig = ax.figure
+    fig.canvas.draw()
+    assert (
+        " ".join(ax.get_title().split())
+        == "loss and accuracy from model a (α = 0) to model b (α = 1)"
+    )
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "train loss", "test loss", "train accuracy", "test accuracy"]  # fmt: skip
+    renderer = fig.canvas.get_renderer()
+    box, axes_box = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.y1 <= axes_box.y0  # below the axes: over no curve
+    shown = _shown(ax.yaxis)
+    assert len(shown) >= 2 and all(re.match(PLAIN_NUMBER, t) for t in shown), shown
+    assert plot_surface(_line_surface(), kind="line", title="").get_title() == ""
+
+
+def _luminance(colour) -> float:
+    r, g, b, _ = matplotlib.colors.to_rgba(colour)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_connection_plane_legend_entries_stand_out_from_its_background():
+    from landscape.plot import plot_connection_plane
+
+    plane = bowl(nx=11, ny=9)
+    t = np.linspace(0, 1, 11)
+    plane.metadata.update({"curve_x": -0.5 + t, "curve_y": 0.3 * np.sin(np.pi * t),
+                           "points": {"w_a": (-0.5, 0.0), "bend": (0.0, 0.3),
+                                      "w_b": (0.5, 0.0)}})  # fmt: skip
+    ax = plot_connection_plane(plane)
+    legend = ax.get_legend()
+    face = _luminance(legend.get_frame().get_facecolor())
+    for line in legend.get_lines():
+        colour = line.get_color() if line.get_linestyle() != "None" else line.get_markerfacecolor()
+        assert abs(_luminance(colour) - face) > 0.3, colour
+    for text in legend.get_texts():
+        assert abs(_luminance(text.get_color()) - face) > 0.3

@@ -50,16 +50,63 @@ def test_paired_comparison_edge_cases():
 def test_sentences_say_what_the_numbers_say():
     lower = _summary.paired_comparison([100.0, 110.0, 90.0], [60.0, 75.0, 50.0])
     s = _summary.comparison_sentence("hessian_eigenvalue_1", lower)
-    assert s.startswith("λ₁: 38 % lower for SAM (100 → 61.7; 3 seeds, paired t-test p = ")
+    assert s.startswith(
+        "λ₁: 38 % lower for SAM (100 → 61.7 nats/w²; SAM lower on 3 of 3 seeds, paired t-test p = "
+    )
     higher = _summary.paired_comparison([0.70, 0.72, 0.69], [0.76, 0.79, 0.75])
     s = _summary.comparison_sentence("test_acc", higher)
-    assert s.startswith("test accuracy: 6.3 points higher for SAM (70.3 % → 76.7 %; 3 seeds")
+    assert s.startswith("test accuracy: 6.3 points higher for SAM (70.3 % → 76.7 %; SAM higher on ")
     noisy = _summary.paired_comparison([1.0, 2.0, 3.0], [1.5, 1.0, 3.2])
     s = _summary.comparison_sentence("hessian_trace", noisy)
-    assert s.startswith("tr(H): no significant difference between SGD and SAM (2 → 1.9; 3 seeds")
+    assert s.startswith("tr(H): no significant difference between SGD and SAM (2 → 1.9 nats/w²; "
+                        "SAM higher on 2 of 3 seeds, lower on 1, paired t-test p = ")  # fmt: skip
     one = _summary.paired_comparison([2.0], [1.0])
     assert _summary.comparison_sentence("worst_l2", one) == (
-        "worst-case ℓ2 sharpness: 50 % lower for SAM (2 → 1; 1 seed, no test of significance)"
+        "worst-case ℓ2 sharpness: 50 % lower for SAM (2 → 1 nats; 1 seed, no test of significance)"
+    )
+
+
+def test_a_consistent_but_not_significant_change_gives_its_per_seed_direction():
+    # the committed example's ε-sharpness: every seed lower, p = 0.083 with 3 seeds
+    sgd, sam = [60.0, 62.0, 117.6], [19.0, 19.0, 21.2]
+    c = _summary.paired_comparison(sgd, sam)
+    assert not c["significant"] and c["lower"] == 3 and c["higher"] == 0
+    s = _summary.comparison_sentence("epsilon_sharpness", c)
+    assert "SAM lower on 3 of 3 seeds, paired t-test p = " in s
+    assert "(79.9 → 19.7 %;" in s  # ε-sharpness is a percentage of 1 + L(w)
+    assert _summary.per_seed(_summary.paired_comparison([1, 2, 3, 4], [2, 1, 3, 5])) == (
+        "higher on 2 of 4 seeds, lower on 1, equal on 1"
+    )
+    assert _summary.per_seed(_summary.paired_comparison([1.0], [1.0])) == "equal on 1 of 1 seed"
+
+
+def test_units_of_every_quantity_that_is_not_a_fraction():
+    for key, _, kind in _summary.QUANTITIES:
+        assert kind == "accuracy" or key in _summary.UNITS, key
+    assert _summary.UNITS["epsilon_sharpness"].startswith("%")  # 100 (max L − L) / (1 + L)
+    assert _summary.UNITS["worst_l2"] == _summary.UNITS["train_loss"] == "nats"
+
+
+@pytest.mark.parametrize(
+    ("lam_sam", "loss_sam", "shape", "fit"),
+    [
+        ([50.0, 60.0, 55.0], [1.8, 1.9, 1.85], "flatter", "a training loss 16 % higher"),
+        ([150.0, 170.0, 160.0], [1.42, 1.5, 1.46], "sharper", "a training loss 9 % lower"),
+        ([90.0, 120.0, 95.0], [1.7, 1.5, 1.62], "not significantly flatter or sharper",
+         "a training loss not significantly different"),
+    ],
+)  # fmt: skip
+def test_flatness_sentence_gives_the_training_loss_beside_the_flatness(
+    lam_sam, loss_sam, shape, fit
+):
+    lam = _summary.paired_comparison([100.0, 110.0, 105.0], lam_sam)
+    loss = _summary.paired_comparison([1.55, 1.65, 1.6], loss_sam)
+    s = _summary.flatness_sentence(lam, loss)
+    assert s.startswith(f"SAM's minimum is {shape} (λ₁: ")
+    assert f" at {fit} (1.6 → " in s
+    assert (
+        f"SAM {_summary.per_seed(loss)}" in s
+        and _summary.comparison_sentence("hessian_eigenvalue_1", lam) in s
     )
 
 
