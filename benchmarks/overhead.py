@@ -10,7 +10,10 @@ StatelessScope, no batch loop) — the forward pass computing the loss and the n
 predictions, the gradient with one tape, the HVP with two tapes, the GGN product with a forward
 accumulator, the softmax cross-entropy's own Hessian and one reverse pass. The bare passes are
 checked to agree with the Objective's first (loss, gradient, HVP, GGN product). A ratio of 1.0
-means the analysis costs its passes and nothing more.
+means the analysis costs its passes and nothing more. Two ratios per analysis: ``ratio`` divides
+by the bare passes' medians over the whole run; ``bracketed`` by the bare passes of the same
+kinds timed immediately before and after each call (the mean of the two; after only, for the
+first call), so that load from other work on a shared machine falls on both terms alike.
 
 Two models on the first 64 CIFAR-10 training images (``../shared/data/cifar10_10k.npz``, scaled
 to [0, 1]; Gaussian noise if absent), one batch of 64, sparse categorical cross-entropy on
@@ -194,6 +197,12 @@ class Bare:
     def seconds(self, counts, n: int = N) -> float:
         return sum(c * statistics.median(self.samples[(k, n)]) for k, c in counts.items())
 
+    def now(self, kinds, n: int, calls: int) -> dict[str, float]:
+        """One bare pass of each kind in ``kinds`` timed now (median of ``calls``): the bracket
+        around an analysis, so that the machine's load at that moment is in both terms."""
+        args = self.args[n]
+        return {k: median_seconds(lambda f=self.fns[k], a=args: f(*a), calls) for k in kinds}
+
 
 def check_agreement(obj, bare: Bare, v) -> dict[str, float]:
     """Largest relative differences of the Objective's passes from the bare ones."""
@@ -347,6 +356,22 @@ def connect_marginal(model, x, y):
 
 def run_analysis(fn, bare: Bare, size: int) -> tuple[float, collections.Counter, float]:
     """(seconds, passes, bare seconds) of one call; a tuple-returning fn reports its own."""
+    seconds, counts = timed_analysis(fn)
+    return seconds, counts, bare.seconds(counts, size)
+
+
+def bracketed(fn, bare: Bare, size: int, kinds, calls: int) -> tuple[float, dict, float]:
+    """(seconds, passes, bare seconds) of one call, the bare passes of ``kinds`` timed right
+    before it and those it made right after it (the mean per kind where both were timed)."""
+    pre = bare.now(kinds, size, calls)
+    seconds, counts = timed_analysis(fn)
+    post = bare.now(set(kinds) | set(counts), size, calls)
+    each = {k: (pre[k] + post[k]) / 2 if k in pre else post[k] for k in post}
+    return seconds, counts, sum(c * each[k] for k, c in counts.items())
+
+
+def timed_analysis(fn) -> tuple[float, collections.Counter]:
+    """(seconds, passes) of one call; a tuple-returning fn reports its own."""
     before, start = COUNTING.snapshot(), time.perf_counter()
     result = fn()
     seconds, counts = time.perf_counter() - start, COUNTING.snapshot() - before
@@ -356,7 +381,7 @@ def run_analysis(fn, bare: Bare, size: int) -> tuple[float, collections.Counter,
         and isinstance(result[1], collections.Counter)
     ):
         seconds, counts = result
-    return seconds, counts, bare.seconds(counts, size)
+    return seconds, counts
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -417,15 +442,20 @@ def job(name: str, repeats: int, cli: bool, only=()) -> dict:
     bare = Bare(model, x, y, [keras.ops.convert_to_tensor(a) for a in v])
     agreement = check_agreement(obj, bare, v)
     calls = 5 if name == "cnn" else 2
+    bracket_calls = 3 if name == "cnn" else 1
     bare.measure(calls)
     rows = []
     for i, (label, fn, size, traces) in enumerate(analyses(model, obj, x, y, v, name)):
         if only and not any(word in label for word in only):
             continue
         try:
-            first = run_analysis(fn, bare, size)[0] if traces else None
+            first, counts = timed_analysis(fn) if traces else (None, {})
             ROUTINE[0] = 0.0
-            runs = [run_analysis(fn, bare, size) for _ in range(repeats)]
+            close = []
+            for _ in range(repeats):  # the kinds of passes the last call made, timed around it
+                close.append(bracketed(fn, bare, size, sorted(counts), bracket_calls))
+                counts = close[-1][1]
+            runs = [(s, c, bare.seconds(c, size)) for s, c, _ in close]
         except Exception as error:  # noqa: BLE001 - a benchmark row says what failed
             print(f"{label}: failed: {error}", flush=True)
             rows.append({"analysis": label, "error": str(error)})
@@ -434,6 +464,7 @@ def job(name: str, repeats: int, cli: bool, only=()) -> dict:
         seconds, counts, base = runs[len(runs) // 2]
         rows.append({"analysis": label, "passes": dict(counts), "seconds": seconds,
                      "bare_seconds": base, "ratio": statistics.median(ratios),
+                     "bracketed_ratio": statistics.median(s / b for s, _, b in close),
                      "first_call_seconds": first})  # fmt: skip
         if label == "ε-sharpness":
             rows[-1]["own_work_seconds"] = ROUTINE[0] / max(1, repeats)
@@ -507,7 +538,8 @@ def show(result: dict) -> None:
     print("bare passes (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in result["bare_ms"].items()))
     print("Objective vs bare: " + ", ".join(f"{k} {v:.1e}" for k, v in result["agreement"].items()))
     print(
-        f"{'analysis':34s} {'passes (f/g/h/G)':>18s} {'seconds':>9s} {'bare s':>9s} {'ratio':>6s}"
+        f"{'analysis':34s} {'passes (f/g/h/G)':>18s} {'seconds':>9s} {'bare s':>9s} {'ratio':>6s} "
+        f"{'bracketed':>9s}"
     )
     for r in result["rows"]:
         if "error" in r:
@@ -522,7 +554,7 @@ def show(result: dict) -> None:
             own = (r["seconds"] - r["own_work_seconds"]) / r["bare_seconds"]
             extra = f"  ({r['own_work']} {r['own_work_seconds']:.2f} s; without it {own:.2f})"
         print(f"{r['analysis']:34s} {counts:>18s} {r['seconds']:9.3f} {r['bare_seconds']:9.3f} "
-              f"{r['ratio']:6.2f}{extra}")  # fmt: skip
+              f"{r['ratio']:6.2f} {r['bracketed_ratio']:9.2f}{extra}")  # fmt: skip
     for r in result["cli"]:
         p = r["passes"]
         counts = "/".join(str(p.get(k, 0)) for k in ("forward", "gradient", "hvp", "ggn"))
