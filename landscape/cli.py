@@ -673,9 +673,10 @@ analysis_data = [
     click.option(
         "--samples",
         type=SIZE,
-        default=2000,
+        default=1000,
         show_default=True,
-        help="Use the first N training samples (0: all).",
+        help="Use the first N training samples (0: all); every product's cost is "
+        "proportional to N.",
     ),  # fmt: skip
     click.option(
         "--batch-size",
@@ -701,16 +702,17 @@ eigen_options = [
 ]  # fmt: skip
 
 
-def _trace_options(tol: float) -> list:
-    """The cost knobs of hessian_trace (Hutchinson), with this command's tolerance."""
-    return [
-        click.option("--trace-probes", type=COUNT, default=1000, show_default=True,
-                     help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
-                          "each); a run that reaches it says so. A model (or block) of at "
-                          "most this many parameters is traced exactly instead."),
-        click.option("--trace-tol", type=OPEN_UNIT, default=tol, show_default=True,
-                     help="Trace: stop at this relative standard error."),
-    ]  # fmt: skip
+# The cost knobs of hessian_trace (Hutchinson), shared by hessian and sharpness; the defaults
+# are the library's (landscape.hessian.TRACE_SAMPLES and TRACE_TOL, docs/guide/defaults.md).
+trace_options = [
+    click.option("--trace-probes", type=COUNT, default=200, show_default=True,
+                 help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
+                      "each); a run that reaches it says so. A model (or block) of at "
+                      "most this many parameters is traced exactly instead."),
+    click.option("--trace-tol", type=OPEN_UNIT, default=0.05, show_default=True,
+                 help="Trace: stop at this relative standard error (about (r / tol)^2 "
+                      "probes for a per-probe relative spread r; ~90 on the train CNN)."),
+]  # fmt: skip
 
 
 def _options(*groups):
@@ -848,13 +850,14 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
     help="Also the trace (exact for at most --trace-probes parameters, else "
     "Hutchinson's estimate).",
 )
-@_options(_trace_options(0.05))
+@_options(trace_options)
 @_out("--density", default=None,
       help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
-@click.option("--steps", type=COUNT, default=80, show_default=True,
+@click.option("--steps", type=COUNT, default=50, show_default=True,
               help="Lanczos steps per SLQ run (memory: steps + 5 vectors of the "
                    "parameters).")  # fmt: skip
-@click.option("--runs", type=COUNT, default=10, show_default=True, help="SLQ runs.")
+@click.option("--runs", type=COUNT, default=3, show_default=True,
+              help="SLQ runs (--runs x --steps products).")  # fmt: skip
 @_out("--json", "json_path", default=None, help="Write the results as JSON.")
 @click.option("--curvature", type=click.Choice(("hessian", "ggn")), default="hessian",
               show_default=True,
@@ -878,6 +881,11 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
 
     Every iterative part has a cap that bounds its time (--max-iter, --trace-probes; SLQ runs
     exactly --runs x --steps products) and says when it stopped there rather than converged.
+
+    Cost at the defaults, in Hessian-vector products (HVPs) on --samples 1000, on the CNN that
+    `landscape train` writes (docs/guide/defaults.md): the eigenvalues about 25 HVPs (at
+    most --max-iter 1000 + k); --trace adds about 90 (at most --trace-probes 200); --density
+    adds --runs x --steps = 150.
 
     \b
     Examples:
@@ -937,7 +945,7 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
 @click.option("--k", type=COUNT, default=5, show_default=True,
               help="Top Hessian eigenvalues.")  # fmt: skip
 @click.option("--no-hessian", is_flag=True, help="Leave out the Hessian rows (faster).")
-@_options(eigen_options, _trace_options(0.01))
+@_options(eigen_options, trace_options)
 @click.option("--epsilon", type=POSITIVE, default=1e-3, show_default=True,
               help="Box size of Keskar et al.'s ε-sharpness (about ten gradients).")  # fmt: skip
 @click.option("--no-epsilon", is_flag=True, help="Leave out the ε-sharpness.")
@@ -957,6 +965,12 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
 
     The Hessian rows come with hessian_converged and hessian_trace_converged: False when
     Lanczos (--max-iter) or Hutchinson (--trace-probes) stopped at its cap first.
+
+    Cost at the defaults on --samples 1000, on the CNN that `landscape train` writes
+    (docs/guide/defaults.md): the eigenvalues about 25 Hessian-vector products (HVPs; at most
+    --max-iter 1000 + k), the trace about 90 (at most --trace-probes 200), the ε-sharpness
+    about ten gradients, the worst-case rows 4 x --steps gradients, the average-case rows
+    2 x --average-samples losses; --no-hessian leaves out the HVPs.
 
     \b
     Examples:

@@ -87,6 +87,18 @@ POWER_EPS = 1e-6
 WARM_START_NOISE = 1e-6
 # Hutchinson checks its standard error only once it has this many probes.
 TRACE_MIN_SAMPLES = 10
+#: Default relative standard error at which Hutchinson's trace stops, everywhere (hessian_trace,
+#: layer_curvature, sharpness_report, the CLI): 5 % separates models whose traces differ by more
+#: than ~15 %, and costs (r / 0.05)² probes for a per-probe relative spread r (~0.5 on the CNN
+#: of `landscape train`: ~90 probes), where 1 % costs 25 times as many (docs/guide/defaults.md).
+TRACE_TOL = 0.05
+#: Default cap on Hutchinson's probes (one product each), everywhere: it bounds the time of a
+#: trace that does not converge (a capped result says so), at twice the probes the default
+#: model needs at TRACE_TOL.
+TRACE_SAMPLES = 200
+#: Default Lanczos steps per run and runs of hessian_spectrum (SLQ): 150 products in all.
+SLQ_STEPS = 50
+SLQ_RUNS = 3
 # Default width of the smoothed density: this fraction of the spread of the SLQ nodes.
 SIGMA_FRACTION = 0.01
 
@@ -1148,8 +1160,8 @@ def _check_eigen_memory(
 def hessian_trace(
     objective: Objective,
     *,
-    samples: int = 1000,
-    tol: float = 1e-2,
+    samples: int = TRACE_SAMPLES,
+    tol: float = TRACE_TOL,
     seed: int | None = None,
     split: Split = "train",
     hvp_mode: HVPMode = "auto",
@@ -1173,8 +1185,10 @@ def hessian_trace(
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
         samples: The cap on probes (one product each), which bounds the time: a run that
             has not reached ``tol`` by then stops with ``converged=False``. With
-            ``method="auto"``, also the largest n traced exactly. Defaults to 1000.
-        tol: Relative standard error to reach (Hutchinson). Defaults to 1e-2.
+            ``method="auto"``, also the largest n traced exactly. Defaults to
+            ``TRACE_SAMPLES`` (200).
+        tol: Relative standard error to reach (Hutchinson). Defaults to ``TRACE_TOL``
+            (0.05).
         seed: Seed of the probes. Defaults to None (fresh entropy).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
@@ -1186,11 +1200,11 @@ def hessian_trace(
         method: ``"auto"`` (exact when n ≤ ``samples``, else Hutchinson), ``"exact"`` (n
             products whatever n is) or ``"hutchinson"`` (random probes even for a small n).
             Defaults to ``"auto"``.
-        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes: the running estimate
-            (``trace``) and, from the second probe on, its standard error (``stderr``). Its
-            length is open (the stopping probe is not known in advance) unless ``samples`` is
-            at most ``TRACE_MIN_SAMPLES``; the exact trace's is n, with the partial sum.
-            Defaults to 0.
+        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes whose length is the
+            cap ``samples`` (a run that converges first ends short of it, e.g. "92/200"):
+            the running estimate (``trace``) and, from the second probe on, its standard
+            error (``stderr``) and the relative error it is stopped on (``rel_err``, compared
+            with ``tol``); the exact trace's is n, with the partial sum. Defaults to 0.
 
     Returns:
         A ``TraceResult`` (``estimate``, ``stderr``, ``n_hvp``, ``samples`` used,
@@ -1250,8 +1264,13 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
     """Hutchinson's probes until the standard error reaches ``tol`` or ``samples`` probes:
     (values, estimate, stderr, converged)."""
     rng = np.random.default_rng(seed)
-    # The run stops at an unknown probe; only a cap it cannot stop before is a known target.
-    bar = progbar(samples if samples <= TRACE_MIN_SAMPLES else None, verbose, "probe")
+    # The bar's length is the cap; a run that converges first is closed short of it.
+    bar = progbar(samples, verbose, "probe")
+    if bar is not None:
+        logger.info(
+            "Hutchinson's trace: stops when stderr <= tol * |trace| (tol=%g), from %d probes on, "
+            "or at the cap of %d probes.", tol, min(TRACE_MIN_SAMPLES, samples), samples,
+        )  # fmt: skip
     values: list[float] = []
     estimate, stderr, converged = 0.0, np.inf, False
     for i in range(samples):
@@ -1260,7 +1279,12 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
         estimate = float(np.mean(values))
         stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if i else np.inf
         if bar is not None:  # the standard error is defined from the second probe on
-            shown = [("trace", estimate), ("stderr", stderr)] if i else [("trace", estimate)]
+            shown = [("trace", estimate)]
+            if i:
+                shown += [
+                    ("stderr", stderr),
+                    ("rel_err", stderr / max(abs(estimate), np.finfo(float).tiny)),
+                ]
             bar.update(i + 1, shown, finalize=False)
         if len(values) >= min(TRACE_MIN_SAMPLES, samples) and stderr <= tol * abs(estimate):
             converged = True
@@ -1306,12 +1330,23 @@ def _slq_run(op: _Hessian, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.n
     return nodes, weights
 
 
+def _slq_shown(nodes: np.ndarray, weights: np.ndarray, n: int) -> list[tuple[str, float]]:
+    """The SLQ bar's values after some runs: the largest node so far (``lambda_max``, λ_max
+    from below) and the trace estimate n·Σ w θ (each run's is vᵀHv, a Hutchinson probe) with
+    its standard error over the runs (from the second run on)."""
+    traces = n * np.sum(weights * nodes, axis=1)
+    shown = [("lambda_max", float(nodes.max())), ("trace", float(traces.mean()))]
+    if len(traces) > 1:
+        shown.append(("stderr", float(np.std(traces, ddof=1) / np.sqrt(len(traces)))))
+    return shown
+
+
 @one_blas_thread
 def hessian_spectrum(
     objective: Objective,
     *,
-    steps: int = 80,
-    runs: int = 10,
+    steps: int = SLQ_STEPS,
+    runs: int = SLQ_RUNS,
     seed: int | None = None,
     split: Split = "train",
     hvp_mode: HVPMode = "auto",
@@ -1332,8 +1367,11 @@ def hessian_spectrum(
 
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
-        steps: Lanczos steps (products) per run, capped at ``n_params``. Defaults to 80.
-        runs: Independent runs (probe vectors). Defaults to 10.
+        steps: Lanczos steps (products) per run, capped at ``n_params``. Defaults to
+            ``SLQ_STEPS`` (50): the extreme eigenvalues and the bulk's outline; the density
+            is smoothed at 1 % of its range anyway.
+        runs: Independent runs (probe vectors); each already averages the n eigenvalues,
+            so more runs mostly refine the trace estimate. Defaults to ``SLQ_RUNS`` (3).
         seed: Seed of the Rademacher start vectors of the runs. Defaults to None (fresh
             entropy).
         split: Data split of the objective. Defaults to ``"train"``.
@@ -1343,9 +1381,10 @@ def hessian_spectrum(
             Defaults to None (all).
         curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
             ``"hessian"``.
-        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over runs, with the largest node of
-            the runs so far (``lambda_max``, a lower bound of the top eigenvalue). Defaults
-            to 0.
+        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over the ``runs`` (its known
+            length), with the largest node of the runs so far (``lambda_max``, a lower bound
+            of the top eigenvalue), the trace estimate n·mean(Σ w θ) (``trace``) and, from
+            the second run on, its standard error over the runs (``stderr``). Defaults to 0.
 
     Returns:
         A ``SpectrumResult`` with ``nodes`` and ``weights`` of shape ``(runs, steps)`` and
@@ -1375,8 +1414,8 @@ def hessian_spectrum(
     for r in range(runs):
         v0 = rng.choice(np.array([-1.0, 1.0]), size=op.n)
         nodes[r], weights[r] = _slq_run(op, v0, steps)
-        if bar is not None:  # the largest Ritz value of all runs so far: λ_max from below
-            bar.update(r + 1, [("lambda_max", float(nodes[: r + 1].max()))])
+        if bar is not None:
+            bar.update(r + 1, _slq_shown(nodes[: r + 1], weights[: r + 1], op.n))
     logger.info("Hessian spectrum: %d runs of %d steps, %d products", runs, steps, op.n_hvp)
     return SpectrumResult(
         nodes=nodes,
@@ -1510,8 +1549,8 @@ def layer_curvature(
     tol: float = 1e-4,
     max_iter: int | None = None,
     trace: bool = True,
-    trace_samples: int = 100,
-    trace_tol: float = 0.05,
+    trace_samples: int = TRACE_SAMPLES,
+    trace_tol: float = TRACE_TOL,
     trace_method: TraceMethod = "auto",
     seed: int | None = 0,
     split: Split = "train",
@@ -1543,9 +1582,10 @@ def layer_curvature(
             (``LANCZOS_MAX_ITER``).
         trace: Also compute each block's trace. Defaults to True.
         trace_samples: Cap on the Hutchinson probes per group; with ``trace_method="auto"``
-            a block of at most this many parameters is traced exactly. Defaults to 100.
+            a block of at most this many parameters is traced exactly. Defaults to
+            ``TRACE_SAMPLES`` (200).
         trace_tol: Relative standard error at which a Hutchinson trace stops. Defaults to
-            0.05.
+            ``TRACE_TOL`` (0.05).
         trace_method: ``"auto"``, ``"exact"`` or ``"hutchinson"`` (``hessian_trace``'s
             ``method``). Defaults to ``"auto"``.
         seed: Seed of the start vectors and probes (the same for every group). Defaults to 0.

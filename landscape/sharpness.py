@@ -644,9 +644,10 @@ def sharpness_report(
             ``(basis_size + 1) × n_params × 4`` bytes for a float32 analysis);
             None keeps ``hessian_eigenvalues``'s default, max(2k + 10, 20). Defaults to None.
         trace_tol: Relative standard error at which the trace estimate stops; None keeps
-            ``hessian_trace``'s default (1e-2). Defaults to None.
+            ``hessian_trace``'s default (``TRACE_TOL``, 0.05). Defaults to None.
         trace_samples: Most Hutchinson probes of the trace (its reported stderr says how
-            far it got); None keeps ``hessian_trace``'s default (1000). Defaults to None.
+            far it got, ``hessian_trace_converged`` whether it reached ``trace_tol``); None
+            keeps ``hessian_trace``'s default (``TRACE_SAMPLES``, 200). Defaults to None.
         verbose: Passed to every metric. Defaults to 0.
 
     Returns:
