@@ -47,7 +47,7 @@ import numpy as np
 from landscape import _checks
 from landscape._box_lbfgs import minimize_in_box
 from landscape._checks import SharpnessNorm
-from landscape._progress import progbar, resolve_verbose
+from landscape._progress import finish, progbar, resolve_verbose
 from landscape._threads import one_blas_thread
 from landscape.objective import Objective
 
@@ -312,6 +312,9 @@ def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
     loss0 = flat.loss()
     best = loss0
     bar = progbar(None, verbose, "evaluation")
+    if bar is not None:  # SciPy decides how many evaluations an iteration takes
+        logger.info("ε-sharpness: L-BFGS-B stops after max_iter=%d iterations (about one loss "
+                    "and gradient each) or when it converges first.", max_iter)  # fmt: skip
 
     def negative_loss(y):
         nonlocal best
@@ -475,8 +478,12 @@ def worst_case_sharpness(
         if batch_size is None
         else objective.batches(batch_size, max_batches=max_batches)
     )
-    bar = progbar(None, verbose, "step")
+    # steps per batch; the number of batches is known unless they come from an iterator
+    n_batches = len(objectives) if hasattr(objectives, "__len__") else None
+    bar = progbar(None if n_batches is None else steps * n_batches, verbose, "step")
     losses, maxima, n_gradients = _worst_cases(objectives, rng, bar, options)
+    if n_batches is None:  # a known total ends full on its last step
+        finish(bar, steps * len(losses))
     values = maxima - losses
     stderr = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
     result = WorstCaseSharpness(

@@ -207,3 +207,20 @@ def test_surface_bar_leaves_out_non_finite_losses_and_counts_a_resumed_file(bars
         iter([((0,), [np.nan, 0.0]), ((1,), [0.4, 1.0])])
     )
     assert [u[1] for u in bar.updates] == [{}, {"min_train_loss": 0.4}]  # shown once defined
+
+
+# ------------------------------------------------------------------------- sharpness bars
+def test_worst_case_bar_knows_its_steps_and_ends_once(regression, bars):
+    model, obj = regression
+    result = landscape.worst_case_sharpness(obj, 0.1, steps=6, seed=0, verbose=1)
+    (bar,) = bars
+    assert bar.first_target == 6 and [u[0] for u in bar.updates] == list(range(1, 7))
+    assert len(bar.finalized()) == 1 and _all_finite(bar)
+    shown = bar.shown("max_increase")
+    assert shown == sorted(shown) and shown[-1] <= result.value + 1e-12  # the best so far
+    bars.clear()  # over batches from an iterator: open, closed at steps x batches
+    landscape.worst_case_sharpness(obj, 0.1, steps=3, batch_size=10, seed=0, verbose=1)
+    (bar,) = bars
+    assert bar.first_target is None and bar.target == 3 * 3  # 29 examples in batches of 10
+    # open until finish, which closes it once at steps x batches
+    assert [u[2] for u in bar.updates] == [None] * 9 + [True] and bar.updates[-1][0] == 9
