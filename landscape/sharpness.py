@@ -382,8 +382,13 @@ def _worst_case(
     return loss0, best
 
 
-def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray, int]:
-    """(L(w), max L in the ball) per objective (batch), and the gradients used."""
+def _worst_cases(objectives, rng, verbose, options) -> tuple[np.ndarray, np.ndarray, int]:
+    """(L(w), max L in the ball) per objective (batch), and the gradients used; the bar
+    counts steps, ``options["steps"]`` per batch (an open bar when the batches come from an
+    iterator, closed at the end)."""
+    n_batches = len(objectives) if hasattr(objectives, "__len__") else None
+    steps = options["steps"]
+    bar = progbar(None if n_batches is None else steps * n_batches, verbose, "step")
     losses, maxima, n_gradients, buffer = [], [], 0, None
     for sub in objectives:
         flat = _FlatWeights(sub, buffer)  # one gradient buffer for every batch, one at a time
@@ -392,6 +397,8 @@ def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray,
         losses.append(loss)
         maxima.append(best)
         n_gradients += flat.n_gradients
+    if n_batches is None:  # a known total ended full on its last step
+        finish(bar, steps * len(losses))
     return np.asarray(losses), np.asarray(maxima), n_gradients
 
 
@@ -478,12 +485,7 @@ def worst_case_sharpness(
         if batch_size is None
         else objective.batches(batch_size, max_batches=max_batches)
     )
-    # steps per batch; the number of batches is known unless they come from an iterator
-    n_batches = len(objectives) if hasattr(objectives, "__len__") else None
-    bar = progbar(None if n_batches is None else steps * n_batches, verbose, "step")
-    losses, maxima, n_gradients = _worst_cases(objectives, rng, bar, options)
-    if n_batches is None:  # a known total ends full on its last step
-        finish(bar, steps * len(losses))
+    losses, maxima, n_gradients = _worst_cases(objectives, rng, verbose, options)
     values = maxima - losses
     stderr = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
     result = WorstCaseSharpness(
