@@ -337,6 +337,9 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
     normalization is SAM-ON, and --sam-every / --sam-last / --sam-probability make plain steps
     between SAM steps. An option that does not apply to --optimizer is refused.
 
+    Cost at the defaults: 3 epochs of SAM (two gradients per step) over the 6,000 embedded
+    images, about 20 s on 2 cores (docs/guide/defaults.md).
+
     With --strategy multi-worker, start the same command on every worker, each with TF_CONFIG
     naming the cluster and its own task index; worker 0 (or the "chief" task) writes --out and
     the checkpoints, every worker reads --data itself.
@@ -516,6 +519,10 @@ def surface(model_path, model2, plane, direction_kind, eigen_pair, x_spec, y_spe
     With --workers or --scheduler, chunks of grid points are evaluated by worker processes
     (which must see MODEL and the data under the same paths); only this process writes --out.
 
+    Cost at the defaults: 21 points on one random direction, each one pass over the training
+    and test data (7,000 embedded examples), about 20 s on 2 cores for the CNN of `landscape
+    train`; a 2D grid costs its points (--y=-1:1:21: 441).
+
     \b
     Examples:
       landscape surface sam.keras --x=-1:1:51 --y=-1:1:51 --out sam.h5
@@ -629,6 +636,8 @@ def _model_directions(model, model2, imports, x_spec, y_spec, norm, ignore, seed
 @quiet_option
 def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, vtk_path, quiet):
     """Draw a surface file (ours or loss-landscape's) to an image.
+
+    Cost: about a second; no model and no TensorFlow are loaded.
 
     \b
     Examples:
@@ -1010,7 +1019,10 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
               show_default=True, callback=_output_folder,
               help="New or empty directory, or one this configuration wrote (then resumed); "
               "another configuration's directory is refused before any training.")  # fmt: skip
-@click.option("--quick", is_flag=True, help="A tiny preset (seconds; what the tests run).")
+@click.option("--quick", is_flag=True,
+              help="The short path: a tiny preset (2 seeds of width-4 ResNets, one epoch on "
+                   "256 examples, 5-point grids; what the tests run). Without it the full "
+                   "experiment runs (minutes).")  # fmt: skip
 @click.option("--seeds", type=COUNT, default=None,
               help="Seeds 0..N-1 for both optimizers [3].")  # fmt: skip
 @click.option("--label-noise", type=UNIT, default=None,
@@ -1118,6 +1130,10 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
     accuracy are evaluated along the straight line and the curve, BatchNorm statistics
     recomputed at every point. The barrier is the highest loss on a path minus the mean of
     its two ends.
+
+    Cost at the defaults: --epochs 10 over the training data fitting the bend (one gradient
+    of the curve per step), then 2 x --points 21 points, each a BatchNorm pass over the
+    training data and an evaluation; about 45 s of CPU for two CNNs of `landscape train`.
 
     \b
     Examples:
