@@ -714,13 +714,13 @@ eigen_options = [
 # The cost knobs of hessian_trace (Hutchinson), shared by hessian and sharpness; the defaults
 # are the library's (landscape.hessian.TRACE_SAMPLES and TRACE_TOL, docs/guide/defaults.md).
 trace_options = [
-    click.option("--trace-probes", type=COUNT, default=200, show_default=True,
+    click.option("--trace-probes", type=COUNT, default=100, show_default=True,
                  help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
                       "each); a run that reaches it says so. A model (or block) of at "
                       "most this many parameters is traced exactly instead."),
     click.option("--trace-tol", type=OPEN_UNIT, default=0.05, show_default=True,
                  help="Trace: stop at this relative standard error (about (r / tol)^2 "
-                      "probes for a per-probe relative spread r; ~90 on the train CNN)."),
+                      "probes for a per-probe relative spread r; ~50 on the train CNN)."),
 ]  # fmt: skip
 
 
@@ -862,10 +862,10 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
 @_options(trace_options)
 @_out("--density", default=None,
       help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
-@click.option("--steps", type=COUNT, default=50, show_default=True,
+@click.option("--steps", type=COUNT, default=40, show_default=True,
               help="Lanczos steps per SLQ run (memory: steps + 5 vectors of the "
                    "parameters).")  # fmt: skip
-@click.option("--runs", type=COUNT, default=3, show_default=True,
+@click.option("--runs", type=COUNT, default=2, show_default=True,
               help="SLQ runs (--runs x --steps products).")  # fmt: skip
 @_out("--json", "json_path", default=None, help="Write the results as JSON.")
 @click.option("--curvature", type=click.Choice(("hessian", "ggn")), default="hessian",
@@ -892,9 +892,9 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
     exactly --runs x --steps products) and says when it stopped there rather than converged.
 
     Cost at the defaults, in Hessian-vector products (HVPs) on --samples 1000, on the CNN that
-    `landscape train` writes (docs/guide/defaults.md): the eigenvalues about 25 HVPs (at
-    most --max-iter 1000 + k); --trace adds about 90 (at most --trace-probes 200); --density
-    adds --runs x --steps = 150.
+    `landscape train` writes (docs/guide/defaults.md), about 0.5 s each on 2 cores: the
+    eigenvalues about 25 HVPs (at most --max-iter 1000 + k); --trace adds about 50 (at most
+    --trace-probes 100); --density adds --runs x --steps = 80.
 
     \b
     Examples:
@@ -976,8 +976,9 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
     Lanczos (--max-iter) or Hutchinson (--trace-probes) stopped at its cap first.
 
     Cost at the defaults on --samples 1000, on the CNN that `landscape train` writes
-    (docs/guide/defaults.md): the eigenvalues about 25 Hessian-vector products (HVPs; at most
-    --max-iter 1000 + k), the trace about 90 (at most --trace-probes 200), the ε-sharpness
+    (docs/guide/defaults.md): the eigenvalues about 25 Hessian-vector products (HVPs, about
+    0.5 s each on 2 cores; at most --max-iter 1000 + k), the trace about 50 (at most
+    --trace-probes 100), the ε-sharpness
     about ten gradients, the worst-case rows 4 x --steps gradients, the average-case rows
     2 x --average-samples losses; --no-hessian leaves out the HVPs.
 

@@ -89,16 +89,16 @@ WARM_START_NOISE = 1e-6
 TRACE_MIN_SAMPLES = 10
 #: Default relative standard error at which Hutchinson's trace stops, everywhere (hessian_trace,
 #: layer_curvature, sharpness_report, the CLI): 5 % separates models whose traces differ by more
-#: than ~15 %, and costs (r / 0.05)² probes for a per-probe relative spread r (~0.5 on the CNN
-#: of `landscape train`: ~90 probes), where 1 % costs 25 times as many (docs/guide/defaults.md).
+#: than ~15 %, and costs (r / 0.05)² probes for a per-probe relative spread r (~0.36 on the CNN
+#: of `landscape train`: ~50 probes), where 1 % costs 25 times as many (docs/guide/defaults.md).
 TRACE_TOL = 0.05
 #: Default cap on Hutchinson's probes (one product each), everywhere: it bounds the time of a
-#: trace that does not converge (a capped result says so), at twice the probes the default
-#: model needs at TRACE_TOL.
-TRACE_SAMPLES = 200
-#: Default Lanczos steps per run and runs of hessian_spectrum (SLQ): 150 products in all.
-SLQ_STEPS = 50
-SLQ_RUNS = 3
+#: trace that does not converge (a capped result says so) to about a minute on the default
+#: model, at twice the probes that model needs at TRACE_TOL.
+TRACE_SAMPLES = 100
+#: Default Lanczos steps per run and runs of hessian_spectrum (SLQ): 80 products in all.
+SLQ_STEPS = 40
+SLQ_RUNS = 2
 # Default width of the smoothed density: this fraction of the spread of the SLQ nodes.
 SIGMA_FRACTION = 0.01
 
@@ -1186,7 +1186,7 @@ def hessian_trace(
         samples: The cap on probes (one product each), which bounds the time: a run that
             has not reached ``tol`` by then stops with ``converged=False``. With
             ``method="auto"``, also the largest n traced exactly. Defaults to
-            ``TRACE_SAMPLES`` (200).
+            ``TRACE_SAMPLES`` (100).
         tol: Relative standard error to reach (Hutchinson). Defaults to ``TRACE_TOL``
             (0.05).
         seed: Seed of the probes. Defaults to None (fresh entropy).
@@ -1201,7 +1201,7 @@ def hessian_trace(
             products whatever n is) or ``"hutchinson"`` (random probes even for a small n).
             Defaults to ``"auto"``.
         verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes whose length is the
-            cap ``samples`` (a run that converges first ends short of it, e.g. "92/200"):
+            cap ``samples`` (a run that converges first ends short of it, e.g. "51/100"):
             the running estimate (``trace``) and, from the second probe on, its standard
             error (``stderr``) and the relative error it is stopped on (``rel_err``, compared
             with ``tol``); the exact trace's is n, with the partial sum. Defaults to 0.
@@ -1368,10 +1368,10 @@ def hessian_spectrum(
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
         steps: Lanczos steps (products) per run, capped at ``n_params``. Defaults to
-            ``SLQ_STEPS`` (50): the extreme eigenvalues and the bulk's outline; the density
+            ``SLQ_STEPS`` (40): the extreme eigenvalues and the bulk's outline; the density
             is smoothed at 1 % of its range anyway.
         runs: Independent runs (probe vectors); each already averages the n eigenvalues,
-            so more runs mostly refine the trace estimate. Defaults to ``SLQ_RUNS`` (3).
+            so more runs mostly refine the trace estimate. Defaults to ``SLQ_RUNS`` (2).
         seed: Seed of the Rademacher start vectors of the runs. Defaults to None (fresh
             entropy).
         split: Data split of the objective. Defaults to ``"train"``.
@@ -1583,7 +1583,7 @@ def layer_curvature(
         trace: Also compute each block's trace. Defaults to True.
         trace_samples: Cap on the Hutchinson probes per group; with ``trace_method="auto"``
             a block of at most this many parameters is traced exactly. Defaults to
-            ``TRACE_SAMPLES`` (200).
+            ``TRACE_SAMPLES`` (100).
         trace_tol: Relative standard error at which a Hutchinson trace stops. Defaults to
             ``TRACE_TOL`` (0.05).
         trace_method: ``"auto"``, ``"exact"`` or ``"hutchinson"`` (``hessian_trace``'s

@@ -656,7 +656,7 @@ def sharpness_report(
             ``hessian_trace``'s default (``TRACE_TOL``, 0.05). Defaults to None.
         trace_samples: Most Hutchinson probes of the trace (its reported stderr says how
             far it got, ``hessian_trace_converged`` whether it reached ``trace_tol``); None
-            keeps ``hessian_trace``'s default (``TRACE_SAMPLES``, 200). Defaults to None.
+            keeps ``hessian_trace``'s default (``TRACE_SAMPLES``, 100). Defaults to None.
         verbose: Passed to every metric. Defaults to 0.
 
     Returns:
