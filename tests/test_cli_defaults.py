@@ -115,3 +115,22 @@ def test_every_command_at_its_defaults_on_the_train_model(tmp_path):
     check_connect(invoke(tmp_path, "connect", "model.keras", "b.keras"))
     invoke(tmp_path, "figures", "--quick", "--out-dir", "figures")
     assert (tmp_path / "figures" / "summary.json").is_file()
+
+
+def test_the_commands_share_the_library_defaults():
+    """The CLI's literals (the options are parsed before the library is imported) are the
+    library's constants, the same in hessian and sharpness."""
+    from landscape import sharpness
+
+    def defaults(command):
+        return {p.name: p.default for p in main.commands[command].params}
+
+    h, s = defaults("hessian"), defaults("sharpness")
+    for options in (h, s):
+        assert options["trace_tol"] == hessian.TRACE_TOL == 0.05
+        assert options["trace_probes"] == hessian.TRACE_SAMPLES
+        assert options["samples"] == 1000 and options["tol"] == EIGEN_TOL
+    assert (h["steps"], h["runs"]) == (hessian.SLQ_STEPS, hessian.SLQ_RUNS)
+    assert h["density"] is None  # the density is asked for, never a default cost
+    assert (s["steps"], s["average_samples"]) == (sharpness.STEPS, sharpness.SAMPLES)
+    assert s["epsilon"] == sharpness.EPSILON
