@@ -359,6 +359,9 @@ def train(model_name, depth, width, data, scale, optimizer, rho, lr, momentum, w
     normalization is SAM-ON, and --sam-every / --sam-last / --sam-probability make plain steps
     between SAM steps. An option that does not apply to --optimizer is refused.
 
+    Cost at the defaults: 3 epochs of SAM (two gradients per step) over the 6,000 embedded
+    images, about 20 s on 2 cores (docs/guide/defaults.md).
+
     With --strategy multi-worker, start the same command on every worker, each with TF_CONFIG
     naming the cluster and its own task index; worker 0 (or the "chief" task) writes --out and
     the checkpoints, every worker reads --data itself.
@@ -547,6 +550,10 @@ def surface(model_path, model2, plane, direction_kind, eigen_pair, x_spec, y_spe
     With --workers or --scheduler, chunks of grid points are evaluated by worker processes
     (which must see MODEL and the data under the same paths); only this process writes --out.
 
+    Cost at the defaults: 21 points on one random direction, each one pass over the training
+    and test data (7,000 embedded examples), about 20 s on 2 cores for the CNN of `landscape
+    train`; a 2D grid costs its points (--y=-1:1:21: 441).
+
     \b
     Examples:
       landscape surface sam.keras --x=-1:1:51 --y=-1:1:51 --out sam.h5
@@ -661,6 +668,8 @@ def _model_directions(model, model2, imports, x_spec, y_spec, norm, ignore, seed
 def plot(surface_path, kind, metric, log, levels, vmin, vmax, out, vtk_path, quiet):
     """Draw a surface file (ours or loss-landscape's) to an image.
 
+    Cost: about a second; no model and no TensorFlow are loaded.
+
     \b
     Examples:
       landscape plot sam.h5 --kind contour --log --out sam.png
@@ -704,9 +713,10 @@ analysis_data = [
     click.option(
         "--samples",
         type=SIZE,
-        default=2000,
+        default=1000,
         show_default=True,
-        help="Use the first N training samples (0: all).",
+        help="Use the first N training samples (0: all); every product's cost is "
+        "proportional to N.",
     ),  # fmt: skip
     click.option(
         "--batch-size",
@@ -732,16 +742,17 @@ eigen_options = [
 ]  # fmt: skip
 
 
-def _trace_options(tol: float) -> list:
-    """The cost knobs of hessian_trace (Hutchinson), with this command's tolerance."""
-    return [
-        click.option("--trace-probes", type=COUNT, default=1000, show_default=True,
-                     help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
-                          "each); a run that reaches it says so. A model (or block) of at "
-                          "most this many parameters is traced exactly instead."),
-        click.option("--trace-tol", type=OPEN_UNIT, default=tol, show_default=True,
-                     help="Trace: stop at this relative standard error."),
-    ]  # fmt: skip
+# The cost knobs of hessian_trace (Hutchinson), shared by hessian and sharpness; the defaults
+# are the library's (landscape.hessian.TRACE_SAMPLES and TRACE_TOL, docs/guide/defaults.md).
+trace_options = [
+    click.option("--trace-probes", type=COUNT, default=100, show_default=True,
+                 help="Trace: cap on the Hutchinson probes (one Hessian-vector product "
+                      "each); a run that reaches it says so. A model (or block) of at "
+                      "most this many parameters is traced exactly instead."),
+    click.option("--trace-tol", type=OPEN_UNIT, default=0.05, show_default=True,
+                 help="Trace: stop at this relative standard error (about (r / tol)^2 "
+                      "probes for a per-probe relative spread r; ~50 on the train CNN)."),
+]  # fmt: skip
 
 
 def _options(*groups):
@@ -894,13 +905,14 @@ def _layers_table(objective, curvature, tol, max_iter, with_trace, trace_probes,
     help="Also the trace (exact for at most --trace-probes parameters, else "
     "Hutchinson's estimate).",
 )
-@_options(_trace_options(0.05))
+@_options(trace_options)
 @_out("--density", default=None,
       help="Also the SLQ spectral density, drawn to this image file.")  # fmt: skip
-@click.option("--steps", type=COUNT, default=80, show_default=True,
+@click.option("--steps", type=COUNT, default=40, show_default=True,
               help="Lanczos steps per SLQ run (memory: steps + 5 vectors of the "
                    "parameters).")  # fmt: skip
-@click.option("--runs", type=COUNT, default=10, show_default=True, help="SLQ runs.")
+@click.option("--runs", type=COUNT, default=2, show_default=True,
+              help="SLQ runs (--runs x --steps products).")  # fmt: skip
 @_out("--json", "json_path", default=None, help="Write the results as JSON.")
 @click.option("--curvature", type=click.Choice(("hessian", "ggn")), default="hessian",
               show_default=True,
@@ -924,6 +936,11 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
 
     Every iterative part has a cap that bounds its time (--max-iter, --trace-probes; SLQ runs
     exactly --runs x --steps products) and says when it stopped there rather than converged.
+
+    Cost at the defaults, in Hessian-vector products (HVPs) on --samples 1000, on the CNN that
+    `landscape train` writes (docs/guide/defaults.md), about 0.5 s each on 2 cores: the
+    eigenvalues about 25 HVPs (at most --max-iter 1000 + k); --trace adds about 50 (at most
+    --trace-probes 100); --density adds --runs x --steps = 80.
 
     \b
     Examples:
@@ -990,7 +1007,7 @@ def hessian(model_path, k, which, tol, max_iter, basis_size, with_trace, trace_p
 @click.option("--k", type=COUNT, default=5, show_default=True,
               help="Top Hessian eigenvalues.")  # fmt: skip
 @click.option("--no-hessian", is_flag=True, help="Leave out the Hessian rows (faster).")
-@_options(eigen_options, _trace_options(0.01))
+@_options(eigen_options, trace_options)
 @click.option("--epsilon", type=POSITIVE, default=1e-3, show_default=True,
               help="Box size of Keskar et al.'s ε-sharpness (about ten gradients).")  # fmt: skip
 @click.option("--no-epsilon", is_flag=True, help="Leave out the ε-sharpness.")
@@ -1010,6 +1027,13 @@ def sharpness(model_path, k, no_hessian, tol, max_iter, basis_size, trace_probes
 
     The Hessian rows come with hessian_converged and hessian_trace_converged: False when
     Lanczos (--max-iter) or Hutchinson (--trace-probes) stopped at its cap first.
+
+    Cost at the defaults on --samples 1000, on the CNN that `landscape train` writes
+    (docs/guide/defaults.md): the eigenvalues about 25 Hessian-vector products (HVPs, about
+    0.5 s each on 2 cores; at most --max-iter 1000 + k), the trace about 50 (at most
+    --trace-probes 100), the ε-sharpness
+    about ten gradients, the worst-case rows 4 x --steps gradients, the average-case rows
+    2 x --average-samples losses; --no-hessian leaves out the HVPs.
 
     \b
     Examples:
@@ -1154,7 +1178,10 @@ def _batch_table(spec) -> None:
               show_default=True, callback=_output_folder,
               help="New or empty directory, or one this configuration wrote (then resumed); "
               "another configuration's directory is refused before any training.")  # fmt: skip
-@click.option("--quick", is_flag=True, help="A tiny preset (seconds; what the tests run).")
+@click.option("--quick", is_flag=True,
+              help="The short path: a tiny preset (2 seeds of width-4 ResNets, one epoch on "
+                   "256 examples, 5-point grids; what the tests run). Without it the full "
+                   "experiment runs (minutes).")  # fmt: skip
 @click.option("--seeds", type=COUNT, default=None,
               help="Seeds 0..N-1 for both optimizers [3].")  # fmt: skip
 @click.option("--label-noise", type=UNIT, default=None,
@@ -1262,6 +1289,10 @@ def connect(model_a, model_b, curve, data, scale, imports, samples, test_samples
     accuracy are evaluated along the straight line and the curve, BatchNorm statistics
     recomputed at every point. The barrier is the highest loss on a path minus the mean of
     its two ends.
+
+    Cost at the defaults: --epochs 10 over the training data fitting the bend (one gradient
+    of the curve per step), then 2 x --points 21 points, each a BatchNorm pass over the
+    training data and an evaluation; about 45 s of CPU for two CNNs of `landscape train`.
 
     \b
     Examples:

@@ -26,6 +26,8 @@ from landscape._progress import finish, progbar
 from landscape._threads import one_blas_thread
 from landscape.hessian import (
     TRACE_MIN_SAMPLES,
+    TRACE_SAMPLES,
+    TRACE_TOL,
     Curvature,
     _exact_trace,
     _Hessian,
@@ -138,8 +140,8 @@ def hessian_diagonal(
     *,
     curvature: Curvature = "hessian",
     method: DiagonalMethod = "auto",
-    samples: int = 1000,
-    tol: float = 0.05,
+    samples: int = TRACE_SAMPLES,
+    tol: float = TRACE_TOL,
     variables=None,
     seed: int | None = None,
     split: Split = "train",
@@ -176,7 +178,8 @@ def hessian_diagonal(
             products whatever n is) or ``"hutchinson"`` (random probes even for a small n).
             Defaults to ``"auto"``.
         samples: The cap on probes (one product each), which bounds the time; with
-            ``method="auto"``, also the largest n computed exactly. Defaults to 1000.
+            ``method="auto"``, also the largest n computed exactly. Defaults to
+            ``TRACE_SAMPLES`` (100, as ``hessian_trace``).
         tol: Norm-wise relative standard error at which the probes stop. Defaults to 0.05.
         variables: A block of the trainable variables: a layer, a layer name, a regular
             expression on the paths or a list of paths / variables (see

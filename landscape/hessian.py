@@ -92,6 +92,18 @@ POWER_EPS = 1e-6
 WARM_START_NOISE = 1e-6
 # Hutchinson checks its standard error only once it has this many probes.
 TRACE_MIN_SAMPLES = 10
+#: Default relative standard error at which Hutchinson's trace stops, everywhere (hessian_trace,
+#: layer_curvature, sharpness_report, the CLI): 5 % separates models whose traces differ by more
+#: than ~15 %, and costs (r / 0.05)² probes for a per-probe relative spread r (~0.36 on the CNN
+#: of `landscape train`: ~50 probes), where 1 % costs 25 times as many (docs/guide/defaults.md).
+TRACE_TOL = 0.05
+#: Default cap on Hutchinson's probes (one product each), everywhere: it bounds the time of a
+#: trace that does not converge (a capped result says so) to about a minute on the default
+#: model, at twice the probes that model needs at TRACE_TOL.
+TRACE_SAMPLES = 100
+#: Default Lanczos steps per run and runs of hessian_spectrum (SLQ): 80 products in all.
+SLQ_STEPS = 40
+SLQ_RUNS = 2
 # Default width of the smoothed density: this fraction of the spread of the SLQ nodes.
 SIGMA_FRACTION = 0.01
 
@@ -1163,8 +1175,8 @@ def _check_eigen_memory(
 def hessian_trace(
     objective: Objective,
     *,
-    samples: int = 1000,
-    tol: float = 1e-2,
+    samples: int = TRACE_SAMPLES,
+    tol: float = TRACE_TOL,
     seed: int | None = None,
     split: Split = "train",
     hvp_mode: HVPMode = "auto",
@@ -1207,9 +1219,9 @@ def hessian_trace(
             has not reached ``tol`` by then stops with ``converged=False``. For Hutch++ the
             cap on all its products, sketch included (at least 3 where Hutch++ runs). With
             ``method="auto"`` or ``"hutchpp"``, also the largest n traced exactly. Defaults
-            to 1000.
+            to ``TRACE_SAMPLES`` (100).
         tol: Relative standard error to reach (of the Hutchinson probes, Hutch++'s residual
-            probes included). Defaults to 1e-2.
+            probes included). Defaults to ``TRACE_TOL`` (0.05).
         seed: Seed of the probes. Defaults to None (fresh entropy).
         split: Data split of the objective. Defaults to ``"train"``.
         hvp_mode: See ``Objective.hessian_vector_product``. Defaults to
@@ -1221,12 +1233,12 @@ def hessian_trace(
         method: ``"auto"`` (exact when n ≤ ``samples``, else Hutchinson), ``"exact"`` (n
             products whatever n is), ``"hutchinson"`` (random probes even for a small n) or
             ``"hutchpp"`` (exact when n ≤ ``samples``, else Hutch++). Defaults to ``"auto"``.
-        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes: the running estimate
-            (``trace``) and, from the second probe on, its standard error (``stderr``). Its
-            length is open (the stopping probe is not known in advance) unless ``samples`` is
-            at most ``TRACE_MIN_SAMPLES``; the exact trace's is n, with the partial sum;
-            Hutch++'s counts products up to ``samples``, from the end of its sketch on.
-            Defaults to 0.
+        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over probes whose length is the
+            cap ``samples`` (a run that converges first ends short of it, e.g. "51/100"):
+            the running estimate (``trace``) and, from the second probe on, its standard
+            error (``stderr``) and the relative error it is stopped on (``rel_err``, compared
+            with ``tol``); the exact trace's is n, with the partial sum; Hutch++'s counts
+            products up to ``samples``, from the end of its sketch on. Defaults to 0.
 
     Returns:
         A ``TraceResult`` (``estimate``, ``stderr``, ``n_hvp``, ``samples`` used,
@@ -1299,8 +1311,13 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
     """Hutchinson's probes until the standard error reaches ``tol`` or ``samples`` probes:
     (values, estimate, stderr, converged)."""
     rng = np.random.default_rng(seed)
-    # The run stops at an unknown probe; only a cap it cannot stop before is a known target.
-    bar = progbar(samples if samples <= TRACE_MIN_SAMPLES else None, verbose, "probe")
+    # The bar's length is the cap; a run that converges first is closed short of it.
+    bar = progbar(samples, verbose, "probe")
+    if bar is not None:
+        logger.info(
+            "Hutchinson's trace: stops when stderr <= tol * |trace| (tol=%g), from %d probes on, "
+            "or at the cap of %d probes.", tol, min(TRACE_MIN_SAMPLES, samples), samples,
+        )  # fmt: skip
     values: list[float] = []
     estimate, stderr, converged = 0.0, np.inf, False
     z, hz = np.empty(op.n), np.empty(op.n)
@@ -1310,7 +1327,12 @@ def _hutchinson(op: _Hessian, samples: int, tol: float, seed, verbose: int):
         estimate = float(np.mean(values))
         stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if i else np.inf
         if bar is not None:  # the standard error is defined from the second probe on
-            shown = [("trace", estimate), ("stderr", stderr)] if i else [("trace", estimate)]
+            shown = [("trace", estimate)]
+            if i:
+                shown += [
+                    ("stderr", stderr),
+                    ("rel_err", stderr / max(abs(estimate), np.finfo(float).tiny)),
+                ]
             bar.update(i + 1, shown, finalize=False)
         if len(values) >= min(TRACE_MIN_SAMPLES, samples) and stderr <= tol * abs(estimate):
             converged = True
@@ -1421,12 +1443,23 @@ def _slq_run(op: _Hessian, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.n
     return nodes, weights
 
 
+def _slq_shown(nodes: np.ndarray, weights: np.ndarray, n: int) -> list[tuple[str, float]]:
+    """The SLQ bar's values after some runs: the largest node so far (``lambda_max``, λ_max
+    from below) and the trace estimate n·Σ w θ (each run's is vᵀHv, a Hutchinson probe) with
+    its standard error over the runs (from the second run on)."""
+    traces = n * np.sum(weights * nodes, axis=1)
+    shown = [("lambda_max", float(nodes.max())), ("trace", float(traces.mean()))]
+    if len(traces) > 1:
+        shown.append(("stderr", float(np.std(traces, ddof=1) / np.sqrt(len(traces)))))
+    return shown
+
+
 @one_blas_thread
 def hessian_spectrum(
     objective: Objective,
     *,
-    steps: int = 80,
-    runs: int = 10,
+    steps: int = SLQ_STEPS,
+    runs: int = SLQ_RUNS,
     seed: int | None = None,
     split: Split = "train",
     hvp_mode: HVPMode = "auto",
@@ -1447,8 +1480,11 @@ def hessian_spectrum(
 
     Args:
         objective: The loss; H is taken w.r.t. its trainable variables at w0.
-        steps: Lanczos steps (products) per run, capped at ``n_params``. Defaults to 80.
-        runs: Independent runs (probe vectors). Defaults to 10.
+        steps: Lanczos steps (products) per run, capped at ``n_params``. Defaults to
+            ``SLQ_STEPS`` (40): the extreme eigenvalues and the bulk's outline; the density
+            is smoothed at 1 % of its range anyway.
+        runs: Independent runs (probe vectors); each already averages the n eigenvalues,
+            so more runs mostly refine the trace estimate. Defaults to ``SLQ_RUNS`` (2).
         seed: Seed of the Rademacher start vectors of the runs. Defaults to None (fresh
             entropy).
         split: Data split of the objective. Defaults to ``"train"``.
@@ -1458,9 +1494,10 @@ def hessian_spectrum(
             Defaults to None (all).
         curvature: ``"hessian"`` or ``"ggn"`` (see ``hessian_eigenvalues``). Defaults to
             ``"hessian"``.
-        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over runs, with the largest node of
-            the runs so far (``lambda_max``, a lower bound of the top eigenvalue). Defaults
-            to 0.
+        verbose: 1 or 2 shows a ``keras.utils.Progbar`` over the ``runs`` (its known
+            length), with the largest node of the runs so far (``lambda_max``, a lower bound
+            of the top eigenvalue), the trace estimate n·mean(Σ w θ) (``trace``) and, from
+            the second run on, its standard error over the runs (``stderr``). Defaults to 0.
 
     Returns:
         A ``SpectrumResult`` with ``nodes`` and ``weights`` of shape ``(runs, steps)`` and
@@ -1490,8 +1527,8 @@ def hessian_spectrum(
     v0 = np.empty(op.n)
     for r in range(runs):
         nodes[r], weights[r] = _slq_run(op, rademacher(rng, op.n, out=v0), steps)
-        if bar is not None:  # the largest Ritz value of all runs so far: λ_max from below
-            bar.update(r + 1, [("lambda_max", float(nodes[: r + 1].max()))])
+        if bar is not None:
+            bar.update(r + 1, _slq_shown(nodes[: r + 1], weights[: r + 1], op.n))
     logger.info("Hessian spectrum: %d runs of %d steps, %d products", runs, steps, op.n_hvp)
     return SpectrumResult(
         nodes=nodes,
@@ -1625,8 +1662,8 @@ def layer_curvature(
     tol: float = 1e-4,
     max_iter: int | None = None,
     trace: bool = True,
-    trace_samples: int = 100,
-    trace_tol: float = 0.05,
+    trace_samples: int = TRACE_SAMPLES,
+    trace_tol: float = TRACE_TOL,
     trace_method: TraceMethod = "auto",
     seed: int | None = 0,
     split: Split = "train",
@@ -1659,9 +1696,10 @@ def layer_curvature(
         trace: Also compute each block's trace. Defaults to True.
         trace_samples: Cap on the Hutchinson probes per group (on all of Hutch++'s products
             with ``trace_method="hutchpp"``); with ``trace_method="auto"`` or ``"hutchpp"``
-            a block of at most this many parameters is traced exactly. Defaults to 100.
+            a block of at most this many parameters is traced exactly. Defaults to
+            ``TRACE_SAMPLES`` (100).
         trace_tol: Relative standard error at which a Hutchinson trace stops. Defaults to
-            0.05.
+            ``TRACE_TOL`` (0.05).
         trace_method: ``"auto"``, ``"exact"``, ``"hutchinson"`` or ``"hutchpp"``
             (``hessian_trace``'s ``method``). Defaults to ``"auto"``.
         seed: Seed of the start vectors and probes (the same for every group). Defaults to 0.

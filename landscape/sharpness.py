@@ -47,7 +47,7 @@ import numpy as np
 from landscape import _checks
 from landscape._box_lbfgs import minimize_in_box
 from landscape._checks import SharpnessNorm
-from landscape._progress import progbar, resolve_verbose
+from landscape._progress import finish, progbar, resolve_verbose
 from landscape._threads import one_blas_thread
 from landscape.objective import Objective
 
@@ -312,6 +312,9 @@ def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
     loss0 = flat.loss()
     best = loss0
     bar = progbar(None, verbose, "evaluation")
+    if bar is not None:  # SciPy decides how many evaluations an iteration takes
+        logger.info("ε-sharpness: L-BFGS-B stops after max_iter=%d iterations (about one loss "
+                    "and gradient each) or when it converges first.", max_iter)  # fmt: skip
 
     def negative_loss(y):
         nonlocal best
@@ -379,8 +382,13 @@ def _worst_case(
     return loss0, best
 
 
-def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray, int]:
-    """(L(w), max L in the ball) per objective (batch), and the gradients used."""
+def _worst_cases(objectives, rng, verbose, options) -> tuple[np.ndarray, np.ndarray, int]:
+    """(L(w), max L in the ball) per objective (batch), and the gradients used; the bar
+    counts steps, ``options["steps"]`` per batch (an open bar when the batches come from an
+    iterator, closed at the end)."""
+    n_batches = len(objectives) if hasattr(objectives, "__len__") else None
+    steps = options["steps"]
+    bar = progbar(None if n_batches is None else steps * n_batches, verbose, "step")
     losses, maxima, n_gradients, buffer = [], [], 0, None
     for sub in objectives:
         flat = _FlatWeights(sub, buffer)  # one gradient buffer for every batch, one at a time
@@ -389,6 +397,8 @@ def _worst_cases(objectives, rng, bar, options) -> tuple[np.ndarray, np.ndarray,
         losses.append(loss)
         maxima.append(best)
         n_gradients += flat.n_gradients
+    if n_batches is None:  # a known total ended full on its last step
+        finish(bar, steps * len(losses))
     return np.asarray(losses), np.asarray(maxima), n_gradients
 
 
@@ -475,8 +485,7 @@ def worst_case_sharpness(
         if batch_size is None
         else objective.batches(batch_size, max_batches=max_batches)
     )
-    bar = progbar(None, verbose, "step")
-    losses, maxima, n_gradients = _worst_cases(objectives, rng, bar, options)
+    losses, maxima, n_gradients = _worst_cases(objectives, rng, verbose, options)
     values = maxima - losses
     stderr = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
     result = WorstCaseSharpness(
@@ -649,9 +658,10 @@ def sharpness_report(
             ``(basis_size + 1) × n_params × 4`` bytes for a float32 analysis);
             None keeps ``hessian_eigenvalues``'s default, max(2k + 10, 20). Defaults to None.
         trace_tol: Relative standard error at which the trace estimate stops; None keeps
-            ``hessian_trace``'s default (1e-2). Defaults to None.
+            ``hessian_trace``'s default (``TRACE_TOL``, 0.05). Defaults to None.
         trace_samples: Most Hutchinson probes of the trace (its reported stderr says how
-            far it got); None keeps ``hessian_trace``'s default (1000). Defaults to None.
+            far it got, ``hessian_trace_converged`` whether it reached ``trace_tol``); None
+            keeps ``hessian_trace``'s default (``TRACE_SAMPLES``, 100). Defaults to None.
         verbose: Passed to every metric. Defaults to 0.
         weights: Add the spectra of the weight matrices (``landscape.weight_spectra``), four
             numbers per layer. Defaults to False.

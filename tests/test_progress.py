@@ -68,6 +68,9 @@ def test_an_open_bar_prints_its_line_with_verbose_2(capsys):
 
 
 # ------------------------------------------------------------------------- Hessian bars
+# rel_err is compared with tol from the TRACE_MIN_SAMPLES-th probe on (index - 1, minus the
+# first probe, which shows no rel_err)
+TRACE_CHECKED = landscape.hessian.TRACE_MIN_SAMPLES - 2
 
 
 @pytest.fixture
@@ -85,21 +88,27 @@ def hessian_objective():
     return a, landscape.Objective(model, data, _output, batch_size=2, metrics=())
 
 
-def test_trace_bar_is_open_and_never_shows_an_undefined_stderr(hessian_objective, bars, capsys):
+def test_trace_bar_aims_at_the_cap_and_never_shows_an_undefined_stderr(
+    hessian_objective, bars, capsys
+):
     a, obj = hessian_objective
     result = landscape.hessian_trace(obj, tol=0.05, seed=0, verbose=1, method="hutchinson")
     (bar,) = bars
-    assert result.converged and result.samples < 1000
-    assert bar.first_target is None  # the stopping probe is not known in advance
+    assert result.converged and result.samples < landscape.hessian.TRACE_SAMPLES
+    assert bar.first_target == landscape.hessian.TRACE_SAMPLES  # the cap: a known total
     assert "stderr" not in bar.updates[0][1]  # one probe: no standard error yet
     assert all("stderr" in values for _, values, _ in bar.updates[1:-1])  # [-1]: finish
     assert _all_finite(bar)
     assert [u[0] for u in bar.updates] == [*range(1, result.samples + 1), result.samples]
-    assert len(bar.finalized()) == 1 and bar.updates[-1][0] == bar.target == result.samples
+    assert len(bar.finalized()) == 1 and bar.updates[-1][0] == result.samples
     assert bar.shown("trace")[-1] == result.estimate and bar.shown("stderr")[-1] == result.stderr
+    # the quantity the run stops on, against tol: above it before the last probe, not after
+    rel = bar.shown("rel_err")
+    assert rel[-1] == pytest.approx(result.stderr / abs(result.estimate), rel=1e-12)
+    assert rel[-1] <= 0.05 and all(r > 0.05 for r in rel[TRACE_CHECKED:-1])
     out = capsys.readouterr().out
     assert "inf" not in out and "nan" not in out
-    assert f"{result.samples}/{result.samples}" in out
+    assert f"{result.samples}/{landscape.hessian.TRACE_SAMPLES}" in out  # stopped short
 
     bars.clear()
     short = landscape.hessian_trace(obj, samples=4, seed=0, verbose=1)
@@ -139,6 +148,12 @@ def test_spectrum_bar_shows_the_largest_node_so_far(hessian_objective, bars):
     shown = bar.shown("lambda_max")
     np.testing.assert_array_equal(shown, np.maximum.accumulate(result.nodes.max(axis=1)))
     assert shown[-1] <= np.linalg.eigvalsh(a).max() + 1e-9  # Ritz values: a lower bound
+    # each run's quadrature of vᵀHv (exact: 3 steps reach degree 5 ≥ 1) with its start vector
+    rng = np.random.default_rng(0)
+    probes = [(z := rng.choice(np.array([-1.0, 1.0]), size=5)) @ a @ z for _ in range(4)]
+    np.testing.assert_allclose(bar.shown("trace"), np.cumsum(probes) / np.arange(1, 5), rtol=1e-9)
+    stderr = [np.std(probes[: r + 1], ddof=1) / np.sqrt(r + 1) for r in range(1, 4)]
+    np.testing.assert_allclose(bar.shown("stderr"), stderr, rtol=1e-9)
 
 
 # ------------------------------------------------------------------------- surface bar
@@ -192,3 +207,20 @@ def test_surface_bar_leaves_out_non_finite_losses_and_counts_a_resumed_file(bars
         iter([((0,), [np.nan, 0.0]), ((1,), [0.4, 1.0])])
     )
     assert [u[1] for u in bar.updates] == [{}, {"min_train_loss": 0.4}]  # shown once defined
+
+
+# ------------------------------------------------------------------------- sharpness bars
+def test_worst_case_bar_knows_its_steps_and_ends_once(regression, bars):
+    model, obj = regression
+    result = landscape.worst_case_sharpness(obj, 0.1, steps=6, seed=0, verbose=1)
+    (bar,) = bars
+    assert bar.first_target == 6 and [u[0] for u in bar.updates] == list(range(1, 7))
+    assert len(bar.finalized()) == 1 and _all_finite(bar)
+    shown = bar.shown("max_increase")
+    assert shown == sorted(shown) and shown[-1] <= result.value + 1e-12  # the best so far
+    bars.clear()  # over batches from an iterator: open, closed at steps x batches
+    landscape.worst_case_sharpness(obj, 0.1, steps=3, batch_size=10, seed=0, verbose=1)
+    (bar,) = bars
+    assert bar.first_target is None and bar.target == 3 * 3  # 29 examples in batches of 10
+    # open until finish, which closes it once at steps x batches
+    assert [u[2] for u in bar.updates] == [None] * 9 + [True] and bar.updates[-1][0] == 9
