@@ -243,8 +243,8 @@ def analyses(model, obj, x, y, v, name: str):
     def layer_curvature():
         weighted = [layer.name for layer in model.layers if layer.trainable_weights]
         groups = [weighted[0], weighted[-1]]
-        landscape.layer_curvature(obj, groups, tol=1e-12, max_iter=iters, trace_samples=samples,
-                                  trace_tol=1e-12)  # fmt: skip
+        landscape.layer_curvature(obj, groups, tol=1e-12, max_iter=iters, trace=True,
+                                  trace_samples=samples, trace_tol=1e-12)  # fmt: skip
 
     def ball(norm, adaptive):
         return lambda: landscape.worst_case_sharpness(

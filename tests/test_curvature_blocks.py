@@ -129,7 +129,7 @@ def test_each_block_of_a_block_diagonal_hessian_has_the_dense_blocks_eigenvalues
         assert spectrum.n_params == mask.sum() and spectrum.variables == top.variables
         # a full Krylov space: the quadrature nodes are the block's eigenvalues
         np.testing.assert_allclose(np.sort(spectrum.nodes[0]), exact, rtol=RTOL, atol=1e-9)
-    report = landscape.layer_curvature(obj, {"a": "^a_", "b": "^b_"}, tol=1e-9,
+    report = landscape.layer_curvature(obj, {"a": "^a_", "b": "^b_"}, tol=1e-9, trace=True,
                                        trace_samples=400, trace_tol=0.01)  # fmt: skip
     for i, mask in enumerate((in_a, ~in_a)):
         block = h[np.ix_(mask, mask)]
@@ -283,7 +283,7 @@ def test_ggn_of_two_outputs_with_loss_weights_and_its_trace(float64):
 def test_layer_report_by_layer_as_dict_and_plot(float64):
     model, x, y = _two_towers()
     obj = landscape.Objective(model, (x, y), "mse", batch_size=7, metrics=())
-    report = landscape.layer_curvature(obj, trace_samples=20)
+    report = landscape.layer_curvature(obj, trace=True, trace_samples=20)
     assert report.names == ("a_hidden", "b_hidden", "a_out", "b_out")
     assert report.n_params.sum() == obj.flat.n and report.curvature == "hessian"
     rows = report.as_dict()["layers"]

@@ -156,7 +156,9 @@ def test_hutchpp_on_a_network_and_per_layer_against_finite_differences(mlp):
     assert abs(tr.estimate - np.trace(hessian)) <= SIGMAS * tr.stderr
     assert json.loads(json.dumps(tr.as_dict()))["sketch"] == 8
     # Per layer: hidden has 16 parameters (> 15: Hutch++), out 15 (exact).
-    report = landscape.layer_curvature(obj, trace_method="hutchpp", trace_samples=15, tol=1e-3)
+    report = landscape.layer_curvature(
+        obj, trace=True, trace_method="hutchpp", trace_samples=15, tol=1e-3
+    )
     assert report.names == ("hidden", "out") and report.trace_method == ("hutchpp", "exact")
     masks = [_block(obj, name) for name in report.names]
     hidden, out = (np.trace(hessian[np.ix_(m, m)]) for m in masks)

@@ -139,7 +139,7 @@ def test_batchnorm_block_trace_is_exact_against_finite_differences(float64):
     assert whole.method == "exact" and whole.n_hvp == obj.flat.n
     assert whole.estimate == pytest.approx(diagonal.sum(), rel=EXACT)
 
-    report = landscape.layer_curvature(obj, tol=1e-6)
+    report = landscape.layer_curvature(obj, tol=1e-6, trace=True)
     assert report.names == ("hidden", "bn", "out")
     assert report.trace_method == ("exact",) * 3
     for i, name in enumerate(report.names):
@@ -150,9 +150,9 @@ def test_batchnorm_block_trace_is_exact_against_finite_differences(float64):
     rows = json.loads(json.dumps(report.as_dict()))["layers"]
     assert [r["trace_method"] for r in rows] == ["exact"] * 3
     # A cap below a block's size leaves that block to Hutchinson; the method can be forced.
-    capped = landscape.layer_curvature(obj, trace_samples=12, trace_tol=0.5)
+    capped = landscape.layer_curvature(obj, trace=True, trace_samples=12, trace_tol=0.5)
     assert capped.trace_method == ("hutchinson", "exact", "hutchinson")  # 24, 12, 21 params
-    forced = landscape.layer_curvature(obj, groups=["bn"], trace_method="hutchinson")
+    forced = landscape.layer_curvature(obj, groups=["bn"], trace=True, trace_method="hutchinson")
     assert forced.trace_method == ("hutchinson",) and forced.trace_stderr[0] > 0
     assert (
         landscape.layer_curvature(obj, groups=["bn"], trace=False).rows()[0]["trace_method"] is None

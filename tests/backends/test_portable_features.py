@@ -243,7 +243,9 @@ def test_layer_curvature_blocks_equal_numpy(problem):
     model, data, (_, _, H) = problem
     objective = landscape.Objective(model, data, batch_size=BATCH)
     kernel, bias = (v.path for v in model.trainable_variables)
-    result = landscape.layer_curvature(objective, {"kernel": [kernel], "bias": [bias]}, tol=1e-6)
+    result = landscape.layer_curvature(
+        objective, {"kernel": [kernel], "bias": [bias]}, tol=1e-6, trace=True
+    )
     n = D * K
     for i, block in enumerate([H[:n, :n], H[n:, n:]]):
         np.testing.assert_allclose(result.lambda_max[i], np.linalg.eigvalsh(block)[-1], rtol=1e-4)
