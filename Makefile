@@ -36,13 +36,15 @@ test: lint
 	LANDSCAPE_TEST_BACKEND=jax $(BIN)/python -m pytest -q $(BACKEND_TESTS)
 	LANDSCAPE_TEST_BACKEND=torch $(BIN)/python -m pytest -q $(BACKEND_TESTS)
 
-# A quick check while editing (docs/guide/testing.md): seed statistics and summary sentences,
-# invalid-state flags, the surface file, surfaces, plots and the structure limits on TensorFlow,
-# stopping at the first failure; no lint. About 2.5 min measured on 2 busy cores (the
-# former target, tests/backends + test_objective, ran well past 3 min). Run `make test` before
-# you push.
-FAST_TESTS := tests/test_summary.py tests/test_validity.py tests/test_io.py tests/test_surface.py \
-	tests/test_plot.py tests/test_structure.py
+# A quick check while editing (docs/guide/testing.md), on TensorFlow, stopping at the first
+# failure, no lint: the SAM optimizer, the Objective, Hessian and sharpness analyses, surfaces and
+# their file, plots, summaries, the CLI's main commands, provenance, docs links and the
+# structure limits. 1 min 41 s on 2 quiet cores (the former target, tests/backends +
+# test_objective, ran past 3 min on busy ones). Run `make test` before you push.
+FAST_TESTS := tests/test_optimizer.py tests/test_objective.py tests/test_hessian.py \
+	tests/test_sharpness.py tests/test_surface.py tests/test_io.py tests/test_plot.py \
+	tests/test_summary.py tests/test_validity.py tests/test_cli.py tests/test_draws.py \
+	tests/test_provenance.py tests/test_docs.py tests/test_structure.py
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow" $(FAST_TESTS)
 
