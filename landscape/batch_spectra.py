@@ -25,6 +25,7 @@ import numpy as np
 from landscape import _checks
 from landscape._checks import Which
 from landscape._progress import finish, progbar
+from landscape._provenance import plain
 from landscape.hessian import (
     Curvature,
     EigenResult,
@@ -116,16 +117,14 @@ class BatchSpectrum:
 
         full = self.full_values
         return {
-            "values": self.values.tolist(),
-            "residuals": self.residuals.tolist(),
+            "values": plain(self.values),  # NaN and inf (an empty batch's residual) as None
+            "residuals": plain(self.residuals),
             "converged": [bool(c) for c in self.converged],
             "capped": [bool(c) for c in self.capped],
             "batch_sizes": [int(b) for b in self.batch_sizes],
             "n_hvp": [int(n) for n in self.n_hvp],
-            "full_values": None if full is None else [float(v) for v in full],
-            "full_residuals": (
-                None if self.full_residuals is None else [float(r) for r in self.full_residuals]
-            ),
+            "full_values": plain(full),
+            "full_residuals": plain(self.full_residuals),
             "full_converged": self.full_converged,
             "summary": {key: number(v) for key, v in self.summary().items()},
             "k": self.k,
@@ -277,14 +276,31 @@ def batch_spectrum(
     return _result(results, sizes, whole, k=k, batch_size=batch_size, **solver)
 
 
+def _padded(a: np.ndarray, k: int) -> np.ndarray:
+    """``a`` (at most k entries) with NaN after its own entries, k in all."""
+    out = np.full(k, np.nan)
+    out[: len(a)] = a
+    return out
+
+
 def _result(results: list[EigenResult], sizes, whole: EigenResult | None, *, k, batch_size,
             which, tol, curvature, **_) -> BatchSpectrum:  # fmt: skip
-    """The per-batch results stacked, and one INFO line."""
+    """The per-batch results stacked, and one INFO line. A batch whose Krylov space held fewer
+    than k eigenvalues (a rank-deficient block) gets NaN for the missing ones and is not
+    certified, with a warning."""
     first = results[0]
+    short = [i for i, r in enumerate(results) if len(r.values) < k]
+    if short:
+        logger.warning(
+            "%d of %d batches gave fewer than k=%d eigenvalues (batches %s: their %s has a "
+            "smaller Krylov space, e.g. rank-deficient or zero-weight); the missing values are "
+            "NaN and those batches are not certified.",
+            len(short), len(results), k, ", ".join(map(str, short)), curvature,
+        )  # fmt: skip
     spectrum = BatchSpectrum(
-        values=np.stack([r.values for r in results]),
-        residuals=np.stack([r.residuals for r in results]),
-        converged=np.array([r.converged for r in results]),
+        values=np.stack([_padded(r.values, k) for r in results]),
+        residuals=np.stack([_padded(r.residuals, k) for r in results]),
+        converged=np.array([r.converged and len(r.values) == k for r in results]),
         capped=np.array([r.capped for r in results]),
         batch_sizes=np.array(sizes),
         n_hvp=np.array([r.n_hvp for r in results]),

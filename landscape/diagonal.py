@@ -23,6 +23,7 @@ from landscape import _checks
 from landscape._checks import HVPMode, Split
 from landscape._draws import rademacher
 from landscape._progress import finish, progbar
+from landscape._provenance import plain
 from landscape._threads import one_blas_thread
 from landscape.hessian import (
     TRACE_MIN_SAMPLES,
@@ -117,21 +118,23 @@ class DiagonalResult:
             }
             if values:
                 rows[path] |= {"values": d.tolist(), "stderr": errors[path].tolist()}
-        return {
-            "method": self.method,
-            "curvature": self.curvature,
-            "n_hvp": int(self.n_hvp),
-            "samples": int(self.samples),
-            "converged": bool(self.converged),
-            "capped": bool(self.capped),
-            "tol": float(self.tol),
-            "max_samples": self.max_samples,
-            "n_params": int(self.n_params),
-            "precision": self.precision,
-            "backend": self.backend,
-            "trace": float(self.values.sum()),
-            "variables": rows,
-        }
+        return plain(
+            {  # an entry's infinite standard error (one probe) as None
+                "method": self.method,
+                "curvature": self.curvature,
+                "n_hvp": int(self.n_hvp),
+                "samples": int(self.samples),
+                "converged": bool(self.converged),
+                "capped": bool(self.capped),
+                "tol": float(self.tol),
+                "max_samples": self.max_samples,
+                "n_params": int(self.n_params),
+                "precision": self.precision,
+                "backend": self.backend,
+                "trace": float(self.values.sum()),
+                "variables": rows,
+            }
+        )
 
 
 @one_blas_thread

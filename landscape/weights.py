@@ -19,7 +19,9 @@ The matrices of a layer (the rule, as WeightWatcher 0.7.7 applies it where it ha
 
 Every other layer that holds weights of its own (normalization, depthwise and separable
 convolutions, recurrent cells with their gates side by side, custom layers) is skipped and
-listed in ``WeightSpectra.skipped`` with its class.
+listed in ``WeightSpectra.skipped`` with its class and the reason. So is a quantized layer
+(``layer.quantize("int8")`` and the other modes): its kernel variable holds integer codes and
+scales, not the matrix it computes with.
 
 The ESD is the set of eigenvalues of ``WᵀW``, λ = σ² (WeightWatcher 0.7.7 does the same: its
 ``1/N`` normalization was removed in 0.6.5; α does not depend on the scale). Eigenvalues below
@@ -196,6 +198,20 @@ def _layer_matrices(layer) -> tuple[str, np.ndarray] | None:
     return None
 
 
+def _quantization(layer) -> str | None:
+    """The quantization mode of ``layer`` (for an attention, of its projections), or None. A
+    quantized kernel holds integer codes and scales, not the matrix: skipped."""
+    import keras
+
+    from sam import _compat
+
+    subs = [layer]
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        subs += _compat.direct_sublayers(layer)
+    modes = [getattr(sub, "quantization_mode", None) for sub in subs]
+    return next((str(m) for m in modes if m), None)
+
+
 def _own_weights(layer) -> list:
     """The weights a layer holds itself, not through its sublayers."""
     from sam import _compat
@@ -291,8 +307,9 @@ class WeightSpectra:
 
     Attributes:
         layers: The spectra, in the order of ``model``'s layers.
-        skipped: ``{"name", "class"}`` of each layer with weights of its own but no matrix
-            this function knows.
+        skipped: ``{"name", "class", "reason"}`` of each layer with weights of its own but no
+            matrix this function knows (``"no weight matrix"``), or a quantized kernel
+            (``"int8-quantized"``, ...).
         min_tail: The fewest eigenvalues a tail was fitted to.
     """
 
@@ -411,6 +428,12 @@ def weight_spectra(model, *, min_tail: int = MIN_TAIL) -> WeightSpectra:
     for layer in _compat.all_layers(model):
         if id(layer) in done:
             continue
+        mode = _quantization(layer)
+        if mode is not None:  # its kernel variable holds codes, not the weights it computes with
+            skipped.append({"name": layer.name, "class": type(layer).__name__,
+                            "reason": f"{mode}-quantized"})  # fmt: skip
+            done.update(id(sub) for sub in _compat.direct_sublayers(layer))
+            continue
         if isinstance(layer, keras.layers.MultiHeadAttention):
             for dense, kind, matrices in _attention_matrices(layer):
                 done.add(id(dense))
@@ -423,8 +446,9 @@ def weight_spectra(model, *, min_tail: int = MIN_TAIL) -> WeightSpectra:
             name = _path(layer, variable)
             layers.append(_spectrum(name, found[0], variable.shape, found[1], min_tail))
         elif _own_weights(layer):
-            skipped.append({"name": layer.name, "class": type(layer).__name__})
+            skipped.append({"name": layer.name, "class": type(layer).__name__,
+                            "reason": "no weight matrix"})  # fmt: skip
     if skipped:
-        logger.info("weight_spectra skipped (no weight matrix): %s",
-                    ", ".join(f"{s['name']} ({s['class']})" for s in skipped))  # fmt: skip
+        shown = (f"{s['name']} ({s['class']}, {s['reason']})" for s in skipped)
+        logger.info("weight_spectra skipped: %s", ", ".join(shown))
     return WeightSpectra(tuple(layers), tuple(skipped), min_tail)

@@ -9,6 +9,7 @@ written out by hand, and the Hessian of a linear softmax classifier is
 from __future__ import annotations
 
 import json
+import logging
 
 import keras
 import numpy as np
@@ -206,3 +207,17 @@ def test_cli_writes_the_spectrum_and_refuses_bad_options(classifier_files):
         result = CliRunner().invoke(main, [*args, *bad, "--json", str(gone)])
         assert result.exit_code == 2 and "Traceback" not in result.output, (bad, result.output)
         assert not gone.exists()
+
+
+def test_a_batch_with_fewer_than_k_eigenvalues_is_nan_padded_and_not_certified(regression, caplog):
+    model, x, y, obj = regression
+    with caplog.at_level(logging.WARNING, logger="landscape"):
+        spec = landscape.batch_spectrum(obj, k=D, batch_size=B, tol=1e-10, seed=0)
+    last = 2 / 2 * x[48:].T @ x[48:]  # the batch of 2: rank 2, a Krylov space of 3 at most
+    found = np.isfinite(spec.values[-1])
+    assert spec.values.shape == (4, D) and 2 <= found.sum() < D and not found[found.sum() :].any()
+    np.testing.assert_allclose(spec.values[-1][found], _top(last, D)[: found.sum()], atol=1e-9)
+    assert not spec.converged[-1] and spec.converged[:-1].all()
+    assert "fewer than k=4 eigenvalues (batches 3" in caplog.text
+    saved = json.loads(json.dumps(spec.as_dict(), allow_nan=False))  # strict JSON: NaN as null
+    assert saved["values"][-1][-1] is None

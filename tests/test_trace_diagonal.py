@@ -272,3 +272,13 @@ def test_a_hutchpp_sketch_that_cannot_fit_is_refused_before_any_product(float64,
                        r"10 vectors needs about 10\.9 kB .* pass a smaller `samples`"):  # fmt: skip
         landscape.hessian_trace(obj, method="hutchpp", samples=30)
     assert obj.trace_count == {}
+
+
+def test_one_probe_gives_infinite_errors_that_json_writes_as_null(mlp):
+    obj = mlp[0]
+    d = landscape.hessian_diagonal(obj, method="hutchinson", samples=1, seed=0)
+    assert not d.converged and not np.isfinite(d.stderr).any()  # no spread from one probe
+    saved = json.loads(json.dumps(d.as_dict(values=True), allow_nan=False))  # strict JSON
+    for row in saved["variables"].values():
+        assert row["max_stderr"] is None
+        assert set(np.ravel(np.array(row["stderr"], dtype=object)).tolist()) == {None}

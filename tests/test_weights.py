@@ -162,7 +162,9 @@ def test_einsum_rule():
 
 
 def test_skipped_and_table(spectra):
-    assert [s["class"] for s in spectra.skipped] == ["BatchNormalization"]
+    assert [(s["class"], s["reason"]) for s in spectra.skipped] == [
+        ("BatchNormalization", "no weight matrix")
+    ]
     names = [row["name"] for row in spectra.rows()]
     assert names == [layer.name for layer in spectra.layers] and "mha/key" in names
     assert json.loads(json.dumps(spectra.as_dict()))["min_tail"] == 4
@@ -260,3 +262,18 @@ def test_benchmark_agrees_with_weightwatcher():
 
     script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "weightwatcher_compare.py"
     assert runpy.run_path(str(script))["main"]([]) == 0  # the built model: no mismatch
+
+
+def test_a_quantized_kernel_is_skipped_with_its_reason():
+    import keras
+
+    inp = keras.Input((12,))
+    plain_dense, quantized = keras.layers.Dense(12, name="plain"), keras.layers.Dense(8, name="q")
+    model = keras.Model(inp, quantized(plain_dense(inp)))
+    kernel = keras.ops.convert_to_numpy(plain_dense.kernel)
+    quantized.quantize("int8")  # its kernel variable now holds int8 codes (and scales)
+    result = weight_spectra(model)
+    assert [s.name for s in result.layers] == ["plain"]
+    np.testing.assert_allclose(result.layers[0].spectral_norm, np.linalg.norm(kernel, 2),
+                               rtol=1e-5)  # fmt: skip
+    assert result.skipped == ({"name": "q", "class": "Dense", "reason": "int8-quantized"},)
