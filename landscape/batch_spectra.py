@@ -112,9 +112,6 @@ class BatchSpectrum:
         """JSON-ready: every field as lists and plain numbers, with the ``summary()``
         (``plot_batch_spectrum`` reads this too). A NaN (the std of one batch) is None."""
 
-        def number(v):
-            return None if v is None or not np.isfinite(v) else float(v)
-
         full = self.full_values
         return {
             "values": plain(self.values),  # NaN and inf (an empty batch's residual) as None
@@ -126,7 +123,7 @@ class BatchSpectrum:
             "full_values": plain(full),
             "full_residuals": plain(self.full_residuals),
             "full_converged": self.full_converged,
-            "summary": {key: number(v) for key, v in self.summary().items()},
+            "summary": plain(self.summary()),
             "k": self.k,
             "which": self.which,
             "batch_size": self.batch_size,

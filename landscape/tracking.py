@@ -41,7 +41,7 @@ import keras
 import numpy as np
 
 from landscape import _checks, _subspace
-from landscape._provenance import provenance
+from landscape._provenance import plain, provenance
 from landscape._threads import one_blas_thread
 from landscape.hessian import _eigen_sizes, _Hessian, _start_vector, hessian_trace
 from landscape.objective import Objective
@@ -337,7 +337,7 @@ class SharpnessTracker(keras.callbacks.Callback):
             "trace": self.trace,
             "seed": self.seed,
         }
-        history = {key: [_plain(v) for v in values] for key, values in self.history.items()}
+        history = plain(self.history)  # NaN and infinities as None
         converged = {"every_probe": all(history["converged"])} if history["step"] else None
         block = provenance(objective=self._objective, settings=settings, seeds=self.seed,
                            converged=converged)  # fmt: skip
@@ -349,7 +349,7 @@ class SharpnessTracker(keras.callbacks.Callback):
             "settings": settings,
             "seconds": self.seconds,
             "train_seconds": self.train_seconds,
-            "overhead": _plain(self.overhead),
+            "overhead": plain(self.overhead),
         }
 
     # ------------------------------------------------------------------------- callbacks
@@ -496,13 +496,3 @@ class SharpnessTracker(keras.callbacks.Callback):
         logged = {key: record[key] for key in self._logged}
         self._epoch_record = logged
         return logged
-
-
-def _plain(value):
-    """A JSON-ready builtin: NaN and infinities become None."""
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    value = float(value)
-    return value if math.isfinite(value) else None
