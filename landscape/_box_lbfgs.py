@@ -55,6 +55,7 @@ def minimize_in_box(
     upper: np.ndarray,
     *,
     max_iter: int,
+    own_x0: bool = False,
 ) -> BoxResult:
     """``scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=Bounds(lower,
     upper), options={"maxiter": max_iter})`` with SciPy's other defaults, as a ``BoxResult``.
@@ -64,10 +65,12 @@ def minimize_in_box(
         x0: The start (clipped into the box, as SciPy does).
         lower, upper: Finite bounds, float64 arrays of n entries.
         max_iter: Iterations.
+        own_x0: ``x0`` (float64) may be clipped in place and become the iterate the routine
+            overwrites, instead of a copy (an n-vector less). Defaults to False.
     """
     if _routine is not None and hasattr(_routine, "setulb"):
         try:
-            return _driven(fun, x0, lower, upper, max_iter)
+            return _driven(fun, x0, lower, upper, max_iter, own_x0)
         except _SignatureChanged:
             logger.debug("SciPy's L-BFGS-B routine has another signature; using minimize.")
     result = scipy.optimize.minimize(
@@ -109,13 +112,14 @@ def _bound_codes(lower: np.ndarray, upper: np.ndarray):
     return np.where(has_l, lower, 0.0), np.where(has_u, upper, 0.0), nbd
 
 
-def _driven(fun, x0, lower, upper, max_iter: int) -> BoxResult:
+def _driven(fun, x0, lower, upper, max_iter: int, own_x0: bool = False) -> BoxResult:
     """The routine's reverse-communication loop: it asks for f and g or reports a new
     iterate until it stops; the iteration and evaluation caps are SciPy's."""
     lower = np.asarray(lower, np.float64)
     upper = np.asarray(upper, np.float64)
     low, up, nbd = _bound_codes(lower, upper)
-    x = np.clip(np.asarray(x0, np.float64).ravel(), lower, upper)
+    x = np.asarray(x0, np.float64).ravel()
+    x = np.clip(x, lower, upper, out=x if own_x0 else None)
     work = _Workspace(x.size, MAXCOR)
     f, g = np.array(0.0), np.zeros(x.size, np.float64)
     factr = FTOL / np.finfo(float).eps

@@ -170,22 +170,31 @@ class _FlatWeights:
     get a zero offset.
     """
 
-    def __init__(self, objective: Objective, gradient_buffer: np.ndarray | None = None):
-        """``gradient_buffer``: a float64 n-vector to write the gradients into (another
-        ``_FlatWeights``'s, used one at a time); None allocates one on the first gradient."""
+    def __init__(self, objective: Objective, buffers: dict | None = None):
+        """``buffers``: the float64 n-vectors (by name) to write gradients and ascent iterates
+        into, shared with another ``_FlatWeights`` used one at a time (m-sharpness's batches);
+        None starts an empty set. At ResNet-50 size a fresh 190 MB vector costs its page
+        faults (0.2–1.3 s on the project's machine), a reused one nothing."""
         self.objective = objective
         self.view = objective.flat
         self.n = self.view.n
         self.n_gradients = 0
         self._w: np.ndarray | None = None
-        self._gradient = gradient_buffer  # the buffer each gradient is written into
+        self.buffers = {} if buffers is None else buffers
+
+    def buffer(self, name: str) -> np.ndarray:
+        """The float64 n-vector ``name`` (uninitialized the first time), reused by later calls."""
+        if name not in self.buffers:
+            self.buffers[name] = np.empty(self.n, np.float64)
+        return self.buffers[name]
 
     @property
     def w(self) -> np.ndarray:
         """The weights as one float64 vector, read once when a measure needs them (ε's box,
         adaptive c = |w|): an n-vector copy of every variable (0.3 s for ResNet-50)."""
         if self._w is None:
-            self._w = self.view.w0
+            variables = self.objective.trainable_variables
+            self._w = self.view.concat([v.value for v in variables], out=self.buffer("w"))
         return self._w
 
     def offsets(self, delta: np.ndarray) -> list:
@@ -200,8 +209,8 @@ class _FlatWeights:
         (every caller here uses it, or copies it, before asking for the next)."""
         values, grads = self.objective.value_and_gradient(self.offsets(delta))
         self.n_gradients += 1
-        self._gradient = self.view.concat(grads, out=self._gradient)
-        return values["loss"], self._gradient
+        gradient = self.view.concat(grads, out=self.buffer("gradient"))
+        return values["loss"], gradient
 
 
 # ---------------------------------------------------------------------------- ε-sharpness
@@ -301,13 +310,22 @@ def epsilon_sharpness(
     )
 
 
+def _uniform_in_box(rng: np.random.Generator, bound: np.ndarray) -> np.ndarray:
+    """``rng.uniform(-bound, bound)``, which is −bound + 2·bound·u from ``rng.random``'s doubles
+    u: the same numbers and generator state (tests/test_sharpness.py), without its two n-vector
+    temporaries (each a 190 MB page-faulting allocation at ResNet-50 size)."""
+    y = rng.random(out=np.empty(bound.size))
+    return np.subtract(np.multiply(np.multiply(y, bound, out=y), 2.0, out=y), bound, out=y)
+
+
 def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
     """L-BFGS-B on −L(w + Ay) over the box C_ε; (L(w), the largest loss seen, SciPy's result)."""
     # The box C_ε around A⁺w (w itself for A = I).
     center = flat.w if A is None else np.linalg.lstsq(A, flat.w, rcond=None)[0]
     bound = np.abs(center)
     bound = np.multiply(epsilon, np.add(bound, 1.0, out=bound), out=bound)  # ε(|c| + 1)
-    y0 = rng.uniform(-bound, bound)
+    lower = np.negative(bound)
+    y0 = _uniform_in_box(rng, bound)
 
     loss0 = flat.loss()
     best = loss0
@@ -324,7 +342,7 @@ def _maximize_in_box(flat, A, epsilon: float, rng, max_iter: int, verbose):
             bar.add(1, [("max_loss", best)])
         return -loss, (np.negative(grad, out=grad) if A is None else -(A.T @ grad))
 
-    result = minimize_in_box(negative_loss, y0, -bound, bound, max_iter=max_iter)
+    result = minimize_in_box(negative_loss, y0, lower, bound, max_iter=max_iter, own_x0=True)
     return loss0, best, result
 
 
@@ -346,10 +364,20 @@ def _ascent_direction(grad: np.ndarray, norm: str) -> np.ndarray:
     return np.sign(grad, out=grad)
 
 
-def _random_start(rng: np.random.Generator, n: int, rho: float, norm: str) -> np.ndarray:
-    """The reference's random start: ρ·N(0, I) (ℓ2) or ρ·U[−1, 1] (ℓ∞), projected."""
-    z = rng.standard_normal(n) if norm == "l2" else rng.uniform(-1.0, 1.0, n)
-    return _project(rho * z, rho, norm)
+def _draw(rng: np.random.Generator, norm: str, out: np.ndarray) -> np.ndarray:
+    """N(0, I) (ℓ2) or U[−1, 1]ⁿ (ℓ∞) into ``out``: the numbers, and the generator state after,
+    of ``rng.standard_normal(n)`` and ``rng.uniform(-1.0, 1.0, n)`` (which computes −1 + 2u from
+    the same doubles u as ``rng.random``; tests/test_sharpness.py), without a fresh n-vector."""
+    if norm == "l2":
+        return rng.standard_normal(out=out)
+    rng.random(out=out)
+    return np.subtract(np.multiply(out, 2.0, out=out), 1.0, out=out)
+
+
+def _random_start(rng: np.random.Generator, rho: float, norm: str, out: np.ndarray) -> np.ndarray:
+    """The reference's random start: ρ·N(0, I) (ℓ2) or ρ·U[−1, 1] (ℓ∞), projected, in ``out``."""
+    z = _draw(rng, norm, out)
+    return _project(np.multiply(z, rho, out=z), rho, norm)
 
 
 def _worst_case(
@@ -364,12 +392,20 @@ def _worst_case(
     bar,
 ) -> tuple[float, float]:
     """(L(w), the largest L(w + c⊙γ) seen) by projected gradient ascent in γ, ‖γ‖ₚ ≤ ρ."""
-    c = np.abs(flat.w) if adaptive else None  # None: c = 1 (no product, the same numbers)
+    # None: c = 1 (no product, the same numbers)
+    c = np.abs(flat.w, out=flat.buffer("c")) if adaptive else None
     loss0 = flat.loss()
     best = loss0
-    gamma = np.zeros(flat.n) if rng is None else _random_start(rng, flat.n, rho, norm)
+    gamma = flat.buffer("gamma")  # reused by the next batch's ascent
+    if rng is None:
+        gamma.fill(0.0)
+    else:
+        _random_start(rng, rho, norm, gamma)
+    delta = gamma if c is None else flat.buffer("delta")
     for _ in range(steps):
-        loss, grad = flat.loss_and_gradient(gamma if c is None else c * gamma)
+        loss, grad = flat.loss_and_gradient(
+            gamma if c is None else np.multiply(c, gamma, out=delta)
+        )
         best = max(best, loss)
         # ∇_γ L(w + c⊙γ) = c ⊙ ∇L: climb in γ, then project back onto the round ball (the
         # steps in place on the fresh gradient and on γ: no n-vector temporaries).
@@ -378,7 +414,7 @@ def _worst_case(
                          norm)  # fmt: skip
         if bar is not None:
             bar.add(1, [("max_increase", best - loss0)])
-    best = max(best, flat.loss(gamma if c is None else c * gamma))
+    best = max(best, flat.loss(gamma if c is None else np.multiply(c, gamma, out=delta)))
     return loss0, best
 
 
@@ -389,11 +425,10 @@ def _worst_cases(objectives, rng, verbose, options) -> tuple[np.ndarray, np.ndar
     n_batches = len(objectives) if hasattr(objectives, "__len__") else None
     steps = options["steps"]
     bar = progbar(None if n_batches is None else steps * n_batches, verbose, "step")
-    losses, maxima, n_gradients, buffer = [], [], 0, None
+    losses, maxima, n_gradients, buffers = [], [], 0, {}
     for sub in objectives:
-        flat = _FlatWeights(sub, buffer)  # one gradient buffer for every batch, one at a time
+        flat = _FlatWeights(sub, buffers)  # the same n-vectors for every batch, one at a time
         loss, best = _worst_case(flat, rng=rng, bar=bar, **options)
-        buffer = flat._gradient
         losses.append(loss)
         maxima.append(best)
         n_gradients += flat.n_gradients
@@ -554,13 +589,15 @@ def average_sharpness(
     verbose = resolve_verbose(verbose)
     flat = _FlatWeights(objective)
     rng = np.random.default_rng(seed)
-    c = np.abs(flat.w) if adaptive else None  # None: c = 1 (no product, the same numbers)
+    # None: c = 1 (no product, the same numbers); adaptive: ρ·c, once (then δ = (ρ·c) ⊙ z)
+    c = np.multiply(np.abs(flat.w), rho) if adaptive else None
     loss0 = flat.loss()
     bar = progbar(samples, verbose, "sample")
     increases = np.empty(samples)
+    z = flat.buffer("noise")
     for i in range(samples):
-        z = rng.standard_normal(flat.n) if norm == "l2" else rng.uniform(-1.0, 1.0, flat.n)
-        delta = np.multiply(z, rho, out=z) if c is None else rho * c * z
+        _draw(rng, norm, z)  # rng.standard_normal(n) / rng.uniform(-1, 1, n), in one buffer
+        delta = np.multiply(z, rho, out=z) if c is None else np.multiply(c, z, out=z)
         increases[i] = flat.loss(delta) - loss0
         if bar is not None:
             bar.update(i + 1, [("mean_increase", float(np.mean(increases[: i + 1])))])

@@ -627,3 +627,23 @@ def test_box_lbfgs_falls_back_to_minimize_without_the_routine(monkeypatch):
         direct.nfev,
         direct.message,
     )
+
+
+@pytest.mark.parametrize("n", [1, 6, 1001])
+def test_draws_in_place_are_numpys_own(n):
+    """The in-place draws give the numbers and leave the generator state of the NumPy calls
+    they replace (the measures' seeded values do not move): N(0, I), U[−1, 1]ⁿ, U[−b, b]."""
+    bound = np.abs(np.random.default_rng(9).standard_normal(n)) * 1e-3 + 1e-4
+    for norm, reference in [
+        ("l2", lambda r: r.standard_normal(n)),
+        ("linf", lambda r: r.uniform(-1.0, 1.0, n)),
+    ]:
+        mine, theirs = np.random.default_rng(5), np.random.default_rng(5)
+        out = sharpness._draw(mine, norm, np.full(n, np.nan))
+        np.testing.assert_array_equal(out, reference(theirs))
+        np.testing.assert_array_equal(mine.random(3), theirs.random(3))
+    mine, theirs = np.random.default_rng(5), np.random.default_rng(5)
+    np.testing.assert_array_equal(
+        sharpness._uniform_in_box(mine, bound), theirs.uniform(-bound, bound)
+    )
+    np.testing.assert_array_equal(mine.random(3), theirs.random(3))
