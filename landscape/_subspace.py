@@ -64,11 +64,15 @@ def check_memory(n: int, k: int, basis_size: int, precision: str) -> None:
 class _Basis:
     """U, W = H U and the symmetrized projection G = U Wᵀ, grown one product at a time."""
 
-    def __init__(self, op: _Hessian, m: int):
+    def __init__(self, op: _Hessian, m: int, k: int):
         dtype = basis_dtype(op.objective.precision)
         self.op, self.p = op, 0
         self.U, self.W = np.empty((m, op.n), dtype), np.empty((m, op.n), dtype)
         self.G = np.zeros((m, m))
+        # Reused n-vectors (a fresh 190 MB one costs its page faults at ResNet-50 size): the
+        # product, the k Ritz vectors and residuals, and one row of scratch.
+        self.product, self.scratch = np.empty(op.n), np.empty(op.n)
+        self.vectors, self.residual = np.empty((k, op.n)), np.empty((k, op.n))
 
     def add(self, u: np.ndarray) -> bool:
         """Orthogonalize u against U (a second time where the first pass removed more than
@@ -83,11 +87,13 @@ class _Basis:
         if not np.isfinite(norm) or norm <= DEPENDENT * before:
             return False
         p = self.p
-        self.U[p] = u / norm
-        w = self.op(self.U[p].astype(np.float64))  # the product of the vector as stored
-        self.W[p] = w
-        # (uᵢ·w_p + u_p·wᵢ)/2: symmetric although float32 products are not exactly so.
-        column = (_project(self.U[: p + 1], w) + _project(self.W[: p + 1], self.U[p])) / 2
+        self.U[p] = np.divide(u, norm, out=u)
+        # The product of the vector as stored (a float32 row goes to the engine as it is: it
+        # rounds to the variables' dtype, the same numbers as widening it first).
+        self.W[p] = self.op(self.U[p], out=self.product)
+        # (uᵢ·w_p + u_p·wᵢ)/2: symmetric although float32 products are not exactly so (W[p] is
+        # the product as _project would round it for a float32 basis).
+        column = (_project(self.U[: p + 1], self.W[p]) + _project(self.W[: p + 1], self.U[p])) / 2
         self.G[: p + 1, p] = self.G[p, : p + 1] = column
         self.p += 1
         return True
@@ -113,7 +119,7 @@ class _Basis:
 def eigenpairs(op: _Hessian, k, *, which, tol, max_iter, basis_size, start, rng) -> Pairs:
     """The ``k`` wanted eigenpairs of ``op``, from the rows of ``start`` (a warm start) or a
     random vector; certified by explicit residuals from this call's products (module doc)."""
-    basis, first = _Basis(op, basis_size), op.n_hvp
+    basis, first = _Basis(op, basis_size, k), op.n_hvp
     pending, capped = [np.asarray(v, np.float64) for v in start], False
     while True:
         while (pending or basis.p < min(k, op.n)) and basis.p < basis_size:
@@ -121,8 +127,10 @@ def eigenpairs(op: _Hessian, k, *, which, tol, max_iter, basis_size, start, rng)
                 pending.append(rng.standard_normal(op.n))  # it lay in U: a new direction
         theta, c = basis.ritz(which, k)
         values, coeff = theta[:k], c[:, :k].T
-        vectors = _combine(coeff, basis.U[: basis.p])
-        residual = _combine(coeff, basis.W[: basis.p]) - values[:, None] * vectors
+        vectors = _combine(coeff, basis.U[: basis.p], out=basis.vectors[: len(values)])
+        residual = _combine(coeff, basis.W[: basis.p], out=basis.residual[: len(values)])
+        for row, vector, value in zip(residual, vectors, values):  # W c − θ U c
+            np.subtract(row, np.multiply(value, vector, out=basis.scratch), out=row)
         norms = np.linalg.norm(residual, axis=1)
         with np.errstate(divide="ignore"):
             relative = np.where(values != 0, norms / np.abs(values), np.inf)

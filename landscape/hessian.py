@@ -614,7 +614,7 @@ def _project(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
     if basis.dtype == np.float64:
         return basis @ w
     out = np.zeros(len(basis))
-    w32 = w.astype(np.float32)
+    w32 = w if w.dtype == np.float32 else w.astype(np.float32)
     for start in range(0, basis.shape[1], BLOCK):
         cols = slice(start, start + BLOCK)
         out += basis[:, cols] @ w32[cols]
@@ -632,9 +632,10 @@ def _subtract(w: np.ndarray, coefficients: np.ndarray, basis: np.ndarray) -> Non
         w[cols] -= c32 @ basis[:, cols]
 
 
-def _combine(coefficients: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """The float64 rows ``coefficients @ basis`` (Ritz vectors), by column blocks."""
-    out = np.empty((len(coefficients), basis.shape[1]))
+def _combine(coefficients: np.ndarray, basis: np.ndarray, out=None) -> np.ndarray:
+    """The float64 rows ``coefficients @ basis`` (Ritz vectors), by column blocks; into ``out``
+    (float64, coefficients' rows × n) where given."""
+    out = np.empty((len(coefficients), basis.shape[1])) if out is None else out
     c = coefficients.astype(basis.dtype)
     for start in range(0, basis.shape[1], BLOCK):
         cols = slice(start, start + BLOCK)
