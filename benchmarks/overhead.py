@@ -3,12 +3,15 @@
 For each public analysis the passes it makes are counted by the Objective (``Objective.passes``:
 forward, gradient, Hessian-vector and Gauss-Newton-vector products; every Objective an analysis
 builds for itself counts too, and a connect point's BatchNorm recomputation — a training-mode
-forward pass outside the Objective — is counted as a forward pass). Its wall time is divided by
+forward pass outside the Objective — is counted as one of its own kind, "t", dearer than an
+inference pass: BatchNorm computes the batch's moments). Its wall time is divided by
 Σ_kind count × the time of one bare pass of that kind over the same data, measured in the same
 process: plain TensorFlow written directly on the model's variables (``tf.function``, no
 StatelessScope, no batch loop) — the forward pass computing the loss and the number of correct
 predictions, the gradient with one tape, the HVP with two tapes, the GGN product with a forward
-accumulator, the softmax cross-entropy's own Hessian and one reverse pass. The bare passes are
+accumulator, the softmax cross-entropy's own Hessian and one reverse pass, the training-mode pass
+as Keras's ``stateless_call(training=True)`` (which returns the new BatchNorm statistics instead of
+assigning them). The bare passes are
 checked to agree with the Objective's first (loss, gradient, HVP, GGN product). A ratio of 1.0
 means the analysis costs its passes and nothing more. Two ratios per analysis: ``ratio`` divides
 by the bare passes' medians over the whole run; ``bracketed`` by the bare passes of the same
@@ -109,7 +112,7 @@ class Counting:
         bn = connectivity._Pair.bn_statistics
 
         def bn_statistics(pair, weights, batches):
-            counts["forward"] += bool(pair.bn)
+            counts["train_forward"] += bool(pair.bn)
             return bn(pair, weights, batches)
 
         connectivity._Pair.bn_statistics = bn_statistics
@@ -160,7 +163,14 @@ def bare_passes(model):
         hu = (p * jv - p * tf.reduce_sum(p * jv, -1, keepdims=True)) / n
         return tape.gradient(logits, variables, output_gradients=hu)
 
-    return {"forward": forward, "gradient": gradient, "hvp": hvp, "ggn": ggn}
+    trainable, non_trainable = variables, [w.value for w in model.non_trainable_variables]
+
+    @tf.function(reduce_retracing=True)
+    def train_forward(x, y, v):  # BatchNorm on batch statistics, which it returns
+        return model.stateless_call(trainable, non_trainable, x, training=True)
+
+    return {"forward": forward, "gradient": gradient, "hvp": hvp, "ggn": ggn,
+            "train_forward": train_forward}  # fmt: skip
 
 
 def median_seconds(fn, calls: int) -> float:
@@ -532,6 +542,12 @@ def _job_with_timer(name, repeats, cli, only):
     return job(name, repeats, cli, only)
 
 
+def _pass_counts(passes: dict) -> str:
+    """forward/gradient/HVP/GGN counts, and "+N t" for training-mode forward passes."""
+    counts = "/".join(str(passes.get(k, 0)) for k in ("forward", "gradient", "hvp", "ggn"))
+    return counts + (f" +{passes['train_forward']} t" if passes.get("train_forward") else "")
+
+
 def show(result: dict) -> None:
     print(f"\n{result['model']}: {result['parameters']:,} parameters, {result['data']}, "
           f"{N} images in one batch")  # fmt: skip
@@ -546,7 +562,7 @@ def show(result: dict) -> None:
             print(f"{r['analysis']:34s} failed: {r['error']}")
             continue
         p = r["passes"]
-        counts = "/".join(str(p.get(k, 0)) for k in ("forward", "gradient", "hvp", "ggn"))
+        counts = _pass_counts(p)
         extra = ""
         if r.get("first_call_seconds") is not None:
             extra = f"  (first call {r['first_call_seconds']:.2f} s)"
@@ -557,7 +573,7 @@ def show(result: dict) -> None:
               f"{r['ratio']:6.2f} {r['bracketed_ratio']:9.2f}{extra}")  # fmt: skip
     for r in result["cli"]:
         p = r["passes"]
-        counts = "/".join(str(p.get(k, 0)) for k in ("forward", "gradient", "hvp", "ggn"))
+        counts = _pass_counts(p)
         print(f"{r['command']:34s} {counts:>18s} {r['seconds']:9.3f} "
               f"marginal ratio {r['marginal_ratio']:.2f}, start-up {r['startup_seconds']:.1f} s, "
               f"end to end {r['ratio']:.2f}")  # fmt: skip
