@@ -293,6 +293,12 @@ class FlatView:
 
 
 # ------------------------------------------------------------------------------- objective
+def _zeros(shape: list, dtype: np.dtype):
+    """Zeros of ``shape``: a backend tensor for a float dtype (its allocator reuses memory,
+    where a fresh NumPy array of ResNet-50's size costs its page faults, ~0.1 s), else NumPy."""
+    return keras.ops.zeros(shape, dtype.name) if dtype.kind == "f" else np.zeros(shape, dtype)
+
+
 def _finite_product(product: list, what: str) -> list:
     """``product`` if every entry is finite, else one sentence: a curvature that the backend's
     autodiff cannot give here (NaN where the loss and gradient are finite)."""
@@ -907,8 +913,8 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
 
     def _offset_args(self, offsets):
         """(coefficients [1.0], basis) of ``w0 + offsets`` for the engines' functions."""
-        if offsets is None:
-            stacked = [np.zeros([1, *v.shape], storage_dtype(v)) for v in self.variables]
+        if offsets is None:  # float zeros from the backend's allocator, which reuses memory
+            stacked = [_zeros([1, *v.shape], storage_dtype(v)) for v in self.variables]
         else:
             if isinstance(offsets, Direction):
                 offsets = offsets.aligned(self.variables)
@@ -918,7 +924,9 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
                     f"{len(self.variables)} variables (see `Objective.variables`)."
                 )
             _model_checks.check_offsets(self, offsets, "offsets")
-            stacked = [keras.ops.expand_dims(o, 0) for o in offsets]
+            # an array's leading axis as a view: one conversion to a tensor (in _tensors)
+            stacked = [o[None] if isinstance(o, np.ndarray) else keras.ops.expand_dims(o, 0)
+                       for o in offsets]  # fmt: skip
         return self._coefficients(np.ones(1)), list(self._tensors(stacked, self._dtypes))
 
     # -- conversions to the engine's tensors (``_tf_engine`` keeps TensorFlow's own) ---------
