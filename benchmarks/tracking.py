@@ -23,11 +23,16 @@ batch 128) for ``--epochs`` epochs.
    product's time, + one forward pass for ``probe_loss``; one product and one forward pass
    timed on the probe set after training).
 
+3. ``--starts`` (only this): why a warm probe takes 3–4 products — the residual after each
+   product from the previous eigenvector, and other start vectors on the same weights
+   (function ``starts``). About 2 minutes.
+
 Like the other benchmarks (``_common.py``), TensorFlow runs with ``TF_ENABLE_ONEDNN_OPTS=0``
 unless the variable is set. About 5 minutes on a 2-core machine with the defaults.
 
     .venv/bin/python benchmarks/tracking.py [--epochs 4] [--repeats 3] [--probe 1000]
-        [--every 1] [--tol 1e-3] [--optimizer sgd|sam]
+        [--every 1] [--tol 1e-3] [--optimizer sgd|sam] [--data embedded|mnist] [--no-warm]
+        [--starts]
 """
 
 from __future__ import annotations
@@ -116,6 +121,11 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["sgd", "sam"], default="sgd")
     parser.add_argument("--data", choices=["embedded", "mnist"], default="embedded")
     parser.add_argument("--no-warm", action="store_true", help="skip the warm-start part")
+    parser.add_argument(
+        "--starts",
+        action="store_true",
+        help="only compare start vectors on one run's weights (function starts)",
+    )
     args = parser.parse_args()
 
     import landscape
@@ -127,6 +137,8 @@ def main() -> None:
         (x, y), _ = landscape.load_embedded()
     x = (x[..., None] / 255.0).astype("float32")
     probe = (x[: args.probe], y[: args.probe])
+    if args.starts:
+        return starts(args, x, y)
     print(
         f"MNIST ({args.data}), {len(x)} training images; cnn (16, 32) + BN, {args.optimizer}, "
         f"batch 128, {args.epochs} epochs; probe set {args.probe} images every {args.every} "
@@ -203,6 +215,75 @@ def split(tracker) -> None:
     print(f"  one product {t_hvp:.3f} s, one forward pass {t_fwd:.3f} s on the probe set (after "
           f"training); probe time beyond them: {[round(r, 2) for r in rest]} s (the first "
           f"includes tracing); traced {obj.trace_count}")  # fmt: skip
+
+
+def starts(args, x, y) -> None:
+    """Why a warm probe takes 3–4 products: start vectors tried on the same weights.
+
+    The CNN trains as in part 1; after each epoch the weights are kept. At each of them the top
+    eigenvector is computed to a relative residual of 1e-6 (float32 products; a run capped at
+    100 products is used as it is). Then for each probe after the first, starting from the
+    previous epoch's eigenvector v₁: the relative residual and Ritz value after 1…5 products
+    (``_subspace.eigenpairs`` capped there), and the products needed for tol from three starts:
+    v₁ (what the tracker does), v₁ extrapolated along the last move, v₁ + β(v₁ − v₀) (β = ½, 1),
+    and the block [v₁, v₀].
+    """
+    import keras
+
+    import landscape
+    from landscape import _subspace
+    from landscape.hessian import _Hessian
+
+    model = build(args.optimizer, 0)
+    snaps = [[v.numpy().copy() for v in model.variables]]
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snaps.append([v.numpy().copy() for v in self.model.variables])
+
+    fit(model, x, y, args.epochs, [Keep()])
+    obj = landscape.Objective(model, (x[: args.probe], y[: args.probe]), metrics=())
+
+    def operator(t):
+        for v, w in zip(model.variables, snaps[t]):
+            v.assign(w)
+        return _Hessian(obj, "train", "auto")
+
+    def run(op, start, seed, tol, cap=100):
+        return _subspace.eigenpairs(
+            op,
+            1,
+            which="largest",
+            tol=tol,
+            max_iter=cap,
+            basis_size=20,
+            start=start,
+            rng=np.random.default_rng(seed),
+        )
+
+    tight = []
+    for t in range(len(snaps)):
+        op = operator(t)
+        tight.append(run(op, [np.random.default_rng(t).standard_normal(op.n)], t, 1e-6))
+    print(f"\nStart vectors (top eigenvector at each epoch, tol {args.tol}; λ_max "
+          f"{[round(float(p.values[0]), 3) for p in tight]})")  # fmt: skip
+    for t in range(1, len(snaps)):
+        op = operator(t)
+        v1 = tight[t - 1].vectors[0]
+        cosine = abs(float(v1 @ tight[t].vectors[0]))
+        path = [run(op, [v1], t, 1e-12, cap) for cap in range(1, 6)]
+        steps = ", ".join(f"{p.residuals[0]:.1e} ({abs(p.values[0] / tight[t].values[0] - 1):.0e})"
+                          for p in path)  # fmt: skip
+        counts = {"v1": run(op, [v1], t, args.tol).n_hvp}
+        if t >= 2:
+            v0 = tight[t - 2].vectors[0]
+            v0 = v0 if v0 @ v1 >= 0 else -v0
+            for beta in (0.5, 1.0):
+                guess = v1 + beta * (v1 - v0)
+                counts[f"extrapolated {beta}"] = run(op, [guess], t, args.tol).n_hvp
+            counts["block [v1, v0]"] = run(op, [v1, v0], t, args.tol).n_hvp
+        print(f"  epoch {t}: |cos(v1, v)| {cosine:.2f}; residual (and λ error) after 1…5 products "
+              f"from v1: {steps}; products to tol: {counts}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
