@@ -4,19 +4,22 @@ For each public analysis the passes it makes are counted by the Objective (``Obj
 forward, gradient, Hessian-vector and Gauss-Newton-vector products; every Objective an analysis
 builds for itself counts too, and a connect point's BatchNorm recomputation — a training-mode
 forward pass outside the Objective — is counted as one of its own kind, "t", dearer than an
-inference pass: BatchNorm computes the batch's moments). Its wall time is divided by
-Σ_kind count × the time of one bare pass of that kind over the same data, measured in the same
-process: plain TensorFlow written directly on the model's variables (``tf.function``, no
-StatelessScope, no batch loop) — the forward pass computing the loss and the number of correct
-predictions, the gradient with one tape, the HVP with two tapes, the GGN product with a forward
-accumulator, the softmax cross-entropy's own Hessian and one reverse pass, the training-mode pass
-as Keras's ``stateless_call(training=True)`` (which returns the new BatchNorm statistics instead of
-assigning them). The bare passes are
-checked to agree with the Objective's first (loss, gradient, HVP, GGN product). A ratio of 1.0
-means the analysis costs its passes and nothing more. Two ratios per analysis: ``ratio`` divides
-by the bare passes' medians over the whole run; ``bracketed`` by the bare passes of the same
-kinds timed immediately before and after each call (the mean of the two; after only, for the
-first call), so that load from other work on a shared machine falls on both terms alike.
+inference pass: BatchNorm computes the batch's moments). Its wall time is divided by Σ_kind count ×
+the time of one bare pass of that kind over the same data, measured in the same process: plain
+TensorFlow written directly on the model's variables (``tf.function``, no StatelessScope, no batch
+loop) — the forward pass computing the loss and the number of correct predictions, the gradient with
+one tape, the HVP with two tapes, the GGN product with a forward accumulator, the softmax
+cross-entropy's own Hessian and one reverse pass, the training-mode pass as Keras's
+``stateless_call(training=True)`` (which returns the new BatchNorm statistics instead of assigning
+them). A surface point is also divided by a bare forward pass at w0 + a·d1 + b·d2 (the weights moved
+in plain TensorFlow, then ``stateless_call``): the two multiply-adds over every weight are work that
+any surface code does per point, and with 64 images they weigh against a short forward pass (with
+2,000 images, ``benchmarks/surface_throughput.py``, a point costs 1.05–1.09 forward passes). The
+bare passes are checked to agree with the Objective's first (loss, gradient, HVP, GGN product). A
+ratio of 1.0 means the analysis costs its passes and nothing more. Two ratios per analysis:
+``ratio`` divides by the bare passes' medians over the whole run; ``bracketed`` by the bare passes
+of the same kinds timed immediately before and after each call (the mean of the two; after only, for
+the first call), so that load from other work on a shared machine falls on both terms alike.
 
 Two models on the first 64 CIFAR-10 training images (``../shared/data/cifar10_10k.npz``, scaled
 to [0, 1]; Gaussian noise if absent), one batch of 64, sparse categorical cross-entropy on
@@ -169,8 +172,14 @@ def bare_passes(model):
     def train_forward(x, y, v):  # BatchNorm on batch statistics, which it returns
         return model.stateless_call(trainable, non_trainable, x, training=True)
 
+    @tf.function(reduce_retracing=True)
+    def forward_at(x, y, v):  # the forward pass at w0 + a·v + b·v, as a surface point evaluates
+        values = [w + 0.5 * d + 0.25 * d for w, d in zip(trainable, v)]
+        logits = model.stateless_call(values, non_trainable, x, training=False)[0]
+        return tf.reduce_mean(ce(y, logits, from_logits=True))
+
     return {"forward": forward, "gradient": gradient, "hvp": hvp, "ggn": ggn,
-            "train_forward": train_forward}  # fmt: skip
+            "train_forward": train_forward, "forward_at": forward_at}  # fmt: skip
 
 
 def median_seconds(fn, calls: int) -> float:
@@ -566,6 +575,9 @@ def show(result: dict) -> None:
         extra = ""
         if r.get("first_call_seconds") is not None:
             extra = f"  (first call {r['first_call_seconds']:.2f} s)"
+        if r["analysis"] == "surface point" and "forward_at/64" in result["bare_ms"]:
+            at = r["seconds"] / (result["bare_ms"]["forward_at/64"] / 1e3)
+            extra = f"  (÷ a bare forward pass at w0 + a·d1 + b·d2: {at:.2f})"
         if "own_work_seconds" in r:
             own = (r["seconds"] - r["own_work_seconds"]) / r["bare_seconds"]
             extra = f"  ({r['own_work']} {r['own_work_seconds']:.2f} s; without it {own:.2f})"
