@@ -266,10 +266,18 @@ ZOO = {
 }
 
 
-# ResNet-50 (23.5 M parameters) takes about 3 minutes of the suite: `make test-slow` runs it.
+# ResNet-50 (23.5 M parameters) takes about 3 minutes of the suite, MobileNetV2 about a minute
+# (its ~150 layers traced by every test): `make test-slow` runs both. `make test` runs every test
+# below on the other cases (BatchNorm in inference mode, residual adds, RNNs, attention, ...);
+# depthwise and separable convolutions' filter rules in test_filter_rules.py and
+# test_directions.py, their Hessian-vector products against central differences in
+# test_second_derivatives.py (the "image" group).
+SLOW = ("resnet50", "mobilenet_v2")
+
+
 @pytest.fixture(
     scope="module",
-    params=[pytest.param(n, marks=pytest.mark.slow) if n == "resnet50" else n for n in ZOO],
+    params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ZOO],
 )
 def case(request):
     keras.utils.set_random_seed(0)
