@@ -28,8 +28,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check --output-format concise .
 	$(BIN)/ruff format --check .
 
-# The whole suite but the tests marked slow (long end-to-end runs: ResNet-50, clusters,
-# kill -9) on TensorFlow, then tests/backends on JAX and on PyTorch (LANDSCAPE_TEST_BACKEND,
+# The whole suite but the tests marked slow (long end-to-end runs: ResNet-50 and MobileNetV2,
+# clusters, kill -9, the three backends compared at once) on TensorFlow, then tests/backends on JAX and on PyTorch (LANDSCAPE_TEST_BACKEND,
 # tests/conftest.py); `make test-slow` runs the slow ones.
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow"
