@@ -604,6 +604,10 @@ def test_box_lbfgs_retraces_scipy_minimize_exactly(case):
         assert a.tobytes() == b.tobytes()
     assert ours.x.tobytes() == ref.x.tobytes() and ours.fun == ref.fun
     assert ours.nit == ref.nit and ours.message == ref.message
+    # Handing over x0 (clipped in place, then the routine's iterate): the same run.
+    owned = np.array(x0, np.float64)
+    mine = minimize_in_box(recorded([]), owned, lower, upper, max_iter=max_iter, own_x0=True)
+    assert mine.x.tobytes() == ref.x.tobytes() and np.shares_memory(mine.x, owned)
 
 
 def test_box_lbfgs_falls_back_to_minimize_without_the_routine(monkeypatch):
