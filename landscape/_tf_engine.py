@@ -23,7 +23,7 @@ def _compiled(python_function, signature):
     """
     fn = tf.function(python_function, input_signature=signature, autograph=False)
     _compat.omit_frequent_tracing_warning(fn)
-    return fn
+    return _compat.flat_call(fn)  # no per-call binding of the arguments to the signature
 
 
 def _hvp_of(mode: str, scalar_of, vals: list, slots: list[int], vectors: list):

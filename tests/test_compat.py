@@ -318,3 +318,41 @@ def test_omit_frequent_tracing_warning_silences_retracing_of_one_closure(caplog)
     assert "retracing" not in caplog.text
     with pytest.raises(RuntimeError, match="has no `Function._omit_frequent_tracing_warning`"):
         _compat.omit_frequent_tracing_warning(lambda x: x)
+
+
+def test_flat_call_equals_the_plain_call_and_falls_back_for_other_arguments():
+    import tensorflow as tf
+
+    weight = tf.Variable([[1.0, 2.0], [3.0, 4.0]])  # captured: read at every call
+    signature = [tf.TensorSpec([None], tf.float64), [tf.TensorSpec([None, 2], tf.float32)] * 2]
+
+    @tf.function(input_signature=signature)
+    def f(c, xs):
+        y = tf.matmul(xs[0] + xs[1], weight)
+        return {"sum": tf.reduce_sum(c)}, (y, [tf.shape(y)[0]])
+
+    call = _compat.flat_call(f)
+    args = (tf.constant([1.0, 2.5], tf.float64), [tf.ones([3, 2]), tf.fill([3, 2], 2.0)])
+    for _ in range(2):
+        ours, theirs = call(*args), f(*args)
+        assert ours[0]["sum"].numpy() == theirs[0]["sum"].numpy() == 3.5
+        np.testing.assert_array_equal(ours[1][0].numpy(), theirs[1][0].numpy())
+        assert int(ours[1][1][0]) == 3
+        weight.assign_add(tf.ones([2, 2]))  # the flat call reads the variable's new value
+    # NumPy arguments, or a dtype other than the spec's, take the plain call (which converts
+    # or refuses as TensorFlow does)
+    converted = call(np.array([1.0, 2.5]), [np.ones([3, 2], np.float32)] * 2)
+    assert converted[0]["sum"].numpy() == 3.5
+    with pytest.raises((TypeError, ValueError)):
+        call(tf.constant([1.0], tf.float32), args[1])
+    assert f.experimental_get_tracing_count() == 1  # one trace for all the calls
+
+    class NoFlatCall:
+        input_signature = signature
+
+        @staticmethod
+        def get_concrete_function():
+            return object()
+
+    with pytest.raises(RuntimeError, match="has no `ConcreteFunction._call_flat`"):
+        _compat.flat_call(NoFlatCall())(*args)
