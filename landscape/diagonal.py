@@ -30,6 +30,7 @@ from landscape.hessian import (
     TRACE_SAMPLES,
     TRACE_TOL,
     Curvature,
+    _estimator_fields,
     _exact_trace,
     _Hessian,
 )
@@ -122,15 +123,7 @@ class DiagonalResult:
             {  # an entry's infinite standard error (one probe) as None
                 "method": self.method,
                 "curvature": self.curvature,
-                "n_hvp": int(self.n_hvp),
-                "samples": int(self.samples),
-                "converged": bool(self.converged),
-                "capped": bool(self.capped),
-                "tol": float(self.tol),
-                "max_samples": self.max_samples,
-                "n_params": int(self.n_params),
-                "precision": self.precision,
-                "backend": self.backend,
+                **_estimator_fields(self),
                 "trace": float(self.values.sum()),
                 "variables": rows,
             }

@@ -230,18 +230,27 @@ class TraceResult:
             "estimate": float(self.estimate),
             "stderr": float(self.stderr),
             "method": self.method,
-            "n_hvp": int(self.n_hvp),
-            "samples": int(self.samples),
             "sketch": int(self.sketch),
-            "converged": bool(self.converged),
-            "capped": bool(self.capped),
-            "tol": float(self.tol),
-            "max_samples": self.max_samples,
-            "n_params": int(self.n_params),
-            "precision": self.precision,
-            "backend": self.backend,
+            **_estimator_fields(self),
             "curvature": self.curvature,
         }
+
+
+def _estimator_fields(result) -> dict[str, Any]:
+    """What a sampled estimate (``TraceResult``, ``DiagonalResult``) cost and how it stopped,
+    as JSON-ready builtins: products, probes, convergence, the tolerance and cap, the size,
+    precision and backend."""
+    return {
+        "n_hvp": int(result.n_hvp),
+        "samples": int(result.samples),
+        "converged": bool(result.converged),
+        "capped": bool(result.capped),
+        "tol": float(result.tol),
+        "max_samples": result.max_samples,
+        "n_params": int(result.n_params),
+        "precision": result.precision,
+        "backend": result.backend,
+    }
 
 
 @dataclass(frozen=True)

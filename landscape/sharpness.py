@@ -193,8 +193,7 @@ class _FlatWeights:
         """The weights as one float64 vector, read once when a measure needs them (ε's box,
         adaptive c = |w|): an n-vector copy of every variable (0.3 s for ResNet-50)."""
         if self._w is None:
-            variables = self.objective.trainable_variables
-            self._w = self.view.concat([v.value for v in variables], out=self.buffer("w"))
+            self._w = self.view.weights(out=self.buffer("w"))
         return self._w
 
     def offsets(self, delta: np.ndarray) -> list:
