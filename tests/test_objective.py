@@ -318,6 +318,23 @@ def test_hessian_vector_product_one_trace_dataset_and_offsets(bn_problem, mode):
     _assert_bit_identical(model, before)
 
 
+@pytest.mark.parametrize("precision", ["auto", "float64"])
+def test_at_w0_the_numbers_of_a_zero_offset_bit_for_bit(bn_problem, precision):
+    """The engine may evaluate w0 its own way (TensorFlow: an empty basis); the loss, metrics,
+    gradient and HVP are those of an explicit zero offset, to the last bit."""
+    model, x, y, w = bn_problem
+    obj = landscape.Objective(model, (x, y, w), batch_size=BATCH, precision=precision)
+    zeros = [np.zeros(v.shape, np.float64) for v in obj.variables]
+    assert obj.evaluate() == obj.evaluate(zeros)
+    (va, ga), (vb, gb) = obj.value_and_gradient(), obj.value_and_gradient(zeros)
+    assert va == vb
+    rng = np.random.default_rng(7)
+    vector = [rng.normal(size=tuple(v.shape)) for v in obj.trainable_variables]
+    ha, hb = obj.hessian_vector_product(vector), obj.hessian_vector_product(vector, zeros)
+    for a, b in [*zip(ga, gb), *zip(ha, hb)]:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ------------------------------------------------------------------ the model's own loss
 def _log_softmax(z):
     z = np.asarray(z, np.float64)
