@@ -19,7 +19,8 @@ bare passes are checked to agree with the Objective's first (loss, gradient, HVP
 ratio of 1.0 means the analysis costs its passes and nothing more. Two ratios per analysis:
 ``ratio`` divides by the bare passes' medians over the whole run; ``bracketed`` by the bare passes
 of the same kinds timed immediately before and after each call (the mean of the two; after only, for
-the first call), so that load from other work on a shared machine falls on both terms alike.
+the first call; each the median of enough passes to fill half a second, at most 9), so that load
+from other work on a shared machine falls on both terms alike.
 
 Two models on the first 64 CIFAR-10 training images (``../shared/data/cifar10_10k.npz``, scaled
 to [0, 1]; Gaussian noise if absent), one batch of 64, sparse categorical cross-entropy on
@@ -68,6 +69,7 @@ from _common import cifar_subset
 import numpy as np
 
 N, M = 64, 16  # images; m of m-sharpness
+BRACKET_SECONDS = 0.5  # the least time of bare passes of one kind on each side of a call
 
 
 # ----------------------------------------------------------------------------------- set-up
@@ -217,10 +219,18 @@ class Bare:
         return sum(c * statistics.median(self.samples[(k, n)]) for k, c in counts.items())
 
     def now(self, kinds, n: int, calls: int) -> dict[str, float]:
-        """One bare pass of each kind in ``kinds`` timed now (median of ``calls``): the bracket
-        around an analysis, so that the machine's load at that moment is in both terms."""
+        """One bare pass of each kind in ``kinds`` timed now (median of ``calls``, or of as many
+        as fill ``BRACKET_SECONDS`` for a short pass, at most 9: with a single forward pass of
+        about 80 ms on each side a ResNet-50 surface point read 1.45 bracketed against 1.09 by
+        the run's medians): the bracket around an analysis, so that the machine's load at that
+        moment is in both terms."""
         args = self.args[n]
-        return {k: median_seconds(lambda f=self.fns[k], a=args: f(*a), calls) for k in kinds}
+        out = {}
+        for k in kinds:
+            typical = statistics.median(self.samples[(k, n)]) if self.samples[(k, n)] else None
+            many = calls if not typical else min(9, max(calls, int(BRACKET_SECONDS / typical)))
+            out[k] = median_seconds(lambda f=self.fns[k], a=args: f(*a), many)
+        return out
 
 
 def check_agreement(obj, bare: Bare, v) -> dict[str, float]:

@@ -25,7 +25,7 @@ batch 128) for ``--epochs`` epochs.
 
 3. ``--starts`` (only this): why a warm probe takes 3–4 products — the residual after each
    product from the previous eigenvector, and other start vectors on the same weights
-   (function ``starts``). About 2 minutes.
+   (function ``starts``). About 4 minutes.
 
 Like the other benchmarks (``_common.py``), TensorFlow runs with ``TF_ENABLE_ONEDNN_OPTS=0``
 unless the variable is set. About 5 minutes on a 2-core machine with the defaults.
@@ -224,9 +224,13 @@ def starts(args, x, y) -> None:
     eigenvector is computed to a relative residual of 1e-6 (float32 products; a run capped at
     100 products is used as it is). Then for each probe after the first, starting from the
     previous epoch's eigenvector v₁: the relative residual and Ritz value after 1…5 products
-    (``_subspace.eigenpairs`` capped there), and the products needed for tol from three starts:
+    (``_subspace.eigenpairs`` capped there), and the products needed for tol from four starts:
     v₁ (what the tracker does), v₁ extrapolated along the last move, v₁ + β(v₁ − v₀) (β = ½, 1),
-    and the block [v₁, v₀].
+    the block [v₁, v₀], and the blocks of the previous epoch's top 2 and top 3 eigenvectors
+    (computed with them to a relative residual of 1e-5: the directions that first-order
+    perturbation theory says the top eigenvector turns towards most, those of the nearest
+    eigenvalues). The overlaps |cos| of the new top eigenvector with the previous top 3 say
+    where it turned.
     """
     import keras
 
@@ -261,10 +265,16 @@ def starts(args, x, y) -> None:
             rng=np.random.default_rng(seed),
         )
 
-    tight = []
+    tight, top3 = [], []
     for t in range(len(snaps)):
         op = operator(t)
         tight.append(run(op, [np.random.default_rng(t).standard_normal(op.n)], t, 1e-6))
+        top3.append(
+            _subspace.eigenpairs(
+                op, 3, which="largest", tol=1e-5, max_iter=300, basis_size=20,
+                start=[tight[t].vectors[0]], rng=np.random.default_rng(t),
+            )
+        )  # fmt: skip
     print(f"\nStart vectors (top eigenvector at each epoch, tol {args.tol}; λ_max "
           f"{[round(float(p.values[0]), 3) for p in tight]})")  # fmt: skip
     for t in range(1, len(snaps)):
@@ -282,8 +292,14 @@ def starts(args, x, y) -> None:
                 guess = v1 + beta * (v1 - v0)
                 counts[f"extrapolated {beta}"] = run(op, [guess], t, args.tol).n_hvp
             counts["block [v1, v0]"] = run(op, [v1, v0], t, args.tol).n_hvp
+        previous = top3[t - 1].vectors
+        for b in (2, 3):
+            counts[f"previous top {b}"] = run(op, list(previous[:b]), t, args.tol).n_hvp
+        overlaps = np.round(np.abs(previous @ tight[t].vectors[0]), 2).tolist()
         print(f"  epoch {t}: |cos(v1, v)| {cosine:.2f}; residual (and λ error) after 1…5 products "
-              f"from v1: {steps}; products to tol: {counts}", flush=True)  # fmt: skip
+              f"from v1: {steps}; products to tol: {counts}; |cos| of v with the previous top 3 "
+              f"{overlaps} (their λ {np.round(top3[t - 1].values, 2).tolist()}, "
+              f"{'certified' if top3[t - 1].converged else 'capped'})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
