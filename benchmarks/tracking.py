@@ -224,13 +224,13 @@ def starts(args, x, y) -> None:
     eigenvector is computed to a relative residual of 1e-6 (float32 products; a run capped at
     100 products is used as it is). Then for each probe after the first, starting from the
     previous epoch's eigenvector v₁: the relative residual and Ritz value after 1…5 products
-    (``_subspace.eigenpairs`` capped there), and the products needed for tol from four starts:
+    (``_subspace.eigenpairs`` capped there), and the products needed for tol from these starts:
     v₁ (what the tracker does), v₁ extrapolated along the last move, v₁ + β(v₁ − v₀) (β = ½, 1),
     the block [v₁, v₀], and the blocks of the previous epoch's top 2 and top 3 eigenvectors
-    (computed with them to a relative residual of 1e-5: the directions that first-order
-    perturbation theory says the top eigenvector turns towards most, those of the nearest
-    eigenvalues). The overlaps |cos| of the new top eigenvector with the previous top 3 say
-    where it turned.
+    (computed at that epoch's weights to a relative residual of 1e-5, or at a 300-product cap,
+    printed: the directions that first-order perturbation theory says the top eigenvector turns
+    towards most, those of the nearest eigenvalues). The overlaps |cos| of the new top
+    eigenvector with the previous top 3 say where it turned.
     """
     import keras
 
