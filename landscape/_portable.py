@@ -255,15 +255,6 @@ class PortableEngine:
                 total = total + ops.cast(regularizer(value), total.dtype)
         return total
 
-    def _offset_args(self, offsets):
-        if offsets is not None:
-            return super()._offset_args(offsets)
-        key = tuple(str(d) for d in self._dtypes)  # a zero offset: the same arrays per dtypes
-        cached = self.__dict__.get("_w0_args")
-        if cached is None or cached[0] != key:
-            self._w0_args = (key, super()._offset_args(None))
-        return self._w0_args[1]
-
     def _values(self, coefficients, basis) -> list:
         """w0 + Σₖ cₖ bₖ of every variable, in one compiled call (eagerly, the five operations
         per variable cost more than a forward pass of a small model on JAX)."""

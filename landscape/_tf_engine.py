@@ -427,20 +427,14 @@ class TFConversions:
     def _coefficients(coefficients: np.ndarray):
         return tf.constant(np.asarray(coefficients, np.float64).reshape(-1))
 
-    def _offset_args(self, offsets):
-        """At w0 (``offsets`` None): no coefficient and an empty basis (k = 0, which the
-        signature's ``[None, ...]`` takes without a trace), so the function adds zeros made in
-        the graph: w + 0 = w, the numbers of a one-term zero offset, without building n zeros
-        on the host and multiplying them (ResNet-50, 64 images: the compiled forward pass
-        took 52 ms given k = 0 against 67 ms given a zero offset, and the zeros 18 ms)."""
-        if offsets is not None:
-            return super()._offset_args(offsets)
-        key = tuple(self._dtypes)
-        cached = self.__dict__.get("_w0_args")
-        if cached is None or cached[0] != key:
-            empty = [tf.zeros([0, *v.shape], d) for v, d in zip(self.variables, key)]
-            self._w0_args = (key, (tf.zeros([0], tf.float64), empty))
-        return self._w0_args[1]
+    def _w0_offset_args(self):
+        """At w0: no coefficient and an empty basis (k = 0, which the signature's
+        ``[None, ...]`` takes without a trace), so the function adds zeros made in the graph:
+        w + 0 = w, the numbers of a one-term zero offset, without building n zeros on the host
+        and multiplying them (ResNet-50, 64 images: the compiled forward pass took 52 ms given
+        k = 0 against 67 ms given a zero offset, and the zeros 18 ms)."""
+        empty = [tf.zeros([0, *v.shape], d) for v, d in zip(self.variables, self._dtypes)]
+        return tf.zeros([0], tf.float64), empty
 
 
 #: The engine's mixins, in the order ``Objective`` puts them before itself.

@@ -918,21 +918,31 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         return self._splits[split]
 
     def _offset_args(self, offsets):
-        """(coefficients [1.0], basis) of ``w0 + offsets`` for the engines' functions."""
-        if offsets is None:  # float zeros from the backend's allocator, which reuses memory
-            stacked = [_zeros([1, *v.shape], storage_dtype(v)) for v in self.variables]
-        else:
-            if isinstance(offsets, Direction):
-                offsets = offsets.aligned(self.variables)
-            if len(offsets) != len(self.variables):
-                raise ValueError(
-                    f"Argument `offsets` has {len(offsets)} entries; the objective has "
-                    f"{len(self.variables)} variables (see `Objective.variables`)."
-                )
-            _model_checks.check_offsets(self, offsets, "offsets")
-            # an array's leading axis as a view: one conversion to a tensor (in _tensors)
-            stacked = [o[None] if isinstance(o, np.ndarray) else keras.ops.expand_dims(o, 0)
-                       for o in offsets]  # fmt: skip
+        """(coefficients [1.0], basis) of ``w0 + offsets`` for the engines' functions; at w0
+        (``offsets`` None) the engine's ``_w0_offset_args``, made once per set of dtypes."""
+        if offsets is None:
+            key = tuple(str(d) for d in self._dtypes)
+            cached = self.__dict__.get("_w0_args")
+            if cached is None or cached[0] != key:
+                self._w0_args = (key, self._w0_offset_args())
+            return self._w0_args[1]
+        if isinstance(offsets, Direction):
+            offsets = offsets.aligned(self.variables)
+        if len(offsets) != len(self.variables):
+            raise ValueError(
+                f"Argument `offsets` has {len(offsets)} entries; the objective has "
+                f"{len(self.variables)} variables (see `Objective.variables`)."
+            )
+        _model_checks.check_offsets(self, offsets, "offsets")
+        # an array's leading axis as a view: one conversion to a tensor (in _tensors)
+        stacked = [o[None] if isinstance(o, np.ndarray) else keras.ops.expand_dims(o, 0)
+                   for o in offsets]  # fmt: skip
+        return self._coefficients(np.ones(1)), list(self._tensors(stacked, self._dtypes))
+
+    def _w0_offset_args(self):
+        """The arguments of a zero offset: one term of float zeros from the backend's
+        allocator, which reuses memory (``_tf_engine`` passes an empty basis instead)."""
+        stacked = [_zeros([1, *v.shape], storage_dtype(v)) for v in self.variables]
         return self._coefficients(np.ones(1)), list(self._tensors(stacked, self._dtypes))
 
     # -- conversions to the engine's tensors (``_tf_engine`` keeps TensorFlow's own) ---------
