@@ -84,11 +84,11 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from landscape import _checks
+from landscape import _checks, _model_checks
 from landscape._forms import unpack
 from landscape._progress import finish, progbar
-from landscape.directions import Direction, float_variables
-from landscape.objective import Objective
+from landscape.directions import Direction, float_variables, storage_dtype
+from landscape.objective import Basis, Objective
 from landscape.surface import Surface
 from sam import _compat
 from sam._backend import adapter
@@ -348,8 +348,9 @@ class _Pair:
         self._bn_fn = None
 
     # -- BatchNorm statistics at given trainable weights
-    def bn_statistics(self, weights: Sequence[np.ndarray], batches) -> dict[int, np.ndarray]:
-        """{slot in ``non_trainable``: recomputed statistic} at trainable ``weights``.
+    def bn_statistics(self, weights: Sequence, batches) -> dict[int, np.ndarray]:
+        """{slot in ``non_trainable``: recomputed statistic} at trainable ``weights`` (arrays,
+        or the backend's tensors in the variables' dtypes).
 
         ``batches`` yields input batches x; see the module docstring for the method.
         """
@@ -364,7 +365,8 @@ class _Pair:
 
             self._bn_fn = adapter().compile_step(run)
         trainable = [
-            _tensor(np.asarray(w).astype(v.dtype)) for w, v in zip(weights, self.trainable)
+            w if keras.ops.is_tensor(w) else _tensor(np.asarray(w).astype(v.dtype))
+            for w, v in zip(weights, self.trainable)
         ]
         nt = [_tensor(a) for a in self.nt_values]
         for i, _ in self.bn:
@@ -586,10 +588,28 @@ class _Evaluator:
         self.bn_slots = {i: index[id(pair.non_trainable[i])] for i, _ in pair.bn}
         self.recompute = recompute and bool(pair.bn)
         self._bn_data = _training_dataset(data, bn_batch_size, None, shuffle=False)
+        self._held = None  # (bend, its basis)
 
     def _batches(self):
         for batch in self._bn_data:
             yield _split_batch(batch)[0]
+
+    def _statistics(self, weights, s: float) -> dict[int, np.ndarray]:
+        """The BatchNorm moving statistics at trainable ``weights`` (see ``at``)."""
+        if self.recompute:
+            return self.pair.bn_statistics(weights, self._batches)
+        a, b = self.pair.nt_values, self.pair.nt_values_b
+        return {
+            i: (1 - s) * a[i].astype(np.float64) + s * b[i].astype(np.float64)
+            for i, _ in self.pair.bn
+        }
+
+    def _values(self, offsets) -> dict[str, float]:
+        out = {}
+        for split in self.objective.splits:
+            for name, value in self.objective.evaluate(offsets, split=split).items():
+                out[f"{split}_{name}"] = value
+        return out
 
     def at(self, weights: Sequence[np.ndarray], s: float) -> dict[str, float]:
         """The values at trainable ``weights``; without recomputation the BatchNorm moving
@@ -598,22 +618,80 @@ class _Evaluator:
         offsets = [np.zeros(w.shape, np.float64) for w in self.w0]
         for slot, w in zip(self.trainable_slots, weights):
             offsets[slot] = np.asarray(w, np.float64) - self.w0[slot]
-        if self.recompute:
-            stats = self.pair.bn_statistics(weights, self._batches)
-        else:
-            a, b = self.pair.nt_values, self.pair.nt_values_b
-            stats = {
-                i: (1 - s) * a[i].astype(np.float64) + s * b[i].astype(np.float64)
-                for i, _ in self.pair.bn
-            }
-        for i, stat in stats.items():
+        for i, stat in self._statistics(weights, s).items():
             slot = self.bn_slots[i]
             offsets[slot] = stat - self.w0[slot]
+        return self._values(offsets)
+
+    def along(self, c_bend: float, c_b: float, bend: Sequence[np.ndarray], s: float) -> dict:
+        """The values at w_a + ``c_bend`` (θ − w_a) + ``c_b`` (w_b − w_a), θ = ``bend``,
+        BatchNorm statistics as ``at``'s: the straight line at t is (0, t), the curve
+        (c_θ(t), c_b(t)) (Σ c = 1, so this is φ(t)).
+
+        The point is an Objective basis point (``evaluate_at``), as a surface point is: the
+        rows θ − w_a and w_b − w_a (rounded once to the variables' dtypes, converted to
+        tensors once) and a third row that carries the BatchNorm statistics' offsets of the
+        point; the compiled pass adds them to w0 = w_a, so no host arithmetic or conversion of
+        every variable is made at a point. The weights are w_a + c_θ·d_θ + c_b·d_b in the
+        variables' dtype where ``at`` rounds the float64 φ(t) once: they agree to the
+        variables' rounding (exactly at t = 0 and t = 1), and the BatchNorm statistics are
+        recomputed at the weights evaluated.
+        """
+        basis = self._basis(bend)
+        coefficients = np.array([c_bend, c_b, 1.0])
+        weights = self._weights(coefficients, basis) if self.recompute else None
+        stats = self._statistics(weights, s)
+        if stats:
+            offsets: list = [np.zeros(())] * len(self.w0)
+            rows = {}
+            for i, stat in stats.items():
+                slot = self.bn_slots[i]
+                offsets[slot] = stat - self.w0[slot]
+                rows[slot] = np.stack([np.zeros_like(offsets[slot])] * 2 + [offsets[slot]])
+            _model_checks.check_offsets(self.objective, offsets, "offsets")
+            tensors = list(basis.tensors)
+            dtypes = [self.objective._dtypes[slot] for slot in rows]
+            for slot, tensor in zip(rows, self.objective._tensors(list(rows.values()), dtypes)):
+                tensors[slot] = tensor
+            basis = Basis(tuple(tensors), 3)
         out = {}
         for split in self.objective.splits:
-            for name, value in self.objective.evaluate(offsets, split=split).items():
+            values = self.objective.evaluate_at(coefficients, basis, split=split)
+            for name, value in values.items():
                 out[f"{split}_{name}"] = value
         return out
+
+    def _basis(self, bend) -> Basis:
+        """Rows (θ − w_a, w_b − w_a, 0) of every variable (trainable; 0 elsewhere), stored as
+        a direction is (``storage_dtype``) and converted once per bend."""
+        if self._held is not None and self._held[0] is bend:
+            return self._held[1]
+        w_a, w_b = self.pair.w_a, self.pair.w_b
+        trainable = dict(zip(self.trainable_slots, range(len(w_a))))
+        stacked = []
+        for slot, (w0, v) in enumerate(zip(self.w0, self.objective.variables)):
+            row = np.zeros((3, *w0.shape), storage_dtype(v))
+            if slot in trainable:
+                i = trainable[slot]
+                if not np.array_equal(w_a[i], w0):  # w0 is model_a's: read at once, never set
+                    raise RuntimeError(f"model_a's variable {v.path!r} changed during connect.")
+                row[0] = np.asarray(bend[i], np.float64) - w0
+                row[1] = w_b[i].astype(np.float64) - w0
+            stacked.append(row)
+        _model_checks.check_offsets(self.objective, [r[0] for r in stacked], "offsets")
+        _model_checks.check_offsets(self.objective, [r[1] for r in stacked], "offsets")
+        basis = Basis(self.objective._tensors(stacked, self.objective._dtypes), 3)
+        self._held = (bend, basis)
+        return basis
+
+    def _weights(self, coefficients, basis) -> list:
+        """The trainable weights at ``coefficients`` of ``basis``, in the variables' dtypes,
+        by the Objective's own w0 + Σₖ cₖ bₖ (``Objective._values_at``)."""
+        values = self.objective._values_at(coefficients, basis)
+        return [
+            keras.ops.cast(values[slot], v.dtype)
+            for slot, v in zip(self.trainable_slots, self.pair.trainable)
+        ]
 
 
 def _t_grid(t, points) -> np.ndarray:
@@ -630,14 +708,10 @@ def _evaluate_paths(evaluator, pair, bend, grid, curve, verbose):
     bar = progbar(2 * len(grid), verbose, unit="point")
     done = 0
     for s in grid:
-        at_linear = [(1 - s) * a.astype(np.float64) + s * b for a, b in zip(pair.w_a, pair.w_b)]
-        row_linear = evaluator.at(at_linear, s)
+        row_linear = evaluator.along(0.0, s, bend, s)
         ends = s in (0.0, 1.0)
-        row_curve = (
-            row_linear
-            if ends
-            else evaluator.at(curve_weights(pair.w_a, bend, pair.w_b, s, curve=curve), s)
-        )
+        _, c_bend, c_b = curve_coefficients(s, curve)
+        row_curve = row_linear if ends else evaluator.along(c_bend, c_b, bend, s)
         for path, row in (("linear", row_linear), ("curve", row_curve)):
             for k, v in row.items():
                 values[path].setdefault(k, []).append(v)
