@@ -38,11 +38,12 @@ the time NumPy takes to draw its Gaussian perturbations alone shown apart),
 m-sharpness (m = 16, the bare passes on 16 images; timed after one call that traces its shared
 per-batch functions, whose one-off time is shown as "first call"), the tracker's probe (a
 ``SharpnessTracker`` on a 2-epoch fit of a copy of the model; the probes after the first), a
-``connect`` point (the marginal time of 6 more evaluated points, so the curve's set-up is not
-counted), per-layer curvature of two layers, and the CLI's ``surface``, ``hessian``,
-``sharpness`` and ``connect`` commands in process (click's CliRunner) on the saved model and an
-``.npz`` of the same images: each run at two sizes, giving the marginal ratio per pass and the
-fixed start-up (loading the model and data, building and tracing the Objective).
+``connect`` point (its evaluations after the first, each timed inside one call of 9 points,
+so the curve's set-up, the basis and the traces are not counted), per-layer curvature of two
+layers, and the CLI's ``surface``, ``hessian``, ``sharpness`` and ``connect`` commands in
+process (click's CliRunner) on the saved model and an ``.npz`` of the same images: each run at
+two sizes, giving the marginal ratio per pass and the fixed start-up (loading the model and
+data, building and tracing the Objective).
 
 Like the other benchmarks (``_common.py``), TensorFlow runs with ``TF_ENABLE_ONEDNN_OPTS=0``
 unless the variable is set. Each model runs in its own process. About 3 minutes for ``cnn`` and
@@ -370,17 +371,29 @@ def probe_times(model, x, y, small: bool):
 
 
 def connect_marginal(model, x, y):
-    """(seconds, passes) of 6 more evaluated points of ``connect`` (points 3 → 9)."""
+    """(seconds, passes) of a ``connect`` call's evaluated points after its first (9 points:
+    16 evaluations, 15 timed), timed around each evaluation inside the call."""
     import landscape
+    from landscape import connectivity
 
     twin = copy_of(model, 0.01, seed=1)
-    out = []
-    for points in (3, 9):
+    rows = []
+    along = connectivity._Evaluator.along
+
+    def timed(evaluator, *args):
         before, start = COUNTING.snapshot(), time.perf_counter()
-        landscape.connect(model, twin, (x, y), epochs=0, points=points, batch_size=N,
+        out = along(evaluator, *args)
+        rows.append((time.perf_counter() - start, COUNTING.snapshot() - before))
+        return out
+
+    connectivity._Evaluator.along = timed
+    try:
+        landscape.connect(model, twin, (x, y), epochs=0, points=9, batch_size=N,
                           eval_batch_size=N)  # fmt: skip
-        out.append((time.perf_counter() - start, COUNTING.snapshot() - before))
-    return out[1][0] - out[0][0], out[1][1] - out[0][1]
+    finally:
+        connectivity._Evaluator.along = along
+    later = rows[1:]  # the first builds the basis and traces the functions
+    return sum(t for t, _ in later), sum((c for _, c in later), collections.Counter())
 
 
 def run_analysis(fn, bare: Bare, size: int) -> tuple[float, collections.Counter, float]:

@@ -133,14 +133,6 @@ class TFBatchLoop:
             for v, b in zip(self.variables, basis)
         ]
 
-    def _values_fn(self):
-        """``_values`` compiled once (eagerly, TensorFlow's ``tensordot`` of a ResNet-50 basis
-        took longer than the whole compiled forward pass)."""
-        fn = self._value_fns.get(("values",))
-        if fn is None:
-            fn = self._value_fns[("values",)] = _compiled(self._values, self._signature())
-        return fn
-
     def _signature(self):
         return [
             tf.TensorSpec([None], tf.float64),

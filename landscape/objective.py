@@ -1000,17 +1000,6 @@ class Objective(_Construction, _GaussNewtonLoop, _ModelRunner):
         self._count_pass("forward")
         return self._to_float(self._value_fn(split)(coefficients, list(basis.tensors))[0])
 
-    def _values_at(self, coefficients: Sequence[float], basis: Basis) -> list:
-        """The values of ``self.variables`` at ``w0 + Σₖ coefficients[k] · basis[k]``, in
-        the dtypes the analysis reads them in, as every pass computes them (a tensor of the
-        backend each); no pass is counted."""
-        coefficients = self._coefficients(np.asarray(coefficients, np.float64).reshape(-1))
-        return list(self._values_fn()(coefficients, list(basis.tensors)))
-
-    def _values_fn(self):
-        """The function of ``_values_at`` (the portable engine's ``_values`` is compiled)."""
-        return self._values
-
     def value_and_gradient(
         self, offsets=None, *, split: Split = "train"
     ) -> tuple[dict[str, float], list]:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import landscape
 from landscape.cli import main
 from landscape.connectivity import (
+    _Evaluator,
     _Pair,
     _training_dataset,
     barrier,
@@ -198,6 +199,36 @@ def test_batchnorm_statistics_recomputed_along_the_curve(xy):
     # at t = 0 the statistics are recomputed, not model_a's moving averages
     own, _ = model_a.evaluate(*xy, batch_size=96, verbose=0)
     assert res.linear["train_loss"][0] != pytest.approx(own, rel=1e-6)
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_a_basis_point_is_the_host_point_at_the_ends_and_to_rounding_between(xy, recompute):
+    """A path point of ``connect`` (``_Evaluator.along``: w_a + c_θ(θ − w_a) + c_b(w_b − w_a)
+    added in the compiled pass) against ``at`` of φ(t) made on the host in float64: the same
+    numbers to the bit at t = 0 and 1 without recomputed BatchNorm statistics (the same
+    weights), to the weights' rounding elsewhere (``along`` recomputes the statistics at the
+    weights it evaluates, ``at`` at φ(t) rounded once)."""
+    model_a = _trained(xy, 0, batch_norm=True)
+    model_b = _trained(xy, 1, batch_norm=True)
+    pair = _Pair(model_a, model_b)
+    evaluator = _Evaluator(pair, xy, xy, batch_size=40, bn_batch_size=40, loss=None,
+                           recompute=recompute)  # fmt: skip
+    rng = np.random.default_rng(5)
+    bend = [(a + rng.normal(0, 0.3, a.shape)).astype(a.dtype) for a in pair.w_a]
+    pairs = []
+    for t in (0.0, 1.0):
+        host = [(1 - t) * a.astype(np.float64) + t * b for a, b in zip(pair.w_a, pair.w_b)]
+        pairs.append((evaluator.along(0.0, t, bend, t), evaluator.at(host, t)))
+        if not recompute:
+            assert pairs[-1][0] == pairs[-1][1]
+    for t, curve in ((0.3, "bezier"), (0.7, "polychain")):
+        _, c_bend, c_b = curve_coefficients(t, curve)
+        want = evaluator.at(curve_weights(pair.w_a, bend, pair.w_b, t, curve=curve), t)
+        pairs.append((evaluator.along(c_bend, c_b, bend, t), want))
+    for got, want in pairs:
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7)
 
 
 def test_bad_arguments_name_the_argument(xy):

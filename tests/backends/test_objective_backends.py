@@ -234,22 +234,6 @@ def test_surface_points_equal_evaluate_at_assigned_weights_and_leave_weights_alo
     assert landscape.Surface.load(tmp_path / "s.h5").metadata["backend"] == BACKEND
 
 
-def test_the_values_at_a_basis_point_are_w0_plus_the_combination_by_numpy(problem):
-    """``_values_at`` (connect's BatchNorm passes take their weights from it) gives
-    w0 + Σₖ cₖ bₖ of every variable as NumPy computes it in float32, and counts no pass."""
-    model, xyw, _ = problem
-    obj = landscape.Objective(model, xyw)
-    rng = np.random.default_rng(3)
-    rows = [rng.normal(size=(3, *v.shape)).astype("float32") for v in obj.variables]
-    basis = landscape.objective.Basis(obj._tensors(rows, obj._dtypes), 3)
-    c = np.array([0.25, -1.5, 1.0])
-    before = dict(obj.passes)
-    for value, v, b in zip(obj._values_at(c, basis), obj.variables, rows):
-        want = keras.ops.convert_to_numpy(v.value) + np.tensordot(c.astype(np.float32), b, axes=1)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(value), want, rtol=1e-6, atol=1e-6)
-    assert dict(obj.passes) == before
-
-
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="float64 runs on TensorFlow")
 def test_float64_is_refused_off_tensorflow_in_one_sentence(problem):
     model, batch, _ = problem
