@@ -404,10 +404,21 @@ def test_report_without_hessian_is_flat_json_floats(bn_objective):
     evaluated = bn_objective.evaluate()
     assert report["loss"] == evaluated["loss"]
     assert report["acc"] == evaluated["acc"]
-    seeded = landscape.worst_case_sharpness(
-        bn_objective, sharpness.REPORT_RHO["worst_l2"], steps=3, seed=0
-    )
-    assert report["worst_l2"] == seeded.value
+    # every ball measure of the report equals the measure called alone
+    for name in ("worst_l2", "worst_l2_adaptive", "worst_linf_adaptive"):
+        _, norm, adaptive = sharpness._report_metric(name)
+        seeded = landscape.worst_case_sharpness(
+            bn_objective, sharpness.REPORT_RHO[name], steps=3, seed=0, norm=norm,
+            adaptive=adaptive,
+        )  # fmt: skip
+        assert report[name] == seeded.value
+    for name in ("average_l2", "average_l2_adaptive"):
+        _, norm, adaptive = sharpness._report_metric(name)
+        alone = landscape.average_sharpness(
+            bn_objective, sharpness.REPORT_RHO[name], samples=3, seed=0, norm=norm,
+            adaptive=adaptive,
+        )  # fmt: skip
+        assert (report[name], report[f"{name}_stderr"]) == (alone.value, alone.stderr)
 
 
 def test_report_records_the_precision_it_was_computed_in(bn_objective):
