@@ -91,7 +91,7 @@ from landscape import _checks, _model_checks
 from landscape._forms import unpack
 from landscape._progress import finish, progbar
 from landscape.directions import Direction, float_variables, storage_dtype
-from landscape.objective import Basis, Objective
+from landscape.objective import _SIGNIFICAND_BITS, Basis, Objective
 from landscape.surface import Surface
 from sam import _compat
 from sam._backend import adapter
@@ -629,7 +629,6 @@ class _Evaluator:
         self.bn_slots = {i: index[id(pair.non_trainable[i])] for i, _ in pair.bn}
         self.recompute = recompute and bool(pair.bn)
         self._bn_data = _training_dataset(data, bn_batch_size, None, shuffle=False)
-        self._held = None  # (bend, its basis)
         self._w0 = None
 
     def _batches(self):
@@ -637,7 +636,9 @@ class _Evaluator:
             yield _split_batch(batch)[0]
 
     def _statistics(self, weights, s: float) -> dict[int, np.ndarray]:
-        """The BatchNorm moving statistics at trainable ``weights`` (see ``at``)."""
+        """The BatchNorm moving statistics at trainable ``weights`` (a ``_Point``), or without
+        recomputation (1 − s)·model_a's + s·model_b's (s = 0: model_a's own, s = 1: model_b's).
+        """
         if self.recompute:
             return self.pair.bn_statistics(weights, self._batches)
         a, b = self.pair.nt_values, self.pair.nt_values_b
@@ -646,43 +647,22 @@ class _Evaluator:
             for i, _ in self.pair.bn
         }
 
-    def _values(self, offsets) -> dict[str, float]:
-        out = {}
-        for split in self.objective.splits:
-            for name, value in self.objective.evaluate(offsets, split=split).items():
-                out[f"{split}_{name}"] = value
-        return out
-
-    def at(self, weights: Sequence[np.ndarray], s: float) -> dict[str, float]:
-        """The values at trainable ``weights``; without recomputation the BatchNorm moving
-        statistics are (1 − s)·model_a's + s·model_b's (s = 0: model_a's own, s = 1:
-        model_b's)."""
-        offsets = [np.zeros(w.shape, np.float64) for w in self.w0]
-        for slot, w in zip(self.trainable_slots, weights):
-            offsets[slot] = np.asarray(w, np.float64) - self.w0[slot]
-        for i, stat in self._statistics(weights, s).items():
-            slot = self.bn_slots[i]
-            offsets[slot] = stat - self.w0[slot]
-        return self._values(offsets)
-
-    def along(self, c_bend: float, c_b: float, bend: Sequence[np.ndarray], s: float) -> dict:
-        """The values at w_a + ``c_bend`` (θ − w_a) + ``c_b`` (w_b − w_a), θ = ``bend``,
-        BatchNorm statistics as ``at``'s: the straight line at t is (0, t), the curve
-        (c_θ(t), c_b(t)) (Σ c = 1, so this is φ(t)).
+    def along(self, c1: float, c2: float, basis: Basis, s: float) -> dict[str, float]:
+        """The values at w_a + ``c1``·d₁ + ``c2``·d₂ for the rows d₁, d₂ of ``basis`` (from
+        ``rows`` or ``path_basis``), BatchNorm statistics at ``s`` (see ``_statistics``).
 
         The point is an Objective basis point (``evaluate_at``), as a surface point is: the
-        rows θ − w_a and w_b − w_a (rounded once to the variables' dtypes, converted to
-        tensors once) and a third row that carries the BatchNorm statistics' offsets of the
-        point; the compiled pass adds them to w0 = w_a, so no host arithmetic or conversion of
-        every variable is made at a point (ResNet-50: 0.26–0.31 s a point against 0.16 s of
-        its two passes, before). The weights are w_a + c_θ·d_θ + c_b·d_b in the variables'
-        dtype where ``at`` offsets w0 by the float64 φ(t) − w0 rounded once: they agree to a
-        few units of the dtype's last place (the losses of 6 test models to 8e-8 relative;
-        at t = 0 and 1 the weights are ``at``'s to the bit), and the BatchNorm statistics are
-        recomputed at the very weights evaluated (``at``: at φ(t) rounded once).
+        rows (rounded once to the variables' dtypes, converted to tensors once) and a third
+        row that carries the BatchNorm statistics' offsets of the point; the compiled pass adds
+        them to w0 = w_a, so no host arithmetic or conversion of every variable is made at a
+        point (ResNet-50: a path point's weights and offsets made on the host in float64 took
+        0.26–0.31 s against 0.16 s of its two passes). The weights are w_a + c₁d₁ + c₂d₂ in
+        the variables' dtype, where offsetting w0 by the float64 φ(t) − w0 rounded once gives
+        the same numbers to a few units of the dtype's last place (tests/test_connectivity.py:
+        to the bit at t = 0 and 1); recomputed BatchNorm statistics are taken at the very
+        weights evaluated.
         """
-        basis = self._basis(bend)
-        coefficients = np.array([c_bend, c_b, 1.0])
+        coefficients = np.array([c1, c2, 1.0])
         point = None
         if self.recompute:
             rows = [basis.tensors[slot] for slot in self.trainable_slots]
@@ -708,28 +688,35 @@ class _Evaluator:
                 out[f"{split}_{name}"] = value
         return out
 
-    def _basis(self, bend) -> Basis:
-        """Rows (θ − w_a, w_b − w_a, 0) of every variable (trainable; 0 elsewhere), stored as
-        a direction is (``storage_dtype``) and converted once per bend."""
-        if self._held is not None and self._held[0] is bend:
-            return self._held[1]
-        w_a, w_b = self.pair.w_a, self.pair.w_b
-        trainable = dict(zip(self.trainable_slots, range(len(w_a))))
+    def rows(self, first: Sequence, second: Sequence) -> Basis:
+        """The basis of rows (``first``, ``second``, 0) of every variable: arrays aligned with
+        the trainable weights (0 on the others), stored as a direction is (``storage_dtype``:
+        rounded once) and converted to tensors once."""
+        trainable = dict(zip(self.trainable_slots, range(len(self.trainable_slots))))
         stacked = []
         for slot, (w0, v) in enumerate(zip(self.w0, self.objective.variables)):
             row = np.zeros((3, *w0.shape), storage_dtype(v))
             if slot in trainable:
-                i = trainable[slot]
-                if not np.array_equal(w_a[i], w0):  # w0 is model_a's: read at once, never set
-                    raise RuntimeError(f"model_a's variable {v.path!r} changed during connect.")
-                row[0] = np.asarray(bend[i], np.float64) - w0
-                row[1] = w_b[i].astype(np.float64) - w0
+                row[0], row[1] = first[trainable[slot]], second[trainable[slot]]
             stacked.append(row)
         _model_checks.check_offsets(self.objective, [r[0] for r in stacked], "offsets")
         _model_checks.check_offsets(self.objective, [r[1] for r in stacked], "offsets")
-        basis = Basis(self.objective._tensors(stacked, self.objective._dtypes), 3)
-        self._held = (bend, basis)
-        return basis
+        return Basis(self.objective._tensors(stacked, self.objective._dtypes), 3)
+
+    def path_basis(self, bend) -> Basis:
+        """``rows`` θ − w_a and w_b − w_a (in float64, then rounded), so that the curve at t
+        is ``along(c_θ(t), c_b(t))`` and the straight line ``along(0, t)`` (Σ c = 1)."""
+        w_a, w_b = self.pair.w_a, self.pair.w_b
+        for slot, a in zip(self.trainable_slots, w_a):
+            if not np.array_equal(a, self.w0[slot]):  # w0 is model_a's, read at once, never set
+                raise RuntimeError(
+                    f"model_a's variable {self.objective.variables[slot].path!r} changed "
+                    "while connect ran."
+                )
+        return self.rows(
+            [np.asarray(m, np.float64) - a for m, a in zip(bend, w_a)],
+            [b.astype(np.float64) - a for a, b in zip(w_a, w_b)],
+        )
 
     def _w0_tensors(self) -> list:
         """w0 of the trainable variables as the backend's tensors (once)."""
@@ -751,11 +738,12 @@ def _evaluate_paths(evaluator, pair, bend, grid, curve, verbose):
     values: dict[str, dict[str, list[float]]] = {"linear": {}, "curve": {}}
     bar = progbar(2 * len(grid), verbose, unit="point")
     done = 0
+    basis = evaluator.path_basis(bend)
     for s in grid:
-        row_linear = evaluator.along(0.0, s, bend, s)
+        row_linear = evaluator.along(0.0, s, basis, s)
         ends = s in (0.0, 1.0)
         _, c_bend, c_b = curve_coefficients(s, curve)
-        row_curve = row_linear if ends else evaluator.along(c_bend, c_b, bend, s)
+        row_curve = row_linear if ends else evaluator.along(c_bend, c_b, basis, s)
         for path, row in (("linear", row_linear), ("curve", row_curve)):
             for k, v in row.items():
                 values[path].setdefault(k, []).append(v)
@@ -893,10 +881,19 @@ def _plane_basis(pair: _Pair, theta):
     mx = float(m @ u)
     rest = m - mx * u
     my = float(np.linalg.norm(rest))
-    if my <= 1e-12 * length:
+    # θ is held in the weights' dtypes: an off-line part within its rounding (unit roundoff ×
+    # ‖θ‖, 4 times) is that rounding, and v would be a direction of noise (the untrained bend,
+    # the midpoint (w_a + w_b)/2 rounded to float32, gave ResNet-50 a residual of 1.4e-7 ×
+    # ‖w_b − w_a‖, which 1e-12 × ‖w_b − w_a‖ let through)
+    roundoff = max(2.0 ** -_SIGNIFICAND_BITS.get(keras.backend.standardize_dtype(v.dtype), 53)
+                   for v in pair.trainable)  # fmt: skip
+    noise = 4 * roundoff * float(np.linalg.norm(m + a))
+    if my <= max(1e-12 * length, noise):
         raise ValueError(
             "Argument `result` must have a bend off the straight line (train the curve, "
-            "epochs >= 1): the plane through three collinear points is not defined."
+            "epochs >= 1): the plane through three collinear points is not defined. "
+            f"Received: a bend {my:.3g} off the line, within the rounding of its weights "
+            f"({noise:.3g})."
         )
     return a, u, rest / my, length, (mx, my)
 
@@ -967,12 +964,18 @@ def connection_plane(
     )  # fmt: skip
     shapes, sizes = [w.shape for w in pair.w_a], [w.size for w in pair.w_a]
     bounds = np.cumsum(sizes)[:-1]
+
+    def split(flat):
+        return [p.reshape(s) for p, s in zip(np.split(flat, bounds), shapes)]
+
+    for slot, w in zip(evaluator.trainable_slots, split(a)):
+        if not np.array_equal(w, evaluator.w0[slot]):
+            raise RuntimeError("model_a's weights changed while connection_plane ran.")
+    basis = evaluator.rows(split(u), split(v))  # (x, y) is w_a + x u + y v
     values: dict[str, np.ndarray] = {}
     for iy, y in enumerate(ys):
         for ix, x in enumerate(xs):
-            w = a + x * u + y * v
-            weights = [p.reshape(s) for p, s in zip(np.split(w, bounds), shapes)]
-            row = evaluator.at(weights, min(max(x / length, 0.0), 1.0))
+            row = evaluator.along(x, y, basis, min(max(x / length, 0.0), 1.0))
             for k, val in row.items():
                 values.setdefault(k, np.full((points, points), np.nan))[iy, ix] = val
     s = np.linspace(0.0, 1.0, CURVE_DRAW_POINTS)

@@ -201,13 +201,37 @@ def test_batchnorm_statistics_recomputed_along_the_curve(xy):
     assert res.linear["train_loss"][0] != pytest.approx(own, rel=1e-6)
 
 
+def _host_point(evaluator, pair, weights, t, recompute):
+    """The values at trainable ``weights`` (float64 arrays) by host offsets from w0, each
+    rounded once: φ − w0 on the trainable variables, the BatchNorm statistics recomputed at
+    ``weights`` or interpolated at ``t``, ``Objective.evaluate``."""
+    objective = evaluator.objective
+    offsets = [np.zeros(w.shape, np.float64) for w in evaluator.w0]
+    for slot, w in zip(evaluator.trainable_slots, weights):
+        offsets[slot] = w - evaluator.w0[slot]
+    if recompute:
+        stats = pair.bn_statistics(weights, evaluator._batches)
+    else:
+        a, b = pair.nt_values, pair.nt_values_b
+        stats = {
+            i: (1 - t) * a[i].astype(np.float64) + t * b[i].astype(np.float64) for i, _ in pair.bn
+        }
+    for i, stat in stats.items():
+        offsets[evaluator.bn_slots[i]] = stat - evaluator.w0[evaluator.bn_slots[i]]
+    return {
+        f"{split}_{name}": value
+        for split in objective.splits
+        for name, value in objective.evaluate(offsets, split=split).items()
+    }
+
+
 @pytest.mark.parametrize("recompute", [True, False])
 def test_a_basis_point_is_the_host_point_at_the_ends_and_to_rounding_between(xy, recompute):
-    """A path point of ``connect`` (``_Evaluator.along``: w_a + c_θ(θ − w_a) + c_b(w_b − w_a)
-    added in the compiled pass) against ``at`` of φ(t) made on the host in float64: the same
+    """A point of ``connect`` and ``connection_plane`` (``_Evaluator.along``: w_a plus two
+    rows added in the compiled pass) against host offsets of φ(t) made in float64: the same
     numbers to the bit at t = 0 and 1 without recomputed BatchNorm statistics (the same
     weights), to the weights' rounding elsewhere (``along`` recomputes the statistics at the
-    weights it evaluates, ``at`` at φ(t) rounded once)."""
+    weights it evaluates, the host point at φ(t) rounded once)."""
     model_a = _trained(xy, 0, batch_norm=True)
     model_b = _trained(xy, 1, batch_norm=True)
     pair = _Pair(model_a, model_b)
@@ -215,20 +239,43 @@ def test_a_basis_point_is_the_host_point_at_the_ends_and_to_rounding_between(xy,
                            recompute=recompute)  # fmt: skip
     rng = np.random.default_rng(5)
     bend = [(a + rng.normal(0, 0.3, a.shape)).astype(a.dtype) for a in pair.w_a]
+    basis = evaluator.path_basis(bend)
     pairs = []
     for t in (0.0, 1.0):
         host = [(1 - t) * a.astype(np.float64) + t * b for a, b in zip(pair.w_a, pair.w_b)]
-        pairs.append((evaluator.along(0.0, t, bend, t), evaluator.at(host, t)))
+        pairs.append((evaluator.along(0.0, t, basis, t), _host_point(evaluator, pair, host, t,
+                                                                     recompute)))  # fmt: skip
         if not recompute:
             assert pairs[-1][0] == pairs[-1][1]
     for t, curve in ((0.3, "bezier"), (0.7, "polychain")):
         _, c_bend, c_b = curve_coefficients(t, curve)
-        want = evaluator.at(curve_weights(pair.w_a, bend, pair.w_b, t, curve=curve), t)
-        pairs.append((evaluator.along(c_bend, c_b, bend, t), want))
+        phi = curve_weights(pair.w_a, bend, pair.w_b, t, curve=curve)
+        pairs.append((evaluator.along(c_bend, c_b, basis, t),
+                      _host_point(evaluator, pair, phi, t, recompute)))  # fmt: skip
+    # a plane point: w_a + x u + y v for two directions of the trainable weights
+    u = [rng.normal(0, 0.1, a.shape) for a in pair.w_a]
+    v = [rng.normal(0, 0.1, a.shape) for a in pair.w_a]
+    plane = evaluator.rows(u, v)
+    phi = [a + 0.7 * p - 1.3 * q for a, p, q in zip(pair.w_a, u, v)]
+    pairs.append((evaluator.along(0.7, -1.3, plane, 0.4),
+                  _host_point(evaluator, pair, phi, 0.4, recompute)))  # fmt: skip
     for got, want in pairs:
         assert got.keys() == want.keys()
         for key in want:
             assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("curve", ["bezier", "polychain"])
+def test_a_plane_through_an_untrained_bend_is_refused_not_drawn_on_its_rounding(xy, curve):
+    """The untrained bend is the midpoint rounded to float32: off the line only by rounding,
+    so the plane's second direction would be noise; one sentence names ``result``."""
+    model_a, model_b = _mlp(0), _mlp(1)
+    res = landscape.connect(model_a, model_b, xy, curve=curve, epochs=0, points=3)
+    bend = res.bend.aligned(model_a.trainable_variables)
+    mid = [(a.astype(np.float64) + b) / 2 for a, b in zip(_weights(model_a), _weights(model_b))]
+    assert not all(np.array_equal(p, q) for p, q in zip(bend, mid))  # rounded: off the line
+    with pytest.raises(ValueError, match=r"Argument `result` must have a bend off the straight"):
+        landscape.connection_plane(model_a, model_b, res, xy, points=2)
 
 
 def test_bad_arguments_name_the_argument(xy):
