@@ -349,6 +349,7 @@ class _Pair:
             )
         )
         self._bn_fns: dict = {}
+        self._bn_nt: list | None = None
 
     # -- BatchNorm statistics at given trainable weights
     def bn_statistics(self, weights: Sequence, batches) -> dict[int, np.ndarray]:
@@ -367,9 +368,11 @@ class _Pair:
                 _tensor(np.asarray(w).astype(v.dtype)) for w, v in zip(weights, self.trainable)
             ]
             args = (trainable,)
-        nt = [_tensor(a) for a in self.nt_values]
-        for i, _ in self.bn:
-            nt[i] = _tensor(np.zeros_like(self.nt_values[i]))
+        if self._bn_nt is None:  # model_a's non-trainable values, the statistics zero (once)
+            self._bn_nt = [_tensor(a) for a in self.nt_values]
+            for i, _ in self.bn:
+                self._bn_nt[i] = _tensor(np.zeros_like(self.nt_values[i]))
+        nt = self._bn_nt
         sums = [np.zeros(self.nt_values[i].shape, np.float64) for i, _ in self.bn]
         total = 0
         for x in batches():
