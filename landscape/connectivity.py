@@ -353,8 +353,8 @@ class _Pair:
 
     # -- BatchNorm statistics at given trainable weights
     def bn_statistics(self, weights: Sequence, batches) -> dict[int, np.ndarray]:
-        """{slot in ``non_trainable``: recomputed statistic} at trainable ``weights`` (arrays,
-        or the backend's tensors in the variables' dtypes).
+        """{slot in ``non_trainable``: recomputed statistic} at trainable ``weights``: arrays
+        aligned with the trainable variables, or a ``_Point`` (made inside the compiled call).
 
         ``batches`` yields input batches x; see the module docstring for the method.
         """
@@ -632,7 +632,7 @@ class _Evaluator:
         self.bn_slots = {i: index[id(pair.non_trainable[i])] for i, _ in pair.bn}
         self.recompute = recompute and bool(pair.bn)
         self._bn_data = _training_dataset(data, bn_batch_size, None, shuffle=False)
-        self._w0 = None
+        self._w0_trainable = None
 
     def _batches(self):
         for batch in self._bn_data:
@@ -723,9 +723,9 @@ class _Evaluator:
 
     def _w0_tensors(self) -> list:
         """w0 of the trainable variables as the backend's tensors (once)."""
-        if self._w0 is None:
-            self._w0 = [_tensor(self.w0[slot]) for slot in self.trainable_slots]
-        return self._w0
+        if self._w0_trainable is None:
+            self._w0_trainable = [_tensor(self.w0[slot]) for slot in self.trainable_slots]
+        return self._w0_trainable
 
 
 def _t_grid(t, points) -> np.ndarray:
