@@ -349,7 +349,6 @@ class _Pair:
             )
         )
         self._bn_fns: dict = {}
-        self._bn_nt: list | None = None
 
     # -- BatchNorm statistics at given trainable weights
     def bn_statistics(self, weights: Sequence, batches) -> dict[int, np.ndarray]:
@@ -361,23 +360,21 @@ class _Pair:
         if not self.bn:
             return {}
         if isinstance(weights, _Point):
-            run, args = self._bn_function("point"), weights.args()
+            run, args = self._bn_function("point"), (weights.coefficients, weights.rows)
         else:
             run = self._bn_function("weights")
             trainable = [
                 _tensor(np.asarray(w).astype(v.dtype)) for w, v in zip(weights, self.trainable)
             ]
-            args = (trainable,)
-        if self._bn_nt is None:  # model_a's non-trainable values, the statistics zero (once)
-            self._bn_nt = [_tensor(a) for a in self.nt_values]
+            nt = [_tensor(a) for a in self.nt_values]
             for i, _ in self.bn:
-                self._bn_nt[i] = _tensor(np.zeros_like(self.nt_values[i]))
-        nt = self._bn_nt
+                nt[i] = _tensor(np.zeros_like(self.nt_values[i]))
+            args = (trainable, nt)
         sums = [np.zeros(self.nt_values[i].shape, np.float64) for i, _ in self.bn]
         total = 0
         for x in batches():
             n = int(keras.tree.flatten(x)[0].shape[0])
-            out = run(*args, nt, _tensors(x))
+            out = run(*args, _tensors(x))
             for k, ((_, momentum), value) in enumerate(zip(self.bn, out)):
                 sums[k] += n * _numpy(value).astype(np.float64) / (1.0 - momentum)
             total += n
@@ -385,34 +382,45 @@ class _Pair:
 
     def _bn_function(self, kind: str):
         """The compiled training-mode call that returns the BatchNorm updates, given the
-        trainable weights (``"weights"``) or a ``_Point``'s arguments (``"point"``)."""
+        trainable and non-trainable values (``"weights"``) or a ``_Point``'s coefficients and
+        rows (``"point"``: w0 and the non-trainable values read from ``model_a``'s variables
+        inside the call, the statistics zero; 163 argument tensors for ResNet-50 where passing
+        them made 430, whose ``tf.function`` dispatch took 29 ms a call)."""
         if kind not in self._bn_fns:
             model, slots = self.model, [i for i, _ in self.bn]
-            dtypes = [v.dtype for v in self.trainable]
+            trainable, non_trainable = self.trainable, self.non_trainable
+            dtypes = [v.dtype for v in trainable]
 
-            def run(trainable, non_trainable, x):
-                _, updated = model.stateless_call(trainable, non_trainable, x, training=True)
+            def run(trainable_values, non_trainable_values, x):
+                _, updated = model.stateless_call(trainable_values, non_trainable_values, x,
+                                                  training=True)  # fmt: skip
                 return [updated[i] for i in slots]
 
-            def run_at(w0, coefficients, rows, non_trainable, x):
-                return run(_Point.weights(w0, coefficients, rows, dtypes), non_trainable, x)
+            def run_at(coefficients, rows, x):
+                with adapter().no_grad():  # PyTorch: the variables' values need no graph
+                    w0 = [v.value for v in trainable]
+                    nt = [v.value for v in non_trainable]
+                    for i in slots:
+                        nt[i] = keras.ops.zeros_like(nt[i])
+                    weights = _Point.weights(w0, coefficients, rows, dtypes)
+                    return run(weights, nt, x)
 
-            self._bn_fns[kind] = adapter().compile_step(run if kind == "weights" else run_at)
+            self._bn_fns[kind] = (
+                adapter().compile_step(run)
+                if kind == "weights"
+                else adapter().compile_step(run_at, [*trainable, *non_trainable])
+            )
         return self._bn_fns[kind]
 
 
 @dataclass
 class _Point:
-    """Trainable weights w0 + Σₖ cₖ rowsₖ, made inside the compiled BatchNorm pass as the
-    Objective's compiled passes make theirs (``_tf_engine``'s and ``_portable``'s
-    ``_values``: the rows' dtype, the coefficients cast to it, ``tensordot``)."""
+    """Trainable weights w0 + Σₖ cₖ rowsₖ (w0: ``model_a``'s), made inside the compiled
+    BatchNorm pass as the Objective's compiled passes make theirs (``_tf_engine``'s and
+    ``_portable``'s ``_values``: the rows' dtype, the coefficients cast to it, ``tensordot``)."""
 
-    w0: list
     coefficients: Any  # float64 [k]
     rows: list  # [k, *shape] per trainable variable
-
-    def args(self) -> tuple:
-        return self.w0, self.coefficients, self.rows
 
     @staticmethod
     def weights(w0, coefficients, rows, dtypes) -> list:
@@ -632,7 +640,6 @@ class _Evaluator:
         self.bn_slots = {i: index[id(pair.non_trainable[i])] for i, _ in pair.bn}
         self.recompute = recompute and bool(pair.bn)
         self._bn_data = _training_dataset(data, bn_batch_size, None, shuffle=False)
-        self._w0_trainable = None
 
     def _batches(self):
         for batch in self._bn_data:
@@ -669,7 +676,7 @@ class _Evaluator:
         point = None
         if self.recompute:
             rows = [basis.tensors[slot] for slot in self.trainable_slots]
-            point = _Point(self._w0_tensors(), _tensor(coefficients), rows)
+            point = _Point(_tensor(coefficients), rows)
         stats = self._statistics(point, s)
         if stats:
             offsets: list = [np.zeros(())] * len(self.w0)
@@ -720,12 +727,6 @@ class _Evaluator:
             [np.asarray(m, np.float64) - a for m, a in zip(bend, w_a)],
             [b.astype(np.float64) - a for a, b in zip(w_a, w_b)],
         )
-
-    def _w0_tensors(self) -> list:
-        """w0 of the trainable variables as the backend's tensors (once)."""
-        if self._w0_trainable is None:
-            self._w0_trainable = [_tensor(self.w0[slot]) for slot in self.trainable_slots]
-        return self._w0_trainable
 
 
 def _t_grid(t, points) -> np.ndarray:
