@@ -669,8 +669,8 @@ class _Evaluator:
         0.26–0.31 s against 0.16 s of its two passes). The weights are w_a + c₁d₁ + c₂d₂ in
         the variables' dtype, where offsetting w0 by the float64 φ(t) − w0 rounded once gives
         the same numbers to a few units of the dtype's last place (tests/test_connectivity.py:
-        to the bit at t = 0 and 1); recomputed BatchNorm statistics are taken at the very
-        weights evaluated.
+        at t = 0 and 1 the same weights, and without recomputed statistics the same values to
+        the bit); recomputed BatchNorm statistics are taken at the very weights evaluated.
         """
         coefficients = np.array([c1, c2, 1.0])
         point = None
