@@ -44,11 +44,15 @@ statistics supplied as zeros, Keras's update m·0 + (1−m)·s returns (1−m)·
 mode in that pass (earlier BatchNorm layers use their batch statistics, dropout is on), as in
 PyTorch's ``train()`` mode. The recomputation is done at every evaluated point of both paths,
 endpoints included, so the losses at t = 0 and 1 of a BatchNorm model are those of w_a and w_b
-with recomputed statistics, not with the models' own moving averages.
+with recomputed statistics, not with the models' own moving averages. The statistics pass runs
+in the model's own compute dtype (a bfloat16 model's statistics carry bfloat16 rounding), the
+evaluation in the Objective's precision.
 
 With ``batchnorm=False`` nothing is recomputed: each end is evaluated with its own model's
 moving statistics (t = 0 with ``model_a``'s, t = 1 with ``model_b``'s, so the ends' values are
-``model_a.evaluate`` and ``model_b.evaluate``), and the point at t of either path with the
+``model_a.evaluate``'s and ``model_b.evaluate``'s in the Objective's precision: a bfloat16 or
+mixed-precision model is evaluated in float32 there, and its ends differed from its own
+``evaluate`` by 3e-6 to 5e-4 relative), and the point at t of either path with the
 statistics interpolated linearly, (1 − t)·s_a + t·s_b for every moving mean and variance, as
 loss-landscape interpolates a model's whole state. On the curve this is also its own
 parametrization applied to the statistics with the bend's at their midpoint: c_a(t) s_a +
