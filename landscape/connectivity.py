@@ -81,6 +81,7 @@ Reference:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import numbers
 import sys
@@ -284,6 +285,28 @@ def _values(variables) -> list[np.ndarray]:
     return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
 
 
+def _check_models(model_a, model_b) -> None:
+    """Both built Keras models, ``model_a`` compiled with a loss and taking ``training``."""
+    for name, model in (("model_a", model_a), ("model_b", model_b)):
+        if not isinstance(model, keras.Model) or not model.built:
+            raise ValueError(
+                f"Argument `{name}` must be a built keras.Model. Received: {name}={model!r}."
+            )
+    if _compat.compiled_loss(model_a) is None:
+        raise ValueError(
+            "Argument `model_a` must be compiled with a loss (model_a.compile(loss=...)): "
+            "the curve is trained on the model's compiled loss. Received: model_a "
+            "without a loss."
+        )
+    if not _takes_training(model_a):
+        raise ValueError(
+            "Argument `model_a` must take `training` in its `call` (the curve is trained and "
+            "its BatchNorm statistics recomputed with the model run statelessly in training "
+            "mode, `Model.stateless_call(..., training=True)`, which passes it to `call`). "
+            f"Received: {type(model_a).__name__}.call{inspect.signature(model_a.call)}."
+        )
+
+
 class _Pair:
     """Two models of one architecture: their weights, and how to run ``model_a`` at others.
 
@@ -294,17 +317,7 @@ class _Pair:
     """
 
     def __init__(self, model_a: keras.Model, model_b: keras.Model):
-        for name, model in (("model_a", model_a), ("model_b", model_b)):
-            if not isinstance(model, keras.Model) or not model.built:
-                raise ValueError(
-                    f"Argument `{name}` must be a built keras.Model. Received: {name}={model!r}."
-                )
-        if _compat.compiled_loss(model_a) is None:
-            raise ValueError(
-                "Argument `model_a` must be compiled with a loss (model_a.compile(loss=...)): "
-                "the curve is trained on the model's compiled loss. Received: model_a "
-                "without a loss."
-            )
+        _check_models(model_a, model_b)
         self.model = model_a
         self.trainable = list(model_a.trainable_variables)
         self.non_trainable = list(model_a.non_trainable_variables)
@@ -436,6 +449,12 @@ class _Point:
             )
             for w, r, d in zip(w0, rows, dtypes)
         ]
+
+
+def _takes_training(model: keras.Model) -> bool:
+    """Whether ``model.call`` takes ``training`` (by name or ``**kwargs``)."""
+    parameters = inspect.signature(model.call).parameters.values()
+    return any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _is_float(variable) -> bool:
@@ -670,9 +689,10 @@ class _Evaluator:
         row that carries the BatchNorm statistics' offsets of the point; the compiled pass adds
         them to w0 = w_a, so no host arithmetic or conversion of every variable is made at a
         point (ResNet-50: a path point's weights and offsets made on the host in float64 took
-        0.26–0.31 s against 0.16 s of its two passes). The weights are w_a + c₁d₁ + c₂d₂ in
-        the variables' dtype, where offsetting w0 by the float64 φ(t) − w0 rounded once gives
-        the same numbers to a few units of the dtype's last place (tests/test_connectivity.py:
+        0.26–0.49 s, 1.6–2.1 times its two passes, in one process). The weights are
+        w_a + c₁d₁ + c₂d₂ in the variables' dtype, where offsetting w0 by the float64
+        φ(t) − w0 rounded once gives the same numbers to a few units of the dtype's last place
+        (tests/test_connectivity.py:
         at t = 0 and 1 the same weights, and without recomputed statistics the same values to
         the bit); recomputed BatchNorm statistics are taken at the very weights evaluated.
         """
@@ -705,7 +725,13 @@ class _Evaluator:
     def rows(self, first: Sequence, second: Sequence) -> Basis:
         """The basis of rows (``first``, ``second``, 0) of every variable: arrays aligned with
         the trainable weights (0 on the others), stored as a direction is (``storage_dtype``:
-        rounded once) and converted to tensors once."""
+        rounded once) and converted to tensors once; offsets from w0, which is w_a."""
+        for slot, a in zip(self.trainable_slots, self.pair.w_a):
+            if not np.array_equal(a, self.w0[slot]):  # w0 is model_a's, read at once, never set
+                raise RuntimeError(
+                    f"model_a's variable {self.objective.variables[slot].path!r} changed "
+                    "while its points were evaluated."
+                )
         trainable = dict(zip(self.trainable_slots, range(len(self.trainable_slots))))
         stacked = []
         for slot, (w0, v) in enumerate(zip(self.w0, self.objective.variables)):
@@ -721,12 +747,6 @@ class _Evaluator:
         """``rows`` θ − w_a and w_b − w_a (in float64, then rounded), so that the curve at t
         is ``along(c_θ(t), c_b(t))`` and the straight line ``along(0, t)`` (Σ c = 1)."""
         w_a, w_b = self.pair.w_a, self.pair.w_b
-        for slot, a in zip(self.trainable_slots, w_a):
-            if not np.array_equal(a, self.w0[slot]):  # w0 is model_a's, read at once, never set
-                raise RuntimeError(
-                    f"model_a's variable {self.objective.variables[slot].path!r} changed "
-                    "while connect ran."
-                )
         return self.rows(
             [np.asarray(m, np.float64) - a for m, a in zip(bend, w_a)],
             [b.astype(np.float64) - a for a, b in zip(w_a, w_b)],
@@ -976,9 +996,6 @@ def connection_plane(
     def split(flat):
         return [p.reshape(s) for p, s in zip(np.split(flat, bounds), shapes)]
 
-    for slot, w in zip(evaluator.trainable_slots, split(a)):
-        if not np.array_equal(w, evaluator.w0[slot]):
-            raise RuntimeError("model_a's weights changed while connection_plane ran.")
     basis = evaluator.rows(split(u), split(v))  # (x, y) is w_a + x u + y v
     values: dict[str, np.ndarray] = {}
     for iy, y in enumerate(ys):

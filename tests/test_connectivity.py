@@ -278,6 +278,29 @@ def test_a_plane_through_an_untrained_bend_is_refused_not_drawn_on_its_rounding(
         landscape.connection_plane(model_a, model_b, res, xy, points=2)
 
 
+def test_a_model_whose_call_takes_no_training_is_refused_in_one_sentence(xy):
+    """``stateless_call`` passes ``training`` to ``call`` itself (``__call__`` would drop it):
+    a subclassed model without it failed with a TypeError inside the first training step."""
+
+    class NoTraining(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = keras.layers.Dense(6, activation="relu"), keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    models = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        model = NoTraining()
+        model(xy[0][:1])
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        models.append(model)
+    with pytest.raises(ValueError, match=r"Argument `model_a` must take `training` in its `call`"):
+        landscape.connect(*models, xy, epochs=1, points=3)
+
+
 def test_bad_arguments_name_the_argument(xy):
     a, b = _mlp(0), _mlp(1)
     cases = [
