@@ -51,7 +51,8 @@ class Staging:
         owners = self._owners.setdefault(nbytes, [])
         for owner in owners:
             # references: the list, the loop variable and getrefcount's argument; any view or
-            # borrowing tensor adds one
+            # borrowing tensor adds one, and so does another thread's loop variable on the
+            # same buffer, so two threads looking at one free buffer at once both pass it by
             if sys.getrefcount(owner) <= 3:
                 break
         else:

@@ -1,6 +1,7 @@
 """Staging buffers (landscape/_staging.py): reused only when free, never changing a value."""
 
 import gc
+import sys
 
 import keras
 import numpy as np
@@ -69,3 +70,37 @@ def test_offsets_kept_across_passes_keep_their_values_against_model_evaluate():
         model.set_weights(w0)
         np.testing.assert_allclose(loss, expected, rtol=2e-6)
     assert losses[0] != losses[1]
+
+
+def test_two_threads_taking_the_one_free_buffer_at_once_get_two(monkeypatch):
+    """The reference count is read, then the view made: a thread switch in between (forced
+    here by a slow count) must not let two threads take the same free buffer (an Objective
+    shared by the threads of a Dask worker)."""
+    import threading
+    import time
+
+    from landscape import _staging
+
+    staging = Staging()
+    staging.get((4096,), np.float32)  # one buffer, free again at once
+    count = sys.getrefcount
+
+    def slow_count(obj):
+        references = count(obj) - 1  # less this function's own
+        del obj
+        time.sleep(0.05)  # the other thread runs now, between the count and the taking
+        return references
+
+    monkeypatch.setattr(_staging.sys, "getrefcount", slow_count)
+    taken, start = [], threading.Barrier(2)
+
+    def take():
+        start.wait()
+        taken.append(staging.get((4096,), np.float32))
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not np.shares_memory(taken[0], taken[1])
