@@ -5,8 +5,9 @@ array it was copied twice per pass (``tf.constant`` copies every array it is giv
 into an aligned buffer when NumPy's is not 64-byte aligned, which large NumPy arrays are not),
 and each fresh array paid its page faults: 75–290 ms per pass on the project's 2-core machine,
 against 0.5 s for a 16-image gradient (m-sharpness). A staging buffer is written once (the
-cast of δ to the variables' dtype, or a copy of a caller's array) and lent to the engine
-without a copy where the backend can borrow host memory (``landscape._tf_engine``: DLPack).
+cast of δ to the variables' dtype, ``FlatView.offsets``) and lent to the engine without a copy
+where the backend can borrow host memory (``landscape._tf_engine``: DLPack); any other array is
+copied once into a fresh aligned array (``staged``), which the pool does not keep.
 
 A buffer is reused only when nothing refers to it any more: every view of it and every tensor
 borrowing it holds a reference to its memory's owner (NumPy collapses a view's ``base`` to the
@@ -33,9 +34,9 @@ def aligned(array: np.ndarray) -> bool:
 class Staging:
     """A pool of aligned host buffers, by size in bytes, reused once nothing refers to them.
 
-    Memory: at most what the engine's tensors made from them held at once (for ``get``'s
-    callers: the offsets of one pass, a product's vector, a surface's basis); kept for reuse
-    while the Objective (and the copies that share its pool) lives.
+    Memory: the buffers ``get`` handed out that were alive at once (``FlatView.offsets``: one
+    copy of the trainable variables in their analysis dtypes per offsets list alive; one for
+    an ascent), kept for reuse while the Objective (and the copies that share its pool) lives.
     """
 
     def __init__(self):
@@ -67,10 +68,20 @@ class Staging:
         return isinstance(array.base, np.ndarray) and id(array.base) in self._ids
 
     def staged(self, array: np.ndarray) -> np.ndarray:
-        """``array`` itself where it is an aligned view of this pool's memory, else a copy of it
-        (same dtype, same values) in a staging buffer."""
-        if self.owns(array) and aligned(array):
+        """``array`` itself where it is an aligned, writeable view of this pool's memory (DLPack
+        exports no read-only array), else a copy of it (same dtype, same values) in a fresh
+        aligned array, not kept by the pool: the pool holds only what ``get`` handed out."""
+        if self.owns(array) and aligned(array) and array.flags.writeable:
             return array
-        out = self.get(array.shape, array.dtype)
+        out = aligned_empty(array.shape, array.dtype)
         np.copyto(out, array)
         return out
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """A fresh, uninitialized, C-contiguous array starting on an ``ALIGNMENT``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    owner = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -owner.__array_interface__["data"][0] % ALIGNMENT
+    return owner[start : start + nbytes].view(dtype).reshape(tuple(shape))

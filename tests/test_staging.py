@@ -48,6 +48,38 @@ def test_staged_copies_what_it_does_not_own_or_what_is_not_aligned():
     np.testing.assert_array_equal(staged, theirs)
 
 
+def _dense_objective():
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(300, activation="tanh"), keras.layers.BatchNormalization()]
+    model = keras.Sequential([keras.Input((40,)), *layers, keras.layers.Dense(3)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(48, 40)).astype("float32"), rng.integers(0, 3, 48)
+    return landscape.Objective(model, (x, y), batch_size=48), rng
+
+
+def test_offsets_edited_or_made_read_only_by_a_caller_change_no_later_pass():
+    """Each offsets list is the caller's own: editing one in place (a BatchNorm statistic's
+    zero offset among them) or marking it read-only changes no later list, and a read-only
+    one is still evaluated (DLPack exports no read-only array: it is copied)."""
+    obj, rng = _dense_objective()
+    delta = 0.05 * rng.standard_normal(obj.flat.n)
+    expected = obj.evaluate(obj.flat.offsets(delta))["loss"]
+    edited = obj.flat.offsets(delta)
+    for a in edited:
+        a += 0.5
+    moved = obj.evaluate(edited)["loss"]
+    frozen = obj.flat.offsets(delta)
+    for a in frozen:
+        a.flags.writeable = False
+    assert obj.evaluate(frozen)["loss"] == expected
+    assert obj.evaluate(obj.flat.offsets(delta))["loss"] == expected != moved
+    staging = obj._staging
+    mine = staging.get((8192,), np.float32)
+    mine.flags.writeable = False
+    assert staging.staged(mine) is not mine
+
+
 def test_offsets_kept_across_passes_keep_their_values_against_model_evaluate():
     """Two sets of offsets from the same FlatView, the first kept while the second is made and
     evaluated: each equals model.evaluate at its own weights (assigned in NumPy), so no staging

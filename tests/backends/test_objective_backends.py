@@ -353,3 +353,31 @@ def test_batches_run_one_compiled_function_and_count_passes():
     for sub in obj.batches(10):
         sub.value_and_gradient()
     assert obj._batch_fns == functions  # nothing compiled again
+
+
+def test_an_offsets_list_edited_in_place_changes_no_later_one_against_model_evaluate():
+    """``flat.offsets`` gives every call its own arrays, BatchNorm statistics' zeros included:
+    a caller editing one list in place (PyTorch edits tensors in place, so a cached zero
+    tensor would move every later list) changes nothing after, checked against
+    ``model.evaluate`` at w0 + δ assigned in NumPy."""
+    keras.utils.set_random_seed(6)
+    layers = [keras.layers.Dense(8), keras.layers.BatchNormalization(), keras.layers.Dense(3)]
+    model = keras.Sequential([keras.Input((4,)), *layers])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(20, 4)).astype("float32"), rng.integers(0, 3, 20)
+    objective = landscape.Objective(model, (x, y), batch_size=20)
+    delta = 0.1 * rng.standard_normal(objective.flat.n)
+    paths = [v.path for v in objective.variables]
+    variance = next(i for i, p in enumerate(paths) if p.endswith("moving_variance"))
+    for offsets in objective.flat.offsets(delta), objective.flat.offsets(delta):
+        offsets[variance] += 0.5  # edited in place
+    loss = objective.evaluate(objective.flat.offsets(delta))["loss"]
+    w0 = model.get_weights()
+    trainable = iter(objective.flat.split(delta))
+    ids = {id(v) for v in model.trainable_variables}
+    model.set_weights([
+        (w + next(trainable)).astype("float32") if id(v) in ids else w
+        for w, v in zip(w0, model.weights)
+    ])  # fmt: skip
+    np.testing.assert_allclose(loss, model.evaluate(x, y, batch_size=20, verbose=0), rtol=RTOL)
