@@ -60,8 +60,7 @@ class Staging:
             owner = np.empty(nbytes + ALIGNMENT, np.uint8)
             owners.append(owner)
             self._ids.add(id(owner))
-        start = -owner.__array_interface__["data"][0] % ALIGNMENT
-        return owner[start : start + nbytes].view(dtype).reshape(shape)
+        return _aligned_view(owner, nbytes, dtype, shape)
 
     def owns(self, array: np.ndarray) -> bool:
         """Whether ``array`` is (a view of) one of this pool's buffers."""
@@ -82,6 +81,11 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     """A fresh, uninitialized, C-contiguous array starting on an ``ALIGNMENT``-byte boundary."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    owner = np.empty(nbytes + ALIGNMENT, np.uint8)
+    return _aligned_view(np.empty(nbytes + ALIGNMENT, np.uint8), nbytes, dtype, tuple(shape))
+
+
+def _aligned_view(owner: np.ndarray, nbytes: int, dtype, shape) -> np.ndarray:
+    """The ``nbytes`` of ``owner`` (``ALIGNMENT`` bytes longer) from its first aligned byte, as
+    an array of ``dtype`` and ``shape``: a view, whose ``base`` is ``owner``."""
     start = -owner.__array_interface__["data"][0] % ALIGNMENT
-    return owner[start : start + nbytes].view(dtype).reshape(tuple(shape))
+    return owner[start : start + nbytes].view(dtype).reshape(shape)
