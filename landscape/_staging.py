@@ -3,8 +3,9 @@
 At ResNet-50 size a vector of offsets is 94 MB in float32. Handed to TensorFlow as a fresh NumPy
 array it was copied twice per pass (``tf.constant`` copies every array it is given, then again
 into an aligned buffer when NumPy's is not 64-byte aligned, which large NumPy arrays are not),
-and each fresh array paid its page faults: 75–290 ms per pass on the project's 2-core machine,
-against 0.5 s for a 16-image gradient (m-sharpness). A staging buffer is written once (the
+and each fresh array paid its page faults: 86–91 ms per pass on the project's 2-core machine
+(the 23.1 M offsets of an MLP), up to 290 ms under memory pressure, against 0.43–0.94 s for
+ResNet-50's 16-image gradient (m-sharpness). A staging buffer is written once (the
 cast of δ to the variables' dtype, ``FlatView.offsets``) and lent to the engine without a copy
 where the backend can borrow host memory (``landscape._tf_engine``: DLPack); any other array is
 copied once into a fresh aligned array (``staged``), which the pool does not keep.
